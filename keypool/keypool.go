@@ -1,0 +1,457 @@
+// Package keypool decides which upstream key serves the next request and what an
+// upstream answer means for the key that got it.
+//
+// It is pure logic: the caller loads keys and cooldowns from its store, asks Next
+// for a key, classifies the upstream answer with Classify or ClassifyError, hands
+// the Outcome to Report and persists the Change it gets back.
+package keypool
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// defaultQuotaCooldown is used by Report when a Quota outcome carries no usable Until.
+const defaultQuotaCooldown = 60 * time.Second
+
+// Key is one upstream key as loaded into the pool.
+type Key struct {
+	ID       int64
+	Secret   string
+	Disabled bool // disabled keys stay in the pool but are never picked
+	Failures int  // consecutive transient failures so far
+}
+
+// Cooldown is a (key, model) pair that must not be used before Until.
+type Cooldown struct {
+	KeyID int64
+	Model string
+	Until time.Time
+}
+
+// KeyState is a snapshot of one key's runtime state (no Secret).
+type KeyState struct {
+	ID        int64
+	Disabled  bool
+	Failures  int
+	Cooldowns []Cooldown // live ones only, ordered by model
+}
+
+// ErrNoKeys is returned by Next when no enabled key is left to try: none is
+// loaded, all are disabled, or all are in the skip list.
+var ErrNoKeys = errors.New("keypool: no usable key")
+
+// CoolingError is returned by Next when every enabled, non-skipped key is
+// cooling down for the model. Until is the earliest cooldown end among them.
+type CoolingError struct {
+	Model string
+	Until time.Time
+}
+
+// Error describes the model and when the first key becomes usable again.
+func (e *CoolingError) Error() string {
+	return fmt.Sprintf("keypool: every usable key is cooling down for model %q until %s",
+		e.Model, e.Until.UTC().Format(time.RFC3339))
+}
+
+// Change tells the caller what a Report changed, so it can persist it.
+type Change struct {
+	KeyID         int64
+	Failures      int       // consecutive failures after the report
+	Disabled      bool      // the key is now disabled
+	NewlyDisabled bool      // this report disabled it
+	Reason        string    // disable reason when NewlyDisabled
+	Model         string    // set with CooldownUntil
+	CooldownUntil time.Time // non-zero when this report set a cooldown
+	Changed       bool      // false when nothing needs persisting (e.g. Success on a key already at 0 failures)
+}
+
+// cooldown is the in-pool form of a Cooldown; until is in Unix nanoseconds.
+type cooldown struct {
+	model string
+	until int64
+}
+
+// entry is one key in the pool. id and secret never change after the entry is
+// published; the rest is mutated with atomics. The cooldown slice behind the
+// pointer is immutable and replaced as a whole.
+type entry struct {
+	id        int64
+	secret    string
+	disabled  atomic.Bool
+	failures  atomic.Int32
+	cooldowns atomic.Pointer[[]cooldown]
+}
+
+// Pool hands out upstream keys round-robin, skipping disabled keys and keys
+// cooling down for the requested model. It is safe for concurrent use.
+type Pool struct {
+	mu          sync.Mutex // serialises writers of keys
+	keys        atomic.Pointer[[]*entry]
+	maxFailures atomic.Int32
+	_           [64]byte // keep the hot cursor off the read-mostly fields' cache line
+	cursor      atomic.Uint64
+	_           [56]byte
+}
+
+// New returns an empty pool that disables a key after maxFailures consecutive
+// transient failures (values below 1 count as 1).
+func New(maxFailures int) *Pool {
+	p := &Pool{}
+	p.SetMaxFailures(maxFailures)
+	return p
+}
+
+// SetMaxFailures sets how many consecutive transient failures disable a key;
+// n < 1 is treated as 1. Keys already past the new limit are disabled on their
+// next transient failure.
+func (p *Pool) SetMaxFailures(n int) {
+	p.maxFailures.Store(int32(min(max(n, 1), math.MaxInt32)))
+}
+
+// Load replaces the whole key set. The runtime state of every key is taken from
+// the given Key (Disabled, Failures) and from the given cooldowns; cooldowns of
+// IDs not in keys are ignored. When an ID appears twice the last one wins.
+func (p *Pool) Load(keys []Key, cooldowns []Cooldown) {
+	list := make([]*entry, 0, len(keys))
+	for _, k := range keys {
+		list = append(list, newEntry(k))
+	}
+	// Stable sort so that, among duplicates, the last given stays last and wins.
+	slices.SortStableFunc(list, func(a, b *entry) int { return cmp.Compare(a.id, b.id) })
+	uniq := list[:0]
+	for _, e := range list {
+		if n := len(uniq); n > 0 && uniq[n-1].id == e.id {
+			uniq[n-1] = e
+			continue
+		}
+		uniq = append(uniq, e)
+	}
+	list = uniq
+	for _, c := range cooldowns {
+		if e := find(list, c.KeyID); e != nil {
+			e.mergeCooldown(c.Model, toNano(c.Until))
+		}
+	}
+	p.mu.Lock()
+	p.keys.Store(&list)
+	p.mu.Unlock()
+}
+
+// Add inserts k, or updates Secret, Disabled and Failures of the key with the
+// same ID (its cooldowns are kept).
+func (p *Pool) Add(k Key) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	list := p.list()
+	i, found := search(list, k.ID)
+	if found {
+		old := list[i]
+		if old.secret == k.Secret {
+			old.failures.Store(clampFailures(k.Failures))
+			old.disabled.Store(k.Disabled)
+			return
+		}
+		e := newEntry(k)
+		e.cooldowns.Store(old.cooldowns.Load())
+		next := slices.Clone(list)
+		next[i] = e
+		p.keys.Store(&next)
+		return
+	}
+	next := make([]*entry, 0, len(list)+1)
+	next = append(next, list[:i]...)
+	next = append(next, newEntry(k))
+	next = append(next, list[i:]...)
+	p.keys.Store(&next)
+}
+
+// Remove drops the key with the given ID; unknown IDs are ignored.
+func (p *Pool) Remove(id int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	list := p.list()
+	i, found := search(list, id)
+	if !found {
+		return
+	}
+	next := make([]*entry, 0, len(list)-1)
+	next = append(next, list[:i]...)
+	next = append(next, list[i+1:]...)
+	p.keys.Store(&next)
+}
+
+// SetDisabled disables or enables a key. Enabling also resets its failure count
+// to 0 and clears its cooldowns. Unknown IDs are ignored.
+func (p *Pool) SetDisabled(id int64, disabled bool) {
+	e := find(p.list(), id)
+	if e == nil {
+		return
+	}
+	if disabled {
+		e.disabled.Store(true)
+		return
+	}
+	// Reset first so the key is never seen enabled with stale state.
+	e.failures.Store(0)
+	e.cooldowns.Store(nil)
+	e.disabled.Store(false)
+}
+
+// Next picks the next usable key for model: enabled, not cooling down for model
+// at now, and not in skip. Keys are taken round-robin in ID order.
+//
+// When no key is usable it returns a *CoolingError if at least one enabled,
+// non-skipped key is cooling down for model, and ErrNoKeys otherwise.
+func (p *Pool) Next(model string, now time.Time, skip []int64) (id int64, secret string, err error) {
+	list := p.list()
+	n := uint64(len(list))
+	if n == 0 {
+		return 0, "", ErrNoKeys
+	}
+	nowNano := now.UnixNano()
+	idx := (p.cursor.Add(1) - 1) % n
+	var earliest int64
+	cooling := false
+	for i := uint64(0); i < n; i++ {
+		e := list[idx]
+		if !e.disabled.Load() && !slices.Contains(skip, e.id) {
+			until, ok := e.coolingUntil(model, nowNano)
+			if !ok {
+				if i > 0 {
+					// Move the cursor past the keys just skipped so the next
+					// caller does not land on this same key again.
+					p.cursor.Add(i)
+				}
+				return e.id, e.secret, nil
+			}
+			if !cooling || until < earliest {
+				earliest, cooling = until, true
+			}
+		}
+		idx++
+		if idx == n {
+			idx = 0
+		}
+	}
+	if cooling {
+		return 0, "", &CoolingError{Model: model, Until: time.Unix(0, earliest).In(now.Location())}
+	}
+	return 0, "", ErrNoKeys
+}
+
+// Report applies the outcome of one upstream attempt with key id for model and
+// tells what changed:
+//   - Success resets the failure count.
+//   - Quota cools (id, model) down until o.Until (the later one is kept if a
+//     cooldown exists; an Until not after now means now+60s). It never disables.
+//   - KeyInvalid disables the key at once with o.Reason.
+//   - Transient counts a failure and disables the key when the count reaches
+//     the pool's maximum.
+//   - ClientError and Canceled change nothing.
+//
+// An unknown id yields the zero Change.
+func (p *Pool) Report(id int64, model string, o Outcome, now time.Time) Change {
+	e := find(p.list(), id)
+	if e == nil {
+		return Change{}
+	}
+	c := Change{KeyID: id}
+	switch o.Kind {
+	case Success:
+		c.Changed = e.failures.Swap(0) > 0
+	case Quota:
+		until := o.Until
+		if !until.After(now) {
+			until = now.Add(defaultQuotaCooldown)
+		}
+		if e.setCooldown(model, toNano(until), now.UnixNano()) {
+			c.Changed, c.Model, c.CooldownUntil = true, model, until
+		}
+	case KeyInvalid:
+		if e.disabled.CompareAndSwap(false, true) {
+			c.Changed, c.NewlyDisabled = true, true
+			c.Reason = sanitize(o.Reason)
+			if c.Reason == "" {
+				c.Reason = "key rejected by upstream"
+			}
+		}
+	case Transient:
+		n := e.failures.Add(1)
+		c.Changed = true
+		if n >= p.maxFailures.Load() && e.disabled.CompareAndSwap(false, true) {
+			c.NewlyDisabled = true
+			c.Reason = sanitize(fmt.Sprintf("%d consecutive failures, last: %s", n, o.Reason))
+		}
+	}
+	c.Failures = int(e.failures.Load())
+	c.Disabled = e.disabled.Load()
+	return c
+}
+
+// Keys returns a snapshot of every key's state, ordered by ID, with only the
+// cooldowns still live at now.
+func (p *Pool) Keys(now time.Time) []KeyState {
+	list := p.list()
+	nowNano := now.UnixNano()
+	out := make([]KeyState, 0, len(list))
+	for _, e := range list {
+		ks := KeyState{ID: e.id, Disabled: e.disabled.Load(), Failures: int(e.failures.Load())}
+		if cds := e.cooldowns.Load(); cds != nil {
+			for _, c := range *cds {
+				if c.until > nowNano {
+					ks.Cooldowns = append(ks.Cooldowns, Cooldown{
+						KeyID: e.id, Model: c.model, Until: time.Unix(0, c.until).In(now.Location()),
+					})
+				}
+			}
+			slices.SortFunc(ks.Cooldowns, func(a, b Cooldown) int { return cmp.Compare(a.Model, b.Model) })
+		}
+		out = append(out, ks)
+	}
+	return out
+}
+
+// Counts tells how many keys are active (enabled, no live cooldown), cooling
+// (enabled with at least one live cooldown) and disabled at now.
+func (p *Pool) Counts(now time.Time) (active, cooling, disabled int) {
+	nowNano := now.UnixNano()
+	for _, e := range p.list() {
+		switch {
+		case e.disabled.Load():
+			disabled++
+		case e.hasLiveCooldown(nowNano):
+			cooling++
+		default:
+			active++
+		}
+	}
+	return active, cooling, disabled
+}
+
+// Len returns the number of keys in the pool, disabled ones included.
+func (p *Pool) Len() int {
+	return len(p.list())
+}
+
+// list returns the current immutable key snapshot (nil for a zero Pool).
+func (p *Pool) list() []*entry {
+	if l := p.keys.Load(); l != nil {
+		return *l
+	}
+	return nil
+}
+
+func newEntry(k Key) *entry {
+	e := &entry{id: k.ID, secret: k.Secret}
+	e.disabled.Store(k.Disabled)
+	e.failures.Store(clampFailures(k.Failures))
+	return e
+}
+
+func clampFailures(n int) int32 {
+	return int32(min(max(n, 0), math.MaxInt32))
+}
+
+// coolingUntil reports whether e is cooling down for model at now, and until when.
+func (e *entry) coolingUntil(model string, now int64) (int64, bool) {
+	cds := e.cooldowns.Load()
+	if cds == nil {
+		return 0, false
+	}
+	for _, c := range *cds {
+		if c.until > now && c.model == model {
+			return c.until, true
+		}
+	}
+	return 0, false
+}
+
+func (e *entry) hasLiveCooldown(now int64) bool {
+	if cds := e.cooldowns.Load(); cds != nil {
+		for _, c := range *cds {
+			if c.until > now {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// setCooldown sets the cooldown of model to until unless a later one exists,
+// pruning cooldowns expired at now. It reports whether it stored anything.
+func (e *entry) setCooldown(model string, until, now int64) bool {
+	for {
+		old := e.cooldowns.Load()
+		var cur []cooldown
+		if old != nil {
+			cur = *old
+		}
+		next := make([]cooldown, 0, len(cur)+1)
+		for _, c := range cur {
+			if c.model == model {
+				if c.until >= until {
+					return false
+				}
+				continue
+			}
+			if c.until > now {
+				next = append(next, c)
+			}
+		}
+		next = append(next, cooldown{model: model, until: until})
+		if e.cooldowns.CompareAndSwap(old, &next) {
+			return true
+		}
+	}
+}
+
+// mergeCooldown is setCooldown without pruning, for entries not yet published.
+func (e *entry) mergeCooldown(model string, until int64) {
+	var next []cooldown
+	if old := e.cooldowns.Load(); old != nil {
+		next = *old
+	}
+	for i, c := range next {
+		if c.model == model {
+			next[i].until = max(c.until, until)
+			return
+		}
+	}
+	next = append(next, cooldown{model: model, until: until})
+	e.cooldowns.Store(&next)
+}
+
+// search finds id in list, which is sorted by ID.
+func search(list []*entry, id int64) (int, bool) {
+	return slices.BinarySearchFunc(list, id, func(e *entry, id int64) int { return cmp.Compare(e.id, id) })
+}
+
+func find(list []*entry, id int64) *entry {
+	if i, ok := search(list, id); ok {
+		return list[i]
+	}
+	return nil
+}
+
+// toNano converts t to Unix nanoseconds, saturating outside the int64 range.
+func toNano(t time.Time) int64 {
+	switch {
+	case t.Before(minNanoTime):
+		return math.MinInt64
+	case t.After(maxNanoTime):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+var (
+	minNanoTime = time.Unix(0, math.MinInt64)
+	maxNanoTime = time.Unix(0, math.MaxInt64)
+)
