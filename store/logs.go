@@ -1,0 +1,110 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// LogQuery selects recent log rows. Zero fields do not filter.
+type LogQuery struct {
+	Limit  int // rows to return; 0 means 100, at most 10000
+	Model  string
+	KeyID  int64
+	Status int
+}
+
+func (q LogQuery) where() (string, []any) {
+	var conds []string
+	var args []any
+	if q.Model != "" {
+		conds = append(conds, "model = ?")
+		args = append(args, q.Model)
+	}
+	if q.KeyID != 0 {
+		conds = append(conds, "key_id = ?")
+		args = append(args, q.KeyID)
+	}
+	if q.Status != 0 {
+		conds = append(conds, "status = ?")
+		args = append(args, q.Status)
+	}
+	limit := q.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	limit = min(limit, 10000)
+	args = append(args, limit)
+	where := ""
+	if len(conds) > 0 {
+		where = "WHERE " + strings.Join(conds, " AND ")
+	}
+	return where, args
+}
+
+// CountRequestLogs returns the number of stored request log rows.
+func (s *Store) CountRequestLogs(ctx context.Context) (int64, error) {
+	var n int64
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM request_logs`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("store: count request logs: %w", err)
+	}
+	return n, nil
+}
+
+// RecentRequests returns request log rows matching q, newest first.
+func (s *Store) RecentRequests(ctx context.Context, q LogQuery) ([]RequestLog, error) {
+	where, args := q.where()
+	rows, err := s.db.QueryContext(ctx, `
+		SELECT time, access_key_id, key_id, method, path, model, stream, status, attempts, latency_us,
+		       ttfb_us, prompt_tokens, candidates_tokens, thoughts_tokens, total_tokens, error
+		FROM request_logs `+where+` ORDER BY time DESC, id DESC LIMIT ?`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: recent requests: %w", err)
+	}
+	defer rows.Close()
+	var out []RequestLog
+	for rows.Next() {
+		var r RequestLog
+		var t, latency, ttfb int64
+		if err := rows.Scan(&t, &r.AccessKeyID, &r.KeyID, &r.Method, &r.Path, &r.Model, &r.Stream,
+			&r.Status, &r.Attempts, &latency, &ttfb, &r.PromptTokens, &r.CandidatesTokens,
+			&r.ThoughtsTokens, &r.TotalTokens, &r.Error); err != nil {
+			return nil, fmt.Errorf("store: recent requests: %w", err)
+		}
+		r.Time = fromMS(t)
+		r.Latency = time.Duration(latency) * time.Microsecond
+		r.TTFB = time.Duration(ttfb) * time.Microsecond
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: recent requests: %w", err)
+	}
+	return out, nil
+}
+
+// RecentErrors returns failed upstream attempts matching q, newest first.
+func (s *Store) RecentErrors(ctx context.Context, q LogQuery) ([]ErrorLog, error) {
+	where, args := q.where()
+	rows, err := s.db.QueryContext(ctx, `
+		SELECT time, key_id, access_key_id, model, path, status, message
+		FROM error_logs `+where+` ORDER BY time DESC, id DESC LIMIT ?`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: recent errors: %w", err)
+	}
+	defer rows.Close()
+	var out []ErrorLog
+	for rows.Next() {
+		var e ErrorLog
+		var t int64
+		if err := rows.Scan(&t, &e.KeyID, &e.AccessKeyID, &e.Model, &e.Path, &e.Status, &e.Message); err != nil {
+			return nil, fmt.Errorf("store: recent errors: %w", err)
+		}
+		e.Time = fromMS(t)
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: recent errors: %w", err)
+	}
+	return out, nil
+}

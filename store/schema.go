@@ -1,0 +1,146 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// migrations holds the schema, one step per version: migrations[i] moves a database from
+// version i to version i+1 (PRAGMA user_version). Steps are only ever appended; a released step
+// is never edited, so every database reaches the same shape whatever version it starts from.
+//
+// All times are INTEGER unix milliseconds (UTC); 0 means "never". Log tables have no foreign
+// keys: upstream keys and access keys can be deleted while their history stays.
+var migrations = []string{
+	// 1: the initial schema.
+	`
+CREATE TABLE keys (
+	id              INTEGER PRIMARY KEY,
+	secret          TEXT    NOT NULL UNIQUE,
+	status          TEXT    NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'disabled')),
+	disabled_reason TEXT    NOT NULL DEFAULT '',
+	manual_disabled INTEGER NOT NULL DEFAULT 0,
+	failure_count   INTEGER NOT NULL DEFAULT 0,
+	last_error      TEXT    NOT NULL DEFAULT '',
+	last_used_at    INTEGER NOT NULL DEFAULT 0,
+	requests        INTEGER NOT NULL DEFAULT 0,
+	failed_requests INTEGER NOT NULL DEFAULT 0,
+	created_at      INTEGER NOT NULL
+);
+
+CREATE TABLE cooldowns (
+	key_id INTEGER NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+	model  TEXT    NOT NULL,
+	until  INTEGER NOT NULL,
+	PRIMARY KEY (key_id, model)
+) WITHOUT ROWID;
+CREATE INDEX cooldowns_until ON cooldowns (until);
+
+CREATE TABLE access_keys (
+	id           INTEGER PRIMARY KEY,
+	hash         BLOB    NOT NULL UNIQUE,
+	label        TEXT    NOT NULL DEFAULT '',
+	enabled      INTEGER NOT NULL DEFAULT 1,
+	created_at   INTEGER NOT NULL,
+	last_used_at INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE settings (
+	name         TEXT    PRIMARY KEY,
+	value        TEXT    NOT NULL,
+	config_value TEXT,
+	updated_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE request_logs (
+	id                INTEGER PRIMARY KEY,
+	time              INTEGER NOT NULL,
+	access_key_id     INTEGER NOT NULL DEFAULT 0,
+	key_id            INTEGER NOT NULL DEFAULT 0,
+	method            TEXT    NOT NULL DEFAULT '',
+	path              TEXT    NOT NULL DEFAULT '',
+	model             TEXT    NOT NULL DEFAULT '',
+	stream            INTEGER NOT NULL DEFAULT 0,
+	status            INTEGER NOT NULL DEFAULT 0,
+	attempts          INTEGER NOT NULL DEFAULT 0,
+	latency_us        INTEGER NOT NULL DEFAULT 0,
+	ttfb_us           INTEGER NOT NULL DEFAULT 0,
+	prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+	candidates_tokens INTEGER NOT NULL DEFAULT 0,
+	thoughts_tokens   INTEGER NOT NULL DEFAULT 0,
+	total_tokens      INTEGER NOT NULL DEFAULT 0,
+	error             TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX request_logs_time ON request_logs (time);
+CREATE INDEX request_logs_key_time ON request_logs (key_id, time);
+CREATE INDEX request_logs_model_time ON request_logs (model, time);
+
+CREATE TABLE error_logs (
+	id            INTEGER PRIMARY KEY,
+	time          INTEGER NOT NULL,
+	key_id        INTEGER NOT NULL DEFAULT 0,
+	access_key_id INTEGER NOT NULL DEFAULT 0,
+	model         TEXT    NOT NULL DEFAULT '',
+	path          TEXT    NOT NULL DEFAULT '',
+	status        INTEGER NOT NULL DEFAULT 0,
+	message       TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX error_logs_time ON error_logs (time);
+CREATE INDEX error_logs_key_time ON error_logs (key_id, time);
+
+CREATE TABLE sessions (
+	id         INTEGER PRIMARY KEY,
+	token_hash BLOB    NOT NULL UNIQUE,
+	created_at INTEGER NOT NULL,
+	expires_at INTEGER NOT NULL
+);
+CREATE INDEX sessions_expires_at ON sessions (expires_at);
+`,
+}
+
+// migrate brings db up to len(steps), one transaction per step. The version is read inside each
+// step's write transaction, so two processes opening the same fresh file do not both apply it.
+// A database newer than this binary (a version above len(steps)) is refused.
+func migrate(ctx context.Context, db *sql.DB, steps []string) error {
+	for {
+		done, err := migrateStep(ctx, db, steps)
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// migrateStep applies the next pending step, if any, and reports whether none was left.
+func migrateStep(ctx context.Context, db *sql.DB, steps []string) (done bool, err error) {
+	tx, err := db.BeginTx(ctx, nil) // BEGIN IMMEDIATE (see dsn)
+	if err != nil {
+		return false, fmt.Errorf("store: migrate: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	var version int
+	if err := tx.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
+		return false, fmt.Errorf("store: read schema version: %w", err)
+	}
+	switch {
+	case version > len(steps):
+		return false, fmt.Errorf("store: database schema version %d is newer than this program's %d", version, len(steps))
+	case version == len(steps):
+		return true, tx.Rollback()
+	}
+	if _, err := tx.ExecContext(ctx, steps[version]); err != nil {
+		return false, fmt.Errorf("store: migrate to version %d: %w", version+1, err)
+	}
+	// PRAGMA takes no bind parameters; version is an int we control.
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, version+1)); err != nil {
+		return false, fmt.Errorf("store: set schema version %d: %w", version+1, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("store: commit schema version %d: %w", version+1, err)
+	}
+	return false, nil
+}
