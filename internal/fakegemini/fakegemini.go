@@ -1,0 +1,408 @@
+// Package fakegemini is an in-process test double of the Gemini API
+// (generativelanguage.googleapis.com). It speaks the real wire formats: native
+// REST paths with ':' methods under /v1, /v1beta and /v1alpha, SSE and
+// JSON-array streams, the OpenAI-compatible endpoints under /v1beta/openai/,
+// the resumable file upload protocol, and Google's pretty-printed error
+// envelopes. Each upstream key can be programmed to fail the way a real key
+// fails (invalid, suspended, leaked, quota exhausted, ...), and every request
+// is recorded so tests can assert what a proxy forwarded.
+package fakegemini
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// KeyState programs how the fake answers for one upstream key (or, through
+// SetModelState, for every call on one model).
+//
+// Invalid, Suspended, Leaked, ServiceBlocked and Hang apply to every request
+// made with the key. QuotaMinute, QuotaDay, Prepay, Internal and Overloaded
+// apply only to generation calls (generateContent, streamGenerateContent,
+// embedContent, batchEmbedContents and the OpenAI-compatible chat completions
+// and embeddings), as with Google, where listing models and counting tokens
+// keep working on an exhausted key.
+type KeyState string
+
+// The states a key or a model can be put in.
+const (
+	OK             KeyState = "ok"
+	Invalid        KeyState = "invalid"         // 400 INVALID_ARGUMENT, ErrorInfo API_KEY_INVALID
+	Suspended      KeyState = "suspended"       // 403 CONSUMER_SUSPENDED
+	Leaked         KeyState = "leaked"          // 403 "Your API key was reported as leaked..." no details
+	ServiceBlocked KeyState = "service_blocked" // 403 API_KEY_SERVICE_BLOCKED
+	QuotaMinute    KeyState = "quota_minute"    // 429 QuotaFailure PerMinute + RetryInfo retryDelay (see SetRetryDelay)
+	QuotaDay       KeyState = "quota_day"       // 429 QuotaFailure with PerDay and PerMinute violations
+	Prepay         KeyState = "prepay"          // 402 prepay depleted
+	Internal       KeyState = "internal"        // 500 INTERNAL
+	Overloaded     KeyState = "overloaded"      // 503 UNAVAILABLE "The model is overloaded. Please try again later."
+	Hang           KeyState = "hang"            // never answers until the request context ends
+)
+
+// Call is one request the fake received.
+type Call struct {
+	Time     time.Time
+	Method   string
+	Path     string // r.URL.Path as received
+	RawQuery string
+	// Key is the credential the request authenticated with: the
+	// x-goog-api-key header, else the key query parameter, else (only under
+	// /v1beta/openai/) the Authorization Bearer token. Empty when none.
+	Key    string
+	Header http.Header // clone of the request headers
+	Body   []byte
+}
+
+// Server is the fake upstream. The zero value is not usable; call New.
+// All methods are safe for concurrent use.
+type Server struct {
+	mu           sync.Mutex
+	keys         map[string]KeyState
+	defaultState KeyState
+	retryDelay   string
+	modelStates  map[string]KeyState
+	streamEvents int
+	streamDelay  time.Duration
+	failAfter    int
+	calls        []Call
+	uploads      map[string]*uploadSession
+	files        map[string]*storedFile
+
+	openStreams atomic.Int64
+}
+
+const (
+	defaultRetryDelay   = "30s"
+	defaultStreamEvents = 3
+)
+
+// New returns a fake where every key is OK, streams have 3 events with no
+// delay, and QuotaMinute answers with retryDelay "30s".
+func New() *Server {
+	return &Server{
+		keys:         make(map[string]KeyState),
+		defaultState: OK,
+		retryDelay:   defaultRetryDelay,
+		modelStates:  make(map[string]KeyState),
+		streamEvents: defaultStreamEvents,
+		uploads:      make(map[string]*uploadSession),
+		files:        make(map[string]*storedFile),
+	}
+}
+
+// SetKey sets the state of one upstream key.
+func (s *Server) SetKey(key string, st KeyState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.keys[key] = st
+}
+
+// SetDefault sets the state used for keys never passed to SetKey (OK at first).
+func (s *Server) SetDefault(st KeyState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.defaultState = st
+}
+
+// SetRetryDelay sets the RetryInfo retryDelay text (a proto Duration such as
+// "30s" or "2.5s") that quota errors carry. An empty string restores "30s".
+func (s *Server) SetRetryDelay(d string) {
+	if d == "" {
+		d = defaultRetryDelay
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.retryDelay = d
+}
+
+// SetModelState makes every generation call on model fail with st for keys
+// whose own state is OK. st is one of Internal, Overloaded, QuotaMinute,
+// QuotaDay, Prepay or Hang; key-only states (Invalid, Suspended, Leaked,
+// ServiceBlocked) have no effect here. The model may be given with or without
+// its "models/" prefix. st "" or OK clears the model state.
+func (s *Server) SetModelState(model string, st KeyState) {
+	model = strings.TrimPrefix(model, "models/")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st == "" || st == OK {
+		delete(s.modelStates, model)
+		return
+	}
+	s.modelStates[model] = st
+}
+
+// SetStream sets the shape of streamed answers: the number of events (values
+// below 1 restore the default 3) and the delay before every event after the
+// first (and before a mid-stream error).
+func (s *Server) SetStream(events int, delay time.Duration) {
+	if events < 1 {
+		events = defaultStreamEvents
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.streamEvents = events
+	s.streamDelay = max(delay, 0)
+}
+
+// SetFailAfterEvents makes native streams break after n events (n > 0): the
+// SSE stream then carries a bare {"error":{"code":503,...}} JSON object with
+// no "data:" prefix, the JSON-array stream an {"error":...} element, and the
+// stream ends. If n is not below the configured number of events, every event
+// is sent before the error. n <= 0 turns this off.
+func (s *Server) SetFailAfterEvents(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failAfter = max(n, 0)
+}
+
+// Calls returns a deep copy of the requests received so far, oldest first.
+func (s *Server) Calls() []Call {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Call, len(s.calls))
+	for i, c := range s.calls {
+		c.Header = c.Header.Clone()
+		c.Body = slices.Clone(c.Body)
+		out[i] = c
+	}
+	return out
+}
+
+// Reset forgets the recorded calls. Key, model and stream settings, upload
+// sessions and files are kept.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls = nil
+}
+
+// OpenStreams reports how many streamed answers are being written right now.
+func (s *Server) OpenStreams() int {
+	return int(s.openStreams.Load())
+}
+
+// stateFor returns the programmed state of key.
+func (s *Server) stateFor(key string) KeyState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st, ok := s.keys[key]; ok {
+		return st
+	}
+	return s.defaultState
+}
+
+// modelState returns the model-wide state of model, OK when none is set.
+func (s *Server) modelState(model string) KeyState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st, ok := s.modelStates[model]; ok {
+		return st
+	}
+	return OK
+}
+
+func (s *Server) currentRetryDelay() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.retryDelay
+}
+
+// streamShape returns the configured event count, delay and fail-after count.
+func (s *Server) streamShape() (events int, delay time.Duration, failAfter int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streamEvents, s.streamDelay, s.failAfter
+}
+
+// exchange is one request being answered.
+type exchange struct {
+	w       http.ResponseWriter
+	r       *http.Request
+	body    []byte
+	key     string // credential as recorded in Call.Key
+	bearer  string // Authorization Bearer token, whatever the path
+	version string // v1, v1beta or v1alpha
+	pretty  bool   // prettyPrint system parameter (default true)
+	sse     bool   // errors go out as text/event-stream
+	openai  bool   // errors are wrapped in a JSON array
+}
+
+// ServeHTTP answers one request the way generativelanguage.googleapis.com does.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	path := r.URL.Path
+	x := &exchange{
+		w:      w,
+		r:      r,
+		body:   body,
+		bearer: bearerToken(r),
+		pretty: r.URL.Query().Get("prettyPrint") != "false",
+	}
+	x.openai = strings.HasPrefix(path, "/v1beta/openai/")
+	x.key = r.Header.Get("X-Goog-Api-Key")
+	if x.key == "" {
+		x.key = r.URL.Query().Get("key")
+	}
+	if x.key == "" && x.openai {
+		x.key = x.bearer
+	}
+	s.record(r, x.key, body)
+	setGoogleHeaders(w.Header())
+
+	switch {
+	case path == "/upload/v1beta/files":
+		x.version = "v1beta"
+		s.serveUpload(x)
+	case x.openai:
+		x.version = "v1beta"
+		s.serveOpenAI(x, strings.TrimPrefix(path, "/v1beta/openai/"))
+	default:
+		version, rest, ok := splitVersion(path)
+		if !ok {
+			x.fail(notFoundError())
+			return
+		}
+		x.version = version
+		s.serveNative(x, rest)
+	}
+}
+
+// record appends one Call.
+func (s *Server) record(r *http.Request, key string, body []byte) {
+	c := Call{
+		Time:     time.Now(),
+		Method:   r.Method,
+		Path:     r.URL.Path,
+		RawQuery: r.URL.RawQuery,
+		Key:      key,
+		Header:   r.Header.Clone(),
+		Body:     body,
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls = append(s.calls, c)
+}
+
+// splitVersion splits "/v1beta/models/x:generateContent" into "v1beta" and
+// "models/x:generateContent".
+func splitVersion(path string) (version, rest string, ok bool) {
+	p := strings.TrimPrefix(path, "/")
+	version, rest, _ = strings.Cut(p, "/")
+	switch version {
+	case "v1", "v1beta", "v1alpha":
+		return version, rest, rest != ""
+	}
+	return "", "", false
+}
+
+// bearerToken returns the token of an "Authorization: Bearer" header.
+func bearerToken(r *http.Request) string {
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(token)
+}
+
+// setGoogleHeaders adds the headers Google's front end puts on every answer,
+// including Alt-Svc, which a proxy is expected to drop.
+func setGoogleHeaders(h http.Header) {
+	h.Set("Vary", "Origin, X-Origin, Referer")
+	h.Set("Server", "scaffolding on HTTPServer2")
+	h.Set("X-Xss-Protection", "0")
+	h.Set("X-Frame-Options", "SAMEORIGIN")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Alt-Svc", `h3=":443"; ma=2592000,h3-29=":443"; ma=2592000`)
+}
+
+// authenticate applies Google's credential rules and the key-wide states
+// (Invalid, Suspended, Leaked, ServiceBlocked, Hang). rpc names the method for
+// error metadata, e.g. "GenerativeService.GenerateContent". It reports whether
+// the request may go on; if not, the answer has been written.
+func (s *Server) authenticate(x *exchange, rpc string) bool {
+	method := "google.ai.generativelanguage." + x.version + "." + rpc
+	if x.key == "" {
+		if x.bearer != "" && !x.openai {
+			x.fail(oauthRejectedError(method))
+			return false
+		}
+		x.fail(unregisteredCallerError())
+		return false
+	}
+	switch s.stateFor(x.key) {
+	case Invalid:
+		x.fail(invalidKeyError())
+	case Suspended:
+		x.fail(suspendedError(x.key))
+	case Leaked:
+		x.fail(leakedError())
+	case ServiceBlocked:
+		x.fail(serviceBlockedError(x.key, method))
+	case Hang:
+		<-x.r.Context().Done()
+	default:
+		return true
+	}
+	return false
+}
+
+// admitGeneration applies the generation-only states: the key's own, else the
+// model-wide one. It reports whether the request may go on; if not, the answer
+// has been written.
+func (s *Server) admitGeneration(x *exchange, model string) bool {
+	st := s.stateFor(x.key)
+	if !isGenerationState(st) {
+		st = s.modelState(model)
+	}
+	switch st {
+	case QuotaMinute:
+		x.fail(quotaMinuteError(model, s.currentRetryDelay()))
+	case QuotaDay:
+		x.fail(quotaDayError(model, s.currentRetryDelay()))
+	case Prepay:
+		x.fail(prepayError())
+	case Internal:
+		x.fail(internalError())
+	case Overloaded:
+		x.fail(overloadedError())
+	case Hang:
+		<-x.r.Context().Done()
+	default:
+		return true
+	}
+	return false
+}
+
+func isGenerationState(st KeyState) bool {
+	switch st {
+	case QuotaMinute, QuotaDay, Prepay, Internal, Overloaded:
+		return true
+	}
+	return false
+}
+
+// randomID returns n random characters of the URL-safe base64 alphabet.
+func randomID(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)[:n]
+}
+
+// randomLowerID returns n random lowercase letters and digits, the alphabet
+// of Google's file ids.
+func randomLowerID(n int) string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b)
+}
