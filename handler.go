@@ -1,0 +1,464 @@
+package geminisynapse
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler proxies Gemini API requests (`/v1/…`, `/v1beta/…`, `/v1alpha/…`, `/upload/…`,
+// including the OpenAI-compatible `/v1beta/openai/…`) to the upstream with a key from the pool
+// of the `gemini_synapse` app. Clients authenticate with an access key sent as
+// `x-goog-api-key`, `?key=` or `Authorization: Bearer`. Other paths go to the next handler.
+// Its settings live in the `gemini_synapse` app (the global option of the same name).
+type Handler struct {
+	core   *core
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.gemini_synapse",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision looks up the gemini_synapse app (configuring it with defaults if the config has no
+// global option for it) and keeps its shared core.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	app, err := ctx.App("gemini_synapse")
+	if err != nil {
+		return err
+	}
+	h.core = app.(*App).core
+	return nil
+}
+
+// upstream paths the proxy serves; everything else goes to the next handler.
+var apiPrefixes = [...]string{"/v1/", "/v1beta/", "/v1alpha/", "/upload/"}
+
+// apiPath returns the cleaned path and whether the proxy serves it. Cleaning resolves dot
+// segments (also percent-encoded ones, which net/http has already decoded) and repeated
+// slashes, so a crafted path cannot climb out of the API or name another host.
+func apiPath(p string) (string, bool) {
+	if !strings.HasPrefix(p, "/") {
+		return "", false
+	}
+	clean := path.Clean(p)
+	for _, pre := range apiPrefixes {
+		if strings.HasPrefix(clean, pre) {
+			return clean, true
+		}
+	}
+	return "", false
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	p, ok := apiPath(r.URL.Path)
+	if !ok {
+		return next.ServeHTTP(w, r)
+	}
+	c := h.core
+	if r.Method == http.MethodOptions {
+		writePreflight(w, r)
+		return nil
+	}
+	if r.Header.Get("Origin") != "" {
+		hdr := w.Header()
+		hdr.Set("Access-Control-Allow-Origin", "*")
+		hdr.Set("Access-Control-Expose-Headers", corsExposeHeaders)
+	}
+	select {
+	case <-c.ready:
+	case <-r.Context().Done():
+		return nil
+	}
+	x := exchange{core: c, w: w, r: r, path: p, start: time.Now()}
+	x.serve()
+	return nil
+}
+
+const (
+	corsAllowHeaders  = "authorization, content-type, x-goog-api-key, x-goog-api-client, x-goog-user-project, x-server-timeout, x-goog-upload-protocol, x-goog-upload-command, x-goog-upload-offset, x-goog-upload-header-content-length, x-goog-upload-header-content-type, x-goog-upload-file-name, x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout, user-agent"
+	corsExposeHeaders = "x-goog-upload-url, x-goog-upload-control-url, x-goog-upload-status, x-goog-upload-chunk-granularity, x-goog-upload-size-received, retry-after"
+)
+
+// writePreflight answers a CORS preflight without an access key, as Google does.
+func writePreflight(w http.ResponseWriter, r *http.Request) {
+	hdr := w.Header()
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		origin = "*"
+	}
+	hdr.Set("Access-Control-Allow-Origin", origin)
+	hdr.Add("Vary", "Origin")
+	hdr.Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS")
+	if req := r.Header.Get("Access-Control-Request-Headers"); req != "" {
+		hdr.Set("Access-Control-Allow-Headers", req)
+	} else {
+		hdr.Set("Access-Control-Allow-Headers", corsAllowHeaders)
+	}
+	hdr.Set("Access-Control-Expose-Headers", corsExposeHeaders)
+	hdr.Set("Access-Control-Max-Age", "3600")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// exchange is one client request on its way through the proxy.
+type exchange struct {
+	core  *core
+	w     http.ResponseWriter
+	r     *http.Request
+	path  string
+	start time.Time
+
+	set      *settings
+	access   int64
+	model    string
+	stream   bool
+	openAI   bool
+	body     []byte
+	attempts int
+	keyID    int64
+
+	releaseBody func()
+
+	status  int
+	ttfb    time.Duration
+	usage   usage
+	errText string
+}
+
+// serve runs the whole exchange and writes exactly one request-log row at the end.
+func (x *exchange) serve() {
+	defer x.logRequest()
+	x.set = x.core.settings.Load()
+	if !x.authenticate() {
+		return
+	}
+	x.openAI = strings.HasPrefix(x.path, "/v1beta/openai/") || strings.HasPrefix(x.path, "/v1/openai/")
+	if !x.readBody() {
+		return
+	}
+	x.model, x.stream = requestModel(x.path, x.r.URL.RawQuery, x.body, x.openAI)
+	x.proxy()
+}
+
+// authenticate checks the access key. Keys are looked up by their SHA-256 digest, never
+// compared as text: the time a lookup takes depends only on the digest, which tells an
+// attacker nothing about the key that produced it.
+func (x *exchange) authenticate() bool {
+	cred := credential(x.r)
+	if cred == "" {
+		x.fail(http.StatusUnauthorized, "UNAUTHENTICATED", "Missing access key: send it as the x-goog-api-key header, the key query parameter or Authorization: Bearer.")
+		return false
+	}
+	sum := sha256.Sum256([]byte(cred))
+	keys := *x.core.accessKeys.Load()
+	k, found := keys[sum]
+	if !found {
+		x.fail(http.StatusUnauthorized, "UNAUTHENTICATED", "Access key not valid. Please pass a valid access key for this gateway.")
+		return false
+	}
+	x.access = k.id
+	if !k.enabled {
+		x.fail(http.StatusForbidden, "PERMISSION_DENIED", "This access key is disabled.")
+		return false
+	}
+	return true
+}
+
+// credential returns the client's access key from x-goog-api-key, ?key= or a Bearer token.
+func credential(r *http.Request) string {
+	if v := r.Header.Get("X-Goog-Api-Key"); v != "" {
+		return strings.TrimSpace(v)
+	}
+	if hasKeyParam(r.URL.RawQuery) {
+		if v := r.URL.Query().Get("key"); v != "" {
+			return v
+		}
+	}
+	if v := r.Header.Get("Authorization"); len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
+		return strings.TrimSpace(v[7:])
+	}
+	return ""
+}
+
+var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// readBody buffers the request body, up to max_request_body, so that a retry can resend it.
+func (x *exchange) readBody() bool {
+	if x.r.Body == nil || x.r.Body == http.NoBody {
+		return true
+	}
+	limit := x.set.maxBody
+	if x.r.ContentLength > limit {
+		x.tooLarge(limit)
+		return false
+	}
+	buf := bodyPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	_, err := buf.ReadFrom(http.MaxBytesReader(x.w, x.r.Body, limit))
+	if err != nil {
+		bodyPool.Put(buf)
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			x.tooLarge(limit)
+		} else {
+			x.status = 499
+			x.errText = "reading request body: " + err.Error()
+		}
+		return false
+	}
+	x.body = buf.Bytes()
+	// The buffer goes back to the pool once the exchange is over.
+	x.releaseBody = func() {
+		if buf.Cap() <= 1<<20 {
+			bodyPool.Put(buf)
+		}
+	}
+	return true
+}
+
+func (x *exchange) tooLarge(limit int64) {
+	x.fail(http.StatusRequestEntityTooLarge, "INVALID_ARGUMENT",
+		"Request payload size exceeds the limit: "+strconv.FormatInt(limit, 10)+" bytes.")
+}
+
+// requestModel finds the model a request is for, and whether it streams.
+func requestModel(p, rawQuery string, body []byte, openAI bool) (model string, stream bool) {
+	if openAI {
+		if len(body) > 0 {
+			var b struct {
+				Model  string `json:"model"`
+				Stream bool   `json:"stream"`
+			}
+			if json.Unmarshal(body, &b) == nil {
+				return strings.TrimPrefix(b.Model, "models/"), b.Stream
+			}
+		}
+		return "", false
+	}
+	var rest string
+	if i := strings.Index(p, "/models/"); i >= 0 {
+		rest = p[i+len("/models/"):]
+	} else if i := strings.Index(p, "/tunedModels/"); i >= 0 {
+		rest = p[i+len("/tunedModels/"):]
+	} else {
+		return "", false
+	}
+	end := strings.IndexAny(rest, ":/")
+	method := ""
+	if end >= 0 {
+		if rest[end] == ':' {
+			method = rest[end+1:]
+		}
+		rest = rest[:end]
+	}
+	return rest, method == "streamGenerateContent"
+}
+
+// proxy runs the attempt loop: pick a key, send, classify, and either answer the client or
+// retry on another key while nothing has been written yet.
+func (x *exchange) proxy() {
+	c := x.core
+	var skipBuf [8]int64
+	skip := skipBuf[:0]
+	var last *upstreamError // the newest failed answer, returned if no retry is left
+	for {
+		now := time.Now()
+		id, secret, err := c.pool.Next(x.model, now, skip)
+		if err != nil {
+			if last != nil {
+				x.writeUpstreamError(last)
+				return
+			}
+			var ce *keypool.CoolingError
+			if errors.As(err, &ce) {
+				x.retryAfter(ce.Until, now)
+				x.fail(http.StatusTooManyRequests, "RESOURCE_EXHAUSTED",
+					"Every upstream key is cooling down for model "+ce.Model+" after quota errors; retry after "+ce.Until.UTC().Format(time.RFC3339)+".")
+				return
+			}
+			x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "No upstream key is available: add or enable keys in the admin panel.")
+			return
+		}
+		x.attempts++
+		x.keyID = id
+		resp, err := x.send(secret)
+		if err != nil {
+			o := keypool.ClassifyError(err)
+			if o.Kind == keypool.Canceled || x.r.Context().Err() != nil {
+				x.status = 499
+				x.errText = "client closed the request"
+				return
+			}
+			x.report(id, o, 0)
+			last = &upstreamError{status: http.StatusBadGateway, reason: o.Reason}
+			if x.attempts <= x.set.maxRetries {
+				skip = append(skip, id)
+				continue
+			}
+			x.writeUpstreamError(last)
+			return
+		}
+		if resp.StatusCode < 400 {
+			x.report(id, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
+			x.copyResponse(resp, secret)
+			return
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<10))
+		resp.Body.Close()
+		body = maskSecret(body, secret)
+		o := keypool.Classify(resp.StatusCode, body, time.Now())
+		if o.Kind == keypool.Canceled || x.r.Context().Err() != nil {
+			x.status = 499
+			x.errText = "client closed the request"
+			return
+		}
+		x.report(id, o, resp.StatusCode)
+		last = &upstreamError{status: resp.StatusCode, header: resp.Header, body: body, outcome: o}
+		if o.Retryable() && x.attempts <= x.set.maxRetries {
+			skip = append(skip, id)
+			continue
+		}
+		x.writeUpstreamError(last)
+		return
+	}
+}
+
+// upstreamError is a failed upstream answer, kept to be returned when no retry is left.
+type upstreamError struct {
+	status  int
+	header  http.Header
+	body    []byte
+	reason  string // network failures have no body
+	outcome keypool.Outcome
+}
+
+// report tells the pool how an attempt went, persists what changed and logs failed attempts.
+func (x *exchange) report(id int64, o keypool.Outcome, status int) {
+	c := x.core
+	ch := c.pool.Report(id, x.model, o, time.Now())
+	c.persist(ch, o.Reason)
+	if o.Kind == keypool.Success || o.Kind == keypool.Canceled {
+		return
+	}
+	if status == 0 {
+		status = http.StatusBadGateway
+	}
+	c.store.LogError(store.ErrorLog{
+		Time:        time.Now(),
+		KeyID:       id,
+		AccessKeyID: x.access,
+		Model:       x.model,
+		Path:        x.path,
+		Status:      status,
+		Message:     o.Kind.String() + ": " + o.Reason,
+	})
+}
+
+// writeUpstreamError returns the last upstream failure to the client with its real status and
+// Gemini envelope (the pool key masked out).
+func (x *exchange) writeUpstreamError(e *upstreamError) {
+	if e.body == nil {
+		x.fail(e.status, "UNAVAILABLE", "The upstream could not be reached: "+e.reason)
+		return
+	}
+	hdr := x.w.Header()
+	ct := e.header.Get("Content-Type")
+	if ct == "" {
+		ct = "application/json; charset=UTF-8"
+	}
+	hdr.Set("Content-Type", ct)
+	hdr.Set("Content-Length", strconv.Itoa(len(e.body)))
+	if e.outcome.Kind == keypool.Quota && !e.outcome.Until.IsZero() {
+		x.retryAfter(e.outcome.Until, time.Now())
+	}
+	x.status = e.status
+	x.errText = e.outcome.Reason
+	x.w.WriteHeader(e.status)
+	x.w.Write(e.body)
+}
+
+func (x *exchange) retryAfter(until, now time.Time) {
+	secs := int64((until.Sub(now) + time.Second - 1) / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	x.w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+}
+
+// fail answers with Google's error envelope.
+func (x *exchange) fail(code int, status, msg string) {
+	x.status = code
+	x.errText = msg
+	writeError(x.w, code, status, msg)
+}
+
+// writeError writes {"error":{"code","message","status"}} as Google does.
+func writeError(w http.ResponseWriter, code int, status, msg string) {
+	b, _ := json.Marshal(map[string]any{"error": map[string]any{"code": code, "message": msg, "status": status}})
+	b = append(b, '\n')
+	hdr := w.Header()
+	hdr.Set("Content-Type", "application/json; charset=UTF-8")
+	hdr.Set("Content-Length", strconv.Itoa(len(b)))
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	w.Write(b)
+}
+
+// logRequest queues the exchange's request-log row; it never waits on the database.
+func (x *exchange) logRequest() {
+	if x.releaseBody != nil {
+		x.releaseBody()
+	}
+	if x.status == 0 {
+		x.status = 499
+	}
+	x.core.store.LogRequest(store.RequestLog{
+		Time:             x.start,
+		AccessKeyID:      x.access,
+		KeyID:            x.keyID,
+		Method:           x.r.Method,
+		Path:             x.path,
+		Model:            x.model,
+		Stream:           x.stream,
+		Status:           x.status,
+		Attempts:         x.attempts,
+		Latency:          time.Since(x.start),
+		TTFB:             x.ttfb,
+		PromptTokens:     x.usage.prompt,
+		CandidatesTokens: x.usage.candidates,
+		ThoughtsTokens:   x.usage.thoughts,
+		TotalTokens:      x.usage.total,
+		Error:            x.errText,
+	})
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

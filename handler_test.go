@@ -1,0 +1,288 @@
+package geminisynapse
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
+)
+
+func TestAPIPathSafety(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"/v1beta/models/gemini-2.5-flash:generateContent", "/v1beta/models/gemini-2.5-flash:generateContent", true},
+		{"/v1/models", "/v1/models", true},
+		{"/v1alpha/auth_tokens", "/v1alpha/auth_tokens", true},
+		{"/upload/v1beta/files", "/upload/v1beta/files", true},
+		{"/v1beta/openai/chat/completions", "/v1beta/openai/chat/completions", true},
+		{"//v1beta//models", "/v1beta/models", true},
+		{"/v1beta/../admin/api/status", "", false},
+		{"/v1beta/models/../../../etc/passwd", "", false},
+		{"/v1beta/../v1/models", "/v1/models", true},
+		{"/v1", "", false},
+		{"/v1betax/models", "", false},
+		{"/hello", "", false},
+		{"v1beta/models", "", false},
+		{"", "", false},
+	} {
+		got, ok := apiPath(tc.in)
+		if ok != tc.ok || got != tc.want {
+			t.Errorf("apiPath(%q) = %q, %v; want %q, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestStripKeyParam(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                            "",
+		"alt=sse":                     "alt=sse",
+		"key=abc":                     "",
+		"alt=sse&key=abc":             "alt=sse",
+		"key=abc&alt=sse&pageSize=2":  "alt=sse&pageSize=2",
+		"%6Bey=abc&alt=sse":           "alt=sse",
+		"access_token=x&monkey=1":     "monkey=1",
+		"apikey=1&key=2&key=3&$alt=j": "apikey=1&$alt=j",
+	} {
+		if got := stripKeyParam(in); got != want {
+			t.Errorf("stripKeyParam(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestRequestModel(t *testing.T) {
+	for _, tc := range []struct {
+		path, body string
+		openAI     bool
+		model      string
+		stream     bool
+	}{
+		{"/v1beta/models/gemini-2.5-flash:generateContent", "", false, "gemini-2.5-flash", false},
+		{"/v1beta/models/gemini-2.5-pro:streamGenerateContent", "", false, "gemini-2.5-pro", true},
+		{"/v1/models/gemini-embedding-001:embedContent", "", false, "gemini-embedding-001", false},
+		{"/v1beta/models/gemini-2.5-flash", "", false, "gemini-2.5-flash", false},
+		{"/v1beta/tunedModels/my-tune:generateContent", "", false, "my-tune", false},
+		{"/v1beta/models", "", false, "", false},
+		{"/v1beta/files/abc", "", false, "", false},
+		{"/v1beta/openai/chat/completions", `{"model":"models/gemini-2.5-flash","stream":true}`, true, "gemini-2.5-flash", true},
+		{"/v1beta/openai/chat/completions", `{"model":"gemini-2.0-flash"}`, true, "gemini-2.0-flash", false},
+		{"/v1beta/openai/chat/completions", `not json`, true, "", false},
+	} {
+		m, s := requestModel(tc.path, "", []byte(tc.body), tc.openAI)
+		if m != tc.model || s != tc.stream {
+			t.Errorf("requestModel(%q, %q) = %q, %v; want %q, %v", tc.path, tc.body, m, s, tc.model, tc.stream)
+		}
+	}
+}
+
+func TestTailUsageAndStreamError(t *testing.T) {
+	var tl tail
+	tl.buf = make([]byte, 0, 2*tailKeep)
+	// A long stream: only the last event's cumulative counts matter.
+	for i := 0; i < 400; i++ {
+		tl.write([]byte(`data: {"candidates":[{"content":{"parts":[{"text":"` + strings.Repeat("x", 50) + `"}]}}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":` + itoa(i) + `,"totalTokenCount":` + itoa(i+5) + `}}` + "\r\n\r\n"))
+	}
+	u := tl.usage(false)
+	if u.prompt != 5 || u.candidates != 399 || u.total != 404 {
+		t.Errorf("usage = %+v", u)
+	}
+	if len(tl.buf) < tailKeep || len(tl.buf) > 2*tailKeep {
+		t.Errorf("tail holds %d bytes, want between %d and %d", len(tl.buf), tailKeep, 2*tailKeep)
+	}
+	if _, _, ok := tl.streamError(); ok {
+		t.Error("a clean stream was taken for an error")
+	}
+	tl.write([]byte("{\n  \"error\": {\n    \"code\": 503,\n    \"message\": \"The model is overloaded. Please try again later.\",\n    \"status\": \"UNAVAILABLE\"\n  }\n}\n"))
+	code, msg, ok := tl.streamError()
+	if !ok || code != 503 || !strings.Contains(msg, "overloaded") {
+		t.Errorf("streamError = %d %q %v", code, msg, ok)
+	}
+	var o tail
+	o.buf = make([]byte, 0, 2*tailKeep)
+	o.write([]byte(`data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7,"total_tokens":10}}` + "\n\ndata: [DONE]\n\n"))
+	if u := o.usage(true); u.prompt != 3 || u.candidates != 7 || u.total != 10 {
+		t.Errorf("openai usage = %+v", u)
+	}
+}
+
+func itoa(i int) string { b, _ := json.Marshal(i); return string(b) }
+
+// testGateway runs the proxy handler in-process on loopback with a real SQLite file and the
+// fake upstream, without Caddy around it.
+type testGateway struct {
+	url  string
+	fake *fakegemini.Server
+	core *core
+}
+
+const testAccessKey = "sk-test-access"
+
+var testPoolKeys = []string{"AIzaSyUNIT-pool-key-0001-aaaaaaaaaaaaaaaa", "AIzaSyUNIT-pool-key-0002-bbbbbbbbbbbbbbbb"}
+
+func newTestGateway(t *testing.T, configure func(*App)) *testGateway {
+	t.Helper()
+	fake := fakegemini.New()
+	up := httptest.NewServer(fake)
+	t.Cleanup(up.Close)
+	a := &App{
+		AccessKeys:    []string{testAccessKey},
+		GoogleAPIKeys: testPoolKeys,
+		Upstream:      up.URL,
+	}
+	if configure != nil {
+		configure(a)
+	}
+	c := newCore(filepath.Join(t.TempDir(), "db", "data.db"), zap.NewNop())
+	if err := c.open(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Destruct() })
+	if err := c.applyConfig(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	h := &Handler{core: c, logger: zap.NewNop()}
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(http.StatusTeapot)
+		return nil
+	})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r, next)
+	}))
+	t.Cleanup(srv.Close)
+	return &testGateway{url: srv.URL, fake: fake, core: c}
+}
+
+func TestHeadersAndCredentialsAreSwapped(t *testing.T) {
+	g := newTestGateway(t, nil)
+	body := `{"contents":[{"parts":[{"text":"hello there"}]}]}`
+	req, _ := http.NewRequest("POST", g.url+"/v1beta/models/gemini-2.5-flash:generateContent?key="+testAccessKey+"&alt=json", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Goog-User-Project", "projects/123")
+	req.Header.Set("Cookie", "session=1")
+	req.Header.Set("X-Forwarded-For", "10.0.0.1")
+	req.Header.Set("Connection", "X-Hop")
+	req.Header.Set("X-Hop", "1")
+	req.Header.Set("X-Goog-Api-Client", "google-genai-sdk/1.0")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), "echo: hello there") {
+		t.Fatalf("status %d body %s", resp.StatusCode, b)
+	}
+	calls := g.fake.Calls()
+	if len(calls) != 1 {
+		t.Fatalf("upstream calls: %d", len(calls))
+	}
+	c := calls[0]
+	if c.Key != testPoolKeys[0] && c.Key != testPoolKeys[1] {
+		t.Errorf("upstream key %q is not a pool key", c.Key)
+	}
+	if strings.Contains(c.RawQuery, "key=") || c.RawQuery != "alt=json" {
+		t.Errorf("upstream query %q", c.RawQuery)
+	}
+	for _, h := range []string{"X-Goog-User-Project", "Cookie", "X-Forwarded-For", "X-Hop", "Authorization"} {
+		if v := c.Header.Get(h); v != "" {
+			t.Errorf("header %s reached the upstream: %q", h, v)
+		}
+	}
+	if c.Header.Get("X-Goog-Api-Client") != "google-genai-sdk/1.0" {
+		t.Errorf("x-goog-api-client was not forwarded")
+	}
+	if strings.Contains(string(b), testPoolKeys[0]) || strings.Contains(string(b), testPoolKeys[1]) {
+		t.Error("a pool key reached the client")
+	}
+}
+
+func TestNonAPIPathsGoToNextHandler(t *testing.T) {
+	g := newTestGateway(t, nil)
+	for _, p := range []string{"/hello", "/v1beta/../admin", "/favicon.ico"} {
+		req, _ := http.NewRequest("GET", g.url+"/x", nil)
+		req.URL.Path = p
+		req.URL.RawPath = ""
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusTeapot {
+			t.Errorf("%s: status %d, want the next handler's 418", p, resp.StatusCode)
+		}
+	}
+	if n := len(g.fake.Calls()); n != 0 {
+		t.Errorf("%d upstream calls for non-API paths", n)
+	}
+}
+
+func TestAuthErrorsUseGeminiEnvelope(t *testing.T) {
+	g := newTestGateway(t, nil)
+	for _, tc := range []struct {
+		key    string
+		code   int
+		status string
+	}{
+		{"", 401, "UNAUTHENTICATED"},
+		{"wrong", 401, "UNAUTHENTICATED"},
+	} {
+		req, _ := http.NewRequest("GET", g.url+"/v1beta/models", nil)
+		if tc.key != "" {
+			req.Header.Set("Authorization", "Bearer "+tc.key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e struct {
+			Error struct {
+				Code    int
+				Message string
+				Status  string
+			}
+		}
+		json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code || e.Error.Code != tc.code || e.Error.Status != tc.status || e.Error.Message == "" {
+			t.Errorf("key %q: %d %+v", tc.key, resp.StatusCode, e)
+		}
+	}
+	if n := len(g.fake.Calls()); n != 0 {
+		t.Errorf("%d upstream calls for rejected requests", n)
+	}
+}
+
+func TestBodyLimit(t *testing.T) {
+	g := newTestGateway(t, func(a *App) { a.MaxRequestBody = 1024 })
+	body := `{"contents":[{"parts":[{"text":"` + strings.Repeat("a", 2048) + `"}]}]}`
+	for _, chunked := range []bool{false, true} {
+		var r io.Reader = strings.NewReader(body)
+		if chunked {
+			r = io.MultiReader(r) // unknown length: sent chunked
+		}
+		req, _ := http.NewRequest("POST", g.url+"/v1beta/models/gemini-2.5-flash:generateContent", r)
+		req.Header.Set("x-goog-api-key", testAccessKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 413 || !strings.Contains(string(b), `"code":413`) {
+			t.Errorf("chunked=%v: %d %s", chunked, resp.StatusCode, b)
+		}
+	}
+	if n := len(g.fake.Calls()); n != 0 {
+		t.Errorf("%d upstream calls for oversized bodies", n)
+	}
+}

@@ -1,0 +1,314 @@
+package geminisynapse
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
+)
+
+// send makes one upstream attempt with the given pool key. The upstream URL is always the
+// configured base plus the cleaned API path, so no request can leave for another host.
+func (x *exchange) send(secret string) (*http.Response, error) {
+	u := *x.set.upstream
+	u.Path += x.path
+	u.RawPath = ""
+	u.RawQuery = stripKeyParam(x.r.URL.RawQuery)
+	var body io.Reader = http.NoBody
+	if len(x.body) > 0 {
+		body = bytes.NewReader(x.body)
+	}
+	req, err := http.NewRequestWithContext(x.r.Context(), x.r.Method, u.String(), body)
+	if err != nil {
+		return nil, err
+	}
+	copyRequestHeaders(req.Header, x.r.Header)
+	if x.openAI {
+		req.Header.Set("Authorization", "Bearer "+secret)
+	} else {
+		req.Header.Set("X-Goog-Api-Key", secret)
+	}
+	return x.core.upstream.Load().transport.RoundTrip(req)
+}
+
+// stripKeyParam removes every `key` (and Live's `access_token`) parameter from a raw query,
+// keeping the others byte for byte.
+func stripKeyParam(raw string) string {
+	if !hasKeyParam(raw) {
+		return raw
+	}
+	var b strings.Builder
+	for part := range strings.SplitSeq(raw, "&") {
+		name, _, _ := strings.Cut(part, "=")
+		if n, err := urlUnescape(name); err == nil && (n == "key" || n == "access_token") {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(part)
+	}
+	return b.String()
+}
+
+// hasKeyParam is a cheap test that a raw query may carry a credential (also percent-encoded).
+func hasKeyParam(raw string) bool {
+	return strings.Contains(raw, "key=") || strings.Contains(raw, "access_token=") || strings.Contains(raw, "%")
+}
+
+func urlUnescape(s string) (string, error) {
+	if !strings.ContainsAny(s, "%+") {
+		return s, nil
+	}
+	return url.QueryUnescape(s)
+}
+
+// Request headers that never go upstream: hop-by-hop ones, the client's credentials and
+// identity, and Accept-Encoding (the transport asks for gzip itself and decodes it, so the
+// usage tap sees plain bytes).
+var dropRequestHeaders = map[string]bool{
+	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
+	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+	"Authorization": true, "X-Goog-Api-Key": true, "X-Goog-User-Project": true, "Cookie": true,
+	"Forwarded": true, "X-Real-Ip": true, "Origin": true, "Referer": true, "Via": true,
+	"Accept-Encoding": true, "Content-Length": true, "Host": true,
+}
+
+// Response headers that never reach the client.
+var dropResponseHeaders = map[string]bool{
+	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
+	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+	"Alt-Svc": true, "Content-Length": true, "Set-Cookie": true,
+}
+
+func copyRequestHeaders(dst, src http.Header) {
+	named := connectionHeaders(src)
+	for k, vv := range src {
+		if dropRequestHeaders[k] || strings.HasPrefix(k, "X-Forwarded-") || named[k] {
+			continue
+		}
+		dst[k] = append([]string(nil), vv...)
+	}
+	if _, ok := dst["User-Agent"]; !ok {
+		dst["User-Agent"] = []string{""} // keep Go from adding its own
+	}
+}
+
+func copyResponseHeaders(dst, src http.Header) {
+	named := connectionHeaders(src)
+	for k, vv := range src {
+		if dropResponseHeaders[k] || named[k] {
+			continue
+		}
+		dst[k] = vv
+	}
+}
+
+// connectionHeaders returns the header names listed in Connection (hop-by-hop by RFC 9110).
+func connectionHeaders(h http.Header) map[string]bool {
+	vv := h["Connection"]
+	if len(vv) == 0 {
+		return nil
+	}
+	m := make(map[string]bool)
+	for _, v := range vv {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				m[textproto.CanonicalMIMEHeaderKey(f)] = true
+			}
+		}
+	}
+	return m
+}
+
+var copyPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+var tailPool = sync.Pool{New: func() any { return &tail{buf: make([]byte, 0, 2*tailKeep)} }}
+
+// copyResponse sends a successful upstream answer to the client as it arrives: every read is
+// written and, for streams, flushed at once; nothing is re-encoded. A tail of the bytes is
+// kept to read the token usage at the end without holding the stream.
+func (x *exchange) copyResponse(resp *http.Response, secret string) {
+	defer resp.Body.Close()
+	hdr := x.w.Header()
+	copyResponseHeaders(hdr, resp.Header)
+	if resp.ContentLength >= 0 && !resp.Uncompressed {
+		hdr.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	}
+	ct := resp.Header.Get("Content-Type")
+	flush := x.stream || resp.ContentLength < 0 || strings.HasPrefix(ct, "text/event-stream")
+	x.status = resp.StatusCode
+	x.w.WriteHeader(resp.StatusCode)
+	rc := http.NewResponseController(x.w)
+	if flush {
+		_ = rc.Flush()
+	}
+
+	bp := copyPool.Get().(*[]byte)
+	defer copyPool.Put(bp)
+	t := tailPool.Get().(*tail)
+	t.buf = t.buf[:0]
+	defer tailPool.Put(t)
+	buf := *bp
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if x.ttfb == 0 {
+				x.ttfb = time.Since(x.start)
+			}
+			t.write(buf[:n])
+			if _, werr := x.w.Write(buf[:n]); werr != nil {
+				x.errText = "client went away mid-response"
+				return
+			}
+			if flush {
+				if ferr := rc.Flush(); ferr != nil {
+					x.errText = "client went away mid-response"
+					return
+				}
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			if x.r.Context().Err() != nil {
+				x.errText = "client went away mid-response"
+				return
+			}
+			// The upstream broke the stream after we answered 200: the status cannot change,
+			// so the client must see a truncated response, not a clean end.
+			x.errText = "upstream broke the response: " + string(maskSecret([]byte(rerr.Error()), secret))
+			x.status = http.StatusBadGateway
+			x.report(x.keyID, keypool.ClassifyError(rerr), http.StatusBadGateway)
+			panic(http.ErrAbortHandler)
+		}
+	}
+	x.usage = t.usage(x.openAI)
+	if x.stream {
+		if code, msg, ok := t.streamError(); ok {
+			x.status = code
+			x.errText = "mid-stream error: " + msg
+			x.core.store.LogError(store.ErrorLog{Time: time.Now(), KeyID: x.keyID, AccessKeyID: x.access,
+				Model: x.model, Path: x.path, Status: code, Message: "mid-stream error: " + string(maskSecret([]byte(msg), secret))})
+		}
+	}
+}
+
+// tailKeep is how many of the last bytes of a response are kept for the usage tap. Gemini puts
+// usageMetadata near the end of every answer and of every stream event.
+const tailKeep = 8 << 10
+
+// tail keeps the last tailKeep bytes written to it.
+type tail struct{ buf []byte }
+
+func (t *tail) write(p []byte) {
+	if len(p) >= tailKeep {
+		t.buf = append(t.buf[:0], p[len(p)-tailKeep:]...)
+		return
+	}
+	if len(t.buf)+len(p) > cap(t.buf) {
+		drop := len(t.buf) + len(p) - tailKeep
+		n := copy(t.buf, t.buf[drop:])
+		t.buf = t.buf[:n]
+	}
+	t.buf = append(t.buf, p...)
+}
+
+// usage holds the token counts of one answer.
+type usage struct {
+	prompt, candidates, thoughts, total int64
+}
+
+// usage reads the last usageMetadata (native) or usage (OpenAI-compatible) object in the tail.
+// Counts are cumulative in streams, so the last one is the whole answer's.
+func (t *tail) usage(openAI bool) usage {
+	key := []byte(`"usageMetadata"`)
+	if openAI {
+		key = []byte(`"usage"`)
+	}
+	i := bytes.LastIndex(t.buf, key)
+	if i < 0 {
+		return usage{}
+	}
+	rest := t.buf[i+len(key):]
+	j := bytes.IndexByte(rest, '{')
+	if j < 0 {
+		return usage{}
+	}
+	dec := json.NewDecoder(bytes.NewReader(rest[j:]))
+	if openAI {
+		var u struct {
+			Prompt     int64 `json:"prompt_tokens"`
+			Completion int64 `json:"completion_tokens"`
+			Total      int64 `json:"total_tokens"`
+			Details    struct {
+				Reasoning int64 `json:"reasoning_tokens"`
+			} `json:"completion_tokens_details"`
+		}
+		if dec.Decode(&u) != nil {
+			return usage{}
+		}
+		return usage{prompt: u.Prompt, candidates: u.Completion, thoughts: u.Details.Reasoning, total: u.Total}
+	}
+	var u struct {
+		Prompt     int64 `json:"promptTokenCount"`
+		Candidates int64 `json:"candidatesTokenCount"`
+		Thoughts   int64 `json:"thoughtsTokenCount"`
+		Total      int64 `json:"totalTokenCount"`
+	}
+	if dec.Decode(&u) != nil {
+		return usage{}
+	}
+	return usage{prompt: u.Prompt, candidates: u.Candidates, thoughts: u.Thoughts, total: u.Total}
+}
+
+// streamError recognises the bare {"error":{…}} object Google writes into a stream that fails
+// after it has started (without a data: prefix).
+func (t *tail) streamError() (code int, msg string, ok bool) {
+	b := bytes.TrimRight(t.buf, "\r\n \t")
+	if i := bytes.LastIndex(b, []byte("\n\n")); i >= 0 {
+		b = b[i+2:]
+	}
+	if i := bytes.LastIndex(b, []byte("\r\n\r\n")); i >= 0 {
+		b = b[i+4:]
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' || !bytes.Contains(b, []byte(`"error"`)) {
+		return 0, "", false
+	}
+	var e struct {
+		Error struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(b, &e) != nil || e.Error.Code == 0 {
+		return 0, "", false
+	}
+	return e.Error.Code, e.Error.Message, true
+}
+
+// maskSecret replaces every occurrence of a pool key in b by its masked form.
+func maskSecret(b []byte, secret string) []byte {
+	if secret == "" || !bytes.Contains(b, []byte(secret)) {
+		return b
+	}
+	return bytes.ReplaceAll(b, []byte(secret), []byte(maskKey(secret)))
+}
+
+// maskKey shows a key as its first 4 and last 4 characters, enough to tell keys apart.
+func maskKey(k string) string {
+	if len(k) <= 12 {
+		return "****"
+	}
+	return k[:4] + "…" + k[len(k)-4:]
+}
