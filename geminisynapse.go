@@ -229,9 +229,10 @@ type core struct {
 	startOnce sync.Once
 	mu        sync.Mutex // serialises applyConfig and access-key reloads
 
-	store     *store.Store
-	pool      *keypool.Pool
-	scheduler gocron.Scheduler
+	store      *store.Store
+	pool       *keypool.Pool
+	poolLoaded bool // guarded by mu
+	scheduler  gocron.Scheduler
 
 	settings   atomic.Pointer[settings]
 	accessKeys atomic.Pointer[map[[32]byte]accessKey]
@@ -283,7 +284,8 @@ func (c *core) applyConfig(ctx context.Context, a *App) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.store
-	if _, err := st.AddKeys(ctx, a.GoogleAPIKeys); err != nil {
+	added, err := st.AddKeys(ctx, a.GoogleAPIKeys)
+	if err != nil {
 		return fmt.Errorf("adding google_api_keys: %v", err)
 	}
 	if _, err := st.EnsureAccessKeys(ctx, a.AccessKeys, "Caddyfile"); err != nil {
@@ -308,8 +310,10 @@ func (c *core) applyConfig(ctx context.Context, a *App) error {
 	if err := c.reloadAccessKeysLocked(ctx); err != nil {
 		return err
 	}
-	if err := c.reloadPool(ctx); err != nil {
-		return err
+	if !c.poolLoaded || added > 0 {
+		if err := c.loadPool(ctx); err != nil {
+			return err
+		}
 	}
 	c.startOnce.Do(c.scheduler.Start)
 	return nil
@@ -376,10 +380,10 @@ func (c *core) reloadAccessKeysLocked(ctx context.Context) error {
 	return nil
 }
 
-// reloadPool rebuilds the key pool from the store. Pending state writes are flushed first so
-// the pool does not go back in time.
-func (c *core) reloadPool(ctx context.Context) error {
-	c.store.Flush()
+// loadPool fills the key pool from the store the first time; later (keys were added by a
+// reload) it adds only the keys the pool lacks, so the runtime state of the others (failure
+// counts, cooldowns not yet written) is never overwritten by an older copy.
+func (c *core) loadPool(ctx context.Context) error {
 	keys, err := c.store.Keys(ctx)
 	if err != nil {
 		return fmt.Errorf("reading keys: %v", err)
@@ -393,11 +397,24 @@ func (c *core) reloadPool(ctx context.Context) error {
 	for i, k := range keys {
 		pk[i] = keypool.Key{ID: k.ID, Secret: k.Secret, Disabled: k.Status == store.StatusDisabled, Failures: k.Failures}
 	}
+	if c.poolLoaded {
+		known := make(map[int64]bool, c.pool.Len())
+		for _, k := range c.pool.Keys(now) {
+			known[k.ID] = true
+		}
+		for _, k := range pk {
+			if !known[k.ID] {
+				c.pool.Add(k)
+			}
+		}
+		return nil
+	}
 	pc := make([]keypool.Cooldown, len(cds))
 	for i, cd := range cds {
 		pc[i] = keypool.Cooldown{KeyID: cd.KeyID, Model: cd.Model, Until: cd.Until}
 	}
 	c.pool.Load(pk, pc)
+	c.poolLoaded = true
 	return nil
 }
 
