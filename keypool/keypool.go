@@ -216,34 +216,45 @@ func (p *Pool) Next(model string, now time.Time, skip []int64) (id int64, secret
 		return 0, "", ErrNoKeys
 	}
 	nowNano := now.UnixNano()
-	idx := (p.cursor.Add(1) - 1) % n
+	// Each look takes a fresh cursor position, so a key that cannot serve passes its turn to
+	// the next position in the shared order: sequential picks stay exactly fair, and under
+	// contention the turns of cooling keys spread over all the others instead of piling onto
+	// the key after them.
+	for range n {
+		e := list[(p.cursor.Add(1)-1)%n]
+		if e.usable(model, nowNano, skip) {
+			return e.id, e.secret, nil
+		}
+	}
+	// Nothing found in n looks (other callers moved the cursor, or few keys can serve):
+	// check every key once, which also finds the earliest cooldown end.
 	var earliest int64
 	cooling := false
-	for i := uint64(0); i < n; i++ {
-		e := list[idx]
-		if !e.disabled.Load() && !slices.Contains(skip, e.id) {
-			until, ok := e.coolingUntil(model, nowNano)
-			if !ok {
-				if i > 0 {
-					// Move the cursor past the keys just skipped so the next
-					// caller does not land on this same key again.
-					p.cursor.Add(i)
-				}
-				return e.id, e.secret, nil
-			}
-			if !cooling || until < earliest {
-				earliest, cooling = until, true
-			}
+	for _, e := range list {
+		if e.disabled.Load() || slices.Contains(skip, e.id) {
+			continue
 		}
-		idx++
-		if idx == n {
-			idx = 0
+		until, ok := e.coolingUntil(model, nowNano)
+		if !ok {
+			return e.id, e.secret, nil
+		}
+		if !cooling || until < earliest {
+			earliest, cooling = until, true
 		}
 	}
 	if cooling {
 		return 0, "", &CoolingError{Model: model, Until: time.Unix(0, earliest).In(now.Location())}
 	}
 	return 0, "", ErrNoKeys
+}
+
+// usable reports whether the key may serve model now.
+func (e *entry) usable(model string, nowNano int64, skip []int64) bool {
+	if e.disabled.Load() || slices.Contains(skip, e.id) {
+		return false
+	}
+	_, cooling := e.coolingUntil(model, nowNano)
+	return !cooling
 }
 
 // Report applies the outcome of one upstream attempt with key id for model and

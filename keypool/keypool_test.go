@@ -248,7 +248,7 @@ func TestNextConcurrentBalanced(t *testing.T) {
 			t.Errorf("all usable: key %d picked %d times, want %d", id, got[id], goroutines*picks/5)
 		}
 	}
-	// One key cooling: the other four share the load within 10%.
+	// One key cooling: the other four share the load within 10% (exactly in the sequential test).
 	p.Report(3, "A", quota(t0.Add(time.Hour)), t0)
 	got = run(p, "A")
 	want := goroutines * picks / 4
