@@ -49,6 +49,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		max_request_body      <size>
 //		validation_model      <model>
 //		validation_interval   <duration>
+//		validation_probe      models|generate
 //		timezone              <tz>
 //		error_log_retention   <duration>
 //		request_log_retention <duration>
@@ -63,7 +64,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		name := d.Val()
 		switch name {
-		case "database", "admin_key", "upstream", "proxy", "validation_model", "timezone":
+		case "database", "admin_key", "upstream", "proxy", "validation_model", "validation_probe", "timezone":
 			var v string
 			args := d.RemainingArgs()
 			switch {
@@ -86,6 +87,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.Proxy, raw[setProxy] = v, v
 			case "validation_model":
 				a.ValidationModel, raw[setValidationModel] = v, v
+			case "validation_probe":
+				a.ValidationProbe, raw[setValidationProbe] = v, v
 			case "timezone":
 				a.Timezone, raw[setTimezone] = v, v
 			}

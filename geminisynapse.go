@@ -24,7 +24,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/go-co-op/gocron/v2"
+	"github.com/jonboulle/clockwork"
 	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
@@ -90,6 +90,12 @@ type App struct {
 	// ValidationInterval is how often disabled and cooling keys are re-checked (live setting).
 	// Default: 1h.
 	ValidationInterval caddy.Duration `json:"validation_interval,omitempty"`
+
+	// ValidationProbe is how keys are checked (live setting): `models` asks for the validation
+	// model's metadata, which is free and tells invalid, suspended and leaked keys from valid
+	// ones; `generate` sends a one-token generateContent, which also finds exhausted quota but
+	// spends a request of it. Default: `models`.
+	ValidationProbe string `json:"validation_probe,omitempty"`
 
 	// Timezone is the IANA time zone used for schedules and statistics (live setting).
 	// Default: `UTC`.
@@ -195,6 +201,7 @@ func (a *App) configSettings() map[string]string {
 	if a.ValidationInterval != 0 {
 		m[setValidationInterval] = time.Duration(a.ValidationInterval).String()
 	}
+	put(setValidationProbe, a.ValidationProbe)
 	put(setTimezone, a.Timezone)
 	if a.ErrorLogRetention != 0 {
 		m[setErrorRetention] = time.Duration(a.ErrorLogRetention).String()
@@ -224,15 +231,19 @@ type core struct {
 
 	openOnce sync.Once
 	openErr  error
-	ready    chan struct{} // closed once the store is open
+	opened   atomic.Bool   // the store is open (Destruct has something to close)
+	ready    chan struct{} // closed once the first config is applied: requests wait for it
+	readyOne sync.Once
 
-	startOnce sync.Once
-	mu        sync.Mutex // serialises applyConfig and access-key reloads
+	mu sync.Mutex // serialises applyConfig and access-key reloads
 
 	store      *store.Store
 	pool       *keypool.Pool
 	poolLoaded bool // guarded by mu
-	scheduler  gocron.Scheduler
+	jobs       jobs // the scheduler and its jobs (jobs.go)
+
+	clock        clockwork.Clock // drives the scheduler; nil means the real clock (tests set a fake)
+	probeTimeout time.Duration   // per-check timeout of key validation; 0 means defaultProbeTimeout
 
 	settings   atomic.Pointer[settings]
 	accessKeys atomic.Pointer[map[[32]byte]accessKey]
@@ -249,13 +260,11 @@ func newCore(path string, logger *zap.Logger) *core {
 	return &core{path: path, logger: logger, ready: make(chan struct{})}
 }
 
-// open opens the database, loads the pool and the access keys. Only the first call works.
+// open opens the database and the scheduler. Only the first call works.
 func (c *core) open() error {
 	c.openOnce.Do(func() {
 		c.openErr = c.doOpen()
-		if c.openErr == nil {
-			close(c.ready)
-		}
+		c.opened.Store(c.openErr == nil)
 	})
 	return c.openErr
 }
@@ -265,16 +274,14 @@ func (c *core) doOpen() error {
 	if err != nil {
 		return fmt.Errorf("opening database %s: %v", c.path, err)
 	}
-	sched, err := gocron.NewScheduler(gocron.WithLogger(gocronLogger{c.logger}))
-	if err != nil {
-		st.Close()
-		return fmt.Errorf("creating scheduler: %v", err)
-	}
 	c.store = st
-	c.scheduler = sched
 	c.pool = keypool.New(defaultMaxFailures)
 	s, _ := parseSettings(nil)
 	c.settings.Store(s)
+	if err := c.reschedule(); err != nil {
+		st.Close()
+		return err
+	}
 	return nil
 }
 
@@ -315,7 +322,10 @@ func (c *core) applyConfig(ctx context.Context, a *App) error {
 			return err
 		}
 	}
-	c.startOnce.Do(c.scheduler.Start)
+	c.startJobs()
+	// Only now may requests pass: the access keys and the pool are in place. (The http app
+	// may already be serving, since caddy starts apps in no fixed order.)
+	c.readyOne.Do(func() { close(c.ready) })
 	return nil
 }
 
@@ -341,7 +351,8 @@ func (c *core) ensureAdminKey(ctx context.Context) error {
 	return nil
 }
 
-// reloadSettings reads the effective settings from the store and swaps them in.
+// reloadSettings reads the effective settings from the store, swaps them in and reschedules the
+// jobs to match.
 func (c *core) reloadSettings(ctx context.Context) error {
 	raw, err := c.store.Settings(ctx)
 	if err != nil {
@@ -364,7 +375,7 @@ func (c *core) reloadSettings(ctx context.Context) error {
 			old.transport.CloseIdleConnections()
 		}
 	}
-	return nil
+	return c.reschedule()
 }
 
 func (c *core) reloadAccessKeysLocked(ctx context.Context) error {
@@ -421,13 +432,11 @@ func (c *core) loadPool(ctx context.Context) error {
 // Destruct implements caddy.Destructor: called when the last config using the core is
 // cleaned up. It stops the scheduler, flushes queued log rows and closes the database.
 func (c *core) Destruct() error {
-	select {
-	case <-c.ready:
-	default:
+	if !c.opened.Load() {
 		return nil // never opened (caddy validate, or a failed start)
 	}
 	var errs []error
-	if err := c.scheduler.Shutdown(); err != nil {
+	if err := c.stopJobs(); err != nil {
 		errs = append(errs, err)
 	}
 	if cl := c.upstream.Load(); cl != nil {

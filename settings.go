@@ -22,6 +22,7 @@ const (
 	setMaxBody            = "max_request_body"
 	setValidationModel    = "validation_model"
 	setValidationInterval = "validation_interval"
+	setValidationProbe    = "validation_probe"
 	setTimezone           = "timezone"
 	setErrorRetention     = "error_log_retention"
 	setRequestRetention   = "request_log_retention"
@@ -35,6 +36,7 @@ const (
 	defaultMaxBody            = 32 << 20
 	defaultValidationModel    = "gemini-2.5-flash"
 	defaultValidationInterval = time.Hour
+	defaultValidationProbe    = probeModels
 	defaultErrorRetention     = 15 * 24 * time.Hour
 	defaultRequestRetention   = 30 * 24 * time.Hour
 	maxRetriesLimit           = 20
@@ -49,6 +51,7 @@ type settings struct {
 	maxBody            int64
 	validationModel    string
 	validationInterval time.Duration
+	validationProbe    string // probeModels or probeGenerate
 	timezone           *time.Location
 	errorRetention     time.Duration
 	requestRetention   time.Duration
@@ -64,6 +67,7 @@ func parseSettings(raw map[string]string) (*settings, error) {
 		maxBody:            defaultMaxBody,
 		validationModel:    defaultValidationModel,
 		validationInterval: defaultValidationInterval,
+		validationProbe:    defaultValidationProbe,
 		timezone:           time.UTC,
 		errorRetention:     defaultErrorRetention,
 		requestRetention:   defaultRequestRetention,
@@ -112,6 +116,14 @@ func parseSettings(raw map[string]string) (*settings, error) {
 			bad(setValidationModel, errors.New("must be a model name such as gemini-2.5-flash"))
 		} else {
 			s.validationModel = v
+		}
+	}
+	if v, ok := raw[setValidationProbe]; ok {
+		switch p := strings.ToLower(strings.TrimSpace(v)); p {
+		case probeModels, probeGenerate:
+			s.validationProbe = p
+		default:
+			bad(setValidationProbe, fmt.Errorf("%q must be %s or %s", v, probeModels, probeGenerate))
 		}
 	}
 	durations := []struct {
