@@ -10,7 +10,6 @@ import (
 	"path"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -142,8 +141,6 @@ type exchange struct {
 	attempts int
 	keyID    int64
 
-	releaseBody func()
-
 	status  int
 	ttfb    time.Duration
 	usage   usage
@@ -205,9 +202,9 @@ func credential(r *http.Request) string {
 	return ""
 }
 
-var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
 // readBody buffers the request body, up to max_request_body, so that a retry can resend it.
+// The buffer is not pooled: the transport may still read a request body after RoundTrip
+// returns, so reusing it for another request could corrupt that one.
 func (x *exchange) readBody() bool {
 	if x.r.Body == nil || x.r.Body == http.NoBody {
 		return true
@@ -217,11 +214,12 @@ func (x *exchange) readBody() bool {
 		x.tooLarge(limit)
 		return false
 	}
-	buf := bodyPool.Get().(*bytes.Buffer)
-	buf.Reset()
+	var buf bytes.Buffer
+	if n := x.r.ContentLength; n > 0 {
+		buf.Grow(int(n) + 1) // +1: room for the EOF read, so no second allocation
+	}
 	_, err := buf.ReadFrom(http.MaxBytesReader(x.w, x.r.Body, limit))
 	if err != nil {
-		bodyPool.Put(buf)
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			x.tooLarge(limit)
@@ -232,12 +230,6 @@ func (x *exchange) readBody() bool {
 		return false
 	}
 	x.body = buf.Bytes()
-	// The buffer goes back to the pool once the exchange is over.
-	x.releaseBody = func() {
-		if buf.Cap() <= 1<<20 {
-			bodyPool.Put(buf)
-		}
-	}
 	return true
 }
 
@@ -431,9 +423,6 @@ func writeError(w http.ResponseWriter, code int, status, msg string) {
 
 // logRequest queues the exchange's request-log row; it never waits on the database.
 func (x *exchange) logRequest() {
-	if x.releaseBody != nil {
-		x.releaseBody()
-	}
 	if x.status == 0 {
 		x.status = 499
 	}
