@@ -20,7 +20,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mattn/go-sqlite3"
+	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
 	"go.uber.org/zap"
 )
 
@@ -523,16 +523,4 @@ func mustAffect(res sql.Result) error {
 		return ErrNotFound
 	}
 	return nil
-}
-
-func isUniqueViolation(err error) bool {
-	var se sqlite3.Error
-	return errors.As(err, &se) && (se.ExtendedCode == sqlite3.ErrConstraintUnique ||
-		se.ExtendedCode == sqlite3.ErrConstraintPrimaryKey)
-}
-
-// isBusy reports whether err means another connection holds the lock: worth retrying.
-func isBusy(err error) bool {
-	var se sqlite3.Error
-	return errors.As(err, &se) && (se.Code == sqlite3.ErrBusy || se.Code == sqlite3.ErrLocked)
 }
