@@ -37,3 +37,8 @@ test: vet bin/caddy
 
 clean:
 	rm -rf bin
+
+# Load benchmark: the gateway against caddy's own reverse_proxy and the upstream alone, side by
+# side, plus the log writer and key pick benchmarks (bench/run.sh; report in bin/bench/report.md).
+bench:
+	./bench/run.sh
