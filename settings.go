@@ -222,8 +222,8 @@ func newUpstreamClient(proxy string) (*upstreamClient, error) {
 		// A non-streaming generation sends its headers only when it is done; thinking models
 		// take minutes. The bound is there to free a connection from an upstream that hangs.
 		ResponseHeaderTimeout: 10 * time.Minute,
-		WriteBufferSize:       32 << 10,
-		ReadBufferSize:        32 << 10,
+		// Read and write buffers stay at net/http's 4 KiB: they live as long as the
+		// connection, and 32 KiB ones cost 56 KiB more per open stream for no measured gain.
 	}
 	if proxy != "" {
 		u, err := url.Parse(proxy)

@@ -130,7 +130,11 @@ func connectionHeaders(h http.Header) map[string]bool {
 	return m
 }
 
-var copyPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+// copyBufSize is the read size of the copy loop: an SSE event is far smaller, and a large
+// unary answer takes a few more reads, so memory per open stream stays small.
+const copyBufSize = 8 << 10
+
+var copyPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 var tailPool = sync.Pool{New: func() any { return &tail{buf: make([]byte, 0, 2*tailKeep)} }}
 
 // copyResponse sends a successful upstream answer to the client as it arrives: every read is
@@ -205,7 +209,7 @@ func (x *exchange) copyResponse(resp *http.Response, secret string) {
 
 // tailKeep is how many of the last bytes of a response are kept for the usage tap. Gemini puts
 // usageMetadata near the end of every answer and of every stream event.
-const tailKeep = 8 << 10
+const tailKeep = 4 << 10
 
 // tail keeps the last tailKeep bytes written to it.
 type tail struct{ buf []byte }
