@@ -216,16 +216,20 @@ func (x *exchange) readBody() bool {
 	}
 	var buf bytes.Buffer
 	if n := x.r.ContentLength; n > 0 {
-		buf.Grow(int(n) + 1) // +1: room for the EOF read, so no second allocation
+		// +1: room for the EOF read. Capped: memory follows the bytes that actually arrive,
+		// not a Content-Length a client may never send.
+		buf.Grow(int(min(n, 1<<20)) + 1)
 	}
 	_, err := buf.ReadFrom(http.MaxBytesReader(x.w, x.r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			x.tooLarge(limit)
-		} else {
+		} else if x.r.Context().Err() != nil {
 			x.status = 499
-			x.errText = "reading request body: " + err.Error()
+			x.errText = "client closed the request while sending its body"
+		} else {
+			x.fail(http.StatusBadRequest, "INVALID_ARGUMENT", "The request body could not be read: "+err.Error())
 		}
 		return false
 	}
@@ -354,7 +358,9 @@ func (x *exchange) report(id int64, o keypool.Outcome, status int) {
 	c := x.core
 	ch := c.pool.Report(id, x.model, o, time.Now())
 	c.persist(ch, o.Reason)
-	if o.Kind == keypool.Success || o.Kind == keypool.Canceled {
+	// The client's own mistakes are in the request log; the error log (and a key's failed
+	// count) is for what went wrong upstream.
+	if o.Kind == keypool.Success || o.Kind == keypool.Canceled || o.Kind == keypool.ClientError {
 		return
 	}
 	if status == 0 {
@@ -374,6 +380,12 @@ func (x *exchange) report(id int64, o keypool.Outcome, status int) {
 // writeUpstreamError returns the last upstream failure to the client with its real status and
 // Gemini envelope (the pool key masked out).
 func (x *exchange) writeUpstreamError(e *upstreamError) {
+	if e.outcome.Kind == keypool.KeyInvalid {
+		// Google's words ("API key not valid") would make the client think its own key is bad.
+		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE",
+			"No upstream key could serve the request: the keys tried were rejected by the upstream ("+e.outcome.Reason+").")
+		return
+	}
 	if e.body == nil {
 		x.fail(e.status, "UNAVAILABLE", "The upstream could not be reached: "+e.reason)
 		return

@@ -286,3 +286,31 @@ func TestBodyLimit(t *testing.T) {
 		t.Errorf("%d upstream calls for oversized bodies", n)
 	}
 }
+
+// TestKeyFilterAcrossReads splits a body that quotes the key at every possible point: the key
+// never gets through, nothing else changes, and only a possible key start is ever held back.
+func TestKeyFilterAcrossReads(t *testing.T) {
+	secret := "AIzaSyFILTER-key-0001-aaaaaaaaaaaaaaaaa"
+	body := `data: {"x":"A AI AIz ` + secret + ` and again ` + secret + `"}` + "\r\n\r\nAIza"
+	want := strings.ReplaceAll(body, secret, redacted(secret))
+	if len(want) != len(body) {
+		t.Fatalf("redaction changes the length: %d vs %d", len(want), len(body))
+	}
+	for cut1 := 0; cut1 <= len(body); cut1++ {
+		for _, cut2 := range []int{cut1, (cut1 + len(body)) / 2, len(body)} {
+			f := keyFilter{secret: []byte(secret)}
+			var got []byte
+			for _, part := range []string{body[:cut1], body[cut1:cut2], body[cut2:]} {
+				got = append(got, f.filter([]byte(part))...)
+			}
+			got = append(got, f.flush()...)
+			if string(got) != want {
+				t.Fatalf("cuts %d,%d: got %q", cut1, cut2, got)
+			}
+		}
+	}
+	f := keyFilter{secret: []byte(secret)}
+	if out := f.filter([]byte("data: {}\r\n\r\n")); string(out) != "data: {}\r\n\r\n" {
+		t.Errorf("an event boundary was held back: %q", out)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,11 +104,19 @@ func copyRequestHeaders(dst, src http.Header) {
 	}
 }
 
-func copyResponseHeaders(dst, src http.Header) {
+// copyResponseHeaders copies the upstream's headers for the client, with the pool key
+// (secret) redacted wherever the upstream echoed it.
+func copyResponseHeaders(dst, src http.Header, secret string) {
 	named := connectionHeaders(src)
 	for k, vv := range src {
 		if dropResponseHeaders[k] || named[k] {
 			continue
+		}
+		for i, v := range vv {
+			if secret != "" && strings.Contains(v, secret) {
+				vv = slices.Clone(vv)
+				vv[i] = strings.ReplaceAll(v, secret, redacted(secret))
+			}
 		}
 		dst[k] = vv
 	}
@@ -143,7 +152,7 @@ var tailPool = sync.Pool{New: func() any { return &tail{buf: make([]byte, 0, 2*t
 func (x *exchange) copyResponse(resp *http.Response, secret string) {
 	defer resp.Body.Close()
 	hdr := x.w.Header()
-	copyResponseHeaders(hdr, resp.Header)
+	copyResponseHeaders(hdr, resp.Header, secret)
 	if resp.ContentLength >= 0 && !resp.Uncompressed {
 		hdr.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}
@@ -162,14 +171,20 @@ func (x *exchange) copyResponse(resp *http.Response, secret string) {
 	t.buf = t.buf[:0]
 	defer tailPool.Put(t)
 	buf := *bp
+	kf := keyFilter{secret: []byte(secret)}
 	for {
 		n, rerr := resp.Body.Read(buf)
-		if n > 0 {
-			if x.ttfb == 0 {
-				x.ttfb = time.Since(x.start)
-			}
-			t.write(buf[:n])
-			if _, werr := x.w.Write(buf[:n]); werr != nil {
+		if n > 0 && x.ttfb == 0 {
+			x.ttfb = time.Since(x.start)
+		}
+		out := kf.filter(buf[:n])
+		if rerr == io.EOF {
+			// What the filter held back was not the start of the key after all.
+			out = append(out, kf.flush()...)
+		}
+		if len(out) > 0 {
+			t.write(out)
+			if _, werr := x.w.Write(out); werr != nil {
 				x.errText = "client went away mid-response"
 				return
 			}
@@ -198,11 +213,12 @@ func (x *exchange) copyResponse(resp *http.Response, secret string) {
 	}
 	x.usage = t.usage(x.openAI)
 	if x.stream {
+		// The tail has been through the key filter, so msg holds no key.
 		if code, msg, ok := t.streamError(); ok {
 			x.status = code
 			x.errText = "mid-stream error: " + msg
 			x.core.store.LogError(store.ErrorLog{Time: time.Now(), KeyID: x.keyID, AccessKeyID: x.access,
-				Model: x.model, Path: x.path, Status: code, Message: "mid-stream error: " + string(maskSecret([]byte(msg), secret))})
+				Model: x.model, Path: x.path, Status: code, Message: x.errText})
 		}
 	}
 }
@@ -279,11 +295,21 @@ func (t *tail) usage(openAI bool) usage {
 // after it has started (without a data: prefix).
 func (t *tail) streamError() (code int, msg string, ok bool) {
 	b := bytes.TrimRight(t.buf, "\r\n \t")
-	if i := bytes.LastIndex(b, []byte("\n\n")); i >= 0 {
-		b = b[i+2:]
-	}
-	if i := bytes.LastIndex(b, []byte("\r\n\r\n")); i >= 0 {
-		b = b[i+4:]
+	if len(b) > 0 && b[len(b)-1] == ']' {
+		// A JSON-array stream (no alt=sse): the error is its last element.
+		b = bytes.TrimRight(b[:len(b)-1], "\r\n \t")
+		if i := bytes.LastIndex(b, []byte("\n,")); i >= 0 {
+			b = b[i+2:]
+		} else {
+			b = bytes.TrimPrefix(bytes.TrimSpace(b), []byte("["))
+		}
+	} else {
+		if i := bytes.LastIndex(b, []byte("\n\n")); i >= 0 {
+			b = b[i+2:]
+		}
+		if i := bytes.LastIndex(b, []byte("\r\n\r\n")); i >= 0 {
+			b = b[i+4:]
+		}
 	}
 	b = bytes.TrimSpace(b)
 	if len(b) == 0 || b[0] != '{' || !bytes.Contains(b, []byte(`"error"`)) {
@@ -301,18 +327,65 @@ func (t *tail) streamError() (code int, msg string, ok bool) {
 	return e.Error.Code, e.Error.Message, true
 }
 
-// maskSecret replaces every occurrence of a pool key in b by its masked form.
+// redacted is what replaces a pool key wherever the upstream echoed one. It has the key's
+// length, so a body keeps the Content-Length the upstream announced.
+func redacted(secret string) string {
+	const word = "[redacted]"
+	if len(secret) < len(word) {
+		return strings.Repeat("*", len(secret))
+	}
+	return word + strings.Repeat("*", len(secret)-len(word))
+}
+
+// maskSecret replaces every occurrence of a pool key in b.
 func maskSecret(b []byte, secret string) []byte {
 	if secret == "" || !bytes.Contains(b, []byte(secret)) {
 		return b
 	}
-	return bytes.ReplaceAll(b, []byte(secret), []byte(maskKey(secret)))
+	return bytes.ReplaceAll(b, []byte(secret), []byte(redacted(secret)))
 }
 
-// maskKey shows a key as its first 4 and last 4 characters, enough to tell keys apart.
-func maskKey(k string) string {
-	if len(k) <= 12 {
-		return "****"
+// keyFilter redacts a pool key from a byte stream that may split the key across reads. It holds
+// back only the end of a read that could be the start of the key (an event boundary never is),
+// so streams are not delayed.
+type keyFilter struct {
+	secret []byte
+	carry  []byte // held-back bytes, shorter than secret
+}
+
+// filter returns p, redacted, minus any end that could start the key.
+func (f *keyFilter) filter(p []byte) []byte {
+	if len(f.secret) == 0 {
+		return p
 	}
-	return k[:4] + "…" + k[len(k)-4:]
+	data := p
+	if len(f.carry) > 0 {
+		data = append(f.carry, p...)
+		f.carry = nil
+	}
+	if bytes.Contains(data, f.secret) {
+		data = bytes.ReplaceAll(data, f.secret, []byte(redacted(string(f.secret))))
+	}
+	if k := partialKeySuffix(data, f.secret); k > 0 {
+		f.carry = append([]byte(nil), data[len(data)-k:]...)
+		data = data[:len(data)-k]
+	}
+	return data
+}
+
+// flush returns what is held back, at the end of the stream.
+func (f *keyFilter) flush() []byte {
+	c := f.carry
+	f.carry = nil
+	return c
+}
+
+// partialKeySuffix returns the length of the longest end of b that is a proper prefix of secret.
+func partialKeySuffix(b, secret []byte) int {
+	for k := min(len(secret)-1, len(b)); k > 0; k-- {
+		if b[len(b)-k] == secret[0] && bytes.Equal(b[len(b)-k:], secret[:k]) {
+			return k
+		}
+	}
+	return 0
 }
