@@ -1,6 +1,7 @@
 package geminisynapse
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -87,29 +88,30 @@ func TestRequestModel(t *testing.T) {
 
 func TestTailUsageAndStreamError(t *testing.T) {
 	var tl tail
-	tl.buf = make([]byte, 0, 2*tailKeep)
 	// A long stream: only the last event's cumulative counts matter.
 	for i := 0; i < 400; i++ {
 		tl.write([]byte(`data: {"candidates":[{"content":{"parts":[{"text":"` + strings.Repeat("x", 50) + `"}]}}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":` + itoa(i) + `,"totalTokenCount":` + itoa(i+5) + `}}` + "\r\n\r\n"))
 	}
+	tl.finish()
 	u := tl.usage(false)
 	if u.prompt != 5 || u.candidates != 399 || u.total != 404 {
 		t.Errorf("usage = %+v", u)
 	}
-	if len(tl.buf) < tailKeep || len(tl.buf) > 2*tailKeep {
-		t.Errorf("tail holds %d bytes, want between %d and %d", len(tl.buf), tailKeep, 2*tailKeep)
+	if len(tl.buf) != tailKeep {
+		t.Errorf("tail holds %d bytes, want %d", len(tl.buf), tailKeep)
 	}
 	if _, _, ok := tl.streamError(); ok {
 		t.Error("a clean stream was taken for an error")
 	}
 	tl.write([]byte("{\n  \"error\": {\n    \"code\": 503,\n    \"message\": \"The model is overloaded. Please try again later.\",\n    \"status\": \"UNAVAILABLE\"\n  }\n}\n"))
+	tl.finish()
 	code, msg, ok := tl.streamError()
 	if !ok || code != 503 || !strings.Contains(msg, "overloaded") {
 		t.Errorf("streamError = %d %q %v", code, msg, ok)
 	}
 	var o tail
-	o.buf = make([]byte, 0, 2*tailKeep)
 	o.write([]byte(`data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":7,"total_tokens":10}}` + "\n\ndata: [DONE]\n\n"))
+	o.finish()
 	if u := o.usage(true); u.prompt != 3 || u.candidates != 7 || u.total != 10 {
 		t.Errorf("openai usage = %+v", u)
 	}
@@ -312,5 +314,25 @@ func TestKeyFilterAcrossReads(t *testing.T) {
 	f := keyFilter{secret: []byte(secret)}
 	if out := f.filter([]byte("data: {}\r\n\r\n")); string(out) != "data: {}\r\n\r\n" {
 		t.Errorf("an event boundary was held back: %q", out)
+	}
+}
+
+// TestTailRing checks the ring against a plain copy for writes of every size around its edge.
+func TestTailRing(t *testing.T) {
+	var all []byte
+	var tl tail
+	for i, n := range []int{1, 100, tailKeep - 101, 1, 2, tailKeep, 3, tailKeep + 7, 5, tailKeep - 5, 4, 1} {
+		chunk := bytes.Repeat([]byte{byte('a' + i)}, n)
+		chunk[0] = byte('A' + i)
+		all = append(all, chunk...)
+		tl.write(chunk)
+		tl.finish()
+		want := all
+		if len(want) > tailKeep {
+			want = want[len(want)-tailKeep:]
+		}
+		if !bytes.Equal(tl.buf, want) {
+			t.Fatalf("after write %d (%d bytes): tail differs from the last %d bytes", i, n, len(want))
+		}
 	}
 }

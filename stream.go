@@ -139,12 +139,13 @@ func connectionHeaders(h http.Header) map[string]bool {
 	return m
 }
 
-// copyBufSize is the read size of the copy loop: an SSE event is far smaller, and a large
-// unary answer takes a few more reads, so memory per open stream stays small.
-const copyBufSize = 8 << 10
-
-var copyPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
-var tailPool = sync.Pool{New: func() any { return &tail{buf: make([]byte, 0, 2*tailKeep)} }}
+// Read sizes of the copy loop: a unary answer is read in 8 KiB, a stream in 4 KiB (an event
+// is far smaller, and a buffer is held as long as its stream is open).
+var (
+	copyPool   = sync.Pool{New: func() any { b := make([]byte, 8<<10); return &b }}
+	streamPool = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
+)
+var tailPool = sync.Pool{New: func() any { return new(tail) }}
 
 // copyResponse sends a successful upstream answer to the client as it arrives: every read is
 // written and, for streams, flushed at once; nothing is re-encoded. A tail of the bytes is
@@ -165,10 +166,14 @@ func (x *exchange) copyResponse(resp *http.Response, secret string) {
 		_ = rc.Flush()
 	}
 
-	bp := copyPool.Get().(*[]byte)
-	defer copyPool.Put(bp)
+	pool := &copyPool
+	if flush {
+		pool = &streamPool
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
 	t := tailPool.Get().(*tail)
-	t.buf = t.buf[:0]
+	t.reset()
 	defer tailPool.Put(t)
 	buf := *bp
 	kf := keyFilter{secret: []byte(secret)}
@@ -211,6 +216,7 @@ func (x *exchange) copyResponse(resp *http.Response, secret string) {
 			panic(http.ErrAbortHandler)
 		}
 	}
+	t.finish()
 	x.usage = t.usage(x.openAI)
 	if x.stream {
 		// The tail has been through the key filter, so msg holds no key.
@@ -227,20 +233,38 @@ func (x *exchange) copyResponse(resp *http.Response, secret string) {
 // usageMetadata near the end of every answer and of every stream event.
 const tailKeep = 4 << 10
 
-// tail keeps the last tailKeep bytes written to it.
-type tail struct{ buf []byte }
+// tail keeps the last tailKeep bytes written to it, in a ring: no copying while a stream runs.
+type tail struct {
+	ring [tailKeep]byte
+	pos  int    // where the next byte goes
+	full bool   // the ring has wrapped
+	buf  []byte // the kept bytes in order, set by finish
+}
+
+func (t *tail) reset() { t.pos, t.full, t.buf = 0, false, nil }
 
 func (t *tail) write(p []byte) {
 	if len(p) >= tailKeep {
-		t.buf = append(t.buf[:0], p[len(p)-tailKeep:]...)
+		copy(t.ring[:], p[len(p)-tailKeep:])
+		t.pos, t.full = 0, true
 		return
 	}
-	if len(t.buf)+len(p) > cap(t.buf) {
-		drop := len(t.buf) + len(p) - tailKeep
-		n := copy(t.buf, t.buf[drop:])
-		t.buf = t.buf[:n]
+	n := copy(t.ring[t.pos:], p)
+	copy(t.ring[:], p[n:])
+	t.pos += len(p)
+	if t.pos >= tailKeep {
+		t.pos -= tailKeep
+		t.full = true
 	}
-	t.buf = append(t.buf, p...)
+}
+
+// finish puts the kept bytes in order into t.buf, for usage and streamError.
+func (t *tail) finish() {
+	if !t.full {
+		t.buf = t.ring[:t.pos]
+		return
+	}
+	t.buf = append(append(make([]byte, 0, tailKeep), t.ring[t.pos:]...), t.ring[:t.pos]...)
 }
 
 // usage holds the token counts of one answer.
