@@ -97,6 +97,32 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_expires_at ON sessions (expires_at);
 `,
+	// 2: key-bound resources (issue 7). An upload session started through the gateway, and every
+	// resource (files/…, cachedContents/…, batches/…, …) created through it, belong to the
+	// Google project of the pool key that made them: later calls must use that key. Rows go with
+	// their key (a deleted key's resources are unreachable anyway).
+	`
+CREATE TABLE upload_sessions (
+	upload_id     TEXT    PRIMARY KEY,
+	key_id        INTEGER NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+	upstream_uri  TEXT    NOT NULL,
+	access_key_id INTEGER NOT NULL DEFAULT 0,
+	created_at    INTEGER NOT NULL,
+	expires_at    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX upload_sessions_expires_at ON upload_sessions (expires_at);
+CREATE INDEX upload_sessions_key ON upload_sessions (key_id);
+
+CREATE TABLE resources (
+	name       TEXT    PRIMARY KEY,
+	kind       TEXT    NOT NULL,
+	key_id     INTEGER NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+	created_at INTEGER NOT NULL,
+	expires_at INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX resources_key_kind ON resources (key_id, kind);
+CREATE INDEX resources_expires_at ON resources (expires_at) WHERE expires_at > 0;
+`,
 }
 
 // migrate brings db up to len(steps), one transaction per step. The version is read inside each

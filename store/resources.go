@@ -1,0 +1,191 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// ---- upload sessions
+
+// UploadSession is a resumable upload started through the gateway. Its id (Google's
+// upload_id) is the credential of every chunk, and the chunks must go to the key that
+// started it.
+type UploadSession struct {
+	ID          string // Google's upload_id
+	KeyID       int64  // the pool key that started it
+	UpstreamURI string // path and query of Google's upload URL, without any key
+	AccessKeyID int64  // the access key that started it (for the request log)
+	CreatedAt   time.Time
+	ExpiresAt   time.Time
+}
+
+// AddUploadSession records an upload session (replacing one with the same id).
+func (s *Store) AddUploadSession(ctx context.Context, u UploadSession) error {
+	_, err := s.db.ExecContext(ctx, `
+		INSERT OR REPLACE INTO upload_sessions (upload_id, key_id, upstream_uri, access_key_id, created_at, expires_at)
+		VALUES (?, ?, ?, ?, ?, ?)`,
+		u.ID, u.KeyID, u.UpstreamURI, u.AccessKeyID, toMS(u.CreatedAt), toMS(u.ExpiresAt))
+	if err != nil {
+		return fmt.Errorf("store: add upload session: %w", err)
+	}
+	return nil
+}
+
+// UploadSessionByID returns the live session with the given id at now, or ErrNotFound.
+func (s *Store) UploadSessionByID(ctx context.Context, id string, now time.Time) (UploadSession, error) {
+	u := UploadSession{ID: id}
+	var created, expires int64
+	err := s.db.QueryRowContext(ctx, `
+		SELECT key_id, upstream_uri, access_key_id, created_at, expires_at
+		FROM upload_sessions WHERE upload_id = ? AND expires_at > ?`, id, toMS(now)).
+		Scan(&u.KeyID, &u.UpstreamURI, &u.AccessKeyID, &created, &expires)
+	if errors.Is(err, sql.ErrNoRows) {
+		return UploadSession{}, ErrNotFound
+	}
+	if err != nil {
+		return UploadSession{}, fmt.Errorf("store: upload session: %w", err)
+	}
+	u.CreatedAt, u.ExpiresAt = fromMS(created), fromMS(expires)
+	return u, nil
+}
+
+// DeleteUploadSession forgets a session (it was cancelled). Unknown ids are ignored.
+func (s *Store) DeleteUploadSession(ctx context.Context, id string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM upload_sessions WHERE upload_id = ?`, id); err != nil {
+		return fmt.Errorf("store: delete upload session: %w", err)
+	}
+	return nil
+}
+
+// PurgeUploadSessions deletes the sessions expired at now, in batches as PurgeRequestLogs does.
+func (s *Store) PurgeUploadSessions(ctx context.Context, now time.Time) (int64, error) {
+	return s.purge(ctx, "upload sessions",
+		`DELETE FROM upload_sessions WHERE upload_id IN (SELECT upload_id FROM upload_sessions WHERE expires_at <= ? LIMIT ?)`,
+		toMS(now), purgeBatch, purgePause)
+}
+
+// ---- key-bound resources
+
+// Resource is a Gemini resource created through the gateway and owned by the Google project of
+// one pool key.
+type Resource struct {
+	Name      string // e.g. "files/abc", "cachedContents/xyz", "batches/123"
+	Kind      string // the first segment of the name: "files", "cachedContents", ...
+	KeyID     int64  // the owning pool key
+	CreatedAt time.Time
+	ExpiresAt time.Time // zero when it does not expire (or Google did not say)
+}
+
+// AddResources records resources (replacing the owner and expiry of names already stored).
+func (s *Store) AddResources(ctx context.Context, rs ...Resource) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: add resources: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	stmt, err := tx.PrepareContext(ctx, `
+		INSERT INTO resources (name, kind, key_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, key_id = excluded.key_id,
+			expires_at = excluded.expires_at`)
+	if err != nil {
+		return fmt.Errorf("store: add resources: %w", err)
+	}
+	defer stmt.Close()
+	for _, r := range rs {
+		kind := r.Kind
+		if kind == "" {
+			kind, _, _ = strings.Cut(r.Name, "/")
+		}
+		created := r.CreatedAt
+		if created.IsZero() {
+			created = time.Now()
+		}
+		if _, err := stmt.ExecContext(ctx, r.Name, kind, r.KeyID, toMS(created), toMS(r.ExpiresAt)); err != nil {
+			return fmt.Errorf("store: add resources: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: add resources: %w", err)
+	}
+	return nil
+}
+
+// ResourceOwners returns the owning key of each of names that is stored and not expired at
+// now. Names not stored are absent from the map.
+func (s *Store) ResourceOwners(ctx context.Context, names []string, now time.Time) (map[string]int64, error) {
+	out := make(map[string]int64, len(names))
+	if len(names) == 0 {
+		return out, nil
+	}
+	args := make([]any, 0, len(names)+1)
+	args = append(args, toMS(now))
+	for _, n := range names {
+		args = append(args, n)
+	}
+	q := `SELECT name, key_id FROM resources WHERE (expires_at = 0 OR expires_at > ?) AND name IN (?` +
+		strings.Repeat(", ?", len(names)-1) + `)`
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: resource owners: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		var id int64
+		if err := rows.Scan(&name, &id); err != nil {
+			return nil, fmt.Errorf("store: resource owners: %w", err)
+		}
+		out[name] = id
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: resource owners: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteResource forgets a resource (it was deleted upstream). Unknown names are ignored.
+func (s *Store) DeleteResource(ctx context.Context, name string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM resources WHERE name = ?`, name); err != nil {
+		return fmt.Errorf("store: delete resource: %w", err)
+	}
+	return nil
+}
+
+// OwnedResourceCounts returns, per pool key that owns any, how many resources not expired at
+// now it owns (for the admin panel: a key that owns live files should not be deleted lightly).
+func (s *Store) OwnedResourceCounts(ctx context.Context, now time.Time) (map[int64]int, error) {
+	rows, err := s.db.QueryContext(ctx, `
+		SELECT key_id, COUNT(*) FROM resources WHERE expires_at = 0 OR expires_at > ? GROUP BY key_id`, toMS(now))
+	if err != nil {
+		return nil, fmt.Errorf("store: owned resource counts: %w", err)
+	}
+	defer rows.Close()
+	out := make(map[int64]int)
+	for rows.Next() {
+		var id int64
+		var n int
+		if err := rows.Scan(&id, &n); err != nil {
+			return nil, fmt.Errorf("store: owned resource counts: %w", err)
+		}
+		out[id] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: owned resource counts: %w", err)
+	}
+	return out, nil
+}
+
+// PurgeResources deletes the resources expired at now (those with an expiry at or before now),
+// in batches as PurgeRequestLogs does, and returns how many it deleted.
+func (s *Store) PurgeResources(ctx context.Context, now time.Time) (int64, error) {
+	return s.purge(ctx, "resources",
+		`DELETE FROM resources WHERE name IN (SELECT name FROM resources WHERE expires_at > 0 AND expires_at <= ? LIMIT ?)`,
+		toMS(now), purgeBatch, purgePause)
+}
