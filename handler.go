@@ -145,12 +145,18 @@ type exchange struct {
 	ttfb    time.Duration
 	usage   usage
 	errText string
+
+	bound // key-bound resources (resources.go)
 }
 
 // serve runs the whole exchange and writes exactly one request-log row at the end.
 func (x *exchange) serve() {
 	defer x.logRequest()
 	x.set = x.core.settings.Load()
+	if id := uploadSessionID(x.path, x.r.URL.RawQuery); id != "" {
+		x.serveUploadChunk(id) // upload.go: streamed to the session's key, never retried
+		return
+	}
 	if !x.authenticate() {
 		return
 	}
@@ -159,6 +165,9 @@ func (x *exchange) serve() {
 		return
 	}
 	x.model, x.stream = requestModel(x.path, x.r.URL.RawQuery, x.body, x.openAI)
+	if x.routeBound() { // resources.go: files listing, or a resource's owner key
+		return
+	}
 	x.proxy()
 }
 
@@ -321,7 +330,7 @@ func (x *exchange) proxy() {
 		}
 		if resp.StatusCode < 400 {
 			x.report(id, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
-			x.copyResponse(resp, secret)
+			x.answer(resp, secret) // resources.go: records what the answer creates
 			return
 		}
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<10))

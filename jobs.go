@@ -260,7 +260,8 @@ func (c *core) keysToRecheck(ctx context.Context, now time.Time) ([]int64, error
 }
 
 // runRetention deletes request rows older than request_log_retention, error rows older than
-// error_log_retention and expired admin sessions. The store deletes in small batches, so the
+// error_log_retention, expired admin sessions, and the records of expired key-bound resources
+// and upload sessions. The store deletes in small batches, so the
 // proxy's log writer is never held up for long.
 func (c *core) runRetention(ctx context.Context) {
 	s := c.settings.Load()
@@ -268,11 +269,14 @@ func (c *core) runRetention(ctx context.Context) {
 	reqs, err1 := c.store.PurgeRequestLogs(ctx, now.Add(-s.requestRetention))
 	errs, err2 := c.store.PurgeErrorLogs(ctx, now.Add(-s.errorRetention))
 	sess, err3 := c.store.PurgeSessions(ctx, now)
-	if err := errors.Join(err1, err2, err3); err != nil {
+	res, uploads, err4 := c.purgeBound(ctx, now) // resources.go
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		c.logger.Error("log retention failed", zap.Error(err))
 	}
 	c.logger.Info(msgRetentionDone, zap.Time("at", now),
 		zap.Int64("request_rows", reqs),
 		zap.Int64("error_rows", errs),
-		zap.Int64("sessions", sess))
+		zap.Int64("sessions", sess),
+		zap.Int64("resources", res),
+		zap.Int64("upload_sessions", uploads))
 }

@@ -1014,7 +1014,7 @@ func TestProxyUploadSessionStaysOnItsKey(t *testing.T) {
 	calls := e.fake.Calls()
 	sameKey := len(calls) == 2 && calls[0].Key == calls[1].Key
 	if !sameKey || resp.StatusCode != 200 || !rewritten {
-		t.Skipf("not yet (issue 7, key-bound resources): upload sessions are not bound to their key nor rewritten: "+
+		t.Fatalf("upload session not bound to its key or not rewritten: "+
 			"chunk went to the starting key: %v, chunk answer %d %s, upload URL host %q rewritten: %v",
 			sameKey, resp.StatusCode, bytes.TrimSpace(b), upURL.Host, rewritten)
 	}

@@ -57,7 +57,12 @@ type Call struct {
 	// /v1beta/openai/) the Authorization Bearer token. Empty when none.
 	Key    string
 	Header http.Header // clone of the request headers
-	Body   []byte
+	// Body is the request body, except for upload chunks (commands on an upload session),
+	// whose bytes are streamed into the session and not kept.
+	Body []byte
+	// BodySize is the number of body bytes received; for an upload chunk it is known only
+	// once the chunk has been read, so the recorded Call has it from then on.
+	BodySize int64
 }
 
 // Server is the fake upstream. The zero value is not usable; call New.
@@ -74,6 +79,7 @@ type Server struct {
 	calls        []Call
 	uploads      map[string]*uploadSession
 	files        map[string]*storedFile
+	caches       map[string]*storedCache
 
 	openStreams atomic.Int64
 }
@@ -94,6 +100,7 @@ func New() *Server {
 		streamEvents: defaultStreamEvents,
 		uploads:      make(map[string]*uploadSession),
 		files:        make(map[string]*storedFile),
+		caches:       make(map[string]*storedCache),
 	}
 }
 
@@ -232,12 +239,19 @@ type exchange struct {
 	pretty  bool   // prettyPrint system parameter (default true)
 	sse     bool   // errors go out as text/event-stream
 	openai  bool   // errors are wrapped in a JSON array
+	call    int    // index of the recorded Call
 }
 
 // ServeHTTP answers one request the way generativelanguage.googleapis.com does.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, _ := io.ReadAll(r.Body)
 	path := r.URL.Path
+	// Upload chunks are streamed into the session (files can be gigabytes): their bytes are
+	// counted in Call.BodySize, never kept.
+	chunk := strings.HasPrefix(path, "/upload/") && r.URL.Query().Get("upload_id") != ""
+	var body []byte
+	if !chunk {
+		body, _ = io.ReadAll(r.Body)
+	}
 	x := &exchange{
 		w:      w,
 		r:      r,
@@ -253,7 +267,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if x.key == "" && x.openai {
 		x.key = x.bearer
 	}
-	s.record(r, x.key, body)
+	x.call = s.record(r, x.key, body)
 	setGoogleHeaders(w.Header())
 
 	switch {
@@ -274,8 +288,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// record appends one Call.
-func (s *Server) record(r *http.Request, key string, body []byte) {
+// record appends one Call and returns its index.
+func (s *Server) record(r *http.Request, key string, body []byte) int {
 	c := Call{
 		Time:     time.Now(),
 		Method:   r.Method,
@@ -284,10 +298,12 @@ func (s *Server) record(r *http.Request, key string, body []byte) {
 		Key:      key,
 		Header:   r.Header.Clone(),
 		Body:     body,
+		BodySize: int64(len(body)),
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls = append(s.calls, c)
+	return len(s.calls) - 1
 }
 
 // splitVersion splits "/v1beta/models/x:generateContent" into "v1beta" and

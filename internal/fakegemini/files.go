@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"hash"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -49,6 +50,7 @@ type uploadSession struct {
 	declaredSize int64 // -1 when the start did not say
 	received     int64
 	sum          hash.Hash
+	busy         bool // a chunk is being read into sum
 	final        *fileResource
 }
 
@@ -164,10 +166,24 @@ func (s *Server) uploadChunk(x *exchange, id string) {
 	}
 }
 
-// applyChunk updates the upload session id for the command of x.
+// applyChunk updates the upload session id for the command of x. The chunk's bytes are
+// streamed into the session's hash outside the lock.
 func (s *Server) applyChunk(x *exchange, id string) chunkReply {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if x.r.Body != nil {
+		// Whatever happens, the body is drained (and counted) so the connection stays usable.
+		defer func() {
+			s.mu.Unlock()
+			n, _ := io.Copy(io.Discard, x.r.Body)
+			s.mu.Lock()
+			if n > 0 {
+				if i := x.call; i < len(s.calls) {
+					s.calls[i].BodySize += n
+				}
+			}
+		}()
+	}
 	sess, ok := s.uploads[id]
 	if !ok {
 		return chunkReply{code: http.StatusNotFound, status: "final", received: -1, plain: "Upload session not found."}
@@ -202,8 +218,23 @@ func (s *Server) applyChunk(x *exchange, id string) chunkReply {
 					plain: "Invalid X-Goog-Upload-Offset: expected " + strconv.FormatInt(sess.received, 10) + "."}
 			}
 		}
-		sess.received += int64(len(x.body))
-		sess.sum.Write(x.body)
+		if sess.busy {
+			return chunkReply{code: http.StatusConflict, status: "active", received: sess.received,
+				plain: "Another chunk of this upload is being received."}
+		}
+		sess.busy = true
+		s.mu.Unlock()
+		n, err := io.Copy(sess.sum, x.r.Body) // only this request touches sum while busy
+		s.mu.Lock()
+		sess.busy = false
+		sess.received += n
+		if i := x.call; i < len(s.calls) {
+			s.calls[i].BodySize = n
+		}
+		if err != nil {
+			return chunkReply{code: http.StatusBadRequest, status: "active", received: sess.received,
+				plain: "The chunk was cut short: " + err.Error()}
+		}
 	}
 	if !cmds["finalize"] {
 		return chunkReply{status: "active", received: -1}
@@ -252,9 +283,37 @@ func (s *Server) serveFiles(x *exchange, id string, hasMethod, get, del bool) {
 		}
 		s.mu.Unlock()
 		slices.SortFunc(out, func(a, b fileResource) int { return strings.Compare(a.Name, b.Name) })
-		x.writeJSON(struct {
-			Files []fileResource `json:"files,omitempty"`
-		}{out})
+		// pageSize: default 10, at most 100, as Google's files.list.
+		q := x.r.URL.Query()
+		size := 10
+		if v := q.Get("pageSize"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				x.fail(badRequest("Invalid value at 'page_size' (TYPE_INT32), \"" + v + "\""))
+				return
+			}
+			if n > 0 {
+				size = min(n, 100)
+			}
+		}
+		start := 0
+		if tok := q.Get("pageToken"); tok != "" {
+			n, ok := decodeFilesPageToken(tok)
+			if !ok || n > len(out) {
+				x.fail(badRequest("Invalid page token."))
+				return
+			}
+			start = n
+		}
+		end := min(start+size, len(out))
+		resp := struct {
+			Files         []fileResource `json:"files,omitempty"`
+			NextPageToken string         `json:"nextPageToken,omitempty"`
+		}{Files: out[start:end]}
+		if end < len(out) {
+			resp.NextPageToken = encodeFilesPageToken(end)
+		}
+		x.writeJSON(resp)
 	case get:
 		if !s.authenticate(x, "FileService.GetFile") {
 			return
@@ -297,6 +356,34 @@ func firstNonEmpty(vs ...string) string {
 		if v != "" {
 			return v
 		}
+	}
+	return ""
+}
+
+func encodeFilesPageToken(offset int) string {
+	return base64.RawURLEncoding.EncodeToString([]byte("fake-files-offset:" + strconv.Itoa(offset)))
+}
+
+func decodeFilesPageToken(tok string) (int, bool) {
+	raw, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return 0, false
+	}
+	v, ok := strings.CutPrefix(string(raw), "fake-files-offset:")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(v)
+	return n, err == nil && n >= 0
+}
+
+// FileOwner returns the key that owns the file called name ("files/{id}"), or "" if there is
+// no such file.
+func (s *Server) FileOwner(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f, ok := s.files[strings.TrimPrefix(name, "files/")]; ok {
+		return f.owner
 	}
 	return ""
 }

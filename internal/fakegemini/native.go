@@ -108,6 +108,8 @@ func (s *Server) serveNative(x *exchange, rest string) {
 		s.serveModelMethod(x, id, method)
 	case kind == "files" && x.version != "v1":
 		s.serveFiles(x, id, hasMethod, get, del)
+	case kind == "cachedContents" && x.version != "v1":
+		s.serveCaches(x, id, hasMethod, get, post, del)
 	default:
 		x.fail(notFoundError())
 	}
@@ -234,6 +236,8 @@ type generateRequest struct {
 	Contents               []content         `json:"contents"`
 	SystemInstruction      *content          `json:"systemInstruction"`
 	SystemInstructionSnake *content          `json:"system_instruction"`
+	CachedContent          string            `json:"cachedContent"`
+	CachedContentSnake     string            `json:"cached_content"`
 	GenerationConfig       *generationConfig `json:"generationConfig"`
 	GenerationConfigSnake  *generationConfig `json:"generation_config"`
 }
@@ -391,6 +395,10 @@ func (s *Server) generate(x *exchange, model modelInfo, id string, stream bool) 
 		return
 	}
 	if !s.checkFileRefs(x, req.fileRefs()) {
+		return
+	}
+	if cc := firstNonEmpty(req.CachedContent, req.CachedContentSnake); cc != "" && !s.ownsCache(x.key, cc) {
+		x.fail(cacheDeniedError())
 		return
 	}
 	if !s.admitGeneration(x, id) {

@@ -1,0 +1,218 @@
+package geminisynapse
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
+)
+
+// Listing files: every pool key sees only its own project's files, so `GET /v1beta/files`
+// walks the enabled keys in id order and merges their lists into pages of the client's size.
+// The gateway's page token says where the walk stopped: which key, that key's own page token,
+// and how many files of that page were already returned.
+
+const (
+	defaultFilesPageSize = 10  // Google's default for files.list
+	maxFilesPageSize     = 100 // Google's maximum
+)
+
+// isFileList reports whether p is files.list.
+func isFileList(p string) bool {
+	return p == "/v1beta/files" || p == "/v1alpha/files"
+}
+
+// filesCursor is the decoded page token of a merged listing.
+type filesCursor struct {
+	Key   int64  `json:"k"`           // the key to continue with (the first with id >= Key)
+	Token string `json:"t,omitempty"` // that key's upstream page token
+	Skip  int    `json:"s,omitempty"` // files of that upstream page already returned
+}
+
+func (c filesCursor) encode() string {
+	b, _ := json.Marshal(c)
+	return "gs1." + base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeFilesCursor(tok string) (filesCursor, bool) {
+	var c filesCursor
+	if len(tok) < 4 || tok[:4] != "gs1." {
+		return c, false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(tok[4:])
+	if err != nil || json.Unmarshal(b, &c) != nil || c.Skip < 0 {
+		return c, false
+	}
+	return c, true
+}
+
+// listFiles answers files.list with the merged files of every enabled pool key, and records
+// each file's owner on the way (files uploaded with a pool key outside the gateway included).
+func (x *exchange) listFiles() {
+	c := x.core
+	q := x.r.URL.Query()
+	size := defaultFilesPageSize
+	if v := q.Get("pageSize"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			x.fail(http.StatusBadRequest, "INVALID_ARGUMENT", "Invalid value at 'page_size' (TYPE_INT32), \""+v+"\"")
+			return
+		}
+		if n > 0 {
+			size = min(n, maxFilesPageSize)
+		}
+	}
+	cur := filesCursor{}
+	if tok := q.Get("pageToken"); tok != "" {
+		var ok bool
+		if cur, ok = decodeFilesCursor(tok); !ok {
+			x.fail(http.StatusBadRequest, "INVALID_ARGUMENT", "Invalid page token: pass the nextPageToken of a previous files.list answer unchanged.")
+			return
+		}
+	}
+	var keys []int64
+	for _, k := range c.pool.Keys(time.Now()) {
+		if !k.Disabled && k.ID >= cur.Key {
+			keys = append(keys, k.ID)
+		}
+	}
+	out := make([]json.RawMessage, 0, size)
+	next := ""
+	var lastErr *upstreamError
+	for i := 0; i < len(keys) && next == ""; i++ {
+		id := keys[i]
+		token, skip := "", 0
+		if id == cur.Key {
+			token, skip = cur.Token, cur.Skip
+		}
+		for {
+			files, upNext, uerr := x.listKeyFiles(id, token, size-len(out)+skip)
+			if uerr != nil {
+				lastErr = uerr
+				break
+			}
+			if skip > len(files) {
+				skip = len(files)
+			}
+			files = files[skip:]
+			room := size - len(out)
+			if len(files) > room {
+				out = append(out, files[:room]...)
+				next = filesCursor{Key: id, Token: token, Skip: skip + room}.encode()
+				break
+			}
+			out = append(out, files...)
+			skip = 0
+			if len(out) == size {
+				switch {
+				case upNext != "":
+					next = filesCursor{Key: id, Token: upNext}.encode()
+				case i+1 < len(keys):
+					next = filesCursor{Key: keys[i+1]}.encode()
+				}
+				break
+			}
+			if upNext == "" {
+				break
+			}
+			token = upNext
+		}
+	}
+	if len(out) == 0 && lastErr != nil && next == "" {
+		x.writeUpstreamError(lastErr)
+		return
+	}
+	resp := struct {
+		Files         []json.RawMessage `json:"files,omitempty"`
+		NextPageToken string            `json:"nextPageToken,omitempty"`
+	}{out, next}
+	b, _ := json.Marshal(resp)
+	b = append(b, '\n')
+	hdr := x.w.Header()
+	hdr.Set("Content-Type", "application/json; charset=UTF-8")
+	hdr.Set("Content-Length", strconv.Itoa(len(b)))
+	x.status = http.StatusOK
+	x.w.WriteHeader(http.StatusOK)
+	x.w.Write(b)
+}
+
+// listKeyFiles fetches one upstream page of one key's files and records their owner.
+func (x *exchange) listKeyFiles(id int64, token string, pageSize int) ([]json.RawMessage, string, *upstreamError) {
+	c := x.core
+	secret, err := c.pool.Get(id, "", time.Now())
+	if err != nil {
+		return nil, "", nil
+	}
+	u := *x.set.upstream
+	u.Path += x.path
+	u.RawPath = ""
+	qv := url.Values{}
+	qv.Set("pageSize", strconv.Itoa(min(max(pageSize, 1), maxFilesPageSize)))
+	if token != "" {
+		qv.Set("pageToken", token)
+	}
+	u.RawQuery = qv.Encode()
+	req, err := http.NewRequestWithContext(x.r.Context(), http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, "", &upstreamError{status: http.StatusBadGateway, reason: err.Error()}
+	}
+	req.Header.Set("X-Goog-Api-Key", secret)
+	req.Header.Set("User-Agent", "")
+	x.attempts++
+	resp, err := c.upstream.Load().transport.RoundTrip(req)
+	if err != nil {
+		o := keypool.ClassifyError(err)
+		if o.Kind != keypool.Canceled {
+			x.report(id, o, 0)
+		}
+		return nil, "", &upstreamError{status: http.StatusBadGateway, reason: o.Reason}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, "", &upstreamError{status: http.StatusBadGateway, reason: "reading the upstream answer: " + err.Error()}
+	}
+	b = maskSecret(b, secret)
+	if resp.StatusCode >= 400 {
+		o := keypool.Classify(resp.StatusCode, b, time.Now())
+		x.report(id, o, resp.StatusCode)
+		return nil, "", &upstreamError{status: resp.StatusCode, header: resp.Header, body: b, outcome: o}
+	}
+	x.report(id, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
+	var page struct {
+		Files         []json.RawMessage `json:"files"`
+		NextPageToken string            `json:"nextPageToken"`
+	}
+	if err := json.Unmarshal(b, &page); err != nil {
+		return nil, "", &upstreamError{status: http.StatusBadGateway, reason: "the upstream's files list is not JSON"}
+	}
+	now := time.Now()
+	var rs []store.Resource
+	for _, f := range page.Files {
+		var meta struct {
+			Name           string `json:"name"`
+			ExpirationTime string `json:"expirationTime"`
+		}
+		if json.Unmarshal(f, &meta) != nil || resourceName(meta.Name) != meta.Name || meta.Name == "" {
+			continue
+		}
+		r := store.Resource{Name: meta.Name, Kind: "files", KeyID: id, CreatedAt: now, ExpiresAt: now.Add(defaultLifetimes["files"])}
+		if t, err := time.Parse(time.RFC3339Nano, meta.ExpirationTime); err == nil {
+			r.ExpiresAt = t
+		}
+		rs = append(rs, r)
+	}
+	if err := c.store.AddResources(context.WithoutCancel(x.r.Context()), rs...); err != nil {
+		c.logger.Warn("recording listed files", zap.Error(err))
+	}
+	return page.Files, page.NextPageToken, nil
+}

@@ -1,0 +1,475 @@
+package geminisynapse
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
+)
+
+// Key-bound resources (gemini-api.md §1.2). Files, cached contents, batches, tuned models,
+// file search stores and long-running operations belong to the Google project of the key that
+// created them. The gateway records the owner of every one created through it, and sends any
+// later request that names one (in its path or its body) to that key, and to no other.
+
+// bound is what an exchange knows about the key-bound resources of its request.
+type bound struct {
+	owner     int64  // the pool key that owns the resources the request names (0: none known)
+	ownerOf   string // the resource that decided owner, for messages
+	boundName string // the resource named by the path, if any
+	creates   bool   // a successful answer creates (or updates) a resource to record
+}
+
+// boundKinds are the first segments of the names of key-bound resources.
+var boundKinds = map[string]bool{
+	"files": true, "cachedContents": true, "batches": true, "tunedModels": true,
+	"fileSearchStores": true, "operations": true,
+}
+
+// refMarkers are what a request body must contain to possibly name a key-bound resource.
+// Checking them is the whole cost of this feature for ordinary requests.
+var refMarkers = [...][]byte{
+	[]byte("files/"), []byte("cachedContents/"), []byte("tunedModels/"), []byte("batches/"),
+	[]byte("fileSearchStores/"), []byte("/operations/"),
+}
+
+// defaultLifetimes are how long a resource is kept when Google's answer gives no expiry: files
+// live 48 h, operations and batches are only polled for a while; tuned models and file search
+// stores live until deleted (0).
+var defaultLifetimes = map[string]time.Duration{
+	"files": 48 * time.Hour, "cachedContents": time.Hour, "batches": 30 * 24 * time.Hour,
+	"operations": 7 * 24 * time.Hour,
+}
+
+// apiVersions are the version segments a resource name may follow in a path or a URI.
+var apiVersions = [...]string{"v1beta/", "v1/", "v1alpha/"}
+
+// resourceName turns a reference into the name of a key-bound resource: "files/abc",
+// "https://generativelanguage.googleapis.com/v1beta/files/abc" and "/v1beta/files/abc:download"
+// all give "files/abc"; "models/veo/operations/x" stays whole. It returns "" for anything else.
+func resourceName(ref string) string {
+	s := ref
+	if i := strings.Index(s, "://"); i >= 0 {
+		rest := s[i+3:]
+		j := strings.IndexByte(rest, '/')
+		if j < 0 {
+			return ""
+		}
+		s = rest[j:]
+	}
+	s = strings.TrimPrefix(s, "/")
+	s = strings.TrimPrefix(s, "upload/")
+	for _, v := range apiVersions {
+		if strings.HasPrefix(s, v) {
+			s = s[len(v):]
+			break
+		}
+	}
+	if i := strings.IndexAny(s, ":?#"); i >= 0 {
+		s = s[:i]
+	}
+	segs := strings.Split(s, "/")
+	if len(segs) < 2 || segs[1] == "" {
+		return ""
+	}
+	for _, seg := range segs {
+		if seg == "" || strings.ContainsAny(seg, " \t\n\"\\") {
+			return ""
+		}
+	}
+	switch {
+	case boundKinds[segs[0]]:
+		if len(segs) == 2 || strings.Contains(s, "/operations/") {
+			return s
+		}
+		// A sub-resource (a file search store's document): its owner is the parent's.
+		return segs[0] + "/" + segs[1]
+	case segs[0] == "models" && len(segs) == 4 && segs[2] == "operations":
+		return s
+	}
+	return ""
+}
+
+// ownerNames are the names whose owner decides a name's key: itself and, for an operation of
+// a resource ("tunedModels/x/operations/y"), the resource.
+func ownerNames(name string) []string {
+	segs := strings.SplitN(name, "/", 3)
+	if len(segs) == 3 && boundKinds[segs[0]] {
+		return []string{name, segs[0] + "/" + segs[1]}
+	}
+	return []string{name}
+}
+
+// bodyReferences returns the key-bound resource names a JSON request body mentions in any
+// string value except prompt text (fileData.fileUri, cachedContent, a batch's
+// inputConfig.fileName, the OpenAI-compatible input_file_id and extra_body cached_content,
+// fileSearch store names, a tunedModels/… model, …).
+func bodyReferences(body []byte) []string {
+	found := false
+	for _, m := range refMarkers {
+		if bytes.Contains(body, m) {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	var names []string
+	// Objects alternate key and value; arrays hold values only.
+	type frame struct {
+		object bool
+		key    bool // the next string is a key
+	}
+	var stack []frame
+	lastKey := ""
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return names
+		}
+		top := len(stack) - 1
+		switch v := tok.(type) {
+		case json.Delim:
+			switch v {
+			case '{', '[':
+				if top >= 0 && stack[top].object {
+					stack[top].key = true
+				}
+				stack = append(stack, frame{object: v == '{', key: v == '{'})
+			default:
+				stack = stack[:top]
+			}
+		case string:
+			if top >= 0 && stack[top].object && stack[top].key {
+				lastKey = v
+				stack[top].key = false
+				continue
+			}
+			if top >= 0 && stack[top].object {
+				stack[top].key = true
+			}
+			if lastKey == "text" || len(v) > 1024 {
+				continue
+			}
+			if n := resourceName(v); n != "" && !slices.Contains(names, n) {
+				names = append(names, n)
+			}
+		default:
+			if top >= 0 && stack[top].object {
+				stack[top].key = true
+			}
+		}
+	}
+}
+
+// routeBound sends requests about key-bound resources where they belong. It reports true when
+// it has answered the request: a files listing, a conflict between owners, or a request bound
+// to its owner's key. Requests that name no resource known to the gateway are left to the
+// normal proxy path (false).
+func (x *exchange) routeBound() bool {
+	if x.r.Method == http.MethodGet && isFileList(x.path) {
+		x.listFiles()
+		return true
+	}
+	var names []string
+	if n := resourceName(x.path); n != "" {
+		names = append(names, n)
+		x.boundName = n
+	}
+	x.creates = createsResource(x.r.Method, x.path)
+	if len(x.body) > 0 {
+		for _, n := range bodyReferences(x.body) {
+			if !slices.Contains(names, n) {
+				names = append(names, n)
+			}
+		}
+	}
+	if len(names) == 0 {
+		return false
+	}
+	var lookup []string
+	for _, n := range names {
+		lookup = append(lookup, ownerNames(n)...)
+	}
+	owners, err := x.core.store.ResourceOwners(x.r.Context(), lookup, time.Now())
+	if err != nil {
+		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "The owners of the resources this request names could not be looked up; try again.")
+		return true
+	}
+	if len(owners) == 0 {
+		return false
+	}
+	var owner int64
+	var ownerOf string
+	for _, n := range lookup {
+		id, ok := owners[n]
+		if !ok {
+			continue
+		}
+		if owner == 0 {
+			owner, ownerOf = id, n
+			continue
+		}
+		if id != owner {
+			x.fail(http.StatusBadRequest, "INVALID_ARGUMENT",
+				"This request uses resources that belong to different upstream projects: "+ownerOf+" (key #"+
+					strconv.FormatInt(owner, 10)+") and "+n+" (key #"+strconv.FormatInt(id, 10)+
+					"). A Gemini request can only use files, cached contents and batches of one project: create them in one request flow, or upload the file again.")
+			return true
+		}
+	}
+	x.owner, x.ownerOf = owner, ownerOf
+	x.proxyBound()
+	return true
+}
+
+// createsResource tells whether a successful answer to the request creates a key-bound
+// resource (or changes one's expiry) whose name the gateway must record.
+func createsResource(method, p string) bool {
+	if method == http.MethodPatch {
+		return resourceName(p) != ""
+	}
+	if method != http.MethodPost {
+		return false
+	}
+	if strings.HasPrefix(p, "/upload/") {
+		return true // a multipart upload answers with the file; a resumable start with nothing
+	}
+	if i := strings.LastIndexByte(p, ':'); i >= 0 {
+		switch p[i+1:] {
+		case "batchGenerateContent", "asyncBatchEmbedContent", "predictLongRunning", "importFile",
+			"uploadToFileSearchStore", "register":
+			return true
+		}
+		return false
+	}
+	last := p[strings.LastIndexByte(p, '/')+1:]
+	switch last {
+	case "cachedContents", "tunedModels", "fileSearchStores", "batches":
+		return true
+	}
+	return false
+}
+
+// proxyBound makes the one attempt of a request bound to its owner's key: no other key can see
+// the resource, so there is no retry elsewhere, and an unusable owner is reported as such.
+func (x *exchange) proxyBound() {
+	c := x.core
+	now := time.Now()
+	x.keyID = x.owner
+	secret, err := c.pool.Get(x.owner, x.model, now)
+	if err != nil {
+		what := x.ownerOf + " belongs to upstream key #" + strconv.FormatInt(x.owner, 10) + ", which " + keyUnusable(err)
+		var ce *keypool.CoolingError
+		if errors.As(err, &ce) {
+			x.retryAfter(ce.Until, now)
+			x.fail(http.StatusTooManyRequests, "RESOURCE_EXHAUSTED", what+"; no other key can use it, retry later.")
+			return
+		}
+		if errors.Is(err, keypool.ErrKeyDisabled) {
+			if r := c.disabledReason(x.r.Context(), x.owner); r != "" {
+				what += " (" + r + ")"
+			}
+		}
+		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", what+"; no other key can use it.")
+		return
+	}
+	x.attempts = 1
+	resp, err := x.send(secret)
+	if err != nil {
+		o := keypool.ClassifyError(err)
+		if o.Kind == keypool.Canceled || x.r.Context().Err() != nil {
+			x.status = 499
+			x.errText = "client closed the request"
+			return
+		}
+		x.report(x.owner, o, 0)
+		x.writeUpstreamError(&upstreamError{status: http.StatusBadGateway, reason: o.Reason})
+		return
+	}
+	if resp.StatusCode < 400 {
+		x.report(x.owner, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
+		x.answer(resp, secret)
+		return
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<10))
+	resp.Body.Close()
+	body = maskSecret(body, secret)
+	o := keypool.Classify(resp.StatusCode, body, time.Now())
+	if resp.StatusCode == http.StatusForbidden && o.Kind == keypool.KeyInvalid && !strings.Contains(o.Reason, "API_KEY") &&
+		!strings.Contains(o.Reason, "CONSUMER") {
+		// A permission error on the owner's own resource says nothing about the key.
+		o.Kind = keypool.ClientError
+	}
+	x.report(x.owner, o, resp.StatusCode)
+	if resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusNotFound {
+		if x.r.Method == http.MethodGet || x.r.Method == http.MethodDelete {
+			// Gone upstream (expired or deleted elsewhere): forget it.
+			x.forget(x.boundName)
+		}
+	}
+	x.writeUpstreamError(&upstreamError{status: resp.StatusCode, header: resp.Header, body: body, outcome: o})
+}
+
+// disabledReason returns the stored reason a key is disabled, or "".
+func (c *core) disabledReason(ctx context.Context, id int64) string {
+	keys, err := c.store.Keys(ctx)
+	if err != nil {
+		return ""
+	}
+	for _, k := range keys {
+		if k.ID == id {
+			return k.DisabledReason
+		}
+	}
+	return ""
+}
+
+// answer sends a successful upstream answer to the client, recording what it creates first.
+func (x *exchange) answer(resp *http.Response, secret string) {
+	isStart := strings.HasPrefix(x.path, "/upload/") &&
+		(resp.Header.Get("X-Goog-Upload-Url") != "" || resp.Header.Get("X-Goog-Upload-Control-Url") != "" || resp.Header.Get("Location") != "")
+	switch {
+	case isStart:
+		if !x.bindUploadSession(resp) {
+			return
+		}
+		x.copyResponse(resp, secret)
+	case x.creates:
+		x.copyCreated(resp, secret)
+	default:
+		x.copyResponse(resp, secret)
+	}
+	if x.r.Method == http.MethodDelete && x.boundName != "" && resourceName(x.path) == x.boundName {
+		x.forget(x.boundName)
+	}
+}
+
+// forget drops a resource's row; a failure only leaves a row the retention job removes later.
+func (x *exchange) forget(name string) {
+	if name == "" {
+		return
+	}
+	if err := x.core.store.DeleteResource(context.WithoutCancel(x.r.Context()), name); err != nil {
+		x.core.logger.Warn("forgetting a deleted resource", zap.String("name", name), zap.Error(err))
+	}
+}
+
+// createdMax is the largest answer read whole to find the resource it creates; such answers
+// are small (a File, an Operation, a CachedContent without its contents).
+const createdMax = 4 << 20
+
+// copyCreated reads a small success answer whole, records the resources it names as owned by
+// the key that got it, and only then sends it: a client that uses the new resource at once
+// must find it recorded.
+func (x *exchange) copyCreated(resp *http.Response, secret string) {
+	b, err := io.ReadAll(io.LimitReader(resp.Body, createdMax+1))
+	if err != nil || len(b) > createdMax {
+		// Not a small JSON answer after all: send what was read and stream the rest.
+		resp.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(b), resp.Body), resp.Body}
+		x.copyResponse(resp, secret)
+		return
+	}
+	resp.Body.Close()
+	b = maskSecret(b, secret)
+	if rs := createdResources(b, x.keyID, time.Now()); len(rs) > 0 {
+		if err := x.core.store.AddResources(context.WithoutCancel(x.r.Context()), rs...); err != nil {
+			x.core.logger.Error("recording the owner of a new resource", zap.Error(err))
+		}
+	}
+	t := tailPool.Get().(*tail)
+	t.reset()
+	t.write(b)
+	t.finish()
+	x.usage = t.usage(x.openAI)
+	tailPool.Put(t)
+	x.ttfb = time.Since(x.start)
+	x.writeRaw(resp, b, secret, "")
+}
+
+// createdResources finds the key-bound resources a create answer names: a File
+// ({"file":{"name","expirationTime"}} or the bare File), an Operation ({"name"}, with a
+// tuned model's name in metadata.tunedModel), a CachedContent ({"name","expireTime"}), an
+// OpenAI-compatible batch ({"id"}).
+func createdResources(b []byte, keyID int64, now time.Time) []store.Resource {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(b, &obj) != nil {
+		return nil
+	}
+	var out []store.Resource
+	add := func(o map[string]json.RawMessage) {
+		var name, id, exp1, exp2 string
+		_ = json.Unmarshal(o["name"], &name)
+		_ = json.Unmarshal(o["id"], &id)
+		_ = json.Unmarshal(o["expirationTime"], &exp1)
+		_ = json.Unmarshal(o["expireTime"], &exp2)
+		for _, ref := range []string{name, id} {
+			n := resourceName(ref)
+			if n == "" || n != ref {
+				continue
+			}
+			kind, _, _ := strings.Cut(n, "/")
+			if strings.Contains(n, "/operations/") {
+				kind = "operations"
+			}
+			r := store.Resource{Name: n, Kind: kind, KeyID: keyID, CreatedAt: now}
+			for _, e := range []string{exp1, exp2} {
+				if t, err := time.Parse(time.RFC3339Nano, e); err == nil {
+					r.ExpiresAt = t
+				}
+			}
+			if r.ExpiresAt.IsZero() {
+				if d := defaultLifetimes[kind]; d > 0 {
+					r.ExpiresAt = now.Add(d)
+				}
+			}
+			out = append(out, r)
+		}
+	}
+	add(obj)
+	for _, sub := range []string{"file", "response"} {
+		var o map[string]json.RawMessage
+		if json.Unmarshal(obj[sub], &o) == nil && o != nil {
+			add(o)
+		}
+	}
+	var meta struct {
+		TunedModel string `json:"tunedModel"`
+	}
+	if json.Unmarshal(obj["metadata"], &meta) == nil && meta.TunedModel != "" {
+		if n := resourceName(meta.TunedModel); n != "" {
+			out = append(out, store.Resource{Name: n, Kind: "tunedModels", KeyID: keyID, CreatedAt: now})
+		}
+	}
+	return out
+}
+
+// ownedResourceCounts tells, per pool key that owns any, how many live resources created
+// through the gateway it owns: the admin panel shows it, and asks before deleting such a key.
+func (c *core) ownedResourceCounts(ctx context.Context) (map[int64]int, error) {
+	return c.store.OwnedResourceCounts(ctx, time.Now())
+}
+
+// purgeBound deletes the records of resources and upload sessions expired at now (for the
+// daily retention job).
+func (c *core) purgeBound(ctx context.Context, now time.Time) (resources, uploads int64, err error) {
+	resources, err1 := c.store.PurgeResources(ctx, now)
+	uploads, err2 := c.store.PurgeUploadSessions(ctx, now)
+	return resources, uploads, errors.Join(err1, err2)
+}

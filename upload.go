@@ -1,0 +1,248 @@
+package geminisynapse
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
+)
+
+// Resumable uploads (gemini-api.md §1.3). The start (`POST /upload/v1beta/files` without an
+// upload_id) goes through the normal proxy path with a pool key; its answer names an upload URL
+// on Google's host, which the gateway records (upload_id → pool key) and rewrites to point at
+// itself. Every later command on the session (`upload`, `upload, finalize`, `query`, `cancel`)
+// carries the upload_id, which is the credential: it goes to the key that started the session,
+// streamed in both directions, and is never retried on another key.
+
+// uploadSessionTTL is how long an upload session can be continued. Google keeps sessions for
+// about a week.
+const uploadSessionTTL = 7 * 24 * time.Hour
+
+// uploadHeaders are the answer headers that carry an upload session's URL.
+var uploadHeaders = [...]string{"X-Goog-Upload-Url", "X-Goog-Upload-Control-Url", "Location"}
+
+// uploadSessionID returns the upload_id of a command on an upload session, or "" when the
+// request is something else (a start, or not an upload).
+func uploadSessionID(p, rawQuery string) string {
+	if !strings.HasPrefix(p, "/upload/") || !strings.Contains(rawQuery, "upload_id=") {
+		return ""
+	}
+	q, _ := url.ParseQuery(rawQuery)
+	return q.Get("upload_id")
+}
+
+// publicBase is the scheme, host and path prefix under which the client reached the gateway,
+// e.g. "https://gw.example.com/gemini". The prefix is what a `handle_path` or `uri strip_prefix`
+// before the handler removed from the path.
+func (x *exchange) publicBase() string {
+	scheme := "http"
+	if x.r.TLS != nil {
+		scheme = "https"
+	}
+	prefix := ""
+	if orig, ok := x.r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		op, cur := orig.URL.EscapedPath(), x.r.URL.EscapedPath()
+		if len(op) > len(cur) && strings.HasSuffix(op, cur) {
+			prefix = strings.TrimRight(op[:len(op)-len(cur)], "/")
+		}
+	}
+	return scheme + "://" + x.r.Host + prefix
+}
+
+// bindUploadSession records the upload session of a start answer and rewrites its upload URLs
+// (in resp.Header) to point at the gateway, without any key. It reports false, having answered
+// the client, when the session could not be recorded (its chunks could not be routed).
+func (x *exchange) bindUploadSession(resp *http.Response) bool {
+	base := x.publicBase()
+	done := map[string]bool{}
+	for _, name := range uploadHeaders {
+		v := resp.Header.Get(name)
+		if v == "" {
+			continue
+		}
+		u, err := url.Parse(v)
+		if err != nil {
+			continue
+		}
+		id := u.Query().Get("upload_id")
+		if id == "" {
+			continue
+		}
+		p := u.EscapedPath()
+		if up := strings.TrimRight(x.set.upstream.EscapedPath(), "/"); up != "" && strings.HasPrefix(p, up+"/") {
+			p = p[len(up):]
+		}
+		uri := p
+		if q := stripKeyParam(u.RawQuery); q != "" {
+			uri += "?" + q
+		}
+		if !done[id] {
+			now := time.Now()
+			err := x.core.store.AddUploadSession(x.r.Context(), store.UploadSession{
+				ID: id, KeyID: x.keyID, UpstreamURI: uri, AccessKeyID: x.access,
+				CreatedAt: now, ExpiresAt: now.Add(uploadSessionTTL),
+			})
+			if err != nil {
+				resp.Body.Close()
+				x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "The upload session could not be recorded; try again. ("+err.Error()+")")
+				return false
+			}
+			done[id] = true
+		}
+		resp.Header.Set(name, base+uri)
+	}
+	return true
+}
+
+// serveUploadChunk forwards one command on an upload session to the key that started it. The
+// body is streamed (files can be gigabytes) and nothing is retried: a session lives in the
+// project of its key, and the client resumes it itself with `query`.
+func (x *exchange) serveUploadChunk(id string) {
+	c := x.core
+	ctx := x.r.Context()
+	// The session id is the credential; a key, when sent, must still be a valid one.
+	if credential(x.r) != "" && !x.authenticate() {
+		return
+	}
+	sess, err := c.store.UploadSessionByID(ctx, id, time.Now())
+	if err != nil {
+		// A final status stops SDKs from retrying a chunk that can never succeed.
+		x.w.Header().Set("X-Goog-Upload-Status", "final")
+		if errors.Is(err, store.ErrNotFound) {
+			x.fail(http.StatusNotFound, "NOT_FOUND",
+				"Unknown upload session: this gateway did not start it, or it has expired. Start the upload again through the gateway.")
+			return
+		}
+		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "The upload session could not be looked up; try again.")
+		return
+	}
+	if x.access == 0 {
+		x.access = sess.AccessKeyID
+	}
+	x.keyID = sess.KeyID
+	secret, err := c.pool.Get(sess.KeyID, "", time.Now())
+	if err != nil {
+		x.w.Header().Set("X-Goog-Upload-Status", "final")
+		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "The upstream key that started this upload session (#"+
+			strconv.FormatInt(sess.KeyID, 10)+") "+keyUnusable(err)+"; the upload cannot continue on another key: start it again.")
+		return
+	}
+
+	u := *x.set.upstream
+	p, q, _ := strings.Cut(sess.UpstreamURI, "?")
+	u.RawPath = ""
+	if dp, err := url.PathUnescape(p); err == nil {
+		u.Path += dp
+	}
+	u.RawQuery = q
+	var body io.Reader = x.r.Body
+	if x.r.Body == nil || x.r.ContentLength == 0 {
+		body = http.NoBody
+	}
+	req, err := http.NewRequestWithContext(ctx, x.r.Method, u.String(), body)
+	if err != nil {
+		x.fail(http.StatusBadRequest, "INVALID_ARGUMENT", "Bad upload request: "+err.Error())
+		return
+	}
+	req.ContentLength = x.r.ContentLength
+	if body == http.NoBody {
+		req.ContentLength = 0
+	}
+	copyRequestHeaders(req.Header, x.r.Header)
+	req.Header.Set("X-Goog-Api-Key", secret)
+	x.attempts = 1
+	resp, err := c.upstream.Load().transport.RoundTrip(req)
+	if err != nil {
+		o := keypool.ClassifyError(err)
+		if o.Kind == keypool.Canceled || ctx.Err() != nil {
+			x.status = 499
+			x.errText = "client closed the upload request"
+			return
+		}
+		x.report(sess.KeyID, o, 0)
+		// No upload status: SDKs retry the same chunk, which is right after a network failure.
+		x.fail(http.StatusBadGateway, "UNAVAILABLE", "The upstream could not be reached: "+o.Reason)
+		return
+	}
+	x.rewriteUploadURLs(resp.Header)
+	status := resp.Header.Get("X-Goog-Upload-Status")
+	if resp.StatusCode >= 400 {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<10))
+		resp.Body.Close()
+		b = maskSecret(b, secret)
+		o := keypool.Classify(resp.StatusCode, b, time.Now())
+		x.report(sess.KeyID, o, resp.StatusCode)
+		x.writeRaw(resp, b, secret, o.Reason)
+		return
+	}
+	x.report(sess.KeyID, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
+	if strings.Contains(strings.ToLower(x.r.Header.Get("X-Goog-Upload-Command")), "cancel") {
+		if err := c.store.DeleteUploadSession(context.WithoutCancel(ctx), id); err != nil {
+			c.logger.Warn("forgetting a cancelled upload session", zap.Error(err))
+		}
+	}
+	if status == "final" {
+		// The answer is the new file: record its owner before the client can use it.
+		x.copyCreated(resp, secret)
+		return
+	}
+	x.copyResponse(resp, secret)
+}
+
+// rewriteUploadURLs points upload URLs of a chunk answer at the gateway (Google does not send
+// them there today, but they must never lead a client around the gateway).
+func (x *exchange) rewriteUploadURLs(h http.Header) {
+	for _, name := range uploadHeaders[:2] {
+		v := h.Get(name)
+		if v == "" {
+			continue
+		}
+		u, err := url.Parse(v)
+		if err != nil || u.Host == "" {
+			continue
+		}
+		uri := u.EscapedPath()
+		if q := stripKeyParam(u.RawQuery); q != "" {
+			uri += "?" + q
+		}
+		h.Set(name, x.publicBase()+uri)
+	}
+}
+
+// writeRaw returns an upstream answer already read into b (masked), with its status and
+// headers: upload errors may be plain text, and their X-Goog-Upload-* headers matter.
+func (x *exchange) writeRaw(resp *http.Response, b []byte, secret, reason string) {
+	hdr := x.w.Header()
+	copyResponseHeaders(hdr, resp.Header, secret)
+	hdr.Set("Content-Length", strconv.Itoa(len(b)))
+	x.status = resp.StatusCode
+	if resp.StatusCode >= 400 {
+		x.errText = reason
+	}
+	x.w.WriteHeader(resp.StatusCode)
+	x.w.Write(b)
+}
+
+// keyUnusable says why a bound key cannot serve, for error messages.
+func keyUnusable(err error) string {
+	var ce *keypool.CoolingError
+	switch {
+	case errors.Is(err, keypool.ErrKeyDisabled):
+		return "is disabled"
+	case errors.Is(err, keypool.ErrUnknownKey):
+		return "is no longer in the pool"
+	case errors.As(err, &ce):
+		return "is cooling down for model " + ce.Model + " until " + ce.Until.UTC().Format(time.RFC3339)
+	}
+	return "cannot be used"
+}
