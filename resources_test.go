@@ -1,0 +1,541 @@
+package geminisynapse
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
+)
+
+func TestResourceName(t *testing.T) {
+	for in, want := range map[string]string{
+		"files/abc": "files/abc",
+		"https://generativelanguage.googleapis.com/v1beta/files/abc": "files/abc",
+		"http://127.0.0.1:8080/gemini/v1beta/files/abc":              "",
+		"/v1beta/files/abc:download":                                 "files/abc",
+		"/upload/v1beta/fileSearchStores/s1:uploadToFileSearchStore": "fileSearchStores/s1",
+		"/v1beta/fileSearchStores/s1/documents/d2":                   "fileSearchStores/s1",
+		"cachedContents/xyz":                                         "cachedContents/xyz",
+		"/v1beta/batches/b1:cancel":                                  "batches/b1",
+		"tunedModels/t1/operations/o1":                               "tunedModels/t1/operations/o1",
+		"models/veo-3.0/operations/op1":                              "models/veo-3.0/operations/op1",
+		"/v1beta/models/gemini-2.5-flash:generateContent":            "",
+		"/v1beta/files":                                              "",
+		"look at files/abc":                                          "",
+		"files/":                                                     "",
+		"models/gemini-2.5-flash":                                    "",
+	} {
+		if got := resourceName(in); got != want {
+			t.Errorf("resourceName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestBodyReferences(t *testing.T) {
+	body := `{"contents":[{"role":"user","parts":[
+		{"text":"files/not-a-reference"},
+		{"fileData":{"mimeType":"text/plain","fileUri":"https://generativelanguage.googleapis.com/v1beta/files/f1"}},
+		{"file_data":{"file_uri":"files/f2"}},
+		{"inlineData":{"mimeType":"image/png","data":"aGVsbG8gZmlsZXMvbm8="}}]}],
+		"cachedContent":"cachedContents/c1",
+		"batch":{"inputConfig":{"fileName":"files/f3"}},
+		"extra_body":{"google":{"cached_content":"cachedContents/c1"}},
+		"tools":[{"fileSearch":{"fileSearchStoreNames":["fileSearchStores/s1"]}}],
+		"n":3,"ok":true,"none":null}`
+	got := bodyReferences([]byte(body))
+	want := []string{"files/f1", "files/f2", "cachedContents/c1", "files/f3", "fileSearchStores/s1"}
+	if !slices.Equal(got, want) {
+		t.Errorf("bodyReferences = %q, want %q", got, want)
+	}
+	if got := bodyReferences([]byte(helloBody)); got != nil {
+		t.Errorf("plain prompt: %q, want none", got)
+	}
+}
+
+// upload runs the resumable protocol through the gateway: a start with the access key, then the
+// data in chunks of chunkSize with the given chunk key ("" sends none). It returns the file
+// name and the upload URL the gateway handed out.
+func (e *proxyEnv) upload(data, chunkKey string, chunkSize int) (name string, uploadURL string) {
+	e.t.Helper()
+	req, _ := http.NewRequest("POST", e.url+"/upload/v1beta/files", strings.NewReader(`{"file":{"display_name":"doc"}}`))
+	req.Header.Set("x-goog-api-key", testAccessKey)
+	req.Header.Set("X-Goog-Upload-Protocol", "resumable")
+	req.Header.Set("X-Goog-Upload-Command", "start")
+	req.Header.Set("X-Goog-Upload-Header-Content-Length", strconv.Itoa(len(data)))
+	req.Header.Set("X-Goog-Upload-Header-Content-Type", "text/plain")
+	req.Header.Set("Content-Type", "application/json")
+	e.made.Add(1)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	e.assertNoLeak(resp.Header, b)
+	uploadURL = resp.Header.Get("X-Goog-Upload-Url")
+	if resp.StatusCode != 200 || !strings.HasPrefix(uploadURL, e.url+"/upload/v1beta/files?") || strings.Contains(uploadURL, "key=") {
+		e.t.Fatalf("start: %d, upload URL %q: %s", resp.StatusCode, uploadURL, b)
+	}
+	off := 0
+	for {
+		end := min(off+chunkSize, len(data))
+		cmd := "upload"
+		if end == len(data) {
+			cmd = "upload, finalize"
+		}
+		req, _ := http.NewRequest("POST", uploadURL, strings.NewReader(data[off:end]))
+		if chunkKey != "" {
+			req.Header.Set("x-goog-api-key", chunkKey)
+		}
+		req.Header.Set("X-Goog-Upload-Command", cmd)
+		req.Header.Set("X-Goog-Upload-Offset", strconv.Itoa(off))
+		e.made.Add(1)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		e.assertNoLeak(resp.Header, b)
+		if resp.StatusCode != 200 {
+			e.t.Fatalf("chunk at %d: %d %s", off, resp.StatusCode, b)
+		}
+		off = end
+		if cmd == "upload" {
+			if s := resp.Header.Get("X-Goog-Upload-Status"); s != "active" {
+				e.t.Fatalf("chunk status %q, want active", s)
+			}
+			continue
+		}
+		if s := resp.Header.Get("X-Goog-Upload-Status"); s != "final" {
+			e.t.Fatalf("finalize status %q: %s", s, b)
+		}
+		var f struct {
+			File struct {
+				Name string `json:"name"`
+			} `json:"file"`
+		}
+		if err := json.Unmarshal(b, &f); err != nil || f.File.Name == "" {
+			e.t.Fatalf("finalize answer: %v %s", err, b)
+		}
+		return f.File.Name, uploadURL
+	}
+}
+
+func fileBody(names ...string) string {
+	var parts []string
+	for _, n := range names {
+		parts = append(parts, `{"fileData":{"mimeType":"text/plain","fileUri":"https://generativelanguage.googleapis.com/v1beta/`+n+`"}}`)
+	}
+	parts = append(parts, `{"text":"hello"}`)
+	return `{"contents":[{"role":"user","parts":[` + strings.Join(parts, ",") + `]}]}`
+}
+
+func TestProxyUploadedFileStaysOnItsKey(t *testing.T) {
+	e := newProxyEnv(t, 3, nil)
+	data := strings.Repeat("0123456789", 1000)
+	before := len(e.fake.Calls())
+	// Chunks without any key, as the curl recipe and older python SDKs send them.
+	name, _ := e.upload(data, "", 3000)
+	calls := e.fake.Calls()[before:]
+	if len(calls) != 5 {
+		t.Fatalf("%d upstream calls, want start + 4 chunks", len(calls))
+	}
+	owner := calls[0].Key
+	var size int64
+	for _, c := range calls {
+		if c.Key != owner {
+			t.Errorf("%s %s?%s went with another key", c.Method, c.Path, c.RawQuery)
+		}
+		size += c.BodySize
+	}
+	if size < int64(len(data)) {
+		t.Errorf("the upstream received %d bytes, want %d", size, len(data))
+	}
+	if got := e.fake.FileOwner(name); got != owner {
+		t.Fatalf("fake says %s is owned by another key", name)
+	}
+	// Every use goes to the owner, in the body or in the path; round robin would spread them.
+	for i := range 6 {
+		n := len(e.fake.Calls())
+		resp, b := e.do("POST", genPath("gemini-2.5-flash"), fileBody(name))
+		if resp.StatusCode != 200 {
+			t.Fatalf("generate %d: %d %s", i, resp.StatusCode, b)
+		}
+		if keys := e.keysSince(n); len(keys) != 1 || keys[0] != owner {
+			t.Fatalf("generate %d went to other keys (%d calls)", i, len(keys))
+		}
+	}
+	for _, p := range []string{"/v1beta/" + name, "/v1beta/" + name + "?alt=json"} {
+		n := len(e.fake.Calls())
+		resp, b := e.do("GET", p, "")
+		if resp.StatusCode != 200 || !strings.Contains(string(b), name) {
+			t.Fatalf("GET %s: %d %s", p, resp.StatusCode, b)
+		}
+		if keys := e.keysSince(n); len(keys) != 1 || keys[0] != owner {
+			t.Fatalf("GET %s went to another key", p)
+		}
+	}
+	// With the access key on the chunks it works the same.
+	name2, _ := e.upload("small", testAccessKey, 100)
+	if e.fake.FileOwner(name2) == "" {
+		t.Fatalf("second upload: no file %s", name2)
+	}
+	e.assertNoPenalty()
+}
+
+func TestProxyFilesOfTwoKeysInOneRequest(t *testing.T) {
+	e := newProxyEnv(t, 3, nil)
+	a, _ := e.upload("first", "", 100)
+	b, _ := e.upload("second", "", 100)
+	c, _ := e.upload("third", "", 100)
+	d, _ := e.upload("fourth", "", 100)
+	owner := e.fake.FileOwner
+	if owner(a) == owner(b) {
+		t.Fatalf("round robin put both uploads on one key")
+	}
+	same := d
+	if owner(a) != owner(d) {
+		same = c // three keys, four uploads: two share a key
+		if owner(a) != owner(c) {
+			a = b
+		}
+	}
+	if owner(a) != owner(same) {
+		t.Fatalf("no two files share a key")
+	}
+	n := len(e.fake.Calls())
+	resp, body := e.do("POST", genPath("gemini-2.5-flash"), fileBody(a, same))
+	if resp.StatusCode != 200 {
+		t.Fatalf("two files of one key: %d %s", resp.StatusCode, body)
+	}
+	if keys := e.keysSince(n); len(keys) != 1 || keys[0] != owner(a) {
+		t.Errorf("two files of one key: sent to another key")
+	}
+	var other string
+	for _, f := range []string{b, c, d} {
+		if owner(f) != owner(a) {
+			other = f
+		}
+	}
+	n = len(e.fake.Calls())
+	resp, body = e.do("POST", genPath("gemini-2.5-flash"), fileBody(a, other))
+	g := decodeError(t, body)
+	if resp.StatusCode != 400 || g.Error.Status != "INVALID_ARGUMENT" || !strings.Contains(g.Error.Message, "different upstream projects") ||
+		!strings.Contains(g.Error.Message, a) || !strings.Contains(g.Error.Message, other) {
+		t.Errorf("two owners: %d %s", resp.StatusCode, body)
+	}
+	if len(e.fake.Calls()) != n {
+		t.Errorf("a request refused for two owners reached the upstream")
+	}
+}
+
+func TestProxyForgedUploadSessionIsRefused(t *testing.T) {
+	e := newProxyEnv(t, 2, nil)
+	// A real session exists upstream but was not started through this gateway.
+	req, _ := http.NewRequest("POST", e.upstream+"/upload/v1beta/files", strings.NewReader(`{}`))
+	req.Header.Set("x-goog-api-key", e.keys[0])
+	req.Header.Set("X-Goog-Upload-Protocol", "resumable")
+	req.Header.Set("X-Goog-Upload-Command", "start")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	u, _ := url.Parse(resp.Header.Get("X-Goog-Upload-Url"))
+	e.fake.Reset()
+	for _, id := range []string{u.Query().Get("upload_id"), "ABgVH8forged"} {
+		for _, key := range []string{"", testAccessKey} {
+			req, _ := http.NewRequest("POST", e.url+"/upload/v1beta/files?upload_id="+url.QueryEscape(id)+"&upload_protocol=resumable", strings.NewReader("data"))
+			if key != "" {
+				req.Header.Set("x-goog-api-key", key)
+			}
+			req.Header.Set("X-Goog-Upload-Command", "upload, finalize")
+			req.Header.Set("X-Goog-Upload-Offset", "0")
+			e.made.Add(1)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			g := decodeError(t, b)
+			if resp.StatusCode != 404 || g.Error.Status != "NOT_FOUND" || !strings.Contains(g.Error.Message, "did not start") {
+				t.Errorf("forged session (key %v): %d %s", key != "", resp.StatusCode, b)
+			}
+			if resp.Header.Get("X-Goog-Upload-Status") != "final" {
+				t.Errorf("forged session: upload status %q, want final (so SDKs stop)", resp.Header.Get("X-Goog-Upload-Status"))
+			}
+		}
+	}
+	// A wrong key on a real session is refused too.
+	_, upURL := e.upload("x", "", 10)
+	req, _ = http.NewRequest("POST", upURL, strings.NewReader("more"))
+	req.Header.Set("x-goog-api-key", "not-an-access-key")
+	req.Header.Set("X-Goog-Upload-Command", "query")
+	e.made.Add(1)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Errorf("wrong key on a chunk: %d, want 401", resp.StatusCode)
+	}
+	for _, c := range e.fake.Calls() {
+		if strings.Contains(c.RawQuery, "upload_id") && !strings.Contains(c.RawQuery, url.QueryEscape(mustUploadID(t, upURL))) {
+			t.Errorf("a refused chunk reached the upstream: %s?%s", c.Path, c.RawQuery)
+		}
+	}
+}
+
+func mustUploadID(t *testing.T, s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Query().Get("upload_id")
+}
+
+func TestProxyOwnerUnusable(t *testing.T) {
+	e := newProxyEnv(t, 3, nil)
+	name, _ := e.upload("payload", "", 100)
+	owner := e.ids[e.fake.FileOwner(name)]
+	ctx := context.Background()
+
+	// Cooling for the model: 429 with Retry-After, and no hop to another key.
+	until := time.Now().Add(time.Hour)
+	e.core.pool.Report(owner, "gemini-2.5-flash", keypool.Outcome{Kind: keypool.Quota, Until: until}, time.Now())
+	n := len(e.fake.Calls())
+	resp, b := e.do("POST", genPath("gemini-2.5-flash"), fileBody(name))
+	g := decodeError(t, b)
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" || !strings.Contains(g.Error.Message, name) ||
+		!strings.Contains(g.Error.Message, "cooling") {
+		t.Errorf("owner cooling: %d %s", resp.StatusCode, b)
+	}
+	// Another model is fine on the same key.
+	resp, b = e.do("POST", genPath("gemini-2.5-pro"), fileBody(name))
+	if resp.StatusCode != 200 {
+		t.Errorf("owner cooling for another model: %d %s", resp.StatusCode, b)
+	}
+
+	// Disabled (by an operator, as the admin API does): 503 with the reason.
+	if err := e.core.store.SetKeyStatus(ctx, owner, store.StatusDisabled, "operator says no", true); err != nil {
+		t.Fatal(err)
+	}
+	e.core.pool.SetDisabled(owner, true)
+	n = len(e.fake.Calls())
+	resp, b = e.do("POST", genPath("gemini-2.5-pro"), fileBody(name))
+	g = decodeError(t, b)
+	if resp.StatusCode != 503 || g.Error.Status != "UNAVAILABLE" || !strings.Contains(g.Error.Message, "disabled") ||
+		!strings.Contains(g.Error.Message, "operator says no") {
+		t.Errorf("owner disabled: %d %s", resp.StatusCode, b)
+	}
+	if len(e.fake.Calls()) != n {
+		t.Errorf("a request for a disabled owner's file reached the upstream")
+	}
+	// (Unknown resources keep the normal path: a plain prompt still works.)
+	if resp, b, _ := e.generate("gemini-2.5-flash"); resp.StatusCode != 200 {
+		t.Errorf("plain prompt: %d %s", resp.StatusCode, b)
+	}
+}
+
+func TestProxyPermissionErrorOnBoundResourceIsNoKeyFailure(t *testing.T) {
+	e := newProxyEnv(t, 2, nil)
+	// The gateway believes key 0 owns a file the upstream does not know (deleted elsewhere).
+	owner := e.ids[e.keys[0]]
+	if err := e.core.store.AddResources(context.Background(), store.Resource{Name: "files/gone", KeyID: owner, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		n := len(e.fake.Calls())
+		resp, b := e.do("POST", genPath("gemini-2.5-flash"), fileBody("files/gone"))
+		if resp.StatusCode != 403 || !strings.Contains(string(b), "You do not have permission to access the File files/gone") {
+			t.Fatalf("gone file: %d %s", resp.StatusCode, b)
+		}
+		if keys := e.keysSince(n); len(keys) != 1 || keys[0] != e.keys[0] {
+			t.Fatalf("gone file: sent to %d keys / another key", len(keys))
+		}
+	}
+	e.assertNoPenalty()
+	// GET of the gone file makes the gateway forget it; afterwards it is an unknown file.
+	e.do("GET", "/v1beta/files/gone", "")
+	owners, err := e.core.store.ResourceOwners(context.Background(), []string{"files/gone"}, time.Now())
+	if err != nil || len(owners) != 0 {
+		t.Errorf("owners after a 403 GET: %v %v", owners, err)
+	}
+}
+
+func TestProxyListAndDeleteFiles(t *testing.T) {
+	e := newProxyEnv(t, 3, nil)
+	var names []string
+	for i := range 7 {
+		n, _ := e.upload(fmt.Sprintf("file %d", i), "", 100)
+		names = append(names, n)
+	}
+	// A file uploaded straight to the upstream with a pool key is listed too (and learnt).
+	req, _ := http.NewRequest("POST", e.upstream+"/upload/v1beta/files", strings.NewReader(`{}`))
+	req.Header.Set("x-goog-api-key", e.keys[2])
+	req.Header.Set("X-Goog-Upload-Protocol", "resumable")
+	req.Header.Set("X-Goog-Upload-Command", "start")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	req, _ = http.NewRequest("POST", e.upstream+resp.Header.Get("X-Goog-Upload-Url")[len("https://generativelanguage.googleapis.com"):], strings.NewReader("direct"))
+	req.Header.Set("x-goog-api-key", e.keys[2])
+	req.Header.Set("X-Goog-Upload-Command", "upload, finalize")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var direct struct {
+		File struct{ Name string } `json:"file"`
+	}
+	json.NewDecoder(resp.Body).Decode(&direct)
+	resp.Body.Close()
+	names = append(names, direct.File.Name)
+
+	var listed []string
+	token := ""
+	pages := 0
+	for {
+		p := "/v1beta/files?pageSize=3"
+		if token != "" {
+			p += "&pageToken=" + url.QueryEscape(token)
+		}
+		resp, b := e.do("GET", p, "")
+		if resp.StatusCode != 200 {
+			t.Fatalf("list: %d %s", resp.StatusCode, b)
+		}
+		var page struct {
+			Files []struct {
+				Name string `json:"name"`
+			} `json:"files"`
+			NextPageToken string `json:"nextPageToken"`
+		}
+		if err := json.Unmarshal(b, &page); err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Files) > 3 || (page.NextPageToken != "" && len(page.Files) != 3) {
+			t.Fatalf("page %d has %d files (next %q)", pages, len(page.Files), page.NextPageToken)
+		}
+		for _, f := range page.Files {
+			listed = append(listed, f.Name)
+		}
+		pages++
+		if token = page.NextPageToken; token == "" || pages > 10 {
+			break
+		}
+	}
+	slices.Sort(listed)
+	slices.Sort(names)
+	if !slices.Equal(listed, names) || pages != 3 {
+		t.Errorf("listed %d files in %d pages:\n%q\nwant\n%q", len(listed), pages, listed, names)
+	}
+	resp2, b := e.do("GET", "/v1beta/files?pageToken=bogus", "")
+	if resp2.StatusCode != 400 {
+		t.Errorf("bogus page token: %d %s", resp2.StatusCode, b)
+	}
+
+	// The directly uploaded file was learnt from the listing: it is now bound to its key.
+	n := len(e.fake.Calls())
+	if resp, b := e.do("POST", genPath("gemini-2.5-flash"), fileBody(direct.File.Name)); resp.StatusCode != 200 {
+		t.Fatalf("generate with the listed file: %d %s", resp.StatusCode, b)
+	}
+	if keys := e.keysSince(n); len(keys) != 1 || keys[0] != e.keys[2] {
+		t.Errorf("listed file not bound to its key")
+	}
+
+	// DELETE goes to the owner and forgets the row.
+	for _, name := range names[:3] {
+		owner := e.fake.FileOwner(name)
+		n := len(e.fake.Calls())
+		resp, b := e.do("DELETE", "/v1beta/"+name, "")
+		if resp.StatusCode != 200 {
+			t.Fatalf("delete %s: %d %s", name, resp.StatusCode, b)
+		}
+		if keys := e.keysSince(n); len(keys) != 1 || keys[0] != owner {
+			t.Errorf("delete %s went to another key", name)
+		}
+		if e.fake.FileOwner(name) != "" {
+			t.Errorf("%s still exists upstream", name)
+		}
+	}
+	owners, err := e.core.store.ResourceOwners(context.Background(), names, time.Now())
+	if err != nil || len(owners) != len(names)-3 {
+		t.Errorf("owners after deleting 3 of %d: %d, %v", len(names), len(owners), err)
+	}
+	counts, err := e.core.ownedResourceCounts(context.Background())
+	total := 0
+	for _, c := range counts {
+		total += c
+	}
+	if err != nil || total != len(names)-3 {
+		t.Errorf("owned resource counts %v (%v), want %d in all", counts, err, len(names)-3)
+	}
+	e.assertNoPenalty()
+}
+
+func TestProxyCachedContentStaysOnItsKey(t *testing.T) {
+	e := newProxyEnv(t, 3, nil)
+	resp, b := e.do("POST", "/v1beta/cachedContents", `{"model":"models/gemini-2.5-flash","ttl":"600s","contents":[{"role":"user","parts":[{"text":"a long context"}]}]}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("create: %d %s", resp.StatusCode, b)
+	}
+	var cc struct{ Name string }
+	json.Unmarshal(b, &cc)
+	calls := e.fake.Calls()
+	owner := calls[len(calls)-1].Key
+	for i := range 4 {
+		n := len(e.fake.Calls())
+		resp, b := e.do("POST", genPath("gemini-2.5-flash"), `{"cachedContent":"`+cc.Name+`","contents":[{"role":"user","parts":[{"text":"hello"}]}]}`)
+		if resp.StatusCode != 200 {
+			t.Fatalf("generate %d with the cache: %d %s", i, resp.StatusCode, b)
+		}
+		if keys := e.keysSince(n); len(keys) != 1 || keys[0] != owner {
+			t.Fatalf("generate %d with the cache went to another key", i)
+		}
+	}
+	if resp, b := e.do("DELETE", "/v1beta/"+cc.Name, ""); resp.StatusCode != 200 {
+		t.Fatalf("delete: %d %s", resp.StatusCode, b)
+	}
+	if owners, _ := e.core.store.ResourceOwners(context.Background(), []string{cc.Name}, time.Now()); len(owners) != 0 {
+		t.Errorf("deleted cache still recorded")
+	}
+}
+
+func TestRetentionPurgesExpiredResources(t *testing.T) {
+	e := newProxyEnv(t, 1, nil)
+	ctx := context.Background()
+	id := e.ids[e.keys[0]]
+	now := time.Now()
+	if err := e.core.store.AddResources(ctx,
+		store.Resource{Name: "files/old", KeyID: id, ExpiresAt: now.Add(-time.Hour)},
+		store.Resource{Name: "files/new", KeyID: id, ExpiresAt: now.Add(time.Hour)},
+	); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.core.store.AddUploadSession(ctx, store.UploadSession{ID: "old", KeyID: id, UpstreamURI: "/u", CreatedAt: now.Add(-8 * 24 * time.Hour), ExpiresAt: now.Add(-time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	e.core.runRetention(ctx)
+	counts, err := e.core.ownedResourceCounts(ctx)
+	if err != nil || counts[id] != 1 {
+		t.Errorf("after retention: %v %v, want 1 live resource", counts, err)
+	}
+	if res, up, err := e.core.purgeBound(ctx, now); err != nil || res != 0 || up != 0 {
+		t.Errorf("second purge deleted %d/%d (%v), want nothing left", res, up, err)
+	}
+}
