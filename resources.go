@@ -79,6 +79,10 @@ func resourceName(ref string) string {
 	if i := strings.IndexAny(s, ":?#"); i >= 0 {
 		s = s[:i]
 	}
+	// The common case (a model's method) leaves here without allocating.
+	if kind, _, _ := strings.Cut(s, "/"); !boundKinds[kind] && (kind != "models" || !strings.Contains(s, "/operations/")) {
+		return ""
+	}
 	segs := strings.Split(s, "/")
 	if len(segs) < 2 || segs[1] == "" {
 		return ""

@@ -539,3 +539,37 @@ func TestRetentionPurgesExpiredResources(t *testing.T) {
 		t.Errorf("second purge deleted %d/%d (%v), want nothing left", res, up, err)
 	}
 }
+
+// The cost of the ownership check on ordinary requests: a body without any resource marker is
+// only scanned for the markers; one that names a file is parsed.
+func BenchmarkBodyReferences(b *testing.B) {
+	inline := `{"contents":[{"parts":[{"inlineData":{"mimeType":"image/png","data":"` +
+		strings.Repeat("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg", 10000) +
+		`"}},{"text":"describe"}]}]}`
+	for _, c := range []struct{ name, body string }{
+		{"plain-prompt", helloBody},
+		{"inline-1MiB", inline},
+		{"file-reference", fileBody("files/abc123")},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			body := []byte(c.body)
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				bodyReferences(body)
+			}
+		})
+	}
+}
+
+// The whole per-request cost of key-bound routing for a plain generateContent.
+func BenchmarkRouteCheckPlainGenerate(b *testing.B) {
+	body := []byte(helloBody)
+	p := "/v1beta/models/gemini-2.5-flash:generateContent"
+	b.ReportAllocs()
+	for b.Loop() {
+		if isFileList(p) || resourceName(p) != "" || createsResource(http.MethodPost, p) || bodyReferences(body) != nil {
+			b.Fatal("a plain generate looks key-bound")
+		}
+	}
+}
