@@ -315,3 +315,39 @@ func TestFilesLargeUploadStreamsWithFlatMemory(t *testing.T) {
 		t.Errorf("the upstream received %d bytes, want %d", got, size)
 	}
 }
+
+// Mounted under a path prefix (handle_path strips it before the handler), the upload URL must
+// keep the prefix, or clients that follow it (or only swap scheme and host, as the SDKs do)
+// would miss the gateway.
+func TestFilesUploadUnderPathPrefix(t *testing.T) {
+	fake, up := newFake(t)
+	pool := poolKeys(2)
+	g := startGateway(t, gatewayConfig{Upstream: up.URL, PoolKeys: pool, AccessKeys: []string{accessKey},
+		Site: "handle_path /gemini/* {\n\t\tgemini_synapse\n\t}"})
+	r := g.do(http.MethodPost, "/gemini/upload/v1beta/files", http.Header{
+		"X-Goog-Api-Key":         {accessKey},
+		"X-Goog-Upload-Protocol": {"resumable"},
+		"X-Goog-Upload-Command":  {"start"},
+	}, `{"file":{}}`)
+	u := r.Header.Get("X-Goog-Upload-Url")
+	if r.Status != 200 || !strings.HasPrefix(u, g.URL+"/gemini/upload/v1beta/files?upload_id=") {
+		t.Fatalf("start under /gemini: %d upload URL %q: %s", r.Status, u, r.Body)
+	}
+	client, err := genai.NewClient(context.Background(), &genai.ClientConfig{
+		APIKey: accessKey, Backend: genai.BackendGeminiAPI, HTTPClient: g.Client,
+		HTTPOptions: genai.HTTPOptions{BaseURL: g.URL + "/gemini/"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f, err := client.Files.Upload(ctx, strings.NewReader("prefixed"), &genai.UploadFileConfig{MIMEType: "text/plain"})
+	if err != nil {
+		t.Fatalf("SDK upload under /gemini: %v", err)
+	}
+	if fake.FileOwner(f.Name) == "" {
+		t.Fatalf("no file %s upstream", f.Name)
+	}
+	assertCleanUpstream(t, fake.Calls(), pool, accessKey)
+}
