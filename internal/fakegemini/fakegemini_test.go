@@ -876,3 +876,81 @@ func TestResumableUpload(t *testing.T) {
 		t.Errorf("only %d calls recorded", n)
 	}
 }
+
+func TestUploadChunksAreCountedNotKept(t *testing.T) {
+	fake, srv := start(t)
+	r := do(t, "POST", srv.URL+"/upload/v1beta/files", `{}`, "x-goog-api-key", keyA,
+		"X-Goog-Upload-Protocol", "resumable", "X-Goog-Upload-Command", "start")
+	u, _ := url.Parse(r.header.Get("X-Goog-Upload-Url"))
+	data := strings.Repeat("z", 3<<20)
+	r = do(t, "POST", srv.URL+u.RequestURI(), data, "X-Goog-Upload-Command", "upload, finalize", "X-Goog-Upload-Offset", "0")
+	if r.status != 200 || !bytes.Contains(r.body, []byte(`"sizeBytes": "3145728"`)) {
+		t.Fatalf("finalize: %d %s", r.status, r.body)
+	}
+	calls := fake.Calls()
+	last := calls[len(calls)-1]
+	if last.Body != nil || last.BodySize != int64(len(data)) || last.Key != "" {
+		t.Errorf("chunk call: body kept %d bytes, size %d, key %q", len(last.Body), last.BodySize, last.Key)
+	}
+}
+
+func TestFilesListPagesAndCachedContentsAreOwned(t *testing.T) {
+	fake, srv := start(t)
+	for range 5 {
+		r := do(t, "POST", srv.URL+"/upload/v1beta/files", `{}`, "x-goog-api-key", keyA,
+			"X-Goog-Upload-Protocol", "resumable", "X-Goog-Upload-Command", "start")
+		u, _ := url.Parse(r.header.Get("X-Goog-Upload-Url"))
+		do(t, "POST", srv.URL+u.RequestURI(), "abc", "X-Goog-Upload-Command", "upload, finalize")
+	}
+	var names []string
+	tok := ""
+	for pages := 0; pages < 5; pages++ {
+		r := do(t, "GET", srv.URL+"/v1beta/files?pageSize=2&pageToken="+url.QueryEscape(tok), "", "x-goog-api-key", keyA)
+		var page struct {
+			Files []struct {
+				Name string `json:"name"`
+			} `json:"files"`
+			NextPageToken string `json:"nextPageToken"`
+		}
+		if err := json.Unmarshal(r.body, &page); err != nil || r.status != 200 || len(page.Files) > 2 {
+			t.Fatalf("list: %d %s", r.status, r.body)
+		}
+		for _, f := range page.Files {
+			names = append(names, f.Name)
+			if fake.FileOwner(f.Name) != keyA {
+				t.Errorf("%s not owned by key A", f.Name)
+			}
+		}
+		if tok = page.NextPageToken; tok == "" {
+			break
+		}
+	}
+	if len(names) != 5 {
+		t.Errorf("listed %d files in pages of 2, want 5", len(names))
+	}
+	if r := do(t, "GET", srv.URL+"/v1beta/files", "", "x-goog-api-key", keyB); bytes.Contains(r.body, []byte("files/")) {
+		t.Errorf("key B sees key A's files: %s", r.body)
+	}
+
+	r := do(t, "POST", srv.URL+"/v1beta/cachedContents", `{"model":"models/gemini-2.5-flash","ttl":"60s","contents":[{"parts":[{"text":"ctx"}]}]}`, "x-goog-api-key", keyA)
+	var cc cachedContent
+	if err := json.Unmarshal(r.body, &cc); err != nil || r.status != 200 || !strings.HasPrefix(cc.Name, "cachedContents/") || cc.ExpireTime == "" {
+		t.Fatalf("create cache: %d %s", r.status, r.body)
+	}
+	gen := `{"cachedContent":"` + cc.Name + `","contents":[{"parts":[{"text":"hi"}]}]}`
+	if r := do(t, "POST", srv.URL+"/v1beta/models/gemini-2.5-flash:generateContent", gen, "x-goog-api-key", keyA); r.status != 200 {
+		t.Errorf("owner uses cache: %d %s", r.status, r.body)
+	}
+	for _, r := range []result{
+		do(t, "POST", srv.URL+"/v1beta/models/gemini-2.5-flash:generateContent", gen, "x-goog-api-key", keyB),
+		do(t, "GET", srv.URL+"/v1beta/"+cc.Name, "", "x-goog-api-key", keyB),
+		do(t, "DELETE", srv.URL+"/v1beta/"+cc.Name, "", "x-goog-api-key", keyB),
+	} {
+		if e := decodeError(t, r.body); r.status != 403 || e.Status != "PERMISSION_DENIED" {
+			t.Errorf("foreign cache use: %d %+v", r.status, e)
+		}
+	}
+	if r := do(t, "DELETE", srv.URL+"/v1beta/"+cc.Name, "", "x-goog-api-key", keyA); r.status != 200 {
+		t.Errorf("owner deletes cache: %d", r.status)
+	}
+}
