@@ -312,12 +312,10 @@ func (x *exchange) proxyBound() {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<10))
 	resp.Body.Close()
 	body = maskSecret(body, secret)
+	// Classify already takes "You do not have permission to access the File …" for the
+	// client's error, not the key's; a key the upstream rejects (leaked, suspended) is still
+	// disabled.
 	o := keypool.Classify(resp.StatusCode, body, time.Now())
-	if resp.StatusCode == http.StatusForbidden && o.Kind == keypool.KeyInvalid && !strings.Contains(o.Reason, "API_KEY") &&
-		!strings.Contains(o.Reason, "CONSUMER") {
-		// A permission error on the owner's own resource says nothing about the key.
-		o.Kind = keypool.ClientError
-	}
 	x.report(x.owner, o, resp.StatusCode)
 	if resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusNotFound {
 		if x.r.Method == http.MethodGet || x.r.Method == http.MethodDelete {
