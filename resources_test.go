@@ -573,3 +573,44 @@ func BenchmarkRouteCheckPlainGenerate(b *testing.B) {
 		}
 	}
 }
+
+func TestProxyChunkOfDisabledKeyIsRefused(t *testing.T) {
+	e := newProxyEnv(t, 2, nil)
+	req, _ := http.NewRequest("POST", e.url+"/upload/v1beta/files", strings.NewReader(`{}`))
+	req.Header.Set("x-goog-api-key", testAccessKey)
+	req.Header.Set("X-Goog-Upload-Protocol", "resumable")
+	req.Header.Set("X-Goog-Upload-Command", "start")
+	e.made.Add(1)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	upURL := resp.Header.Get("X-Goog-Upload-Url")
+	calls := e.fake.Calls()
+	owner := e.ids[calls[len(calls)-1].Key]
+	e.core.pool.SetDisabled(owner, true)
+	n := len(e.fake.Calls())
+	req, _ = http.NewRequest("POST", upURL, strings.NewReader("data"))
+	req.Header.Set("X-Goog-Upload-Command", "upload, finalize")
+	req.Header.Set("X-Goog-Upload-Offset", "0")
+	e.made.Add(1)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	g := decodeError(t, b)
+	if resp.StatusCode != 503 || !strings.Contains(g.Error.Message, "is disabled") || resp.Header.Get("X-Goog-Upload-Status") != "final" {
+		t.Errorf("chunk for a disabled key: %d %q %s", resp.StatusCode, resp.Header.Get("X-Goog-Upload-Status"), b)
+	}
+	if len(e.fake.Calls()) != n {
+		t.Errorf("the chunk went upstream with another key")
+	}
+	// The request log names the session's access key and key even though the chunk had none.
+	rows := e.requests()
+	if r := rows[0]; r.KeyID != owner || r.AccessKeyID == 0 || r.Status != 503 {
+		t.Errorf("request row %+v", r)
+	}
+}
