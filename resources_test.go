@@ -614,3 +614,40 @@ func TestProxyChunkOfDisabledKeyIsRefused(t *testing.T) {
 		t.Errorf("request row %+v", r)
 	}
 }
+
+func TestProxyBatchOfAFileStaysOnItsKey(t *testing.T) {
+	e := newProxyEnv(t, 3, nil)
+	name, _ := e.upload(`{"key":"1","request":{"contents":[{"parts":[{"text":"hi"}]}]}}`, "", 1000)
+	owner := e.fake.FileOwner(name)
+	n := len(e.fake.Calls())
+	resp, b := e.do("POST", "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+		`{"batch":{"displayName":"nightly","inputConfig":{"fileName":"`+name+`"}}}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("batch create: %d %s", resp.StatusCode, b)
+	}
+	if keys := e.keysSince(n); len(keys) != 1 || keys[0] != owner {
+		t.Fatalf("batch create did not go to the file's owner")
+	}
+	var op struct{ Name string }
+	json.Unmarshal(b, &op)
+	if !strings.HasPrefix(op.Name, "batches/") {
+		t.Fatalf("batch create answer: %s", b)
+	}
+	for _, c := range []struct{ method, path string }{
+		{"GET", "/v1beta/" + op.Name}, {"GET", "/v1beta/" + op.Name}, {"POST", "/v1beta/" + op.Name + ":cancel"},
+		{"GET", "/v1beta/" + op.Name}, {"DELETE", "/v1beta/" + op.Name},
+	} {
+		n := len(e.fake.Calls())
+		resp, b := e.do(c.method, c.path, "")
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s %s: %d %s", c.method, c.path, resp.StatusCode, b)
+		}
+		if keys := e.keysSince(n); len(keys) != 1 || keys[0] != owner {
+			t.Fatalf("%s %s did not go to the batch's owner", c.method, c.path)
+		}
+	}
+	if owners, _ := e.core.store.ResourceOwners(context.Background(), []string{op.Name}, time.Now()); len(owners) != 0 {
+		t.Errorf("deleted batch still recorded")
+	}
+	e.assertNoPenalty()
+}

@@ -80,6 +80,7 @@ type Server struct {
 	uploads      map[string]*uploadSession
 	files        map[string]*storedFile
 	caches       map[string]*storedCache
+	batches      map[string]*storedBatch
 
 	openStreams atomic.Int64
 }
@@ -101,6 +102,7 @@ func New() *Server {
 		uploads:      make(map[string]*uploadSession),
 		files:        make(map[string]*storedFile),
 		caches:       make(map[string]*storedCache),
+		batches:      make(map[string]*storedBatch),
 	}
 }
 

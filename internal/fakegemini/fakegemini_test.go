@@ -954,3 +954,26 @@ func TestFilesListPagesAndCachedContentsAreOwned(t *testing.T) {
 		t.Errorf("owner deletes cache: %d", r.status)
 	}
 }
+
+func TestBatchesAreOwned(t *testing.T) {
+	_, srv := start(t)
+	r := do(t, "POST", srv.URL+"/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+		`{"batch":{"inputConfig":{"requests":{"requests":[{"request":{"contents":[{"parts":[{"text":"hi"}]}]}}]}}}}`, "x-goog-api-key", keyA)
+	var op batchOperation
+	if err := json.Unmarshal(r.body, &op); err != nil || r.status != 200 || !strings.HasPrefix(op.Name, "batches/") {
+		t.Fatalf("create: %d %s", r.status, r.body)
+	}
+	if r := do(t, "GET", srv.URL+"/v1beta/"+op.Name, "", "x-goog-api-key", keyB); r.status != 403 {
+		t.Errorf("foreign get: %d", r.status)
+	}
+	if r := do(t, "POST", srv.URL+"/v1beta/"+op.Name+":cancel", "", "x-goog-api-key", keyA); r.status != 200 {
+		t.Errorf("owner cancel: %d %s", r.status, r.body)
+	}
+	if r := do(t, "GET", srv.URL+"/v1beta/"+op.Name, "", "x-goog-api-key", keyA); r.status != 200 || !bytes.Contains(r.body, []byte("BATCH_STATE_CANCELLED")) {
+		t.Errorf("owner get after cancel: %d %s", r.status, r.body)
+	}
+	if r := do(t, "POST", srv.URL+"/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+		`{"batch":{"inputConfig":{"fileName":"files/nope"}}}`, "x-goog-api-key", keyA); r.status != 403 {
+		t.Errorf("batch of an unknown file: %d %s", r.status, r.body)
+	}
+}

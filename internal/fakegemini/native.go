@@ -108,6 +108,8 @@ func (s *Server) serveNative(x *exchange, rest string) {
 		s.serveModelMethod(x, id, method)
 	case kind == "files" && x.version != "v1":
 		s.serveFiles(x, id, hasMethod, get, del)
+	case kind == "batches" && x.version != "v1":
+		s.serveBatches(x, id, method, hasMethod, get, post, del)
 	case kind == "cachedContents" && x.version != "v1":
 		s.serveCaches(x, id, hasMethod, get, post, del)
 	default:
@@ -130,6 +132,8 @@ func (s *Server) serveModelMethod(x *exchange, id, method string) {
 		rpc, needs = "GenerativeService.EmbedContent", "embedContent"
 	case "batchEmbedContents":
 		rpc, needs = "GenerativeService.BatchEmbedContents", "embedContent"
+	case "batchGenerateContent":
+		rpc, needs = "BatchService.BatchGenerateContent", "batchGenerateContent"
 	default:
 		x.fail(notFoundError())
 		return
@@ -149,6 +153,8 @@ func (s *Server) serveModelMethod(x *exchange, id, method string) {
 		countTokens(x)
 	case "embedContent", "batchEmbedContents":
 		s.embed(x, model, id, method == "batchEmbedContents")
+	case "batchGenerateContent":
+		s.createBatch(x, id)
 	}
 }
 
