@@ -2,7 +2,9 @@
 // (generativelanguage.googleapis.com). It speaks the real wire formats: native
 // REST paths with ':' methods under /v1, /v1beta and /v1alpha, SSE and
 // JSON-array streams, the OpenAI-compatible endpoints under /v1beta/openai/,
-// the resumable file upload protocol, and Google's pretty-printed error
+// the resumable file upload protocol (chunks streamed, not kept), files,
+// cached contents and batches that belong to the key that created them
+// (another key gets 403 PERMISSION_DENIED), and Google's pretty-printed error
 // envelopes. Each upstream key can be programmed to fail the way a real key
 // fails (invalid, suspended, leaked, quota exhausted, ...), and every request
 // is recorded so tests can assert what a proxy forwarded.
