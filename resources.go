@@ -406,7 +406,7 @@ func (x *exchange) copyCreated(resp *http.Response, secret string) {
 }
 
 // createdResources finds the key-bound resources a create answer names: a File
-// ({"file":{"name","expirationTime"}} or the bare File), an Operation ({"name"}, with a
+// ({"file":{"name","expirationTime"}}, the bare File, or files:register's {"files":[…]}), an Operation ({"name"}, with a
 // tuned model's name in metadata.tunedModel), a CachedContent ({"name","expireTime"}), an
 // OpenAI-compatible batch ({"id"}).
 func createdResources(b []byte, keyID int64, now time.Time) []store.Resource {
@@ -448,6 +448,12 @@ func createdResources(b []byte, keyID int64, now time.Time) []store.Resource {
 	for _, sub := range []string{"file", "response"} {
 		var o map[string]json.RawMessage
 		if json.Unmarshal(obj[sub], &o) == nil && o != nil {
+			add(o)
+		}
+	}
+	var list []map[string]json.RawMessage // files:register answers {"files":[…]}
+	if json.Unmarshal(obj["files"], &list) == nil {
+		for _, o := range list {
 			add(o)
 		}
 	}

@@ -651,3 +651,42 @@ func TestProxyBatchOfAFileStaysOnItsKey(t *testing.T) {
 	}
 	e.assertNoPenalty()
 }
+
+func TestCreatedResources(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, c := range []struct {
+		body string
+		want map[string]time.Time // name -> expiry (zero: none)
+	}{
+		{`{"file":{"name":"files/a","expirationTime":"2026-01-04T00:00:00Z","uri":"https://generativelanguage.googleapis.com/v1beta/files/a"}}`,
+			map[string]time.Time{"files/a": time.Date(2026, 1, 4, 0, 0, 0, 0, time.UTC)}},
+		{`{"name":"cachedContents/c","expireTime":"2026-01-02T04:04:05.5Z"}`,
+			map[string]time.Time{"cachedContents/c": time.Date(2026, 1, 2, 4, 4, 5, 5e8, time.UTC)}},
+		{`{"name":"batches/b","metadata":{"name":"batches/b"}}`, map[string]time.Time{"batches/b": now.Add(30 * 24 * time.Hour)}},
+		{`{"name":"tunedModels/t/operations/o","metadata":{"tunedModel":"tunedModels/t"}}`,
+			map[string]time.Time{"tunedModels/t/operations/o": now.Add(7 * 24 * time.Hour), "tunedModels/t": {}}},
+		{`{"name":"models/veo-3.0/operations/v"}`, map[string]time.Time{"models/veo-3.0/operations/v": now.Add(7 * 24 * time.Hour)}},
+		{`{"files":[{"name":"files/r1"},{"name":"files/r2"}]}`,
+			map[string]time.Time{"files/r1": now.Add(48 * time.Hour), "files/r2": now.Add(48 * time.Hour)}},
+		{`{"id":"batches/oa"}`, map[string]time.Time{"batches/oa": now.Add(30 * 24 * time.Hour)}},
+		{`{"candidates":[]}`, map[string]time.Time{}},
+		{`not json`, map[string]time.Time{}},
+	} {
+		got := map[string]time.Time{}
+		for _, r := range createdResources([]byte(c.body), 7, now) {
+			if r.KeyID != 7 {
+				t.Errorf("%s: key %d", c.body, r.KeyID)
+			}
+			got[r.Name] = r.ExpiresAt
+		}
+		if len(got) != len(c.want) {
+			t.Errorf("%s: got %v, want %v", c.body, got, c.want)
+			continue
+		}
+		for n, exp := range c.want {
+			if g, ok := got[n]; !ok || !g.Equal(exp) {
+				t.Errorf("%s: %s expires %v (found %v), want %v", c.body, n, g, ok, exp)
+			}
+		}
+	}
+}
