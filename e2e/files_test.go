@@ -351,3 +351,42 @@ func TestFilesUploadUnderPathPrefix(t *testing.T) {
 	}
 	assertCleanUpstream(t, fake.Calls(), pool, accessKey)
 }
+
+// Upload sessions and file owners are in the database: a restart between the start and the
+// chunks, and between the upload and its use, changes nothing.
+func TestFilesSurviveRestart(t *testing.T) {
+	fake, up := newFake(t)
+	pool := poolKeys(3)
+	g := startGateway(t, gatewayConfig{Upstream: up.URL, PoolKeys: pool, AccessKeys: []string{accessKey}})
+	u := startUpload(t, g, 5, "text/plain")
+	g.Restart()
+	req, _ := http.NewRequest(http.MethodPost, u, strings.NewReader("hello"))
+	req.Header.Set("X-Goog-Upload-Offset", "0")
+	req.Header.Set("X-Goog-Upload-Command", "upload, finalize")
+	resp, err := g.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var f struct {
+		File struct{ Name, URI string } `json:"file"`
+	}
+	if resp.StatusCode != 200 || json.Unmarshal(body, &f) != nil || f.File.Name == "" {
+		t.Fatalf("chunk after restart: %d %s", resp.StatusCode, body)
+	}
+	owner := fake.FileOwner(f.File.Name)
+	g.Restart()
+	for i := range 3 {
+		n := len(fake.Calls())
+		r := g.do(http.MethodPost, "/v1beta/models/"+modelFlash+":generateContent", apiKeyHeader(accessKey),
+			`{"contents":[{"parts":[{"text":"hello"},{"fileData":{"fileUri":"`+f.File.URI+`"}}]}]}`)
+		if r.Status != 200 {
+			t.Fatalf("generate %d after restart: %d %s", i, r.Status, r.Body)
+		}
+		if keys := generateCallKeys(fake, n); len(keys) != 1 || keys[0] != owner {
+			t.Fatalf("generate %d after restart not on the owning key", i)
+		}
+	}
+	assertCleanUpstream(t, fake.Calls(), pool, accessKey)
+}
