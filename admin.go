@@ -295,6 +295,9 @@ func (b adminBackend) StartValidation() (admin.ValidationRun, bool) {
 	if v.run.Running {
 		return v.run, false
 	}
+	if c.ctx.Err() != nil {
+		return admin.ValidationRun{Error: "the gateway is shutting down"}, false
+	}
 	loc := b.Location()
 	ctx, cancel := context.WithTimeout(c.ctx, adminTimeout)
 	keys, err := c.store.Keys(ctx)

@@ -978,3 +978,33 @@ func TestAdminServesThePanel(t *testing.T) {
 		t.Errorf("/administrator went to the admin handler: %d", a.status)
 	}
 }
+
+// TestAdminAnyPrefix serves the panel under another prefix: the redirect, the page and the
+// cookie's path follow it.
+func TestAdminAnyPrefix(t *testing.T) {
+	e := newAdminEnv(t, 1)
+	h := &admin.Handler{Prefix: "/ops/gs", Backend: adminBackend{e.c}}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/ops/gs?x=1", nil))
+	if rec.Code != 301 || rec.Header().Get("Location") != "/ops/gs/?x=1" {
+		t.Errorf("/ops/gs: %d to %q", rec.Code, rec.Header().Get("Location"))
+	}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/ops/gs/", nil))
+	if rec.Code != 200 || !strings.HasPrefix(rec.Header().Get("Content-Type"), "text/html") {
+		t.Errorf("/ops/gs/: %d %q", rec.Code, rec.Header().Get("Content-Type"))
+	}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("POST", "/ops/gs/api/login", strings.NewReader(`{"admin_key":"`+testAdminKey+`"}`)))
+	cookies := rec.Result().Cookies()
+	if rec.Code != 200 || len(cookies) != 1 || cookies[0].Path != "/ops/gs" {
+		t.Fatalf("login under /ops/gs: %d, cookies %+v", rec.Code, cookies)
+	}
+	rec = httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "/ops/gs/api/keys", nil)
+	req.AddCookie(cookies[0])
+	h.ServeHTTP(rec, req)
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"total":1`) {
+		t.Errorf("keys under /ops/gs: %d %s", rec.Code, rec.Body)
+	}
+}

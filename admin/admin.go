@@ -6,7 +6,7 @@
 //
 // POST P/api/login {"admin_key"} opens a session: the answer sets the cookie
 // gs_admin_session (a random token, stored only as its SHA-256, HttpOnly, SameSite=Strict,
-// Secure over TLS, Path=P/) and says {"expires_at"}. Every other P/api/* route needs that
+// Secure over TLS, Path=P) and says {"expires_at"}. Every other P/api/* route needs that
 // cookie or Authorization: Bearer <admin key>, else 401. A wrong admin key (at login, as a
 // Bearer token, at export or as the current key of PUT P/api/admin-key) counts as a failure
 // of the client's IP; after a few failures in a row that IP gets 429 with Retry-After, even
@@ -26,7 +26,7 @@
 //	                                  -> {"keys":[Key],"total","page","page_size",
 //	                                      "counts":{"active","cooling","disabled"}}
 //	POST   P/api/keys                 {"keys":[...]} or {"text":"..."} -> {"added","duplicates","invalid"}
-//	DELETE P/api/keys/{id}
+//	DELETE P/api/keys/{id}            -> {"deleted":id}
 //	POST   P/api/keys/{id}/enable     -> Key
 //	POST   P/api/keys/{id}/disable    -> Key
 //	POST   P/api/keys/{id}/validate   -> {"check":KeyCheck,"key":Key}
@@ -35,14 +35,32 @@
 //	POST   P/api/keys/export          {"admin_key","status"} -> text/plain, one full key per line
 //	GET    P/api/access-keys          {"access_keys":[AccessKey]}
 //	POST   P/api/access-keys          {"label"} -> 201 AccessKey with "key", the full key, shown once
-//	DELETE P/api/access-keys/{id}
+//	DELETE P/api/access-keys/{id}     -> {"deleted":id}
 //	POST   P/api/access-keys/{id}/enable|disable -> AccessKey
 //	PUT    P/api/admin-key            {"current","new"}; ends every other session
 //	GET    P/api/settings             {"settings":{name: value}}
 //	PUT    P/api/settings             {name: value, ...} (partial) -> {"settings":{...}}
-//	GET    P/api/stats                ?range=24h|7d|30d -> see statsAnswer
+//	GET    P/api/stats                ?range=24h|7d|30d (default 24h) -> {"range","bucket","timezone",
+//	                                      "from","to","requests":{"total","success","failure"},
+//	                                      "tokens":{"prompt","candidates","total"},
+//	                                      "keys":{"active","cooling","disabled"},
+//	                                      "trend":[{"t","success","failure","tokens"}],
+//	                                      "models":[{"model","requests","failures","tokens"}]}
 //	GET    P/api/logs                 ?kind=request|error&page=&page_size=&model=&status=&key_id=&access_key_id=
 //	                                  -> {"items":[...],"total","page","page_size"}, newest first
+//
+// Settings (the gateway's live ones): upstream, proxy, max_failures, max_retries,
+// max_request_body, validation_model, validation_probe, validation_interval, timezone,
+// error_log_retention, request_log_retention. GET gives numbers as numbers and durations in
+// caddy's syntax ("1h", "15d"); the proxy's password shows as "xxxxx", and sending that form
+// back keeps the stored one. PUT takes strings or numbers; a bad value, an unknown name or
+// another JSON type is a 400 naming each bad field, and then nothing is changed.
+//
+// Stats: the trend has 24 hourly buckets (24h), 28 six-hour buckets starting at 00, 06, 12 and
+// 18 local time (7d) or 30 daily buckets starting at local midnight (30d); the last bucket
+// holds now, "t" is a bucket's start, and a day across a DST change has 23 or 25 hours. The
+// totals and models cover from the first bucket's start to now. A request succeeded when its
+// status is 2xx or 3xx. Models: the 50 most requested.
 //
 // Paging everywhere: page counts from 1 (default 1), page_size defaults to 50 and is at most
 // 500; a page past the end is empty. Times are RFC 3339 in the configured timezone, null when
@@ -116,7 +134,8 @@ type Backend interface {
 	// ValidateKey checks one key against the upstream now and applies the verdict.
 	ValidateKey(ctx context.Context, id int64) (KeyCheck, error)
 	// StartValidation starts checking every key in the background. started is false when a
-	// run is going already; run is that run, or the new one.
+	// run is going already (run is that run) or none can start (run.Error says why);
+	// otherwise run is the new one.
 	StartValidation() (run ValidationRun, started bool)
 	// Validation returns the current or last run of StartValidation (zero if none ran).
 	Validation() ValidationRun

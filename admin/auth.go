@@ -24,8 +24,11 @@ const (
 	maxLockout   = 15 * time.Minute
 	// forgetFailuresAfter is how long after its last failure an IP starts with a clean slate.
 	forgetFailuresAfter = time.Hour
-	// sweepAt is the number of tracked IPs above which forgotten ones are dropped.
-	sweepAt = 10000
+	// sweepAt is the number of tracked IPs above which forgotten ones are dropped;
+	// maxTracked bounds the map even under a spread-out attack (the oldest records go first
+	// in no particular order: an evicted IP merely starts again with a clean slate).
+	sweepAt    = 10000
+	maxTracked = 100000
 )
 
 // Admin key rules (for PUT P/api/admin-key).
@@ -72,6 +75,12 @@ func (h *Handler) recordFailure(ip string) {
 			if now.Sub(f.last) > forgetFailuresAfter && !f.lockedUntil.After(now) {
 				delete(h.throttle, k)
 			}
+		}
+		for k := range h.throttle {
+			if len(h.throttle) < maxTracked {
+				break
+			}
+			delete(h.throttle, k)
 		}
 	}
 	f := h.throttle[ip]

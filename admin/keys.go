@@ -205,6 +205,10 @@ func (h *Handler) validateKey(w http.ResponseWriter, r *http.Request, _ *auth, i
 // validateAll starts checking every key: 202 with the run, or 409 while one runs.
 func (h *Handler) validateAll(w http.ResponseWriter, r *http.Request, _ *auth, _ int64) {
 	run, started := h.Backend.StartValidation()
+	if !started && !run.Running {
+		writeError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "No validation run can start: "+run.Error)
+		return
+	}
 	if !started {
 		writeError(w, http.StatusConflict, "ABORTED", fmt.Sprintf(
 			"A validation run is going already (%d of %d keys checked); follow it with GET on this path.", run.Done, run.Total))
