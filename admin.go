@@ -286,8 +286,9 @@ type validationState struct {
 	run admin.ValidationRun
 }
 
-// StartValidation checks every key in the background, unless a run is going already.
-func (b adminBackend) StartValidation() (admin.ValidationRun, bool) {
+// StartValidation checks the keys (every one when ids is nil) in the background, unless a
+// run is going already.
+func (b adminBackend) StartValidation(only []int64) (admin.ValidationRun, bool) {
 	c := b.c
 	v := &c.validation
 	v.mu.Lock()
@@ -307,9 +308,15 @@ func (b adminBackend) StartValidation() (admin.ValidationRun, bool) {
 		v.run = admin.ValidationRun{StartedAt: inZone(now, loc), FinishedAt: inZone(now, loc), Error: err.Error()}
 		return v.run, true
 	}
-	ids := make([]int64, len(keys))
-	for i, k := range keys {
-		ids[i] = k.ID
+	wanted := make(map[int64]bool, len(only))
+	for _, id := range only {
+		wanted[id] = true
+	}
+	ids := make([]int64, 0, len(keys))
+	for _, k := range keys {
+		if only == nil || wanted[k.ID] {
+			ids = append(ids, k.ID)
+		}
 	}
 	v.run = admin.ValidationRun{Running: true, Total: len(ids), StartedAt: inZone(now, loc)}
 	run := v.run

@@ -696,12 +696,27 @@ func TestAdminValidateAllReportsProgress(t *testing.T) {
 	if results := list(t, last, "results"); len(results) != 4 || results[1]["action"] != "disabled" || results[2]["result"] != "transient" {
 		t.Errorf("results %v", results)
 	}
-	// A new run may start once the last one is over.
-	e.fake.SetKey(keys[2], fakegemini.OK)
-	b.wantStatus(202, "POST", "/admin/api/keys/validate", "")
+	// A new run may start once the last one is over, on a selection of keys this time.
+	e.fake.SetKey(keys[1], fakegemini.OK)
+	e.fake.Reset()
+	if m := b.wantStatus(202, "POST", "/admin/api/keys/validate", `{"ids":[2, 99]}`); m["total"] != 1.0 {
+		t.Errorf("selection run: %v, want total 1 (key 99 does not exist)", m)
+	}
 	waitFor(t, 20*time.Second, func() bool {
-		return b.wantStatus(200, "GET", "/admin/api/keys/validate", "")["running"] == false
+		last = b.wantStatus(200, "GET", "/admin/api/keys/validate", "")
+		return last["running"] == false
 	}, "the second run to finish")
+	if results := list(t, last, "results"); len(results) != 1 || results[0]["key_id"] != 2.0 || results[0]["action"] != "enabled" {
+		t.Errorf("selection results %v, want key 2 enabled again", results)
+	}
+	if calls := e.fake.Calls(); len(calls) != 1 || calls[0].Key != keys[1] {
+		t.Errorf("the selection run made %d upstream calls, want 1 with key 2", len(calls))
+	}
+	for _, bad := range []string{`{"ids":[]}`, `{"ids":"all"}`, `[1]`} {
+		if a := b.do("POST", "/admin/api/keys/validate", bad); a.status != 400 || !slices.Equal(fieldViolations(t, a), []string{"ids"}) {
+			t.Errorf("%s: %d %s", bad, a.status, a.body)
+		}
+	}
 }
 
 func TestAdminAccessKeys(t *testing.T) {

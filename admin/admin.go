@@ -30,7 +30,8 @@
 //	POST   P/api/keys/{id}/enable     -> Key
 //	POST   P/api/keys/{id}/disable    -> Key
 //	POST   P/api/keys/{id}/validate   -> {"check":KeyCheck,"key":Key}
-//	POST   P/api/keys/validate        starts checking every key: 202 and the run (409 if one runs)
+//	POST   P/api/keys/validate        starts checking every key, or {"ids":[...]} only those:
+//	                                  202 and the run (409 if one runs)
 //	GET    P/api/keys/validate        the current or last run, for progress (see ValidationRun)
 //	POST   P/api/keys/export          {"admin_key","status"} -> text/plain, one full key per line
 //	GET    P/api/access-keys          {"access_keys":[AccessKey]}
@@ -69,7 +70,8 @@
 // key_invalid, transient, client_error, canceled), action what was done (enabled, valid,
 // disabled, cooling, unchanged).
 //
-// Validating every key: POST P/api/keys/validate answers 202 with the new run; while it runs,
+// Validating every key: POST P/api/keys/validate (no body, or {"ids":[...]} for a selection)
+// answers 202 with the new run; while it runs,
 // GET P/api/keys/validate answers {"running":true,"done","total","started_at",...}; when it is
 // over, "running" is false and "finished_at", "summary" (count per action) and "results" (one
 // key check per key) are set. A POST while a run is going answers 409 with the running run in
@@ -133,10 +135,10 @@ type Backend interface {
 	SetKeyEnabled(ctx context.Context, id int64, enabled bool) error
 	// ValidateKey checks one key against the upstream now and applies the verdict.
 	ValidateKey(ctx context.Context, id int64) (KeyCheck, error)
-	// StartValidation starts checking every key in the background. started is false when a
-	// run is going already (run is that run) or none can start (run.Error says why);
-	// otherwise run is the new one.
-	StartValidation() (run ValidationRun, started bool)
+	// StartValidation starts checking the keys with the given ids (nil: every key; unknown
+	// ids are left out) in the background. started is false when a run is going already (run
+	// is that run) or none can start (run.Error says why); otherwise run is the new one.
+	StartValidation(ids []int64) (run ValidationRun, started bool)
 	// Validation returns the current or last run of StartValidation (zero if none ran).
 	Validation() ValidationRun
 	// KeySecrets returns the full secrets of the keys with status ("" for all), ordered by id.

@@ -1,7 +1,10 @@
 package admin
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -202,9 +205,28 @@ func (h *Handler) validateKey(w http.ResponseWriter, r *http.Request, _ *auth, i
 	}
 }
 
-// validateAll starts checking every key: 202 with the run, or 409 while one runs.
+// validateAll starts checking every key, or the ones of {"ids":[...]}: 202 with the run, or
+// 409 while one runs.
 func (h *Handler) validateAll(w http.ResponseWriter, r *http.Request, _ *auth, _ int64) {
-	run, started := h.Backend.StartValidation()
+	var body struct {
+		IDs []int64 `json:"ids"`
+	}
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, "INVALID_ARGUMENT", "The request body is larger than 4 MiB.")
+		return
+	}
+	if len(bytes.TrimSpace(raw)) > 0 {
+		if err := json.Unmarshal(raw, &body); err != nil {
+			badField(w, "ids", "the body must be empty or {\"ids\":[key ids]}")
+			return
+		}
+	}
+	if body.IDs != nil && len(body.IDs) == 0 {
+		badField(w, "ids", "must name at least one key, or be left out to check every key")
+		return
+	}
+	run, started := h.Backend.StartValidation(body.IDs)
 	if !started && !run.Running {
 		writeError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "No validation run can start: "+run.Error)
 		return
