@@ -489,10 +489,20 @@ func TestAdminKeyChange(t *testing.T) {
 	if !(adminBackend{e.c}).CheckAdminKey(newKey) || (adminBackend{e.c}).CheckAdminKey(testAdminKey) {
 		t.Error("a reload with the unchanged Caddyfile admin_key undid the panel's change")
 	}
+	a.wantStatus(200, "GET", "/admin/api/keys", "") // and the session lives on
 	// Changing by Bearer ends every session.
 	c := e.client(http.Header{"Authorization": {"Bearer " + newKey}})
 	c.wantStatus(200, "PUT", path, `{"current":"`+newKey+`","new":"`+testAdminKey+`"}`)
 	a.wantError(401, "UNAUTHENTICATED", "GET", "/admin/api/keys", "")
+	// A new admin key in the Caddyfile wins, and ends every session too.
+	d := e.login()
+	const rotated = "rotated-in-the-caddyfile-0123456789"
+	e.secret(rotated)
+	if err := e.c.applyConfig(context.Background(), &App{AccessKeys: []string{testAccessKey}, AdminKey: rotated}); err != nil {
+		t.Fatal(err)
+	}
+	d.wantError(401, "UNAUTHENTICATED", "GET", "/admin/api/keys", "")
+	e.client(http.Header{"Authorization": {"Bearer " + rotated}}).wantStatus(200, "GET", "/admin/api/keys", "")
 }
 
 // keyIDs returns the ids of the listed keys.

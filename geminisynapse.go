@@ -312,8 +312,16 @@ func (c *core) applyConfig(ctx context.Context, a *App) error {
 		}
 	}
 	if a.AdminKey != "" {
-		if _, err := st.ApplyConfigSetting(ctx, setAdminKeyHash, hashHex(a.AdminKey)); err != nil {
+		applied, err := st.ApplyConfigSetting(ctx, setAdminKeyHash, hashHex(a.AdminKey))
+		if err != nil {
 			return fmt.Errorf("storing admin key: %v", err)
+		}
+		if applied {
+			// A new admin key in the Caddyfile (often a rotation after a leak) ends every
+			// admin session, as a change in the panel does.
+			if _, err := st.DeleteSessionsExcept(ctx, [32]byte{}); err != nil {
+				return fmt.Errorf("ending admin sessions: %v", err)
+			}
 		}
 	}
 	if err := c.ensureAdminKey(ctx); err != nil {
