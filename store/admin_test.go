@@ -191,3 +191,40 @@ func TestLogPagingAndFilters(t *testing.T) {
 		t.Errorf("second error row = %+v", errs)
 	}
 }
+
+// BenchmarkUsageBuckets sums 30 daily buckets over 300000 request rows spread across 30
+// days: what the dashboard's 30d view costs on a busy gateway.
+func BenchmarkUsageBuckets(b *testing.B) {
+	s := openTest(b, filepath.Join(b.TempDir(), "d.db"), nil, nil)
+	end := time.UnixMilli(1_750_000_000_000)
+	start := end.Add(-30 * 24 * time.Hour)
+	const rows = 300000
+	step := end.Sub(start).Milliseconds() / rows
+	if _, err := s.db.Exec(`WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < ? - 1)
+		INSERT INTO request_logs (time, model, status, total_tokens) SELECT ? + i * ?, 'm' || (i % 7), 200 + (i % 10 = 0) * 300, 42 FROM seq`,
+		rows, toMS(start), step); err != nil {
+		b.Fatal(err)
+	}
+	bounds := make([]time.Time, 31)
+	for i := range bounds {
+		bounds[i] = start.Add(time.Duration(i) * 24 * time.Hour)
+	}
+	ctx := context.Background()
+	b.ResetTimer()
+	for b.Loop() {
+		got, err := s.UsageBuckets(ctx, bounds)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var n int64
+		for _, u := range got {
+			n += u.Requests
+		}
+		if n != rows {
+			b.Fatalf("%d rows counted, want %d", n, rows)
+		}
+		if _, err := s.UsageByModel(ctx, start, end, 50); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
