@@ -13,9 +13,9 @@ func TestExtractKeys(t *testing.T) {
 	k2 := "AIza" + strings.Repeat("B", 30) + "_-9x0"
 	text := "GEMINI_API_KEY=" + k1 + "\n  - \"" + k2 + "\",\n" + k1 + " again; " +
 		"short AIzaTooShort, long " + k1 + "x, embedded x" + k1 + "."
-	keys, repeats, invalid := ExtractKeys(text)
+	keys, repeats, invalid := extractKeys(text)
 	if !slices.Equal(keys, []string{k1, k2}) || repeats != 1 || invalid != 2 {
-		t.Errorf("ExtractKeys = %q, %d repeats, %d invalid; want [k1 k2], 1, 2", keys, repeats, invalid)
+		t.Errorf("extractKeys = %q, %d repeats, %d invalid; want [k1 k2], 1, 2", keys, repeats, invalid)
 	}
 	keys, repeats, invalid = checkList([]string{" " + k1 + " ", k1, "nope", k2 + "x"})
 	if !slices.Equal(keys, []string{k1}) || repeats != 1 || invalid != 2 {

@@ -17,10 +17,10 @@ var geminiKey = regexp.MustCompile(`^AIza[0-9A-Za-z_-]{35}$`)
 // keyish splits pasted text into the runs of characters a key can hold.
 var keyish = regexp.MustCompile(`[0-9A-Za-z_-]+`)
 
-// ExtractKeys finds every Gemini key in text, in order of first appearance and without repeats.
+// extractKeys finds every Gemini key in text, in order of first appearance and without repeats.
 // A key must stand alone: it is not part of a longer run of key characters. invalid counts the
 // runs that start with "AIza" but are not a key (cut short, too long).
-func ExtractKeys(text string) (keys []string, repeats, invalid int) {
+func extractKeys(text string) (keys []string, repeats, invalid int) {
 	seen := make(map[string]bool)
 	for _, tok := range keyish.FindAllString(text, -1) {
 		switch {
@@ -129,7 +129,7 @@ func (h *Handler) addKeys(w http.ResponseWriter, r *http.Request, _ *auth, _ int
 		badField(w, "keys", "send either keys or text, not both")
 		return
 	case body.Text != nil:
-		keys, repeats, invalid = ExtractKeys(*body.Text)
+		keys, repeats, invalid = extractKeys(*body.Text)
 	case body.Keys != nil:
 		keys, repeats, invalid = checkList(body.Keys)
 	default:
