@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/admin"
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
@@ -112,7 +114,8 @@ func (b adminBackend) SetAdminKey(ctx context.Context, key string, keep [32]byte
 	if err := b.c.store.SetSetting(ctx, setAdminKeyHash, hashHex(key)); err != nil {
 		return err
 	}
-	_, err := b.c.store.DeleteSessionsExcept(ctx, keep)
+	n, err := b.c.store.DeleteSessionsExcept(ctx, keep)
+	b.c.logger.Info("admin: the admin key was changed in the admin API", zap.Int64("sessions_ended", n))
 	return err
 }
 
@@ -238,6 +241,7 @@ func (b adminBackend) AddKeys(ctx context.Context, secrets []string) (int, error
 		if err := c.loadPool(ctx); err != nil {
 			return added, err
 		}
+		c.logger.Info("admin: upstream keys added", zap.Int("added", added))
 	}
 	return added, nil
 }
@@ -248,6 +252,7 @@ func (b adminBackend) DeleteKey(ctx context.Context, id int64) error {
 		return err
 	}
 	b.c.pool.Remove(id)
+	b.c.logger.Info("admin: upstream key deleted", zap.Int64("key_id", id))
 	return nil
 }
 
@@ -255,12 +260,17 @@ func (b adminBackend) DeleteKey(ctx context.Context, id int64) error {
 // (the scheduled validation then leaves it alone), in the store and the pool.
 func (b adminBackend) SetKeyEnabled(ctx context.Context, id int64, enabled bool) error {
 	if enabled {
-		return b.c.enableKey(ctx, id)
+		if err := b.c.enableKey(ctx, id); err != nil {
+			return err
+		}
+		b.c.logger.Info("admin: upstream key enabled", zap.Int64("key_id", id))
+		return nil
 	}
 	if err := b.c.store.SetKeyStatus(ctx, id, store.StatusDisabled, operatorDisabled, true); err != nil {
 		return err
 	}
 	b.c.pool.SetDisabled(id, true)
+	b.c.logger.Info("admin: upstream key disabled", zap.Int64("key_id", id))
 	return nil
 }
 
@@ -334,6 +344,10 @@ func (b adminBackend) StartValidation(only []int64) (admin.ValidationRun, bool) 
 			checks[i] = checkOf(r, loc)
 			summary[r.Action]++
 		}
+		c.logger.Info("admin: validation run finished", zap.Int("checked", len(results)),
+			zap.Int("enabled", summary[actionEnabled]), zap.Int("disabled", summary[actionDisabled]),
+			zap.Int("cooling", summary[actionCooling]), zap.Int("valid", summary[actionValid]),
+			zap.Int("unchanged", summary[actionUnchanged]))
 		v.mu.Lock()
 		defer v.mu.Unlock()
 		v.run.Running = false
@@ -410,6 +424,7 @@ func (b adminBackend) AddAccessKey(ctx context.Context, secret, label string) (a
 	if err != nil {
 		return admin.AccessKey{}, err
 	}
+	b.c.logger.Info("admin: access key created", zap.Int64("access_key_id", id), zap.String("label", label))
 	list, err := b.AccessKeys(ctx)
 	if err != nil {
 		return admin.AccessKey{}, err
@@ -424,12 +439,20 @@ func (b adminBackend) AddAccessKey(ctx context.Context, secret, label string) (a
 
 // DeleteAccessKey implements admin.Backend.
 func (b adminBackend) DeleteAccessKey(ctx context.Context, id int64) error {
-	return b.changeAccessKeys(ctx, func() error { return b.c.store.DeleteAccessKey(ctx, id) })
+	if err := b.changeAccessKeys(ctx, func() error { return b.c.store.DeleteAccessKey(ctx, id) }); err != nil {
+		return err
+	}
+	b.c.logger.Info("admin: access key deleted", zap.Int64("access_key_id", id))
+	return nil
 }
 
 // SetAccessKeyEnabled implements admin.Backend.
 func (b adminBackend) SetAccessKeyEnabled(ctx context.Context, id int64, enabled bool) error {
-	return b.changeAccessKeys(ctx, func() error { return b.c.store.SetAccessKeyEnabled(ctx, id, enabled) })
+	if err := b.changeAccessKeys(ctx, func() error { return b.c.store.SetAccessKeyEnabled(ctx, id, enabled) }); err != nil {
+		return err
+	}
+	b.c.logger.Info("admin: access key "+map[bool]string{true: "enabled", false: "disabled"}[enabled], zap.Int64("access_key_id", id))
+	return nil
 }
 
 // ---- settings
@@ -518,6 +541,9 @@ func (b adminBackend) UpdateSettings(ctx context.Context, values map[string]stri
 	if err := c.store.SetSettings(ctx, edits); err != nil {
 		return nil, err
 	}
+	names := slices.Sorted(maps.Keys(edits))
+	// Names only: the proxy's value may hold a password.
+	c.logger.Info("admin: settings changed", zap.Strings("settings", names))
 	return nil, c.reloadSettings(ctx)
 }
 
