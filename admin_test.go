@@ -22,6 +22,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/admin"
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
@@ -40,14 +41,15 @@ func adminKeys(from, n int) []string {
 
 // adminEnv is a core on a real SQLite file with the fake upstream, served over loopback the
 // way a caddy site with `gemini_synapse_admin /admin` and `gemini_synapse` serves it. Every
-// response the tests get is recorded, and at the end scanned for every pool key and the admin
-// key (the export is the one answer allowed to hold pool keys).
+// response the tests get and every log line is recorded, and at the end scanned for every
+// pool key and the admin key (the export is the one answer allowed to hold pool keys).
 type adminEnv struct {
 	t    *testing.T
 	c    *core
 	api  *admin.Handler
 	fake *fakegemini.Server
 	url  string
+	logs *observer.ObservedLogs
 
 	mu      sync.Mutex
 	now     time.Time // the admin handler's clock
@@ -60,7 +62,8 @@ func newAdminEnv(t *testing.T, nKeys int) *adminEnv {
 	fake := fakegemini.New()
 	up := httptest.NewServer(fake)
 	t.Cleanup(up.Close)
-	c := newCore(filepath.Join(t.TempDir(), "data.db"), zap.NewNop())
+	obs, logs := observer.New(zap.DebugLevel)
+	c := newCore(filepath.Join(t.TempDir(), "data.db"), zap.New(obs))
 	c.probeTimeout = 5 * time.Second
 	if err := c.open(); err != nil {
 		t.Fatal(err)
@@ -71,7 +74,7 @@ func newAdminEnv(t *testing.T, nKeys int) *adminEnv {
 	if err := c.applyConfig(context.Background(), app); err != nil {
 		t.Fatal(err)
 	}
-	e := &adminEnv{t: t, c: c, fake: fake, now: time.Now(), secrets: append([]string{testAdminKey}, keys...)}
+	e := &adminEnv{t: t, c: c, fake: fake, logs: logs, now: time.Now(), secrets: append([]string{testAdminKey}, keys...)}
 	e.api = &admin.Handler{
 		Prefix:  "/admin",
 		Backend: adminBackend{c},
@@ -117,7 +120,11 @@ func (e *adminEnv) secret(s ...string) {
 func (e *adminEnv) assertNoSecretShown() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for _, r := range e.seen {
+	seen := e.seen
+	for _, l := range e.logs.All() {
+		seen = append(seen, l.Message+" "+fmt.Sprint(l.ContextMap()))
+	}
+	for _, r := range seen {
 		for _, s := range e.secrets {
 			if strings.Contains(r, s) {
 				e.t.Errorf("a response shows the secret %s…: %.200s", s[:10], strings.ReplaceAll(r, s, "<SECRET>"))
