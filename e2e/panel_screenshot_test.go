@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
@@ -78,6 +79,54 @@ func TestPanelScreenshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("wrote %s (%d bytes)", out, len(png))
+
+	// SYNAPSE_SCREENSHOT_PAGES=<dir> also takes every other page, for a visual review.
+	if dir := os.Getenv("SYNAPSE_SCREENSHOT_PAGES"); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		shoot := func(name string) {
+			time.Sleep(400 * time.Millisecond) // let the slide and fade transitions end
+			png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, p := range []struct{ route, ready string }{
+			{"keys", `document.querySelectorAll('#keys-table tbody tr').length > 0`},
+			{"access", `document.querySelector('#access-table, #view .empty') !== null`},
+			{"logs", `document.querySelectorAll('#logs-table tbody tr').length > 0`},
+			{"settings", `document.getElementById('set-upstream') !== null`},
+		} {
+			b.click(`a[data-route="` + p.route + `"]`)
+			b.waitJS(p.route, p.ready)
+			b.do("moving the mouse away", chromedp.MouseClickXY(1270, 790))
+			shoot(p.route)
+		}
+		b.click(`a[data-route="keys"]`)
+		b.waitJS("keys", `document.querySelectorAll('#keys-table tbody tr').length > 0`)
+		b.click(`#keys-table tbody tr:nth-child(2) input[type=checkbox]`)
+		b.click(`#keys-table tbody tr:nth-child(3) input[type=checkbox]`)
+		shoot("keys-selected")
+		b.click(`#keys-table tbody tr:nth-child(7) .key-masked`)
+		b.waitJS("details", `document.getElementById('modal').open`)
+		shoot("key-details")
+		b.do("closing", chromedp.KeyEvent(kb.Escape))
+		b.click("#keys-add")
+		b.waitJS("import", `document.getElementById('modal').open`)
+		shoot("import")
+		b.do("closing", chromedp.KeyEvent(kb.Escape))
+		b.click(`a[data-route="dashboard"]`)
+		b.waitJS("dashboard", `document.querySelectorAll('.chart .bar-ok').length > 0`)
+		b.do("narrow", chromedp.EmulateViewport(390, 844))
+		shoot("mobile-dashboard")
+		b.click(`#menu`)
+		b.waitJS("menu", `document.body.classList.contains('nav-open')`)
+		shoot("mobile-menu")
+	}
 	if p := b.Problems(); len(p) > 0 {
 		t.Errorf("the browser reported problems: %v", p)
 	}

@@ -147,7 +147,7 @@ export async function render(view, ctx) {
       h('thead', null, h('tr', null,
         h('th', { class: 'col-check' }, all), h('th', null, 'Key'), h('th', null, 'Status'),
         h('th', { class: 'num' }, 'Requests'), h('th', { class: 'num hide-sm' }, 'Failures'),
-        h('th', { class: 'hide-sm' }, 'Last used'), h('th', { class: 'hide-md' }, 'Last error'), h('th', { class: 'col-actions' }, ''))),
+        h('th', { class: 'hide-lg' }, 'Last used'), h('th', { class: 'hide-md' }, 'Last error'), h('th', { class: 'col-actions' }, ''))),
       h('tbody', null, rows.map(row)));
     tableBox.append(h('div', { class: 'table-scroll' }, table));
     drawBulk();
@@ -164,7 +164,7 @@ export async function render(view, ctx) {
     const cds = k.cooldowns || [];
     const statusCell = h('td', null, statusBadge(k.status),
       k.status === 'cooling' && cds.length ? h('span', { class: 'muted small cd-note' }, ' ', cds.length === 1 ? cds[0].model : cds.length + ' models') : null,
-      k.status === 'disabled' && k.disabled_reason ? h('div', { class: 'muted small clip', title: k.disabled_reason }, k.disabled_reason) : null);
+      k.status === 'disabled' && k.disabled_reason ? h('div', { class: 'muted small clip reason-clip', title: k.disabled_reason }, k.disabled_reason) : null);
     const toggle = k.status === 'disabled'
       ? button('', () => act([k], 'enable'), { iconName: 'play', title: 'Enable', kind: 'icon' })
       : button('', () => act([k], 'disable'), { iconName: 'pause', title: 'Disable', kind: 'icon' });
@@ -174,8 +174,8 @@ export async function render(view, ctx) {
       statusCell,
       h('td', { class: 'num' }, fmtNum(reqs)),
       h('td', { class: 'num hide-sm' }, fmtNum(fails), reqs ? h('span', { class: 'muted small' }, ' ', fmtPct(fails / reqs)) : null),
-      h('td', { class: 'hide-sm muted', title: k.last_used_at ? fmtTime(k.last_used_at) : '' }, fmtAgo(k.last_used_at)),
-      h('td', { class: 'hide-md' }, k.last_error ? h('span', { class: 'clip error-text', title: k.last_error }, k.last_error) : h('span', { class: 'muted' }, '—')),
+      h('td', { class: 'hide-lg muted nowrap', title: k.last_used_at ? fmtTime(k.last_used_at) : '' }, fmtAgo(k.last_used_at)),
+      h('td', { class: 'hide-md' }, k.last_error ? h('span', { class: 'cell-clip error-text', title: k.last_error }, k.last_error) : h('span', { class: 'muted' }, '—')),
       h('td', { class: 'col-actions' }, h('div', { class: 'row-actions' },
         toggle,
         button('', () => act([k], 'validate'), { iconName: 'shield', title: 'Validate', kind: 'icon' }),
@@ -271,7 +271,7 @@ export async function render(view, ctx) {
     });
     const result = h('div', { class: 'import-result', id: 'import-result', hidden: true });
     const content = h('div', { class: 'stack' },
-      h('p', { class: 'muted' }, 'Keys are extracted from whatever you paste. Duplicates are skipped; the keys never leave this gateway.'),
+      h('p', { class: 'muted' }, 'Every Gemini key (AIza…) in the text is found; keys already in the pool and malformed ones are skipped and counted.'),
       ta,
       h('label', { class: 'file-label' }, icon('upload'), h('span', null, 'or load a file'), file),
       result);

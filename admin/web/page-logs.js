@@ -63,7 +63,7 @@ export async function render(view, ctx) {
     field('model', 'Model', { class: 'input input-sm w-model' }),
     field('status', 'Status', { inputmode: 'numeric', class: 'input input-sm w-num' }),
     field('key_id', 'Key ID', { inputmode: 'numeric', class: 'input input-sm w-num' }),
-    field('access_key_id', 'Access key ID', { inputmode: 'numeric', class: 'input input-sm w-num' }),
+    field('access_key_id', 'Access key ID', { inputmode: 'numeric', class: 'input input-sm w-num2' }),
     button('', () => load(), { iconName: 'refresh', title: 'Reload', kind: 'icon' }));
   const toolbar = h('div', { class: 'toolbar' }, tabs, filters);
   const box = h('div', { class: 'card table-card' });
@@ -122,21 +122,20 @@ export async function render(view, ctx) {
   function requestTable(items) {
     return h('table', { class: 'table table-logs', id: 'logs-table' },
       h('thead', null, h('tr', null, h('th', null, 'Time'), h('th', null, 'Status'), h('th', null, 'Model'),
-        h('th', { class: 'hide-md' }, 'Path'), h('th', { class: 'hide-sm' }, 'Key'), h('th', { class: 'hide-md' }, 'Client'), h('th', { class: 'num hide-sm' }, 'Attempts'),
+        h('th', { class: 'hide-sm' }, 'Key'), h('th', { class: 'hide-md' }, 'Client'), h('th', { class: 'num hide-lg' }, 'Attempts'),
         h('th', { class: 'num' }, 'Latency'), h('th', { class: 'num hide-sm' }, 'Tokens'), h('th', { class: 'hide-md' }, 'Error'))),
       h('tbody', null, items.map((it) => {
         const err = errText(it);
         return h('tr', { class: 'clickable', onclick: () => details(it), dataset: { id: String(pick(it, 'id') ?? '') } },
           h('td', { class: 'nowrap muted' }, fmtTime(when(it))),
           h('td', null, h('span', { class: 'status ' + statusClass(it.status) }, String(it.status ?? '—'))),
-          h('td', { class: 'mono log-model' }, it.model || '—', it.stream ? h('span', { class: 'tag' }, 'stream') : null),
-          h('td', { class: 'hide-md mono muted clip log-path', title: it.path || '' }, it.method ? it.method + ' ' : '', it.path || ''),
+          h('td', { class: 'mono log-model', title: it.path ? `${it.method || ''} ${it.path}` : '' }, h('span', { class: 'cell-clip' }, it.model || '—'), it.stream ? h('span', { class: 'tag' }, 'stream') : null),
           h('td', { class: 'hide-sm mono muted nowrap', title: it.key_id ? 'Key ID ' + it.key_id : '' }, keyCell(it)),
           h('td', { class: 'hide-md muted nowrap', title: it.access_key_id ? 'Access key ID ' + it.access_key_id : '' }, clientCell(it)),
-          h('td', { class: 'num hide-sm' }, fmtNum(pick(it, 'attempts') ?? 0)),
+          h('td', { class: 'num hide-lg' }, fmtNum(pick(it, 'attempts') ?? 0)),
           h('td', { class: 'num nowrap' }, fmtMs(latency(it))),
           h('td', { class: 'num hide-sm' }, tokens(it) ? fmtNum(tokens(it)) : h('span', { class: 'muted' }, '—')),
-          h('td', { class: 'hide-md clip error-text log-error', title: err || '' }, err || ''));
+          h('td', { class: 'hide-md log-error' }, err ? h('span', { class: 'cell-clip error-text', title: err }, err) : ''));
       })));
   }
 
@@ -147,9 +146,9 @@ export async function render(view, ctx) {
       h('tbody', null, items.map((it) => h('tr', { class: 'clickable', onclick: () => details(it), dataset: { id: String(pick(it, 'id') ?? '') } },
         h('td', { class: 'nowrap muted' }, fmtTime(when(it))),
         h('td', null, h('span', { class: 'status ' + statusClass(it.status) }, String(it.status ?? '—'))),
-        h('td', { class: 'mono log-model' }, it.model || '—'),
+        h('td', { class: 'mono log-model', title: it.path || '' }, h('span', { class: 'cell-clip' }, it.model || '—')),
         h('td', { class: 'hide-sm mono muted nowrap', title: it.key_id ? 'Key ID ' + it.key_id : '' }, keyCell(it)),
-        h('td', { class: 'clip error-text log-error', title: errText(it) || '' }, errText(it) || '')))));
+        h('td', { class: 'log-error' }, h('span', { class: 'cell-clip error-text wide', title: errText(it) || '' }, errText(it) || ''))))));
   }
 
   function details(it) {

@@ -5,23 +5,23 @@ import { h, clear, icon, button, toast, emptyState } from './dom.js';
 
 const GROUPS = [
   { title: 'Upstream', icon: 'activity', fields: [
-    { name: 'upstream', label: 'Upstream base URL', help: 'Where requests go. Default https://generativelanguage.googleapis.com', type: 'url', placeholder: 'https://generativelanguage.googleapis.com' },
+    { name: 'upstream', label: 'Upstream URL', help: 'Where requests go; Google is https://generativelanguage.googleapis.com.', type: 'url', placeholder: 'https://generativelanguage.googleapis.com' },
     { name: 'proxy', label: 'Outbound proxy', help: 'http, https, socks5 or socks5h URL; empty for a direct connection.', placeholder: 'socks5://127.0.0.1:1080' },
-    { name: 'max_request_body', label: 'Largest request body (bytes)', help: 'Bigger requests are refused with 413.', type: 'number', min: 1 },
+    { name: 'max_request_body', label: 'Largest request body', help: 'In bytes; bigger requests are refused with 413.', type: 'number', min: 1 },
   ] },
   { title: 'Reliability', icon: 'shield', fields: [
-    { name: 'max_failures', label: 'Failures before a key is disabled', help: 'Consecutive failures (1–1000).', type: 'number', min: 1, max: 1000 },
+    { name: 'max_failures', label: 'Failures to disable', help: 'Consecutive failures before a key is disabled (1–1000).', type: 'number', min: 1, max: 1000 },
     { name: 'max_retries', label: 'Retries per request', help: 'Other keys tried after a failure (0–20).', type: 'number', min: 0, max: 20 },
   ] },
   { title: 'Validation', icon: 'check', fields: [
-    { name: 'validation_model', label: 'Validation model', help: 'Model used to probe keys, e.g. gemini-2.5-flash.' },
-    { name: 'validation_interval', label: 'Validation interval', help: 'How often every key is checked, e.g. 1h or 30m (at least 1m).' },
+    { name: 'validation_model', label: 'Probe model', help: 'Model used to probe keys, e.g. gemini-2.5-flash.' },
+    { name: 'validation_interval', label: 'Interval', help: 'How often every key is checked, e.g. 1h or 30m (at least 1m).' },
     { name: 'validation_probe', label: 'Probe', help: '"models" lists models (free); "generate" sends a one-token request.', options: ['models', 'generate'] },
   ] },
   { title: 'Logs', icon: 'list', fields: [
     { name: 'timezone', label: 'Time zone', help: 'IANA name used for statistics and log times, e.g. Europe/Berlin.', placeholder: 'UTC' },
-    { name: 'request_log_retention', label: 'Request log retention', help: 'How long request rows are kept, e.g. 30d or 720h (at least 1m).' },
-    { name: 'error_log_retention', label: 'Error log retention', help: 'How long error rows are kept, e.g. 15d (at least 1m).' },
+    { name: 'request_log_retention', label: 'Keep requests', help: 'How long request rows are kept, e.g. 30d or 720h (at least 1m).' },
+    { name: 'error_log_retention', label: 'Keep errors', help: 'How long error rows are kept, e.g. 15d (at least 1m).' },
   ] },
 ];
 
