@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	cdpbrowser "github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/cdproto/cdp"
 	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/page"
@@ -45,6 +46,9 @@ type browser struct {
 	t   *testing.T
 	ctx context.Context
 
+	// Downloads is where the browser saves downloaded files (a temp dir of the test).
+	Downloads string
+
 	mu       sync.Mutex
 	problems []string
 	dialogs  []string
@@ -71,7 +75,7 @@ func newBrowser(t *testing.T, width, height int) *browser {
 	)
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancelCtx := chromedp.NewContext(allocCtx)
-	b := &browser{t: t, ctx: ctx}
+	b := &browser{t: t, ctx: ctx, Downloads: t.TempDir()}
 	t.Cleanup(func() {
 		cancelCtx()
 		cancelAlloc()
@@ -84,7 +88,13 @@ func newBrowser(t *testing.T, width, height int) *browser {
 		if _, err := chromedp.Call(ctx, cdplog.Enable, cdp.Empty{}); err != nil {
 			return err
 		}
-		_, err := chromedp.Call(ctx, runtime.Enable, cdp.Empty{})
+		if _, err := chromedp.Call(ctx, runtime.Enable, cdp.Empty{}); err != nil {
+			return err
+		}
+		// Downloads go to the test's temp dir, never to the user's.
+		_, err := chromedp.CallBrowser(ctx, cdpbrowser.SetDownloadBehavior, cdpbrowser.SetDownloadBehaviorParams{
+			Behavior: cdpbrowser.SetDownloadBehaviorBehaviorAllow, DownloadPath: b.Downloads,
+		})
 		return err
 	})
 	if err := chromedp.Do(b.ctx, chromedp.EmulateViewport(int64(width), int64(height))); err != nil {

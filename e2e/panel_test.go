@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -209,6 +211,64 @@ func TestPanel(t *testing.T) {
 		t.Error("the API does not show the key disabled")
 	}
 
+	// ---- export asks for the admin key again
+	b.click("#keys-export")
+	b.waitJS("the export dialog", `document.getElementById('export-admin-key') !== null`)
+	b.typeInto("#export-admin-key", "not-the-admin-key-at-all")
+	b.click("#modal .modal-foot .btn-primary")
+	b.waitJS("the export refusal", `[...document.querySelectorAll('#modal .form-error')].some(e => !e.hidden && e.textContent.includes('not right'))`)
+	b.typeInto("#export-admin-key", adminKey)
+	b.click("#modal .modal-foot .btn-primary")
+	b.waitJS("the export", `[...document.querySelectorAll('.toast-text')].some(e => e.textContent === 'Exported `+strconv.Itoa(len(after))+` keys.')`)
+	b.waitJS("the export dialog to close", `!document.getElementById('modal').open`)
+	var exported []byte
+	if !eventually(10*time.Second, func() bool {
+		files, _ := filepath.Glob(filepath.Join(b.Downloads, "gemini-keys-all-*.txt"))
+		if len(files) != 1 {
+			return false
+		}
+		exported, _ = os.ReadFile(files[0])
+		return len(exported) > 0
+	}) {
+		t.Fatal("the export was not downloaded")
+	}
+	if lines := strings.Fields(string(exported)); len(lines) != len(after) || !slices.Contains(lines, pastedKey) || !slices.Contains(lines, pool[0]) {
+		t.Errorf("the export holds %d keys (want %d, with the pasted key and the pool's)", len(lines), len(after))
+	}
+
+	// ---- validate every key: the run shows its progress, and the key an operator disabled
+	// stays disabled although it passes
+	b.click("#keys-validate-all")
+	b.waitJS("the confirmation", `document.getElementById('modal').open`)
+	b.click("#modal .modal-foot .btn-primary")
+	b.waitJS("the validation run to finish", `(document.getElementById('validate-progress') || {}).textContent === '`+
+		fmt.Sprintf("%d of %d checked", len(after), len(after))+`' && !document.getElementById('keys-validate-all').disabled`)
+	var run struct {
+		Running bool `json:"running"`
+		Done    int  `json:"done"`
+		Total   int  `json:"total"`
+	}
+	g.adminAPI(http.MethodGet, "keys/validate", "", http.StatusOK, &run)
+	if run.Running || run.Done != len(after) || run.Total != len(after) {
+		t.Errorf("validation run: %+v, want %d of %d done", run, len(after), len(after))
+	}
+	for _, k := range g.apiKeys() {
+		if k.ID == added.ID && k.Status != "disabled" {
+			t.Errorf("after validating every key the key an operator disabled is %s", k.Status)
+		}
+	}
+
+	// ---- access keys: a new one is shown once and works at once
+	b.click(`a[data-route="access"]`)
+	b.waitJS("the access key page", `document.getElementById('access-label') !== null && document.querySelector('#access-table, #view .empty') !== null`)
+	b.typeInto("#access-label", "panel e2e")
+	b.click("#access-create")
+	b.waitJS("the new key", `document.getElementById('access-secret') !== null && document.getElementById('access-secret').value !== ''`)
+	secret := evalJS[string](b, `document.getElementById('access-secret').value`)
+	b.do("closing the dialog", chromedp.KeyEvent(kb.Escape))
+	b.waitJS("the new key's row", `[...document.querySelectorAll('#access-table td')].some(td => td.textContent === 'panel e2e')`)
+	b.waitJS("the shown key to leave the page", `!document.documentElement.outerHTML.includes(`+jsString(secret)+`) && ![...document.querySelectorAll('input')].some(i => i.value === `+jsString(secret)+`)`)
+
 	// ---- settings: a bad value is refused with the field named; a good one is applied
 	var set struct {
 		Settings map[string]any `json:"settings"`
@@ -244,8 +304,8 @@ func TestPanel(t *testing.T) {
 		t.Errorf("max_failures changed to %v", set.Settings["max_failures"])
 	}
 
-	// ---- a request through the proxy shows in the logs
-	wantOK(t, g.generate(modelPro, accessKey))
+	// ---- a request through the proxy, with the new access key, shows in the logs
+	wantOK(t, g.generate(modelPro, secret))
 	if !eventually(10*time.Second, func() bool { _, n := g.apiRequestLogs("model=" + modelPro); return n == 1 }) {
 		t.Fatal("the proxied request did not reach the request log")
 	}
@@ -256,6 +316,9 @@ func TestPanel(t *testing.T) {
 	}
 	b.typeInto("#logs-model", modelPro)
 	b.waitJS("the model filter", `document.querySelectorAll('#logs-table tbody tr').length === 1 && document.getElementById('logs-total').textContent.startsWith('1 ')`)
+	if got := b.text("#logs-table tbody tr td.log-client"); got != "panel e2e" {
+		t.Errorf("the request's client shows as %q, want the access key's label", got)
+	}
 	b.click(`.tab[data-kind="error"]`)
 	b.waitJS("the error tab", `document.querySelector('.tab[data-kind="error"]').classList.contains('on') && !document.querySelector('.table-card').classList.contains('loading') && document.querySelector('.table-card .empty, #logs-table') !== null`)
 
@@ -349,6 +412,12 @@ func TestPanelXSS(t *testing.T) {
 	if d := b.Dialogs(); len(d) > 0 {
 		t.Errorf("a payload opened dialogs: %v", d)
 	}
+
+	// ---- a new admin key ends the session: the panel's next call returns it to sign-in
+	b.do("closing the dialog", chromedp.KeyEvent(kb.Escape))
+	g.adminAPI(http.MethodPut, "admin-key", `{"current":"`+adminKey+`","new":"e2e-rotated-admin-key-0123456789"}`, http.StatusOK, nil)
+	b.click(`a[data-route="keys"]`)
+	b.waitJS("the sign-in form", `!document.getElementById('signin').hidden && document.getElementById('signin-error').textContent.includes('session has ended')`)
 	if p := b.Problems(); len(p) > 0 {
 		t.Errorf("the browser reported problems:\n%s", strings.Join(p, "\n"))
 	}

@@ -149,6 +149,8 @@ export function openModal({ title, content, actions = [], wide = false, onOpen }
       settled = true;
       dlg.removeEventListener('close', onClose);
       if (modalFinish === finish) modalFinish = null;
+      // Drop the content (it may hold a secret shown once) unless another dialog took over.
+      setTimeout(() => { if (modalSeq === my && !dlg.open) clear(dlg); }, 0);
       resolve(v);
     };
     // A close event may arrive late, after the next dialog opened: only the current one counts.

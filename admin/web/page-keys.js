@@ -61,10 +61,10 @@ export async function render(view, ctx) {
   let alive = true;
 
   // ----- header actions -----
-  const validateAllBtn = button('Validate all', () => validateAll(), { iconName: 'shield', kind: 'ghost' });
+  const validateAllBtn = button('Validate all', () => validateAll(), { iconName: 'shield', kind: 'ghost', attrs: { id: 'keys-validate-all' } });
   ctx.actions.append(
     validateAllBtn,
-    button('Export', () => exportKeys(), { iconName: 'download', kind: 'ghost' }),
+    button('Export', () => exportKeys(), { iconName: 'download', kind: 'ghost', attrs: { id: 'keys-export' } }),
     button('Add keys', () => importKeys(), { iconName: 'plus', kind: 'primary', attrs: { id: 'keys-add' } }));
 
   // ----- toolbar -----

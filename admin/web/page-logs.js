@@ -131,7 +131,7 @@ export async function render(view, ctx) {
           h('td', null, h('span', { class: 'status ' + statusClass(it.status) }, String(it.status ?? '—'))),
           h('td', { class: 'mono log-model', title: it.path ? `${it.method || ''} ${it.path}` : '' }, h('span', { class: 'cell-clip' }, it.model || '—'), it.stream ? h('span', { class: 'tag' }, 'stream') : null),
           h('td', { class: 'hide-sm mono muted nowrap', title: it.key_id ? 'Key ID ' + it.key_id : '' }, keyCell(it)),
-          h('td', { class: 'hide-md muted nowrap', title: it.access_key_id ? 'Access key ID ' + it.access_key_id : '' }, clientCell(it)),
+          h('td', { class: 'hide-md muted nowrap log-client', title: it.access_key_id ? 'Access key ID ' + it.access_key_id : '' }, clientCell(it)),
           h('td', { class: 'num hide-lg' }, fmtNum(pick(it, 'attempts') ?? 0)),
           h('td', { class: 'num nowrap' }, fmtMs(latency(it))),
           h('td', { class: 'num hide-sm' }, tokens(it) ? fmtNum(tokens(it)) : h('span', { class: 'muted' }, '—')),
