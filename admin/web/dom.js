@@ -279,6 +279,7 @@ export function fmtAgo(t) {
 export function fmtMs(ms) {
   if (ms === undefined || ms === null || Number.isNaN(Number(ms))) return '—';
   ms = Number(ms);
+  if (ms < 1) return '<1 ms';
   if (ms < 1000) return Math.round(ms) + ' ms';
   if (ms < 60000) return (ms / 1000).toFixed(ms < 10000 ? 2 : 1) + ' s';
   return (ms / 60000).toFixed(1) + ' min';

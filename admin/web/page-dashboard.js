@@ -78,7 +78,7 @@ export async function render(view, ctx) {
           h('span', { title: fmtNum(tk.prompt || 0) + ' prompt tokens' }, fmtCompact(tk.prompt || 0), ' in'), '·',
           h('span', { title: fmtNum(tk.candidates || 0) + ' output tokens' }, fmtCompact(tk.candidates || 0), ' out'))),
       h('section', { class: 'card stat-card keys-card' },
-        h('header', { class: 'stat-head' }, h('span', { class: 'stat-icon tone-amber' }, icon('key')), h('h2', null, 'Upstream keys')),
+        h('header', { class: 'stat-head' }, h('span', { class: 'stat-icon tone-amber' }, icon('key')), h('h2', null, 'API keys')),
         h('div', { class: 'keys-split' },
           drawDonut([
             { value: k.active || 0, cls: 'seg-ok', label: 'Active' },

@@ -105,6 +105,10 @@ export async function render(view, ctx) {
     if (!alive) return;
     state.keys = pick(data, 'keys', 'items') || [];
     state.total = pick(data, 'total');
+    if (!state.keys.length && state.page > 1 && state.total) {
+      state.page = Math.ceil(state.total / state.pageSize); // the page emptied (deletes): show the last one
+      return load();
+    }
     drawCounts(data.counts);
     for (const id of [...state.selected]) if (!state.keys.some((k) => String(k.id) === id)) state.selected.delete(id);
     draw();
@@ -369,6 +373,7 @@ export async function render(view, ctx) {
       wide: true,
       actions: [
         { label: 'Delete', kind: 'danger', icon: 'trash', value: 'delete' },
+        { label: 'Logs', icon: 'list', value: 'logs' },
         { label: 'Validate', icon: 'shield', onClick: () => act([k], 'validate') },
         k.status === 'disabled'
           ? { label: 'Enable', icon: 'play', onClick: () => act([k], 'enable') }
@@ -377,6 +382,7 @@ export async function render(view, ctx) {
       ],
     });
     if (chosen === 'delete') await remove([k]);
+    if (chosen === 'logs') location.hash = '#/logs?key_id=' + encodeURIComponent(k.id);
   }
 
   // ----- validate all, with progress -----

@@ -57,13 +57,21 @@ export async function render(view, ctx) {
   const field = (name, labelText, attrs) => {
     const inp = h('input', Object.assign({ class: 'input input-sm', name, id: 'logs-' + name.replace('_', '-'), value: state[name], 'aria-label': labelText, placeholder: labelText }, attrs || {}));
     inp.addEventListener('input', debounce(() => { state[name] = inp.value.trim(); state.page = 1; load(); }, 350));
+    inputs.push(inp);
     return inp;
   };
+  const inputs = [];
+  const clearBtn = button('Clear', () => {
+    for (const inp of inputs) { inp.value = ''; state[inp.name] = ''; }
+    state.page = 1;
+    load();
+  }, { kind: 'ghost', iconName: 'x', attrs: { id: 'logs-clear' } });
   const filters = h('div', { class: 'filters' },
     field('model', 'Model', { class: 'input input-sm w-model' }),
     field('status', 'Status', { inputmode: 'numeric', class: 'input input-sm w-num' }),
     field('key_id', 'Key ID', { inputmode: 'numeric', class: 'input input-sm w-num' }),
     field('access_key_id', 'Access key ID', { inputmode: 'numeric', class: 'input input-sm w-num2' }),
+    clearBtn,
     button('', () => load(), { iconName: 'refresh', title: 'Reload', kind: 'icon' }));
   const toolbar = h('div', { class: 'toolbar' }, tabs, filters);
   const box = h('div', { class: 'card table-card' });
@@ -88,10 +96,15 @@ export async function render(view, ctx) {
     }
     if (!alive || my !== seq) return;
     box.classList.remove('loading');
+    if (data && !(data.items || []).length && state.page > 1 && data.total) {
+      state.page = Math.ceil(data.total / state.pageSize);
+      return load();
+    }
     draw(data || {});
   }
 
   function draw(data) {
+    clearBtn.hidden = !(state.model || state.status || state.key_id || state.access_key_id);
     const items = pick(data, 'items') || [];
     const total = pick(data, 'total') || 0;
     clear(box);
