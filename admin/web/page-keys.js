@@ -93,16 +93,18 @@ export async function render(view, ctx) {
   view.append(toolbar, progress, bulk, tableBox, pager);
 
   // ----- data -----
+  let seq = 0;
   async function load() {
+    const my = ++seq;
     let data;
     try {
       data = await get('keys', { status: state.status, page: state.page, page_size: state.pageSize, q: state.q || undefined });
     } catch (e) {
-      if (e.status === 401) return;
+      if (e.status === 401 || my !== seq) return;
       clear(tableBox).append(emptyState('alert', 'Could not load keys', e.message));
       return;
     }
-    if (!alive) return;
+    if (!alive || my !== seq) return; // a newer load is on its way
     state.keys = pick(data, 'keys', 'items') || [];
     state.total = pick(data, 'total');
     if (!state.keys.length && state.page > 1 && state.total) {
@@ -113,9 +115,17 @@ export async function render(view, ctx) {
     for (const id of [...state.selected]) if (!state.keys.some((k) => String(k.id) === id)) state.selected.delete(id);
     draw();
     if (state.openId) {
-      const k = state.keys.find((x) => String(x.id) === String(state.openId));
+      // a link to one key (from the dashboard): it may be on another page
+      const id = String(state.openId);
       state.openId = null;
-      if (k) details(k);
+      let k = state.keys.find((x) => String(x.id) === id);
+      if (!k) {
+        try {
+          const one = await get('keys', { q: id, page_size: 50 });
+          k = ((one && one.keys) || []).find((x) => String(x.id) === id);
+        } catch (e) { /* not found: nothing to open */ }
+      }
+      if (k && alive) details(k);
     }
   }
 
@@ -253,7 +263,7 @@ export async function render(view, ctx) {
 
   async function remove(list) {
     const what = list.length === 1 ? (list[0].masked || 'this key') : `${list.length} keys`;
-    if (!await confirmDialog('Delete keys', `Delete ${what}? This cannot be undone; its request history stays in the logs.`, { confirm: 'Delete', danger: true })) return;
+    if (!await confirmDialog(list.length === 1 ? 'Delete key' : 'Delete keys', `Delete ${what} from the pool? This cannot be undone; add the key again to bring it back.`, { confirm: 'Delete', danger: true })) return;
     try {
       const { ok, errors } = await runAll(list, (k) => del(`keys/${encodeURIComponent(k.id)}`));
       for (const k of list) state.selected.delete(String(k.id));
@@ -279,7 +289,6 @@ export async function render(view, ctx) {
       ta,
       h('label', { class: 'file-label' }, icon('upload'), h('span', null, 'or load a file'), file),
       result);
-    let done = false;
     await openModal({
       title: 'Add upstream keys',
       content,
@@ -287,7 +296,6 @@ export async function render(view, ctx) {
       actions: [
         { label: 'Close', value: 'close' },
         { label: 'Add keys', kind: 'primary', primary: true, icon: 'plus', attrs: { id: 'import-submit' }, onClick: async () => {
-          if (done) return true;
           const text = ta.value;
           if (!text.trim()) { toast('Paste some text with keys first.', 'error'); return false; }
           try {
@@ -307,7 +315,6 @@ export async function render(view, ctx) {
         } },
       ],
     });
-    done = true;
   }
 
   async function exportKeys() {
