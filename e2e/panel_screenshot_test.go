@@ -124,8 +124,16 @@ func TestPanelScreenshot(t *testing.T) {
 		b.do("narrow", chromedp.EmulateViewport(390, 844))
 		shoot("mobile-dashboard")
 		b.click(`#menu`)
-		b.waitJS("menu", `document.body.classList.contains('nav-open')`)
+		b.waitJS("menu", `document.body.classList.contains('nav-open') && document.getElementById('sidebar').getBoundingClientRect().left === 0`)
 		shoot("mobile-menu")
+		b.click(`a[data-route="keys"]`)
+		b.waitJS("keys", `document.querySelectorAll('#keys-table tbody tr').length > 0`)
+		shoot("mobile-keys")
+		b.click(`#menu`)
+		b.waitJS("menu", `document.body.classList.contains('nav-open') && document.getElementById('sidebar').getBoundingClientRect().left === 0`)
+		b.click(`a[data-route="logs"]`)
+		b.waitJS("logs", `document.querySelectorAll('#logs-table tbody tr').length > 0`)
+		shoot("mobile-logs")
 	}
 	if p := b.Problems(); len(p) > 0 {
 		t.Errorf("the browser reported problems: %v", p)
