@@ -61,6 +61,20 @@ func TestPanelScreenshot(t *testing.T) {
 			chromedp.Evaluate[chromedp.Void](`localStorage.setItem('synapse-theme', 'dark')`))
 	}
 	b.do("opening the panel", chromedp.Navigate(g.URL+"/admin/"), chromedp.WaitVisible(chromedp.ID("signin-key")))
+	if dir := os.Getenv("SYNAPSE_SCREENSHOT_PAGES"); dir != "" {
+		b.typeInto("#signin-key", "a wrong key")
+		b.click("#signin-submit")
+		b.waitJS("the sign-in error", `!document.getElementById('signin-error').hidden`)
+		ctx, cancel := context.WithTimeout(b.ctx, stepTimeout)
+		png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+		cancel()
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, "signin.png"), png, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	b.typeInto("#signin-key", adminKey)
 	b.click("#signin-submit")
 	b.waitJS("the chart", `document.querySelectorAll('.chart .bar-ok').length > 10 && document.querySelectorAll('.model-row').length > 2 && document.querySelector('.attention-list, .card-body .empty') !== null`)

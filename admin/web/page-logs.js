@@ -171,10 +171,10 @@ export async function render(view, ctx) {
       if (['error', 'message', 'error_message'].includes(k)) continue;
       let shown = String(v);
       if (['time', 't', 'at', 'created_at', 'timestamp'].includes(k)) shown = fmtTime(v) + '  (' + String(v) + ')';
-      rows.push(h('dt', null, k.replace(/_/g, ' ')), h('dd', { class: 'mono' }, shown));
+      rows.push(h('dt', null, (k.charAt(0).toUpperCase() + k.slice(1)).replace(/_/g, ' ').replace(/ ms$/, ' (ms)')), h('dd', { class: 'mono' }, shown));
     }
-    if (it.key_id) rows.push(h('dt', null, 'key'), h('dd', { class: 'mono' }, keyCell(it)));
-    if (it.access_key_id) rows.push(h('dt', null, 'client'), h('dd', null, clientCell(it)));
+    if (it.key_id) rows.push(h('dt', null, 'Key'), h('dd', { class: 'mono' }, keyCell(it)));
+    if (it.access_key_id) rows.push(h('dt', null, 'Client'), h('dd', null, clientCell(it)));
     const err = errText(it);
     openModal({
       title: state.kind === 'error' ? 'Upstream error' : 'Request',
