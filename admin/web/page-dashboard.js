@@ -124,12 +124,14 @@ export async function render(view, ctx) {
 
   async function renderAttention() {
     let list = [];
+    let more = 0;
     try {
       const [dis, cool] = await Promise.all([
         get('keys', { status: 'disabled', page: 1, page_size: 6 }),
         get('keys', { status: 'cooling', page: 1, page_size: 6 }),
       ]);
       list = [...(pick(dis, 'keys', 'items') || []), ...(pick(cool, 'keys', 'items') || [])];
+      more = (pick(dis, 'total') || 0) + (pick(cool, 'total') || 0);
     } catch (e) {
       if (e.status === 401) throw e;
       clear(attention).append(h('p', { class: 'muted' }, 'Key list unavailable: ', e.message));
@@ -150,6 +152,10 @@ export async function render(view, ctx) {
         h('a', { class: 'mono', href: '#/keys?id=' + encodeURIComponent(k.id) }, k.masked || '#' + k.id),
         h('span', { class: 'attention-why muted', title: why }, why));
     })));
+    const shown = Math.min(list.length, 8);
+    if (more > shown) {
+      attention.append(h('p', { class: 'attention-more' }, h('a', { href: '#/keys?status=disabled', class: 'link' }, `${fmtNum(more - shown)} more`)));
+    }
   }
 
   async function refresh(manual) {
