@@ -109,6 +109,13 @@ func TestPanelScreenshot(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		for _, r := range []string{"7d", "30d"} {
+			b.click(`.segmented button[data-range="` + r + `"]`)
+			b.waitJS(r, `document.querySelector('.chart-sub').textContent.startsWith('`+map[string]string{"7d": "every 6 hours", "30d": "daily"}[r]+`')`)
+			b.do("moving the mouse away", chromedp.MouseClickXY(1270, 790))
+			shoot("dashboard-" + r)
+		}
+		b.click(`.segmented button[data-range="24h"]`)
 		for _, p := range []struct{ route, ready string }{
 			{"keys", `document.querySelectorAll('#keys-table tbody tr').length > 0`},
 			{"access", `document.querySelector('#access-table, #view .empty') !== null`},
