@@ -248,6 +248,13 @@ type core struct {
 	settings   atomic.Pointer[settings]
 	accessKeys atomic.Pointer[map[[32]byte]accessKey]
 	upstream   atomic.Pointer[upstreamClient]
+
+	// ctx ends when the core is destroyed; background work started by the admin API (bg)
+	// runs under it and is waited for before the store closes.
+	ctx        context.Context
+	cancel     context.CancelFunc
+	bg         sync.WaitGroup
+	validation validationState // "validate every key" from the admin API (admin.go)
 }
 
 // accessKey is what the proxy needs to know of a client credential.
@@ -257,7 +264,8 @@ type accessKey struct {
 }
 
 func newCore(path string, logger *zap.Logger) *core {
-	return &core{path: path, logger: logger, ready: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &core{path: path, logger: logger, ready: make(chan struct{}), ctx: ctx, cancel: cancel}
 }
 
 // open opens the database and the scheduler. Only the first call works.
@@ -304,8 +312,16 @@ func (c *core) applyConfig(ctx context.Context, a *App) error {
 		}
 	}
 	if a.AdminKey != "" {
-		if _, err := st.ApplyConfigSetting(ctx, setAdminKeyHash, hashHex(a.AdminKey)); err != nil {
+		applied, err := st.ApplyConfigSetting(ctx, setAdminKeyHash, hashHex(a.AdminKey))
+		if err != nil {
 			return fmt.Errorf("storing admin key: %v", err)
+		}
+		if applied {
+			// A new admin key in the Caddyfile (often a rotation after a leak) ends every
+			// admin session, as a change in the panel does.
+			if _, err := st.DeleteSessionsExcept(ctx, [32]byte{}); err != nil {
+				return fmt.Errorf("ending admin sessions: %v", err)
+			}
 		}
 	}
 	if err := c.ensureAdminKey(ctx); err != nil {
@@ -430,11 +446,14 @@ func (c *core) loadPool(ctx context.Context) error {
 }
 
 // Destruct implements caddy.Destructor: called when the last config using the core is
-// cleaned up. It stops the scheduler, flushes queued log rows and closes the database.
+// cleaned up. It stops the admin API's background work and the scheduler, flushes queued log
+// rows and closes the database.
 func (c *core) Destruct() error {
+	c.cancel()
 	if !c.opened.Load() {
 		return nil // never opened (caddy validate, or a failed start)
 	}
+	c.bg.Wait()
 	var errs []error
 	if err := c.stopJobs(); err != nil {
 		errs = append(errs, err)

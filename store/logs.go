@@ -7,14 +7,17 @@ import (
 	"time"
 )
 
-// LogQuery selects recent log rows. Zero fields do not filter.
+// LogQuery selects log rows, newest first. Zero fields do not filter.
 type LogQuery struct {
-	Limit  int // rows to return; 0 means 100, at most 10000
-	Model  string
-	KeyID  int64
-	Status int
+	Limit       int // rows to return; 0 means 100, at most 10000
+	Offset      int // rows to skip first, for paging
+	Model       string
+	KeyID       int64
+	AccessKeyID int64
+	Status      int
 }
 
+// where returns the WHERE clause of q's filters (empty when none) and its arguments.
 func (q LogQuery) where() (string, []any) {
 	var conds []string
 	var args []any
@@ -26,21 +29,46 @@ func (q LogQuery) where() (string, []any) {
 		conds = append(conds, "key_id = ?")
 		args = append(args, q.KeyID)
 	}
+	if q.AccessKeyID != 0 {
+		conds = append(conds, "access_key_id = ?")
+		args = append(args, q.AccessKeyID)
+	}
 	if q.Status != 0 {
 		conds = append(conds, "status = ?")
 		args = append(args, q.Status)
 	}
+	if len(conds) == 0 {
+		return "", args
+	}
+	return "WHERE " + strings.Join(conds, " AND "), args
+}
+
+// page returns the LIMIT and OFFSET arguments of q.
+func (q LogQuery) page() []any {
 	limit := q.Limit
 	if limit <= 0 {
 		limit = 100
 	}
-	limit = min(limit, 10000)
-	args = append(args, limit)
-	where := ""
-	if len(conds) > 0 {
-		where = "WHERE " + strings.Join(conds, " AND ")
+	return []any{min(limit, 10000), max(q.Offset, 0)}
+}
+
+// CountRequests returns how many request log rows match q's filters (Limit and Offset aside).
+func (s *Store) CountRequests(ctx context.Context, q LogQuery) (int64, error) {
+	return s.countLogs(ctx, "request_logs", q)
+}
+
+// CountErrors returns how many error log rows match q's filters (Limit and Offset aside).
+func (s *Store) CountErrors(ctx context.Context, q LogQuery) (int64, error) {
+	return s.countLogs(ctx, "error_logs", q)
+}
+
+func (s *Store) countLogs(ctx context.Context, table string, q LogQuery) (int64, error) {
+	where, args := q.where()
+	var n int64
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+table+` `+where, args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("store: count %s: %w", table, err)
 	}
-	return where, args
+	return n, nil
 }
 
 // CountRequestLogs returns the number of stored request log rows.
@@ -55,10 +83,11 @@ func (s *Store) CountRequestLogs(ctx context.Context) (int64, error) {
 // RecentRequests returns request log rows matching q, newest first.
 func (s *Store) RecentRequests(ctx context.Context, q LogQuery) ([]RequestLog, error) {
 	where, args := q.where()
+	args = append(args, q.page()...)
 	rows, err := s.db.QueryContext(ctx, `
 		SELECT time, access_key_id, key_id, method, path, model, stream, status, attempts, latency_us,
 		       ttfb_us, prompt_tokens, candidates_tokens, thoughts_tokens, total_tokens, error
-		FROM request_logs `+where+` ORDER BY time DESC, id DESC LIMIT ?`, args...)
+		FROM request_logs `+where+` ORDER BY time DESC, id DESC LIMIT ? OFFSET ?`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: recent requests: %w", err)
 	}
@@ -86,9 +115,10 @@ func (s *Store) RecentRequests(ctx context.Context, q LogQuery) ([]RequestLog, e
 // RecentErrors returns failed upstream attempts matching q, newest first.
 func (s *Store) RecentErrors(ctx context.Context, q LogQuery) ([]ErrorLog, error) {
 	where, args := q.where()
+	args = append(args, q.page()...)
 	rows, err := s.db.QueryContext(ctx, `
 		SELECT time, key_id, access_key_id, model, path, status, message
-		FROM error_logs `+where+` ORDER BY time DESC, id DESC LIMIT ?`, args...)
+		FROM error_logs `+where+` ORDER BY time DESC, id DESC LIMIT ? OFFSET ?`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: recent errors: %w", err)
 	}

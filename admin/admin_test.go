@@ -1,0 +1,152 @@
+package admin
+
+import (
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestExtractKeys(t *testing.T) {
+	k1 := "AIza" + strings.Repeat("a", 35)
+	k2 := "AIza" + strings.Repeat("B", 30) + "_-9x0"
+	text := "GEMINI_API_KEY=" + k1 + "\n  - \"" + k2 + "\",\n" + k1 + " again; " +
+		"short AIzaTooShort, long " + k1 + "x, embedded x" + k1 + "."
+	keys, repeats, invalid := extractKeys(text)
+	if !slices.Equal(keys, []string{k1, k2}) || repeats != 1 || invalid != 2 {
+		t.Errorf("extractKeys = %q, %d repeats, %d invalid; want [k1 k2], 1, 2", keys, repeats, invalid)
+	}
+	keys, repeats, invalid = checkList([]string{" " + k1 + " ", k1, "nope", k2 + "x"})
+	if !slices.Equal(keys, []string{k1}) || repeats != 1 || invalid != 2 {
+		t.Errorf("checkList = %q, %d, %d", keys, repeats, invalid)
+	}
+}
+
+func mustZone(t *testing.T, name string) *time.Location {
+	t.Helper()
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loc
+}
+
+// TestStatsBoundsFollowTheLocalCalendar checks bucket bounds across a DST change: days start
+// at local midnight (the day clocks go back has 25 hours), hours on the local hour.
+func TestStatsBoundsFollowTheLocalCalendar(t *testing.T) {
+	berlin := mustZone(t, "Europe/Berlin")
+	// 2025-10-26: clocks go back from 03:00 to 02:00 in Berlin.
+	now := time.Date(2025, 10, 28, 15, 40, 0, 0, berlin)
+	days := statsBounds(statsRanges["30d"], now, berlin)
+	if len(days) != 31 {
+		t.Fatalf("%d bounds for 30 days", len(days))
+	}
+	for i, b := range days {
+		if l := b.In(berlin); l.Hour() != 0 || l.Minute() != 0 {
+			t.Errorf("day bound %d is %v, not local midnight", i, l)
+		}
+	}
+	if last := days[30]; !last.Equal(time.Date(2025, 10, 29, 0, 0, 0, 0, berlin)) {
+		t.Errorf("last bound %v, want the next local midnight", last)
+	}
+	long := 0
+	for i := 1; i < len(days); i++ {
+		if d := days[i].Sub(days[i-1]); d == 25*time.Hour {
+			long++
+		} else if d != 24*time.Hour {
+			t.Errorf("day %d lasts %v", i, d)
+		}
+	}
+	if long != 1 {
+		t.Errorf("%d days of 25 h, want 1 (the DST change)", long)
+	}
+
+	hours := statsBounds(statsRanges["24h"], now, berlin)
+	if len(hours) != 25 || !hours[24].Equal(time.Date(2025, 10, 28, 16, 0, 0, 0, berlin)) {
+		t.Fatalf("hour bounds: %d, last %v", len(hours), hours[len(hours)-1])
+	}
+	for i := 1; i < len(hours); i++ {
+		if hours[i].Sub(hours[i-1]) != time.Hour {
+			t.Errorf("hour bucket %d lasts %v", i, hours[i].Sub(hours[i-1]))
+		}
+	}
+	// Six-hour blocks start at 00, 06, 12 or 18 local, India's half-hour offset included.
+	kolkata := mustZone(t, "Asia/Kolkata")
+	six := statsBounds(statsRanges["7d"], now, kolkata)
+	if len(six) != 29 {
+		t.Fatalf("%d bounds for 7 days", len(six))
+	}
+	for _, b := range six {
+		if l := b.In(kolkata); l.Hour()%6 != 0 || l.Minute() != 0 {
+			t.Errorf("six-hour bound %v is not on a block start", l)
+		}
+	}
+	if !six[27].Before(now) || six[28].Before(now) {
+		t.Errorf("the last block [%v, %v) does not hold now", six[27], six[28])
+	}
+}
+
+func TestSameOrigin(t *testing.T) {
+	for _, c := range []struct {
+		origin, site string
+		want         bool
+	}{
+		{"", "", true},
+		{"https://gw.example", "", true},
+		{"https://gw.example", "same-origin", true},
+		{"https://evil.example", "", false},
+		{"null", "", false},
+		{"", "cross-site", false},
+		{"", "same-site", false},
+		{"https://gw.example", "cross-site", false},
+	} {
+		r := httptest.NewRequest("POST", "https://gw.example/admin/api/keys", nil)
+		if c.origin != "" {
+			r.Header.Set("Origin", c.origin)
+		}
+		if c.site != "" {
+			r.Header.Set("Sec-Fetch-Site", c.site)
+		}
+		if got := sameOrigin(r); got != c.want {
+			t.Errorf("Origin %q, Sec-Fetch-Site %q: sameOrigin = %v, want %v", c.origin, c.site, got, c.want)
+		}
+	}
+}
+
+func TestThrottleLocksOutAndDoubles(t *testing.T) {
+	now := time.Unix(1_750_000_000, 0)
+	h := &Handler{Now: func() time.Time { return now }}
+	for range loginFailuresAllowed - 1 {
+		h.recordFailure("1.2.3.4")
+	}
+	if d := h.lockedFor("1.2.3.4"); d != 0 {
+		t.Fatalf("locked after %d failures: %v", loginFailuresAllowed-1, d)
+	}
+	h.recordFailure("1.2.3.4")
+	if d := h.lockedFor("1.2.3.4"); d != firstLockout {
+		t.Fatalf("lockout %v, want %v", d, firstLockout)
+	}
+	if d := h.lockedFor("5.6.7.8"); d != 0 {
+		t.Errorf("another IP is locked: %v", d)
+	}
+	h.recordFailure("1.2.3.4")
+	if d := h.lockedFor("1.2.3.4"); d != 2*firstLockout {
+		t.Errorf("second lockout %v, want %v", d, 2*firstLockout)
+	}
+	for range 20 {
+		h.recordFailure("1.2.3.4")
+	}
+	if d := h.lockedFor("1.2.3.4"); d != maxLockout {
+		t.Errorf("lockout %v, want the cap %v", d, maxLockout)
+	}
+	now = now.Add(maxLockout)
+	if d := h.lockedFor("1.2.3.4"); d != 0 {
+		t.Errorf("still locked after the lockout: %v", d)
+	}
+	h.recordSuccess("1.2.3.4")
+	h.recordFailure("1.2.3.4")
+	if d := h.lockedFor("1.2.3.4"); d != 0 {
+		t.Errorf("a success did not clear the record: %v", d)
+	}
+}

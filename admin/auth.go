@@ -1,0 +1,333 @@
+package admin
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// SessionCookie is the name of the session cookie.
+const SessionCookie = "gs_admin_session"
+
+// Login throttling.
+const (
+	// firstLockout is the lockout after loginFailuresAllowed failures; it doubles with every
+	// further failure, up to maxLockout.
+	firstLockout = 30 * time.Second
+	maxLockout   = 15 * time.Minute
+	// forgetFailuresAfter is how long after its last failure an IP starts with a clean slate.
+	forgetFailuresAfter = time.Hour
+	// sweepAt is the number of tracked IPs above which forgotten ones are dropped;
+	// maxTracked bounds the map even under a spread-out attack (the oldest records go first
+	// in no particular order: an evicted IP merely starts again with a clean slate).
+	sweepAt    = 10000
+	maxTracked = 100000
+)
+
+// Admin key rules (for PUT P/api/admin-key).
+const (
+	minAdminKeyLen = 16
+	maxAdminKeyLen = 512
+)
+
+// auth is how a request was authenticated.
+type auth struct {
+	via       string   // "cookie" or "bearer"
+	tokenHash [32]byte // of the session token, when via is "cookie"
+	expires   time.Time
+}
+
+// failures is the record of wrong admin keys from one client IP.
+type failures struct {
+	n           int // in a row
+	last        time.Time
+	lockedUntil time.Time
+}
+
+// lockedFor returns how long ip must still wait before its next try (0 when it may try now).
+func (h *Handler) lockedFor(ip string) time.Duration {
+	h.throttleMu.Lock()
+	defer h.throttleMu.Unlock()
+	f := h.throttle[ip]
+	if f == nil {
+		return 0
+	}
+	return max(f.lockedUntil.Sub(h.now()), 0)
+}
+
+// recordFailure counts a wrong admin key from ip and locks ip out once it has sent too many.
+func (h *Handler) recordFailure(ip string) {
+	now := h.now()
+	h.throttleMu.Lock()
+	defer h.throttleMu.Unlock()
+	if h.throttle == nil {
+		h.throttle = make(map[string]*failures)
+	}
+	if len(h.throttle) >= sweepAt {
+		for k, f := range h.throttle {
+			if now.Sub(f.last) > forgetFailuresAfter && !f.lockedUntil.After(now) {
+				delete(h.throttle, k)
+			}
+		}
+		for k := range h.throttle {
+			if len(h.throttle) < maxTracked {
+				break
+			}
+			delete(h.throttle, k)
+		}
+	}
+	f := h.throttle[ip]
+	if f == nil || now.Sub(f.last) > forgetFailuresAfter {
+		f = &failures{}
+		h.throttle[ip] = f
+	}
+	f.n++
+	f.last = now
+	if over := f.n - loginFailuresAllowed; over >= 0 {
+		lock := maxLockout
+		if over < 16 {
+			lock = min(firstLockout<<over, maxLockout)
+		}
+		f.lockedUntil = now.Add(lock)
+	}
+}
+
+// recordSuccess forgets the failures of ip.
+func (h *Handler) recordSuccess(ip string) {
+	h.throttleMu.Lock()
+	delete(h.throttle, ip)
+	h.throttleMu.Unlock()
+}
+
+// throttled answers 429 with Retry-After and returns true when the client is locked out.
+func (h *Handler) throttled(w http.ResponseWriter, r *http.Request) bool {
+	d := h.lockedFor(h.clientIP(r))
+	if d <= 0 {
+		return false
+	}
+	secs := int(math.Ceil(d.Seconds()))
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	writeError(w, http.StatusTooManyRequests, "RESOURCE_EXHAUSTED",
+		"Too many wrong admin keys from your address; try again in "+strconv.Itoa(secs)+" s.")
+	return true
+}
+
+// checkKey checks an admin key sent by the client, counting a wrong one against its IP.
+func (h *Handler) checkKey(r *http.Request, key string) bool {
+	ip := h.clientIP(r)
+	if key != "" && h.Backend.CheckAdminKey(key) {
+		h.recordSuccess(ip)
+		return true
+	}
+	h.recordFailure(ip)
+	return false
+}
+
+// sameOrigin reports whether a browser request comes from the site itself: Sec-Fetch-Site is
+// absent, same-origin or none (typed by the user), and Origin, if sent, names this host.
+// Clients that are not browsers send neither header and pass.
+func sameOrigin(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "same-origin", "none":
+	default: // cross-site, same-site
+		return false
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false // "null" and the like
+	}
+	return strings.EqualFold(u.Host, r.Host)
+}
+
+// refuseForeign answers 403 and returns true for a request from another site.
+func refuseForeign(w http.ResponseWriter, r *http.Request) bool {
+	if sameOrigin(r) {
+		return false
+	}
+	writeError(w, http.StatusForbidden, "PERMISSION_DENIED", "Cross-site requests to the admin API are refused.")
+	return true
+}
+
+// authenticate checks the Bearer admin key or the session cookie, and the CSRF rule for
+// cookie-authenticated changes. On failure it answers and returns false.
+func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (*auth, bool) {
+	if v := r.Header.Get("Authorization"); v != "" {
+		if h.throttled(w, r) {
+			return nil, false
+		}
+		if len(v) <= 7 || !strings.EqualFold(v[:7], "bearer ") || !h.checkKey(r, strings.TrimSpace(v[7:])) {
+			writeError(w, http.StatusUnauthorized, "UNAUTHENTICATED", "The admin key is wrong.")
+			return nil, false
+		}
+		return &auth{via: "bearer"}, true
+	}
+	c, err := r.Cookie(SessionCookie)
+	if err != nil || c.Value == "" {
+		writeError(w, http.StatusUnauthorized, "UNAUTHENTICATED", "Sign in, or send the admin key as Authorization: Bearer <admin key>.")
+		return nil, false
+	}
+	hash := sha256.Sum256([]byte(c.Value))
+	expires, ok, err := h.Backend.SessionExpiry(r.Context(), hash, h.now())
+	if err != nil {
+		writeBackendError(w, err)
+		return nil, false
+	}
+	if !ok {
+		h.clearCookie(w, r)
+		writeError(w, http.StatusUnauthorized, "UNAUTHENTICATED", "The session has expired or was ended; sign in again.")
+		return nil, false
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && refuseForeign(w, r) {
+		return nil, false
+	}
+	return &auth{via: "cookie", tokenHash: hash, expires: expires}, true
+}
+
+// sessionCookie builds the session cookie for value, expiring at expires (a past time deletes).
+func (h *Handler) sessionCookie(r *http.Request, value string, expires time.Time) *http.Cookie {
+	c := &http.Cookie{
+		Name:     SessionCookie,
+		Value:    value,
+		Path:     h.Prefix,
+		HttpOnly: true,
+		Secure:   r.TLS != nil,
+		SameSite: http.SameSiteStrictMode,
+	}
+	if c.Path == "" {
+		c.Path = "/"
+	}
+	if expires.IsZero() {
+		c.MaxAge = -1
+	} else {
+		c.Expires = expires.UTC()
+		c.MaxAge = max(int(time.Until(expires).Seconds()), 1)
+	}
+	return c
+}
+
+func (h *Handler) clearCookie(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, h.sessionCookie(r, "", time.Time{}))
+}
+
+// login checks the admin key and opens a session.
+func (h *Handler) login(w http.ResponseWriter, r *http.Request, _ *auth, _ int64) {
+	if refuseForeign(w, r) || h.throttled(w, r) {
+		return
+	}
+	var body struct {
+		AdminKey string `json:"admin_key"`
+	}
+	if !readJSON(w, r, &body) {
+		return
+	}
+	if body.AdminKey == "" {
+		badField(w, "admin_key", "is required")
+		return
+	}
+	if !h.checkKey(r, body.AdminKey) {
+		writeError(w, http.StatusUnauthorized, "UNAUTHENTICATED", "The admin key is wrong.")
+		return
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		writeBackendError(w, err)
+		return
+	}
+	token := base64.RawURLEncoding.EncodeToString(raw[:])
+	ttl := h.SessionTTL
+	if ttl <= 0 {
+		ttl = DefaultSessionTTL
+	}
+	expires := h.now().Add(ttl)
+	if err := h.Backend.CreateSession(r.Context(), sha256.Sum256([]byte(token)), expires); err != nil {
+		writeBackendError(w, err)
+		return
+	}
+	http.SetCookie(w, h.sessionCookie(r, token, expires))
+	writeJSON(w, http.StatusOK, map[string]any{"expires_at": Time(expires.In(h.Backend.Location()))})
+}
+
+// logout ends the caller's session, if any, and deletes the cookie.
+func (h *Handler) logout(w http.ResponseWriter, r *http.Request, _ *auth, _ int64) {
+	if refuseForeign(w, r) {
+		return
+	}
+	if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
+		if err := h.Backend.DeleteSession(r.Context(), sha256.Sum256([]byte(c.Value))); err != nil {
+			writeBackendError(w, err)
+			return
+		}
+	}
+	h.clearCookie(w, r)
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+// session tells the caller whether it is signed in.
+func (h *Handler) session(w http.ResponseWriter, r *http.Request, _ *auth, _ int64) {
+	a, ok := h.authenticate(w, r)
+	if !ok {
+		return
+	}
+	out := map[string]any{"authenticated": true, "via": a.via, "expires_at": nil}
+	if a.via == "cookie" {
+		out["expires_at"] = Time(a.expires.In(h.Backend.Location()))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// changeAdminKey replaces the admin key after checking the current one, and ends every other
+// session.
+func (h *Handler) changeAdminKey(w http.ResponseWriter, r *http.Request, a *auth, _ int64) {
+	var body struct {
+		Current string `json:"current"`
+		New     string `json:"new"`
+	}
+	if !readJSON(w, r, &body) {
+		return
+	}
+	if h.throttled(w, r) {
+		return
+	}
+	if !h.checkKey(r, body.Current) {
+		writeError(w, http.StatusForbidden, "PERMISSION_DENIED", "current: the admin key is wrong.")
+		return
+	}
+	if why := checkNewAdminKey(body.New); why != "" {
+		badField(w, "new", why)
+		return
+	}
+	var keep [32]byte
+	if a.via == "cookie" {
+		keep = a.tokenHash
+	}
+	if err := h.Backend.SetAdminKey(r.Context(), body.New, keep); err != nil {
+		writeBackendError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+// checkNewAdminKey returns why key cannot be the admin key, or "".
+func checkNewAdminKey(key string) string {
+	n := len(key)
+	switch {
+	case n < minAdminKeyLen:
+		return "must be at least " + strconv.Itoa(minAdminKeyLen) + " characters long"
+	case n > maxAdminKeyLen:
+		return "must be at most " + strconv.Itoa(maxAdminKeyLen) + " characters long"
+	case strings.IndexFunc(key, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+		return "must not contain spaces or control characters"
+	}
+	return ""
+}
