@@ -8,7 +8,7 @@ export GOVCS     := github.com/geminisynapse:off
 # mattn/go-sqlite3 needs cgo, which xcaddy turns off unless told.
 export CGO_ENABLED := 1
 
-GO_SOURCES := $(shell find . -name '*.go' -not -path './bin/*' 2>/dev/null) go.mod go.sum
+GO_SOURCES := $(shell find . -name '*.go' -not -path './bin/*' 2>/dev/null) $(shell find admin/web -type f) go.mod go.sum
 
 .PHONY: run build mock test vet unit e2e bench clean
 

@@ -16,10 +16,14 @@ if [ -z "${GOOGLE_API_KEYS:-}" ]; then
 	export GEMINI_UPSTREAM="http://127.0.0.1:$port"
 	export GOOGLE_API_KEYS="AIzaSyMOCK-key-one-aaaaaaaaaaaaaaaaaaaa,AIzaSyMOCK-key-two-bbbbbbbbbbbbbbbbbbbb,AIzaSyMOCK-key-three-cccccccccccccccccc"
 	export SYNAPSE_DATABASE="${SYNAPSE_DATABASE:-./data/mock.db}"
+	# A known admin key, for trying the panel; with real keys, caddy generates one and logs it once.
+	export ADMIN_KEY="${ADMIN_KEY:-synapse-admin-try-me}"
 	echo "GOOGLE_API_KEYS is not set: using the mock Gemini upstream on $GEMINI_UPSTREAM (no Google key needed)."
 fi
 access="${ACCESS_KEYS:-sk-synapse-try-me}"
 port="${SYNAPSE_PORT:-8008}"
-echo "Gateway on http://localhost:$port. Try:"
+echo "Gateway on http://localhost:$port."
+[ -n "${ADMIN_KEY:-}" ] && echo "Admin panel: http://localhost:$port/admin/ (admin key: $ADMIN_KEY)"
+echo "Try:"
 echo "  curl -s http://localhost:$port/v1beta/models/gemini-2.5-flash:generateContent -H 'x-goog-api-key: ${access%%,*}' -H 'Content-Type: application/json' -d '{\"contents\":[{\"parts\":[{\"text\":\"Hello\"}]}]}'"
 ./bin/caddy run --config Caddyfile.example --adapter caddyfile
