@@ -153,7 +153,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.core = val.(*core)
-	return nil
+	return a.core.metrics.register(ctx.GetMetricsRegistry())
 }
 
 // Start opens the database (once per core), applies this config's keys and settings, and
@@ -248,6 +248,8 @@ type core struct {
 	settings   atomic.Pointer[settings]
 	accessKeys atomic.Pointer[map[[32]byte]accessKey]
 	upstream   atomic.Pointer[upstreamClient]
+
+	metrics *metrics // registered in every config's metrics registry (metrics.go)
 }
 
 // accessKey is what the proxy needs to know of a client credential.
@@ -257,7 +259,9 @@ type accessKey struct {
 }
 
 func newCore(path string, logger *zap.Logger) *core {
-	return &core{path: path, logger: logger, ready: make(chan struct{})}
+	c := &core{path: path, logger: logger, ready: make(chan struct{})}
+	c.metrics = newMetrics(c)
+	return c
 }
 
 // open opens the database and the scheduler. Only the first call works.
