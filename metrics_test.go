@@ -17,10 +17,10 @@ import (
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 )
 
-// scrape gathers a registry (pedantic registries also check every metric against its
+// gatherSamples gathers a registry (pedantic registries also check every metric against its
 // description) and returns each sample as "name{label="value",...}" -> value; a histogram
 // gives its _count and _sum.
-func scrape(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+func gatherSamples(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -176,7 +176,7 @@ func TestMetricsFollowTraffic(t *testing.T) {
 	if len(errs) != 1 {
 		t.Fatalf("%d error rows, want the 429 only", len(errs))
 	}
-	got := scrape(t, reg)
+	got := gatherSamples(t, reg)
 	for name, want := range map[string]float64{
 		`caddy_gemini_synapse_requests_total{model="gemini-2.5-flash",status_class="2xx"}`: float64(flashOK),
 		`caddy_gemini_synapse_requests_total{model="gemini-2.5-pro",status_class="2xx"}`:   1,
@@ -261,7 +261,7 @@ func TestModelLabelsAreBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	models := map[string]bool{}
-	for name := range scrape(t, reg) {
+	for name := range gatherSamples(t, reg) {
 		if i := strings.Index(name, `model="`); i >= 0 {
 			models[strings.SplitN(name[i+7:], `"`, 2)[0]] = true
 		}
@@ -283,11 +283,11 @@ func TestMetricsRegisterAcrossReloads(t *testing.T) {
 		}
 	}
 	const name = `caddy_gemini_synapse_requests_total{model="gemini-2.5-flash",status_class="2xx"}`
-	if got := scrape(t, second)[name]; got != 1 {
+	if got := gatherSamples(t, second)[name]; got != 1 {
 		t.Errorf("%s = %v in the new registry, want 1", name, got)
 	}
 	// The key gauge of a core that is not open yet (caddy validate) reports nothing.
-	if _, ok := scrape(t, second)[`caddy_gemini_synapse_keys{state="active"}`]; ok {
+	if _, ok := gatherSamples(t, second)[`caddy_gemini_synapse_keys{state="active"}`]; ok {
 		t.Error("a core that was never opened reports keys")
 	}
 }
