@@ -153,7 +153,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.core = val.(*core)
-	return nil
+	return a.core.metrics.register(ctx.GetMetricsRegistry())
 }
 
 // Start opens the database (once per core), applies this config's keys and settings, and
@@ -255,6 +255,7 @@ type core struct {
 	cancel     context.CancelFunc
 	bg         sync.WaitGroup
 	validation validationState // "validate every key" from the admin API (admin.go)
+	metrics    *metrics        // registered in every config's metrics registry (metrics.go)
 }
 
 // accessKey is what the proxy needs to know of a client credential.
@@ -265,7 +266,9 @@ type accessKey struct {
 
 func newCore(path string, logger *zap.Logger) *core {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &core{path: path, logger: logger, ready: make(chan struct{}), ctx: ctx, cancel: cancel}
+	c := &core{path: path, logger: logger, ready: make(chan struct{}), ctx: ctx, cancel: cancel}
+	c.metrics = newMetrics(c)
+	return c
 }
 
 // open opens the database and the scheduler. Only the first call works.

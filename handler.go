@@ -145,6 +145,7 @@ type exchange struct {
 	ttfb    time.Duration
 	usage   usage
 	errText string
+	metrics *modelMetrics // the model's metrics, resolved on first use (metrics.go)
 
 	bound // key-bound resources (resources.go)
 }
@@ -311,14 +312,18 @@ func (x *exchange) proxy() {
 		}
 		x.attempts++
 		x.keyID = id
+		sent := time.Now()
 		resp, err := x.send(secret)
+		took := time.Since(sent)
 		if err != nil {
 			o := keypool.ClassifyError(err)
 			if o.Kind == keypool.Canceled || x.r.Context().Err() != nil {
+				x.attempted(keypool.Canceled, 0, took)
 				x.status = 499
 				x.errText = "client closed the request"
 				return
 			}
+			x.attempted(o.Kind, 0, took)
 			x.report(id, o, 0)
 			last = &upstreamError{status: http.StatusBadGateway, reason: o.Reason}
 			if x.attempts <= x.set.maxRetries {
@@ -329,6 +334,7 @@ func (x *exchange) proxy() {
 			return
 		}
 		if resp.StatusCode < 400 {
+			x.attempted(keypool.Success, resp.StatusCode, took)
 			x.report(id, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
 			x.answer(resp, secret) // resources.go: records what the answer creates
 			return
@@ -338,10 +344,12 @@ func (x *exchange) proxy() {
 		body = maskSecret(body, secret)
 		o := keypool.Classify(resp.StatusCode, body, time.Now())
 		if o.Kind == keypool.Canceled || x.r.Context().Err() != nil {
+			x.attempted(keypool.Canceled, resp.StatusCode, took)
 			x.status = 499
 			x.errText = "client closed the request"
 			return
 		}
+		x.attempted(o.Kind, resp.StatusCode, took)
 		x.report(id, o, resp.StatusCode)
 		last = &upstreamError{status: resp.StatusCode, header: resp.Header, body: body, outcome: o}
 		if o.Retryable() && x.attempts <= x.set.maxRetries {
@@ -367,6 +375,7 @@ func (x *exchange) report(id int64, o keypool.Outcome, status int) {
 	c := x.core
 	ch := c.pool.Report(id, x.model, o, time.Now())
 	c.persist(ch, o.Reason)
+	x.reported(ch)
 	// The client's own mistakes are in the request log; the error log (and a key's failed
 	// count) is for what went wrong upstream.
 	if o.Kind == keypool.Success || o.Kind == keypool.Canceled || o.Kind == keypool.ClientError {
@@ -447,6 +456,7 @@ func (x *exchange) logRequest() {
 	if x.status == 0 {
 		x.status = 499
 	}
+	x.recordRequest()
 	x.core.store.LogRequest(store.RequestLog{
 		Time:             x.start,
 		AccessKeyID:      x.access,

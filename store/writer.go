@@ -149,6 +149,9 @@ func (s *Store) Flush() {
 // repeated non-transient database errors, could not be written).
 func (s *Store) Dropped() uint64 { return s.w.dropped.Load() }
 
+// Written returns how many log rows (request and error rows) were committed so far.
+func (s *Store) Written() uint64 { return s.w.written.Load() }
+
 type entryKind uint8
 
 const (
@@ -202,6 +205,7 @@ type writer struct {
 	gateOnce sync.Once
 
 	dropped   atomic.Uint64
+	written   atomic.Uint64 // log rows committed
 	lastWarn  atomic.Int64  // unix nanoseconds of the last "dropped" warning
 	failedTxs atomic.Uint64 // failed batch attempts
 
@@ -405,6 +409,7 @@ func (w *writer) write() {
 	for attempt := 1; ; attempt++ {
 		err := w.commit()
 		if err == nil {
+			w.written.Add(uint64(len(w.rows)))
 			break
 		}
 		w.failedTxs.Add(1)

@@ -51,6 +51,9 @@ func TestCloseWritesEverythingQueued(t *testing.T) {
 	if s.Dropped() != 0 {
 		t.Fatalf("dropped %d rows", s.Dropped())
 	}
+	if s.Written() != 10000 {
+		t.Fatalf("Written() = %d, want 10000", s.Written())
+	}
 	s.LogRequest(RequestLog{}) // after Close: ignored, no panic
 	s.Flush()                  // after Close: returns
 
@@ -254,6 +257,14 @@ func TestFullQueueDropsAndCounts(t *testing.T) {
 	if n := countRequests(t, s); n != 4 {
 		t.Fatalf("%d rows written, want the 4 queued", n)
 	}
+	if got := s.Written(); got != 4 {
+		t.Errorf("Written() = %d, want 4 (dropped rows are not written)", got)
+	}
+	s.LogError(ErrorLog{Time: time.Now(), Status: 500})
+	s.Flush()
+	if got := s.Written(); got != 5 {
+		t.Errorf("Written() = %d after an error row, want 5", got)
+	}
 }
 
 // TestBusyDatabaseIsRetried holds the write lock from another connection for a second, longer
@@ -333,6 +344,9 @@ func TestCloseGivesUpOnALockedDatabase(t *testing.T) {
 	}
 	if got := s.Dropped(); got != 10 {
 		t.Errorf("Dropped() = %d, want 10", got)
+	}
+	if got := s.Written(); got != 0 {
+		t.Errorf("Written() = %d, want 0", got)
 	}
 	if logs.FilterMessage("giving up writing a batch of logs").Len() == 0 {
 		t.Error("giving up was not logged")

@@ -1,0 +1,309 @@
+package geminisynapse
+
+import (
+	"errors"
+	"maps"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
+)
+
+// The gateway's metrics live in Caddy's metrics registry, so they appear wherever Caddy serves
+// its own: the admin endpoint's /metrics (localhost:2019 by default) and any `metrics` handler.
+// They belong to the core, like the pool and the log writer they describe: a reload registers
+// the same collectors in the new config's registry, so counters go on counting across reloads
+// and restart from zero only with the process (or another database).
+//
+// Label values are bounded: models are normalised (no "models/" prefix, only the characters
+// model names use, at most maxModelLabelLen bytes) and capped at maxModelLabels distinct
+// names, beyond which they count as "other"; requests without a model (listing models, files)
+// count as "none". No label carries a key, a key id, a client or a path.
+
+const (
+	metricsNamespace = "caddy"
+	metricsSubsystem = "gemini_synapse"
+
+	// maxModelLabels is how many distinct model names get their own label value.
+	maxModelLabels = 100
+	// maxModelLabelLen is the longest model name used as a label value; longer ones are "other".
+	maxModelLabelLen = 64
+
+	modelOther = "other" // a model name past the cap, too long or with odd characters
+	modelNone  = "none"  // a request that names no model
+)
+
+// statusClasses are the values of the status_class label, indexed by statusClass.
+var statusClasses = [...]string{"2xx", "3xx", "4xx", "5xx"}
+
+// statusClass maps an HTTP status to an index of statusClasses (499, a client that went
+// away, is 4xx).
+func statusClass(code int) int {
+	return min(max(code/100, 2), 5) - 2
+}
+
+// Outcomes of upstream attempts, the values of the outcome label, indexed by keypool.Kind.
+var attemptOutcomes = [...]keypool.Kind{
+	keypool.Success, keypool.Quota, keypool.KeyInvalid, keypool.Transient, keypool.ClientError, keypool.Canceled,
+}
+
+// latencyBuckets fit Gemini calls: tens of milliseconds for a model lookup up to minutes for a
+// long generation.
+var latencyBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160}
+
+// metrics holds the gateway's collectors and, per model, their pre-resolved children, so that
+// the request path only increments counters: no label lookup, no allocation.
+type metrics struct {
+	requests    *prometheus.CounterVec
+	attempts    *prometheus.CounterVec
+	retries     prometheus.Counter
+	upstream429 *prometheus.CounterVec
+	cooldowns   *prometheus.CounterVec
+	tokens      *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	ttfb        *prometheus.HistogramVec
+	state       stateCollector
+
+	attemptsBy [len(attemptOutcomes)]prometheus.Counter // by keypool.Kind
+
+	mu     sync.Mutex                               // serialises adding a model
+	models atomic.Pointer[map[string]*modelMetrics] // copy on write
+	other  *modelMetrics
+	none   *modelMetrics
+}
+
+// modelMetrics are the children of one model label value.
+type modelMetrics struct {
+	requests    [len(statusClasses)]prometheus.Counter
+	upstream429 prometheus.Counter
+	cooldowns   prometheus.Counter
+	prompt      prometheus.Counter
+	candidates  prometheus.Counter
+	thoughts    prometheus.Counter
+	total       prometheus.Counter
+	latency     prometheus.Observer
+	ttfb        prometheus.Observer
+}
+
+func newMetrics(c *core) *metrics {
+	opts := func(name, help string) prometheus.Opts {
+		return prometheus.Opts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help}
+	}
+	hist := func(name, help string) prometheus.HistogramOpts {
+		return prometheus.HistogramOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+			Name: name, Help: help, Buckets: latencyBuckets}
+	}
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts(opts("requests_total",
+			"Client requests to the Gemini API, by model and status class of the answer.")),
+			[]string{"model", "status_class"}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts(opts("upstream_attempts_total",
+			"Upstream calls, by what the answer meant for the key (success, quota, key_invalid, transient, client_error, canceled).")),
+			[]string{"outcome"}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts(opts("upstream_retries_total",
+			"Upstream calls that retried a request on another key."))),
+		upstream429: prometheus.NewCounterVec(prometheus.CounterOpts(opts("upstream_429_total",
+			"Upstream answers with status 429, by model.")), []string{"model"}),
+		cooldowns: prometheus.NewCounterVec(prometheus.CounterOpts(opts("cooldowns_started_total",
+			"Key cooldowns started or extended after quota errors, by model.")), []string{"model"}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts(opts("tokens_total",
+			"Tokens of successful answers as the upstream reported them, by model and type (prompt, candidates, thoughts, total).")),
+			[]string{"model", "type"}),
+		latency: prometheus.NewHistogramVec(hist("upstream_latency_seconds",
+			"Time from sending an upstream call to its response headers (or its network error), by model."),
+			[]string{"model"}),
+		ttfb: prometheus.NewHistogramVec(hist("time_to_first_byte_seconds",
+			"Time from a client request's arrival to the first byte of a successful answer's body, retries included, by model."),
+			[]string{"model"}),
+		state: stateCollector{c},
+	}
+	for i, k := range attemptOutcomes {
+		m.attemptsBy[i] = m.attempts.WithLabelValues(k.String())
+	}
+	empty := map[string]*modelMetrics{}
+	m.models.Store(&empty)
+	m.other = m.newModel(modelOther)
+	m.none = m.newModel(modelNone)
+	return m
+}
+
+func (m *metrics) newModel(name string) *modelMetrics {
+	mm := &modelMetrics{
+		upstream429: m.upstream429.WithLabelValues(name),
+		cooldowns:   m.cooldowns.WithLabelValues(name),
+		prompt:      m.tokens.WithLabelValues(name, "prompt"),
+		candidates:  m.tokens.WithLabelValues(name, "candidates"),
+		thoughts:    m.tokens.WithLabelValues(name, "thoughts"),
+		total:       m.tokens.WithLabelValues(name, "total"),
+		latency:     m.latency.WithLabelValues(name),
+		ttfb:        m.ttfb.WithLabelValues(name),
+	}
+	for i, class := range statusClasses {
+		mm.requests[i] = m.requests.WithLabelValues(name, class)
+	}
+	return mm
+}
+
+// forModel returns the children for a model named by a request. Known names cost one map
+// lookup; a new name is added (copy on write) until maxModelLabels are known.
+func (m *metrics) forModel(model string) *modelMetrics {
+	name, ok := modelLabel(model)
+	switch {
+	case !ok:
+		return m.other
+	case name == "":
+		return m.none
+	}
+	if mm := (*m.models.Load())[name]; mm != nil {
+		return mm
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur := *m.models.Load()
+	if mm := cur[name]; mm != nil {
+		return mm
+	}
+	if len(cur) >= maxModelLabels {
+		return m.other
+	}
+	name = strings.Clone(name) // not a view into the request
+	mm := m.newModel(name)
+	next := maps.Clone(cur)
+	next[name] = mm
+	m.models.Store(&next)
+	return mm
+}
+
+// modelLabel normalises a model name for a label: "models/" is dropped, and a name that is too
+// long or has characters model names do not use is not ok. The empty name is ok ("none").
+func modelLabel(model string) (string, bool) {
+	model = strings.TrimPrefix(model, "models/")
+	if len(model) > maxModelLabelLen {
+		return "", false
+	}
+	for i := 0; i < len(model); i++ {
+		switch c := model[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '.', c == '_':
+		default:
+			return "", false
+		}
+	}
+	return model, true
+}
+
+// register adds the collectors to a config's registry. A registry that has them already (the
+// same core registered twice in one config) is fine.
+func (m *metrics) register(reg *prometheus.Registry) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{
+		m.requests, m.attempts, m.retries, m.upstream429, m.cooldowns, m.tokens, m.latency, m.ttfb, m.state,
+	} {
+		if err := reg.Register(c); err != nil {
+			if are := (prometheus.AlreadyRegisteredError{}); errors.As(err, &are) {
+				continue
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+var (
+	keysDesc = prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "keys"),
+		"Upstream keys by state: active, cooling (a live cooldown for some model) or disabled.",
+		[]string{"state"}, nil)
+	rowsWrittenDesc = prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "log_rows_written_total"),
+		"Request- and error-log rows committed to the database.", nil, nil)
+	rowsDroppedDesc = prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "log_rows_dropped_total"),
+		"Request- and error-log rows dropped because the queue was full or the database kept failing.", nil, nil)
+)
+
+// stateCollector reads the key pool and the log writer when scraped.
+type stateCollector struct{ c *core }
+
+// Describe implements prometheus.Collector.
+func (s stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- keysDesc
+	ch <- rowsWrittenDesc
+	ch <- rowsDroppedDesc
+}
+
+// Collect implements prometheus.Collector. Before the database is open (caddy validate, or
+// a scrape racing the first start) there is nothing to report.
+func (s stateCollector) Collect(ch chan<- prometheus.Metric) {
+	c := s.c
+	if !c.opened.Load() {
+		return
+	}
+	active, cooling, disabled := c.pool.Counts(time.Now())
+	ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(active), "active")
+	ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(cooling), "cooling")
+	ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(disabled), "disabled")
+	ch <- prometheus.MustNewConstMetric(rowsWrittenDesc, prometheus.CounterValue, float64(c.store.Written()))
+	ch <- prometheus.MustNewConstMetric(rowsDroppedDesc, prometheus.CounterValue, float64(c.store.Dropped()))
+}
+
+// The hooks below are what the proxy calls; each is a few atomic adds.
+
+// modelMetrics returns the children of the exchange's model, resolved once.
+func (x *exchange) modelMetrics() *modelMetrics {
+	if x.metrics == nil {
+		x.metrics = x.core.metrics.forModel(x.model)
+	}
+	return x.metrics
+}
+
+// attempted records one upstream call: its outcome, whether it was a retry, a 429, and (unless
+// the client went away) how long the upstream took to answer.
+func (x *exchange) attempted(kind keypool.Kind, status int, took time.Duration) {
+	m := x.core.metrics
+	if int(kind) < len(m.attemptsBy) {
+		m.attemptsBy[kind].Inc()
+	}
+	if x.attempts > 1 {
+		m.retries.Inc()
+	}
+	mm := x.modelMetrics()
+	if status == 429 {
+		mm.upstream429.Inc()
+	}
+	if kind != keypool.Canceled {
+		mm.latency.Observe(took.Seconds())
+	}
+}
+
+// reported records what a pool report changed.
+func (x *exchange) reported(ch keypool.Change) {
+	if !ch.CooldownUntil.IsZero() {
+		x.modelMetrics().cooldowns.Inc()
+	}
+}
+
+// recordRequest records the finished client request: its status class, tokens and time to
+// first byte.
+func (x *exchange) recordRequest() {
+	mm := x.modelMetrics()
+	mm.requests[statusClass(x.status)].Inc()
+	if x.ttfb > 0 {
+		mm.ttfb.Observe(x.ttfb.Seconds())
+	}
+	u := x.usage
+	if u.prompt > 0 {
+		mm.prompt.Add(float64(u.prompt))
+	}
+	if u.candidates > 0 {
+		mm.candidates.Add(float64(u.candidates))
+	}
+	if u.thoughts > 0 {
+		mm.thoughts.Add(float64(u.thoughts))
+	}
+	if u.total > 0 {
+		mm.total.Add(float64(u.total))
+	}
+}
