@@ -28,6 +28,7 @@ type bound struct {
 	owner     int64  // the pool key that owns the resources the request names (0: none known)
 	ownerOf   string // the resource that decided owner, for messages
 	boundName string // the resource named by the path, if any
+	exactName string // the path itself as a name ("files/x/junk", "files/x:download"), if it names a resource
 	creates   bool   // a successful answer creates (or updates) a resource to record
 }
 
@@ -103,6 +104,44 @@ func resourceName(ref string) string {
 		return s
 	}
 	return ""
+}
+
+// exactName returns the name a request path addresses exactly: the path without its version
+// prefix and query, keeping any sub-path and ":method" ("files/x/junk", "files/x:download").
+// Only a request whose exact name equals its bound resource's name is about the resource
+// itself, and only such a request may make the gateway forget the resource.
+func exactName(p string) string {
+	s := strings.TrimPrefix(p, "/")
+	s = strings.TrimPrefix(s, "upload/")
+	for _, v := range apiVersions {
+		if strings.HasPrefix(s, v) {
+			return s[len(v):]
+		}
+	}
+	return s
+}
+
+// goneUpstream tells whether an upstream error says the resource itself does not exist (for
+// this key): 404 NOT_FOUND, or the 403 "You do not have permission to access … or it may not
+// exist" Google answers for a resource deleted or expired. Other 403s (a suspended or leaked
+// key) and 404s (an unknown method) say nothing about the resource.
+func goneUpstream(status int, body []byte) bool {
+	var e struct {
+		Error struct {
+			Message string `json:"message"`
+			Status  string `json:"status"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &e) != nil {
+		return false
+	}
+	switch status {
+	case http.StatusNotFound:
+		return e.Error.Status == "NOT_FOUND"
+	case http.StatusForbidden:
+		return e.Error.Status == "PERMISSION_DENIED" && strings.Contains(e.Error.Message, "You do not have permission to access")
+	}
+	return false
 }
 
 // ownerNames are the names whose owner decides a name's key: itself and, for an operation of
@@ -192,6 +231,7 @@ func (x *exchange) routeBound() bool {
 	if n := resourceName(x.path); n != "" {
 		names = append(names, n)
 		x.boundName = n
+		x.exactName = exactName(x.path)
 	}
 	x.creates = createsResource(x.r.Method, x.path)
 	if len(x.body) > 0 {
@@ -317,11 +357,9 @@ func (x *exchange) proxyBound() {
 	// disabled.
 	o := keypool.Classify(resp.StatusCode, body, time.Now())
 	x.report(x.owner, o, resp.StatusCode)
-	if resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusNotFound {
-		if x.r.Method == http.MethodGet || x.r.Method == http.MethodDelete {
-			// Gone upstream (expired or deleted elsewhere): forget it.
-			x.forget(x.boundName)
-		}
+	if (x.r.Method == http.MethodGet || x.r.Method == http.MethodDelete) && x.aboutBound() && goneUpstream(resp.StatusCode, body) {
+		// Gone upstream (expired or deleted elsewhere): forget it.
+		x.forget(x.boundName)
 	}
 	x.writeUpstreamError(&upstreamError{status: resp.StatusCode, header: resp.Header, body: body, outcome: o})
 }
@@ -355,9 +393,16 @@ func (x *exchange) answer(resp *http.Response, secret string) {
 	default:
 		x.copyResponse(resp, secret)
 	}
-	if x.r.Method == http.MethodDelete && x.boundName != "" && resourceName(x.path) == x.boundName {
+	if x.r.Method == http.MethodDelete && x.aboutBound() {
 		x.forget(x.boundName)
 	}
+}
+
+// aboutBound tells whether the request's path addresses its bound resource itself, not a
+// sub-resource ("fileSearchStores/s/documents/d"), a method ("files/x:download") or a bogus
+// suffix ("files/x/junk") of it.
+func (x *exchange) aboutBound() bool {
+	return x.boundName != "" && x.exactName == x.boundName
 }
 
 // forget drops a resource's row; a failure only leaves a row the retention job removes later.

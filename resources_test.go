@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
@@ -687,6 +688,94 @@ func TestCreatedResources(t *testing.T) {
 			if g, ok := got[n]; !ok || !g.Equal(exp) {
 				t.Errorf("%s: %s expires %v (found %v), want %v", c.body, n, g, ok, exp)
 			}
+		}
+	}
+}
+
+// fixedUpstream answers like Google for tests that need answers the fake does not give: a
+// DELETE succeeds, a GET of /v1beta/files/suspended is a suspended key's 403, any other GET is
+// 404 NOT_FOUND.
+func fixedUpstream(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json; charset=UTF-8")
+		switch {
+		case r.Method == http.MethodDelete:
+			io.WriteString(w, "{}\n")
+		case r.URL.Path == "/v1beta/files/suspended":
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `{"error":{"code":403,"message":"Permission denied: Consumer 'api_key:x' has been suspended.","status":"PERMISSION_DENIED"}}`)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, `{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND"}}`)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// A request about a sub-resource, a method or a bogus suffix of a resource must not make the
+// gateway forget the resource: any access key could otherwise unbind anyone's file.
+func TestProxySubResourcePathsKeepTheParentsRecord(t *testing.T) {
+	up := fixedUpstream(t)
+	e := newProxyEnv(t, 2, func(a *App) { a.Upstream = up })
+	ctx := context.Background()
+	owner := e.ids[e.keys[0]]
+	names := []string{"files/f1", "fileSearchStores/s1", "tunedModels/t1", "files/suspended", "files/gone"}
+	var rs []store.Resource
+	for _, n := range names {
+		rs = append(rs, store.Resource{Name: n, KeyID: owner, ExpiresAt: time.Now().Add(time.Hour)})
+	}
+	if err := e.core.store.AddResources(ctx, rs...); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ method, path string }{
+		{"GET", "/v1beta/files/f1/junk"},
+		{"GET", "/v1beta/files/f1:anything"},
+		{"DELETE", "/v1beta/files/f1/junk"},
+		{"DELETE", "/v1beta/files/f1:anything"},
+		{"GET", "/v1beta/fileSearchStores/s1/documents/d2"},
+		{"DELETE", "/v1beta/fileSearchStores/s1/documents/d2"},
+		{"GET", "/v1beta/tunedModels/t1/permissions/p1"},
+		{"DELETE", "/v1beta/tunedModels/t1/permissions/p1"},
+		{"GET", "/v1beta/files/gone"}, // 404 NOT_FOUND on the file itself
+	} {
+		e.do(c.method, c.path, "")
+	}
+	owners, err := e.core.store.ResourceOwners(ctx, names, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names[:4] {
+		if owners[n] != owner {
+			t.Errorf("%s was forgotten by a request about something else", n)
+		}
+	}
+	if _, ok := owners["files/gone"]; ok {
+		t.Errorf("files/gone is still recorded after a 404 NOT_FOUND on it")
+	}
+	// A successful DELETE of the resource itself forgets it.
+	e.do("DELETE", "/v1beta/files/f1", "")
+	if owners, _ := e.core.store.ResourceOwners(ctx, []string{"files/f1"}, time.Now()); len(owners) != 0 {
+		t.Errorf("files/f1 still recorded after its DELETE")
+	}
+	// A 403 about the key (suspended), not the file, keeps the record (last: it disables the key).
+	e.do("GET", "/v1beta/files/suspended", "")
+	if owners, _ := e.core.store.ResourceOwners(ctx, []string{"files/suspended"}, time.Now()); owners["files/suspended"] != owner {
+		t.Errorf("files/suspended was forgotten on a suspended key's 403")
+	}
+}
+
+func TestExactName(t *testing.T) {
+	for in, want := range map[string]string{
+		"/v1beta/files/abc":                  "files/abc",
+		"/v1beta/files/abc/junk":             "files/abc/junk",
+		"/v1beta/files/abc:download":         "files/abc:download",
+		"/v1/tunedModels/t/operations/o":     "tunedModels/t/operations/o",
+		"/upload/v1beta/fileSearchStores/s1": "fileSearchStores/s1",
+	} {
+		if got := exactName(in); got != want {
+			t.Errorf("exactName(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
