@@ -154,11 +154,16 @@ func ownerNames(name string) []string {
 	return []string{name}
 }
 
-// bodyReferences returns the key-bound resource names a JSON request body mentions in any
-// string value except prompt text (fileData.fileUri, cachedContent, a batch's
+// maxReferences is the most distinct key-bound resources one request may name. Real requests
+// name a handful; the cap bounds the work (and the SQL lookup) a crafted 32 MiB body can cause.
+const maxReferences = 64
+
+// bodyReferences returns the distinct key-bound resource names a JSON request body mentions in
+// any string value except prompt text (fileData.fileUri, cachedContent, a batch's
 // inputConfig.fileName, the OpenAI-compatible input_file_id and extra_body cached_content,
-// fileSearch store names, a tunedModels/… model, …).
-func bodyReferences(body []byte) []string {
+// fileSearch store names, a tunedModels/… model, …). It stops with tooMany once the body names
+// more than maxReferences.
+func bodyReferences(body []byte) (names []string, tooMany bool) {
 	found := false
 	for _, m := range refMarkers {
 		if bytes.Contains(body, m) {
@@ -167,10 +172,10 @@ func bodyReferences(body []byte) []string {
 		}
 	}
 	if !found {
-		return nil
+		return nil, false
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
-	var names []string
+	var seen map[string]struct{}
 	// Objects alternate key and value; arrays hold values only.
 	type frame struct {
 		object bool
@@ -181,7 +186,7 @@ func bodyReferences(body []byte) []string {
 	for {
 		tok, err := dec.Token()
 		if err != nil {
-			return names
+			return names, false
 		}
 		top := len(stack) - 1
 		switch v := tok.(type) {
@@ -207,9 +212,21 @@ func bodyReferences(body []byte) []string {
 			if lastKey == "text" || len(v) > 1024 {
 				continue
 			}
-			if n := resourceName(v); n != "" && !slices.Contains(names, n) {
-				names = append(names, n)
+			n := resourceName(v)
+			if n == "" {
+				continue
 			}
+			if _, dup := seen[n]; dup {
+				continue
+			}
+			if len(names) == maxReferences {
+				return names, true
+			}
+			if seen == nil {
+				seen = make(map[string]struct{})
+			}
+			seen[n] = struct{}{}
+			names = append(names, n)
 		default:
 			if top >= 0 && stack[top].object {
 				stack[top].key = true
@@ -235,7 +252,13 @@ func (x *exchange) routeBound() bool {
 	}
 	x.creates = createsResource(x.r.Method, x.path)
 	if len(x.body) > 0 {
-		for _, n := range bodyReferences(x.body) {
+		refs, tooMany := bodyReferences(x.body)
+		if tooMany {
+			x.fail(http.StatusBadRequest, "INVALID_ARGUMENT",
+				"too many resource references (max "+strconv.Itoa(maxReferences)+"): this request names more distinct files, cached contents and other resources than the gateway routes.")
+			return true
+		}
+		for _, n := range refs { // at most maxReferences: the scan stays small
 			if !slices.Contains(names, n) {
 				names = append(names, n)
 			}

@@ -53,12 +53,12 @@ func TestBodyReferences(t *testing.T) {
 		"extra_body":{"google":{"cached_content":"cachedContents/c1"}},
 		"tools":[{"fileSearch":{"fileSearchStoreNames":["fileSearchStores/s1"]}}],
 		"n":3,"ok":true,"none":null}`
-	got := bodyReferences([]byte(body))
+	got, tooMany := bodyReferences([]byte(body))
 	want := []string{"files/f1", "files/f2", "cachedContents/c1", "files/f3", "fileSearchStores/s1"}
-	if !slices.Equal(got, want) {
-		t.Errorf("bodyReferences = %q, want %q", got, want)
+	if !slices.Equal(got, want) || tooMany {
+		t.Errorf("bodyReferences = %q (too many %v), want %q", got, tooMany, want)
 	}
-	if got := bodyReferences([]byte(helloBody)); got != nil {
+	if got, _ := bodyReferences([]byte(helloBody)); got != nil {
 		t.Errorf("plain prompt: %q, want none", got)
 	}
 }
@@ -569,7 +569,7 @@ func BenchmarkRouteCheckPlainGenerate(b *testing.B) {
 	p := "/v1beta/models/gemini-2.5-flash:generateContent"
 	b.ReportAllocs()
 	for b.Loop() {
-		if isFileList(p) || resourceName(p) != "" || createsResource(http.MethodPost, p) || bodyReferences(body) != nil {
+		if refs, _ := bodyReferences(body); isFileList(p) || resourceName(p) != "" || createsResource(http.MethodPost, p) || refs != nil {
 			b.Fatal("a plain generate looks key-bound")
 		}
 	}
@@ -777,5 +777,60 @@ func TestExactName(t *testing.T) {
 		if got := exactName(in); got != want {
 			t.Errorf("exactName(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// namesBody is a generateContent body that names n distinct files.
+func namesBody(n int) string {
+	var b strings.Builder
+	b.WriteString(`{"contents":[{"parts":[`)
+	for i := range n {
+		fmt.Fprintf(&b, `{"fileData":{"fileUri":"files/f%d"}},`, i)
+	}
+	b.WriteString(`{"text":"hi"}]}]}`)
+	return b.String()
+}
+
+// A body naming tens of thousands of resources is refused up front, in the Gemini envelope,
+// without reaching the upstream; up to maxReferences is routed as usual.
+func TestProxyTooManyReferences(t *testing.T) {
+	e := newProxyEnv(t, 2, nil)
+	n := len(e.fake.Calls())
+	resp, b := e.do("POST", genPath("gemini-2.5-flash"), namesBody(40000))
+	g := decodeError(t, b)
+	if resp.StatusCode != 400 || g.Error.Status != "INVALID_ARGUMENT" || !strings.Contains(g.Error.Message, "too many resource references (max 64)") {
+		t.Errorf("40000 references: %d %s", resp.StatusCode, b)
+	}
+	if len(e.fake.Calls()) != n {
+		t.Errorf("a refused request reached the upstream")
+	}
+	if refs, tooMany := bodyReferences([]byte(namesBody(maxReferences))); len(refs) != maxReferences || tooMany {
+		t.Errorf("%d references: %d found, too many %v", maxReferences, len(refs), tooMany)
+	}
+	if _, tooMany := bodyReferences([]byte(namesBody(maxReferences + 1))); !tooMany {
+		t.Errorf("%d references not too many", maxReferences+1)
+	}
+	// Repeats of one name count once.
+	body := fileBody(slices.Repeat([]string{"files/same"}, 1000)...)
+	if refs, tooMany := bodyReferences([]byte(body)); len(refs) != 1 || tooMany {
+		t.Errorf("1000 repeats of one name: %q, too many %v", refs, tooMany)
+	}
+}
+
+// The cost of scanning a body that names many resources (capped at maxReferences distinct
+// names) and of one with a name repeated throughout a large body.
+func BenchmarkBodyReferencesMany(b *testing.B) {
+	for _, c := range []struct{ name, body string }{
+		{"40000-distinct", namesBody(40000)},
+		{"one-repeated-100000", fileBody(slices.Repeat([]string{"files/same"}, 100000)...)},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			body := []byte(c.body)
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				bodyReferences(body)
+			}
+		})
 	}
 }
