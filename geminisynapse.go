@@ -247,6 +247,10 @@ type core struct {
 
 	settings   atomic.Pointer[settings]
 	accessKeys atomic.Pointer[map[[32]byte]accessKey]
+	// accessKeyEnabled maps the id of every stored access key (the Caddyfile's included) to
+	// whether it is enabled: an upload chunk sent without a key is checked against the access
+	// key that started its session.
+	accessKeyEnabled atomic.Pointer[map[int64]bool]
 	upstream   atomic.Pointer[upstreamClient]
 }
 
@@ -384,10 +388,13 @@ func (c *core) reloadAccessKeysLocked(ctx context.Context) error {
 		return fmt.Errorf("reading access keys: %v", err)
 	}
 	m := make(map[[32]byte]accessKey, len(list))
+	ids := make(map[int64]bool, len(list))
 	for _, k := range list {
 		m[k.Hash] = accessKey{id: k.ID, enabled: k.Enabled}
+		ids[k.ID] = k.Enabled
 	}
 	c.accessKeys.Store(&m)
+	c.accessKeyEnabled.Store(&ids)
 	return nil
 }
 

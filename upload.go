@@ -130,6 +130,14 @@ func (x *exchange) serveUploadChunk(id string) {
 		x.access = sess.AccessKeyID
 	}
 	x.keyID = sess.KeyID
+	// The session id stands for the access key that started the session: it is worth no more
+	// than that key, which may have been disabled or deleted since.
+	if !c.accessKeyUsable(sess.AccessKeyID) {
+		x.w.Header().Set("X-Goog-Upload-Status", "final")
+		x.fail(http.StatusForbidden, "PERMISSION_DENIED",
+			"The access key that started this upload session is disabled or no longer exists; the upload cannot continue.")
+		return
+	}
 	secret, err := c.pool.Get(sess.KeyID, "", time.Now())
 	if err != nil {
 		x.w.Header().Set("X-Goog-Upload-Status", "final")
@@ -197,6 +205,12 @@ func (x *exchange) serveUploadChunk(id string) {
 		return
 	}
 	x.copyResponse(resp, secret)
+}
+
+// accessKeyUsable tells whether the access key with the given id exists and is enabled.
+func (c *core) accessKeyUsable(id int64) bool {
+	m := c.accessKeyEnabled.Load()
+	return m != nil && (*m)[id]
 }
 
 // rewriteUploadURLs points upload URLs of a chunk answer at the gateway (Google does not send
