@@ -251,7 +251,7 @@ type core struct {
 	// whether it is enabled: an upload chunk sent without a key is checked against the access
 	// key that started its session.
 	accessKeyEnabled atomic.Pointer[map[int64]bool]
-	upstream   atomic.Pointer[upstreamClient]
+	upstream         atomic.Pointer[upstreamClient]
 }
 
 // accessKey is what the proxy needs to know of a client credential.
