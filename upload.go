@@ -116,9 +116,10 @@ func (x *exchange) serveUploadChunk(id string) {
 	}
 	sess, err := c.store.UploadSessionByID(ctx, id, time.Now())
 	if err != nil {
-		// A final status stops SDKs from retrying a chunk that can never succeed.
-		x.w.Header().Set("X-Goog-Upload-Status", "final")
 		if errors.Is(err, store.ErrNotFound) {
+			// A final status stops SDKs from retrying a chunk that can never succeed; a store
+			// error is transient, and the SDK may retry it.
+			x.w.Header().Set("X-Goog-Upload-Status", "final")
 			x.fail(http.StatusNotFound, "NOT_FOUND",
 				"Unknown upload session: this gateway did not start it, or it has expired. Start the upload again through the gateway.")
 			return

@@ -2,6 +2,7 @@ package geminisynapse
 
 import (
 	"context"
+	"database/sql"
 	"io"
 	"net/http"
 	"strings"
@@ -90,5 +91,39 @@ func TestProxyChunkOfDisabledAccessKeyIsRefused(t *testing.T) {
 		if len(e.fake.Calls()) != n {
 			t.Errorf("deleted %v: the refused chunk reached the upstream", del)
 		}
+	}
+}
+
+// sqlExec runs statements on the gateway's database through a connection of its own, to make
+// the store fail the way a broken or busy database does.
+func (e *proxyEnv) sqlExec(stmts ...string) {
+	e.t.Helper()
+	db, err := sql.Open("sqlite3", e.core.path)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer db.Close()
+	for _, s := range stmts {
+		if _, err := db.Exec(s); err != nil {
+			e.t.Fatalf("%s: %v", s, err)
+		}
+	}
+}
+
+// A store failure while looking up a session is transient: the answer must not carry the
+// final upload status that makes SDKs give the upload up.
+func TestProxyChunkStoreErrorIsNotFinal(t *testing.T) {
+	e := newProxyEnv(t, 2, nil)
+	upURL := e.startUpload()
+	e.sqlExec(`ALTER TABLE upload_sessions RENAME TO upload_sessions_away`)
+	resp, b := e.sendUpload("POST", upURL, "", "upload, finalize", "data")
+	e.sqlExec(`ALTER TABLE upload_sessions_away RENAME TO upload_sessions`)
+	g := decodeError(t, b)
+	if resp.StatusCode != 503 || g.Error.Status != "UNAVAILABLE" || resp.Header.Get("X-Goog-Upload-Status") != "" {
+		t.Errorf("store error: %d, upload status %q, %s", resp.StatusCode, resp.Header.Get("X-Goog-Upload-Status"), b)
+	}
+	// Once the store is back the same chunk goes through.
+	if resp, b := e.sendUpload("POST", upURL, "", "upload, finalize", "data"); resp.StatusCode != 200 || resp.Header.Get("X-Goog-Upload-Status") != "final" {
+		t.Errorf("retried chunk: %d %s", resp.StatusCode, b)
 	}
 }
