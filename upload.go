@@ -78,14 +78,7 @@ func (x *exchange) bindUploadSession(resp *http.Response) bool {
 		if id == "" {
 			continue
 		}
-		p := u.EscapedPath()
-		if up := strings.TrimRight(x.set.upstream.EscapedPath(), "/"); up != "" && strings.HasPrefix(p, up+"/") {
-			p = p[len(up):]
-		}
-		uri := p
-		if q := stripKeyParam(u.RawQuery); q != "" {
-			uri += "?" + q
-		}
+		uri := x.uploadURI(u)
 		if !done[id] {
 			now := time.Now()
 			err := x.core.store.AddUploadSession(x.r.Context(), store.UploadSession{
@@ -214,23 +207,33 @@ func (c *core) accessKeyUsable(id int64) bool {
 	return m != nil && (*m)[id]
 }
 
+// uploadURI is the path and query of an upstream upload URL as the gateway serves it: without
+// the upstream's own path prefix and without any key.
+func (x *exchange) uploadURI(u *url.URL) string {
+	p := u.EscapedPath()
+	if up := strings.TrimRight(x.set.upstream.EscapedPath(), "/"); up != "" && strings.HasPrefix(p, up+"/") {
+		p = p[len(up):]
+	}
+	if q := stripKeyParam(u.RawQuery); q != "" {
+		p += "?" + q
+	}
+	return p
+}
+
 // rewriteUploadURLs points upload URLs of a chunk answer at the gateway (Google does not send
-// them there today, but they must never lead a client around the gateway).
+// them there today, but they must never lead a client around the gateway, nor carry a key).
+// A Location is an upload URL only when it names an upload session.
 func (x *exchange) rewriteUploadURLs(h http.Header) {
-	for _, name := range uploadHeaders[:2] {
+	for _, name := range uploadHeaders {
 		v := h.Get(name)
 		if v == "" {
 			continue
 		}
 		u, err := url.Parse(v)
-		if err != nil || u.Host == "" {
+		if err != nil || u.Host == "" || (name == "Location" && u.Query().Get("upload_id") == "") {
 			continue
 		}
-		uri := u.EscapedPath()
-		if q := stripKeyParam(u.RawQuery); q != "" {
-			uri += "?" + q
-		}
-		h.Set(name, x.publicBase()+uri)
+		h.Set(name, x.publicBase()+x.uploadURI(u))
 	}
 }
 

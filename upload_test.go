@@ -5,7 +5,10 @@ import (
 	"database/sql"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -125,5 +128,67 @@ func TestProxyChunkStoreErrorIsNotFinal(t *testing.T) {
 	// Once the store is back the same chunk goes through.
 	if resp, b := e.sendUpload("POST", upURL, "", "upload, finalize", "data"); resp.StatusCode != 200 || resp.Header.Get("X-Goog-Upload-Status") != "final" {
 		t.Errorf("retried chunk: %d %s", resp.StatusCode, b)
+	}
+}
+
+// echoKeyUpstream is an upload upstream that puts the key it was called with into every
+// upload URL it hands out (as Google's would with ?key=), and answers chunks with
+// chunkStatus: 200 "active", or 400 API_KEY_INVALID when invalid is set.
+type echoKeyUpstream struct {
+	invalid atomic.Bool
+}
+
+func (u *echoKeyUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	key := r.Header.Get("X-Goog-Api-Key")
+	session := "https://generativelanguage.googleapis.com/upload/v1beta/files?upload_id=U1&upload_protocol=resumable&key=" + url.QueryEscape(key)
+	h := w.Header()
+	h.Set("X-Goog-Upload-Url", session)
+	h.Set("X-Goog-Upload-Control-Url", session)
+	h.Set("Location", session)
+	h.Set("X-Goog-Upload-Size-Received", "0")
+	if r.URL.Query().Get("upload_id") != "" && u.invalid.Load() {
+		h.Set("X-Goog-Upload-Status", "final")
+		h.Set("Content-Type", "application/json; charset=UTF-8")
+		w.WriteHeader(http.StatusBadRequest)
+		io.WriteString(w, `{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT",`+
+			`"details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com",`+
+			`"metadata":{"service":"generativelanguage.googleapis.com"}}]}}`)
+		return
+	}
+	h.Set("X-Goog-Upload-Status", "active")
+	w.WriteHeader(http.StatusOK)
+}
+
+func newEchoKeyEnv(t *testing.T) (*proxyEnv, *echoKeyUpstream) {
+	up := &echoKeyUpstream{}
+	srv := httptest.NewServer(up)
+	t.Cleanup(srv.Close)
+	return newProxyEnv(t, 2, func(a *App) { a.Upstream = srv.URL }), up
+}
+
+// Upload URLs of start and chunk answers never carry a key= to the client, nor any pool key.
+func TestProxyUploadURLsLoseTheKey(t *testing.T) {
+	e, _ := newEchoKeyEnv(t)
+	check := func(what string, resp *http.Response) {
+		t.Helper()
+		for _, name := range []string{"X-Goog-Upload-Url", "X-Goog-Upload-Control-Url", "Location"} {
+			v := resp.Header.Get(name)
+			if v == "" || strings.Contains(v, "key=") || !strings.HasPrefix(v, e.url+"/upload/v1beta/files?") || !strings.Contains(v, "upload_id=U1") {
+				t.Errorf("%s: %s = %q", what, name, v)
+			}
+		}
+		// sendUpload's assertNoLeak has checked every header and the body for pool keys.
+	}
+	resp, b := e.sendUpload("POST", e.url+"/upload/v1beta/files", testAccessKey, "start", `{}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("start: %d %s", resp.StatusCode, b)
+	}
+	check("start", resp)
+	for _, key := range []string{"", testAccessKey} {
+		resp, b := e.sendUpload("POST", resp.Header.Get("X-Goog-Upload-Url"), key, "upload", "data")
+		if resp.StatusCode != 200 {
+			t.Fatalf("chunk: %d %s", resp.StatusCode, b)
+		}
+		check("chunk", resp)
 	}
 }
