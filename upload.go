@@ -184,6 +184,19 @@ func (x *exchange) serveUploadChunk(id string) {
 		b = maskSecret(b, secret)
 		o := keypool.Classify(resp.StatusCode, b, time.Now())
 		x.report(sess.KeyID, o, resp.StatusCode)
+		if o.Kind == keypool.KeyInvalid {
+			// Google's "API key not valid" would make the client think its access key is bad:
+			// answer as the normal path does, keeping the upload headers the SDK acts on.
+			up := http.Header{}
+			for name, vv := range resp.Header {
+				if strings.HasPrefix(name, "X-Goog-Upload-") {
+					up[name] = vv
+				}
+			}
+			copyResponseHeaders(x.w.Header(), up, secret)
+			x.writeUpstreamError(&upstreamError{status: resp.StatusCode, outcome: o})
+			return
+		}
 		x.writeRaw(resp, b, secret, o.Reason)
 		return
 	}

@@ -192,3 +192,22 @@ func TestProxyUploadURLsLoseTheKey(t *testing.T) {
 		check("chunk", resp)
 	}
 }
+
+// A chunk the upstream refuses with "API key not valid" is the pool key's fault: the client
+// gets the normal path's 503, not Google's words about "its" key, with the upload headers.
+func TestProxyChunkOfInvalidPoolKeyIsUnavailable(t *testing.T) {
+	e, up := newEchoKeyEnv(t)
+	upURL := e.startUpload()
+	up.invalid.Store(true)
+	resp, b := e.sendUpload("POST", upURL, "", "upload, finalize", "data")
+	g := decodeError(t, b)
+	if resp.StatusCode != 503 || g.Error.Status != "UNAVAILABLE" || !strings.HasPrefix(g.Error.Message, "No upstream key could serve the request") {
+		t.Errorf("invalid pool key on a chunk: %d %s", resp.StatusCode, b)
+	}
+	if resp.Header.Get("X-Goog-Upload-Status") != "final" || resp.Header.Get("X-Goog-Upload-Size-Received") != "0" {
+		t.Errorf("upload headers lost: %v", resp.Header)
+	}
+	if v := resp.Header.Get("X-Goog-Upload-Url"); strings.Contains(v, "key=") {
+		t.Errorf("upload URL with a key: %q", v)
+	}
+}
