@@ -5,15 +5,18 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
@@ -832,5 +835,110 @@ func BenchmarkBodyReferencesMany(b *testing.B) {
 				bodyReferences(body)
 			}
 		})
+	}
+}
+
+// failingListUpstream is the fake upstream, except that files.list with the key in failKey
+// (when set) answers 500 INTERNAL.
+type failingListUpstream struct {
+	fake    *fakegemini.Server
+	failKey atomic.Value // string
+}
+
+func (u *failingListUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if k, _ := u.failKey.Load().(string); k != "" && r.Method == http.MethodGet && r.URL.Path == "/v1beta/files" && r.Header.Get("X-Goog-Api-Key") == k {
+		w.Header().Set("Content-Type", "application/json; charset=UTF-8")
+		w.WriteHeader(http.StatusInternalServerError)
+		io.WriteString(w, `{"error":{"code":500,"message":"Internal error encountered.","status":"INTERNAL"}}`)
+		return
+	}
+	u.fake.ServeHTTP(w, r)
+}
+
+// listAll pages through the merged files listing from token, at most stopAfter pages, and
+// returns the names, the token to go on with and the failed answer's status (0 when none).
+func (e *proxyEnv) listAll(token string, pageSize int, stopAfter int) (names []string, next string, failed int) {
+	e.t.Helper()
+	for pages := 0; pages < stopAfter; pages++ {
+		p := "/v1beta/files?pageSize=" + strconv.Itoa(pageSize)
+		if token != "" {
+			p += "&pageToken=" + url.QueryEscape(token)
+		}
+		resp, b := e.do("GET", p, "")
+		if resp.StatusCode != 200 {
+			return names, token, resp.StatusCode
+		}
+		var page struct {
+			Files []struct {
+				Name string `json:"name"`
+			} `json:"files"`
+			NextPageToken string `json:"nextPageToken"`
+		}
+		if err := json.Unmarshal(b, &page); err != nil {
+			e.t.Fatal(err)
+		}
+		for _, f := range page.Files {
+			names = append(names, f.Name)
+		}
+		if token = page.NextPageToken; token == "" {
+			break
+		}
+	}
+	return names, token, 0
+}
+
+// An upstream error on one key ends the listing's page before that key, so the next page
+// resumes there and no file of that key is paged past; an error with nothing listed yet is
+// the answer.
+func TestProxyFilesListStopsAtAFailingKey(t *testing.T) {
+	fake := fakegemini.New()
+	up := &failingListUpstream{fake: fake}
+	srv := httptest.NewServer(up)
+	t.Cleanup(srv.Close)
+	e := newProxyEnv(t, 3, func(a *App) { a.Upstream = srv.URL })
+	var all []string
+	for i := range 6 {
+		n, _ := e.upload(fmt.Sprintf("file %d", i), "", 100)
+		all = append(all, n)
+	}
+	byID := map[int64]string{}
+	for k, id := range e.ids {
+		byID[id] = k
+	}
+	ids := slices.Sorted(maps.Keys(byID))
+	for _, n := range all {
+		if fake.FileOwner(n) == "" {
+			t.Fatalf("%s not uploaded", n)
+		}
+	}
+
+	// The second key fails: the first page holds only the first key's files.
+	up.failKey.Store(byID[ids[1]])
+	first, token, failed := e.listAll("", 10, 1)
+	if failed != 0 || token == "" {
+		t.Fatalf("first page: failed %d, token %q, files %q", failed, token, first)
+	}
+	for _, n := range first {
+		if fake.FileOwner(n) != byID[ids[0]] {
+			t.Errorf("first page holds %s of a key after the failing one", n)
+		}
+	}
+	// The key recovers: the listing goes on from it and misses nothing.
+	up.failKey.Store("")
+	rest, _, failed := e.listAll(token, 10, 10)
+	if failed != 0 {
+		t.Fatalf("after recovery: status %d", failed)
+	}
+	got := append(first, rest...)
+	slices.Sort(got)
+	slices.Sort(all)
+	if !slices.Equal(got, all) {
+		t.Errorf("listed %q, want %q", got, all)
+	}
+
+	// The first key fails: nothing is listed, and the error is the answer.
+	up.failKey.Store(byID[ids[0]])
+	if names, _, failed := e.listAll("", 10, 1); failed != 500 || len(names) != 0 {
+		t.Errorf("first key failing: status %d, files %q", failed, names)
 	}
 }
