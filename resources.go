@@ -327,6 +327,9 @@ func createsResource(method, p string) bool {
 	switch last {
 	case "cachedContents", "tunedModels", "fileSearchStores", "batches":
 		return true
+	case "files":
+		// The OpenAI-compatible upload (purpose=batch) answers with the file's id.
+		return strings.HasPrefix(p, "/v1beta/openai/") || strings.HasPrefix(p, "/v1/openai/")
 	}
 	return false
 }

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -940,5 +942,69 @@ func TestProxyFilesListStopsAtAFailingKey(t *testing.T) {
 	up.failKey.Store(byID[ids[0]])
 	if names, _, failed := e.listAll("", 10, 1); failed != 500 || len(names) != 0 {
 		t.Errorf("first key failing: status %d, files %q", failed, names)
+	}
+}
+
+// openAIFilesUpstream is the fake upstream plus the OpenAI-compatible file upload, which the
+// fake lacks: POST /v1beta/openai/files answers an OpenAI file object whose id is the native
+// name "files/oa-<n>", and remembers which key created it.
+type openAIFilesUpstream struct {
+	fake  *fakegemini.Server
+	mu    sync.Mutex
+	owner map[string]string // file name -> key
+}
+
+func (u *openAIFilesUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || r.URL.Path != "/v1beta/openai/files" {
+		u.fake.ServeHTTP(w, r)
+		return
+	}
+	io.Copy(io.Discard, r.Body)
+	key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if key == "" {
+		key = r.Header.Get("X-Goog-Api-Key")
+	}
+	u.mu.Lock()
+	name := fmt.Sprintf("files/oa-%d", len(u.owner))
+	u.owner[name] = key
+	u.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"id":%q,"object":"file","bytes":4,"created_at":1767225600,"filename":"batch.jsonl","purpose":"batch"}`, name)
+}
+
+// The OpenAI-compatible file upload creates a file of the key that got it.
+func TestProxyOpenAIFileUploadIsRecorded(t *testing.T) {
+	up := &openAIFilesUpstream{fake: fakegemini.New(), owner: map[string]string{}}
+	srv := httptest.NewServer(up)
+	t.Cleanup(srv.Close)
+	e := newProxyEnv(t, 3, func(a *App) { a.Upstream = srv.URL })
+	for i := range 3 {
+		var body strings.Builder
+		mw := multipart.NewWriter(&body)
+		mw.WriteField("purpose", "batch")
+		fw, _ := mw.CreateFormFile("file", "batch.jsonl")
+		io.WriteString(fw, `{"custom_id":"1","method":"POST","url":"/v1/chat/completions","body":{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hi"}]}}`)
+		mw.Close()
+		req, _ := http.NewRequest("POST", e.url+"/v1beta/openai/files", strings.NewReader(body.String()))
+		req.Header.Set("Authorization", "Bearer "+testAccessKey)
+		req.Header.Set("Content-Type", mw.FormDataContentType())
+		e.made.Add(1)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var f struct{ ID string }
+		if resp.StatusCode != 200 || json.Unmarshal(b, &f) != nil || f.ID == "" {
+			t.Fatalf("upload %d: %d %s", i, resp.StatusCode, b)
+		}
+		owners, err := e.core.store.ResourceOwners(context.Background(), []string{f.ID}, time.Now())
+		up.mu.Lock()
+		want := e.ids[up.owner[f.ID]]
+		up.mu.Unlock()
+		if err != nil || want == 0 || owners[f.ID] != want {
+			t.Errorf("upload %d: %s recorded as owned by %v (%v), want key %d", i, f.ID, owners, err, want)
+		}
 	}
 }
