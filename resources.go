@@ -30,6 +30,7 @@ type bound struct {
 	boundName string // the resource named by the path, if any
 	exactName string // the path itself as a name ("files/x/junk", "files/x:download"), if it names a resource
 	creates   bool   // a successful answer creates (or updates) a resource to record
+	polls     bool   // the owner polls an operation or batch, whose answer may name new files
 }
 
 // boundKinds are the first segments of the names of key-bound resources.
@@ -358,6 +359,10 @@ func (x *exchange) proxyBound() {
 		return
 	}
 	x.attempts = 1
+	if x.r.Method == http.MethodGet && x.aboutBound() &&
+		(strings.HasPrefix(x.boundName, "batches/") || strings.Contains(x.boundName, "/operations/")) {
+		x.polls = true
+	}
 	resp, err := x.send(secret)
 	if err != nil {
 		o := keypool.ClassifyError(err)
@@ -416,6 +421,8 @@ func (x *exchange) answer(resp *http.Response, secret string) {
 		x.copyResponse(resp, secret)
 	case x.creates:
 		x.copyCreated(resp, secret)
+	case x.polls:
+		x.copyRecording(resp, secret, polledMax, polledFiles)
 	default:
 		x.copyResponse(resp, secret)
 	}
@@ -445,12 +452,21 @@ func (x *exchange) forget(name string) {
 // are small (a File, an Operation, a CachedContent without its contents).
 const createdMax = 4 << 20
 
+// polledMax is the largest answer to a poll of an operation or batch read whole to find the
+// files it names; larger ones (a batch's inline responses) are streamed unread.
+const polledMax = 1 << 20
+
 // copyCreated reads a small success answer whole, records the resources it names as owned by
 // the key that got it, and only then sends it: a client that uses the new resource at once
 // must find it recorded.
 func (x *exchange) copyCreated(resp *http.Response, secret string) {
-	b, err := io.ReadAll(io.LimitReader(resp.Body, createdMax+1))
-	if err != nil || len(b) > createdMax {
+	x.copyRecording(resp, secret, createdMax, createdResources)
+}
+
+// copyRecording is copyCreated with the size limit and the finder of resources to record.
+func (x *exchange) copyRecording(resp *http.Response, secret string, limit int, find func([]byte, int64, time.Time) []store.Resource) {
+	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
+	if err != nil || len(b) > limit {
 		// Not a small JSON answer after all: send what was read and stream the rest.
 		resp.Body = struct {
 			io.Reader
@@ -461,7 +477,7 @@ func (x *exchange) copyCreated(resp *http.Response, secret string) {
 	}
 	resp.Body.Close()
 	b = maskSecret(b, secret)
-	if rs := createdResources(b, x.keyID, time.Now()); len(rs) > 0 {
+	if rs := find(b, x.keyID, time.Now()); len(rs) > 0 {
 		if err := x.core.store.AddResources(context.WithoutCancel(x.r.Context()), rs...); err != nil {
 			x.core.logger.Error("recording the owner of a new resource", zap.Error(err))
 		}
@@ -534,6 +550,20 @@ func createdResources(b []byte, keyID int64, now time.Time) []store.Resource {
 	if json.Unmarshal(obj["metadata"], &meta) == nil && meta.TunedModel != "" {
 		if n := resourceName(meta.TunedModel); n != "" {
 			out = append(out, store.Resource{Name: n, Kind: "tunedModels", KeyID: keyID, CreatedAt: now})
+		}
+	}
+	return out
+}
+
+// polledFiles finds the files a finished operation or batch names (a video's
+// response.generateVideoResponse.generatedSamples[].video.uri, a batch's responsesFile):
+// they were made in the project of the key that polled it.
+func polledFiles(b []byte, keyID int64, now time.Time) []store.Resource {
+	names, _ := bodyReferences(b)
+	var out []store.Resource
+	for _, n := range names {
+		if strings.HasPrefix(n, "files/") {
+			out = append(out, store.Resource{Name: n, Kind: "files", KeyID: keyID, CreatedAt: now, ExpiresAt: now.Add(defaultLifetimes["files"])})
 		}
 	}
 	return out

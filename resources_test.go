@@ -1008,3 +1008,71 @@ func TestProxyOpenAIFileUploadIsRecorded(t *testing.T) {
 		}
 	}
 }
+
+// finishedUpstream is the fake upstream, except that a GET of the operation or batch below
+// answers as Google does once it is done, naming the files it made.
+type finishedUpstream struct{ fake *fakegemini.Server }
+
+func (u finishedUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var body string
+	switch {
+	case r.Method != http.MethodGet:
+	case r.URL.Path == "/v1beta/models/veo-3.0-generate-001/operations/op1":
+		body = `{"name":"models/veo-3.0-generate-001/operations/op1","done":true,"response":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse",` +
+			`"generateVideoResponse":{"generatedSamples":[{"video":{"uri":"https://generativelanguage.googleapis.com/v1beta/files/vid1:download?alt=media"}}]},` +
+			`"generatedVideos":[{"video":{"uri":"https://generativelanguage.googleapis.com/v1beta/files/vid2:download?alt=media"}}]}}`
+	case r.URL.Path == "/v1beta/batches/b1":
+		body = `{"name":"batches/b1","done":true,"metadata":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch","name":"batches/b1",` +
+			`"state":"BATCH_STATE_SUCCEEDED","output":{"responsesFile":"files/batch-out1"}},` +
+			`"response":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput","responsesFile":"files/batch-out1"}}`
+	case r.URL.Path == "/v1beta/batches/big":
+		body = `{"name":"batches/big","done":true,"response":{"responsesFile":"files/big-out","inlinedResponses":{"pad":"` + strings.Repeat("x", 1<<20) + `"}}}`
+	}
+	if body == "" {
+		u.fake.ServeHTTP(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json; charset=UTF-8")
+	io.WriteString(w, body)
+}
+
+// The owner polling a finished operation or batch learns the files it made: they belong to
+// its key, and later requests that name them go there.
+func TestProxyPolledOperationRecordsItsFiles(t *testing.T) {
+	fake := fakegemini.New()
+	srv := httptest.NewServer(finishedUpstream{fake})
+	t.Cleanup(srv.Close)
+	e := newProxyEnv(t, 3, func(a *App) { a.Upstream = srv.URL })
+	ctx := context.Background()
+	owner := e.ids[e.keys[1]]
+	exp := time.Now().Add(time.Hour)
+	if err := e.core.store.AddResources(ctx,
+		store.Resource{Name: "models/veo-3.0-generate-001/operations/op1", KeyID: owner, ExpiresAt: exp},
+		store.Resource{Name: "batches/b1", KeyID: owner, ExpiresAt: exp},
+		store.Resource{Name: "batches/big", KeyID: owner, ExpiresAt: exp},
+	); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/v1beta/models/veo-3.0-generate-001/operations/op1", "/v1beta/batches/b1", "/v1beta/batches/big"} {
+		n := len(fake.Calls())
+		if resp, b := e.do("GET", p, ""); resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d %.300s", p, resp.StatusCode, b)
+		}
+		if keys := e.keysSince(n); len(keys) != 0 {
+			t.Fatalf("GET %s reached the fake", p)
+		}
+	}
+	files := []string{"files/vid1", "files/vid2", "files/batch-out1", "files/big-out"}
+	owners, err := e.core.store.ResourceOwners(ctx, files, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files[:3] {
+		if owners[f] != owner {
+			t.Errorf("%s not recorded as owned by the poller's key: %v", f, owners)
+		}
+	}
+	if _, ok := owners["files/big-out"]; ok {
+		t.Errorf("a file named in an answer over 1 MiB was recorded")
+	}
+}
