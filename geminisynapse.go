@@ -244,6 +244,8 @@ type core struct {
 
 	clock        clockwork.Clock // drives the scheduler; nil means the real clock (tests set a fake)
 	probeTimeout time.Duration   // per-check timeout of key validation; 0 means defaultProbeTimeout
+	pendingRetry time.Duration   // how often owner records the store refused are retried; 0 means defaultPendingRetry
+	pending      pendingOwners   // those records (pending.go)
 
 	settings   atomic.Pointer[settings]
 	accessKeys atomic.Pointer[map[[32]byte]accessKey]
@@ -449,6 +451,7 @@ func (c *core) Destruct() error {
 	if cl := c.upstream.Load(); cl != nil {
 		cl.transport.CloseIdleConnections()
 	}
+	c.stopPending() // owner records the store refused: one last try while it is open
 	if err := c.store.Close(); err != nil {
 		errs = append(errs, err)
 	}

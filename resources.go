@@ -272,11 +272,13 @@ func (x *exchange) routeBound() bool {
 	for _, n := range names {
 		lookup = append(lookup, ownerNames(n)...)
 	}
-	owners, err := x.core.store.ResourceOwners(x.r.Context(), lookup, time.Now())
+	now := time.Now()
+	owners, err := x.core.store.ResourceOwners(x.r.Context(), lookup, now)
 	if err != nil {
 		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "The owners of the resources this request names could not be looked up; try again.")
 		return true
 	}
+	x.core.pending.owners(lookup, now, owners) // owners the store could not take yet
 	if len(owners) == 0 {
 		return false
 	}
@@ -443,6 +445,7 @@ func (x *exchange) forget(name string) {
 	if name == "" {
 		return
 	}
+	x.core.pending.forget(name)
 	if err := x.core.store.DeleteResource(context.WithoutCancel(x.r.Context()), name); err != nil {
 		x.core.logger.Warn("forgetting a deleted resource", zap.String("name", name), zap.Error(err))
 	}
@@ -477,11 +480,7 @@ func (x *exchange) copyRecording(resp *http.Response, secret string, limit int, 
 	}
 	resp.Body.Close()
 	b = maskSecret(b, secret)
-	if rs := find(b, x.keyID, time.Now()); len(rs) > 0 {
-		if err := x.core.store.AddResources(context.WithoutCancel(x.r.Context()), rs...); err != nil {
-			x.core.logger.Error("recording the owner of a new resource", zap.Error(err))
-		}
-	}
+	x.core.recordResources(context.WithoutCancel(x.r.Context()), find(b, x.keyID, time.Now()))
 	t := tailPool.Get().(*tail)
 	t.reset()
 	t.write(b)

@@ -101,14 +101,19 @@ func TestProxyChunkOfDisabledAccessKeyIsRefused(t *testing.T) {
 // the store fail the way a broken or busy database does.
 func (e *proxyEnv) sqlExec(stmts ...string) {
 	e.t.Helper()
-	db, err := sql.Open("sqlite3", e.core.path)
+	sqlExec(e.t, e.core.path, stmts...)
+}
+
+func sqlExec(t *testing.T, path string, stmts ...string) {
+	t.Helper()
+	db, err := sql.Open("sqlite3", path)
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
 	defer db.Close()
 	for _, s := range stmts {
 		if _, err := db.Exec(s); err != nil {
-			e.t.Fatalf("%s: %v", s, err)
+			t.Fatalf("%s: %v", s, err)
 		}
 	}
 }
