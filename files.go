@@ -18,8 +18,10 @@ import (
 
 // Listing files: every pool key sees only its own project's files, so `GET /v1beta/files`
 // walks the enabled keys in id order and merges their lists into pages of the client's size.
-// The gateway's page token says where the walk stopped: which key, that key's own page token,
-// and how many files of that page were already returned.
+// Disabled keys are skipped; an upstream error on a key ends the page before it (or is the
+// answer, when the page is still empty), so no key's files are paged past. The gateway's page
+// token says where the walk stopped: which key, that key's own page token, and how many files
+// of that page were already returned.
 
 const (
 	defaultFilesPageSize = 10  // Google's default for files.list
@@ -87,8 +89,8 @@ func (x *exchange) listFiles() {
 	}
 	out := make([]json.RawMessage, 0, size)
 	next := ""
-	var lastErr *upstreamError
-	for i := 0; i < len(keys) && next == ""; i++ {
+	var failed *upstreamError
+	for i := 0; i < len(keys) && next == "" && failed == nil; i++ {
 		id := keys[i]
 		token, skip := "", 0
 		if id == cur.Key {
@@ -97,7 +99,12 @@ func (x *exchange) listFiles() {
 		for {
 			files, upNext, uerr := x.listKeyFiles(id, token, size-len(out)+skip)
 			if uerr != nil {
-				lastErr = uerr
+				// Going on with the next key would page past this key's remaining files: end
+				// the page here, and let the next one start again where this key failed.
+				failed = uerr
+				if len(out) > 0 {
+					next = filesCursor{Key: id, Token: token, Skip: skip}.encode()
+				}
 				break
 			}
 			if skip > len(files) {
@@ -127,8 +134,8 @@ func (x *exchange) listFiles() {
 			token = upNext
 		}
 	}
-	if len(out) == 0 && lastErr != nil && next == "" {
-		x.writeUpstreamError(lastErr)
+	if failed != nil && len(out) == 0 {
+		x.writeUpstreamError(failed)
 		return
 	}
 	resp := struct {

@@ -244,10 +244,16 @@ type core struct {
 
 	clock        clockwork.Clock // drives the scheduler; nil means the real clock (tests set a fake)
 	probeTimeout time.Duration   // per-check timeout of key validation; 0 means defaultProbeTimeout
+	pendingRetry time.Duration   // how often owner records the store refused are retried; 0 means defaultPendingRetry
+	pending      pendingOwners   // those records (pending.go)
 
 	settings   atomic.Pointer[settings]
 	accessKeys atomic.Pointer[map[[32]byte]accessKey]
-	upstream   atomic.Pointer[upstreamClient]
+	// accessKeyEnabled maps the id of every stored access key (the Caddyfile's included) to
+	// whether it is enabled: an upload chunk sent without a key is checked against the access
+	// key that started its session.
+	accessKeyEnabled atomic.Pointer[map[int64]bool]
+	upstream         atomic.Pointer[upstreamClient]
 
 	// ctx ends when the core is destroyed; background work started by the admin API (bg)
 	// runs under it and is waited for before the store closes.
@@ -403,10 +409,13 @@ func (c *core) reloadAccessKeysLocked(ctx context.Context) error {
 		return fmt.Errorf("reading access keys: %v", err)
 	}
 	m := make(map[[32]byte]accessKey, len(list))
+	ids := make(map[int64]bool, len(list))
 	for _, k := range list {
 		m[k.Hash] = accessKey{id: k.ID, enabled: k.Enabled}
+		ids[k.ID] = k.Enabled
 	}
 	c.accessKeys.Store(&m)
+	c.accessKeyEnabled.Store(&ids)
 	return nil
 }
 
@@ -464,6 +473,7 @@ func (c *core) Destruct() error {
 	if cl := c.upstream.Load(); cl != nil {
 		cl.transport.CloseIdleConnections()
 	}
+	c.stopPending() // owner records the store refused: one last try while it is open
 	if err := c.store.Close(); err != nil {
 		errs = append(errs, err)
 	}

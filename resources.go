@@ -28,7 +28,9 @@ type bound struct {
 	owner     int64  // the pool key that owns the resources the request names (0: none known)
 	ownerOf   string // the resource that decided owner, for messages
 	boundName string // the resource named by the path, if any
+	exactName string // the path itself as a name ("files/x/junk", "files/x:download"), if it names a resource
 	creates   bool   // a successful answer creates (or updates) a resource to record
+	polls     bool   // the owner polls an operation or batch, whose answer may name new files
 }
 
 // boundKinds are the first segments of the names of key-bound resources.
@@ -105,6 +107,44 @@ func resourceName(ref string) string {
 	return ""
 }
 
+// exactName returns the name a request path addresses exactly: the path without its version
+// prefix and query, keeping any sub-path and ":method" ("files/x/junk", "files/x:download").
+// Only a request whose exact name equals its bound resource's name is about the resource
+// itself, and only such a request may make the gateway forget the resource.
+func exactName(p string) string {
+	s := strings.TrimPrefix(p, "/")
+	s = strings.TrimPrefix(s, "upload/")
+	for _, v := range apiVersions {
+		if strings.HasPrefix(s, v) {
+			return s[len(v):]
+		}
+	}
+	return s
+}
+
+// goneUpstream tells whether an upstream error says the resource itself does not exist (for
+// this key): 404 NOT_FOUND, or the 403 "You do not have permission to access … or it may not
+// exist" Google answers for a resource deleted or expired. Other 403s (a suspended or leaked
+// key) and 404s (an unknown method) say nothing about the resource.
+func goneUpstream(status int, body []byte) bool {
+	var e struct {
+		Error struct {
+			Message string `json:"message"`
+			Status  string `json:"status"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &e) != nil {
+		return false
+	}
+	switch status {
+	case http.StatusNotFound:
+		return e.Error.Status == "NOT_FOUND"
+	case http.StatusForbidden:
+		return e.Error.Status == "PERMISSION_DENIED" && strings.Contains(e.Error.Message, "You do not have permission to access")
+	}
+	return false
+}
+
 // ownerNames are the names whose owner decides a name's key: itself and, for an operation of
 // a resource ("tunedModels/x/operations/y"), the resource.
 func ownerNames(name string) []string {
@@ -115,11 +155,16 @@ func ownerNames(name string) []string {
 	return []string{name}
 }
 
-// bodyReferences returns the key-bound resource names a JSON request body mentions in any
-// string value except prompt text (fileData.fileUri, cachedContent, a batch's
+// maxReferences is the most distinct key-bound resources one request may name. Real requests
+// name a handful; the cap bounds the work (and the SQL lookup) a crafted 32 MiB body can cause.
+const maxReferences = 64
+
+// bodyReferences returns the distinct key-bound resource names a JSON request body mentions in
+// any string value except prompt text (fileData.fileUri, cachedContent, a batch's
 // inputConfig.fileName, the OpenAI-compatible input_file_id and extra_body cached_content,
-// fileSearch store names, a tunedModels/… model, …).
-func bodyReferences(body []byte) []string {
+// fileSearch store names, a tunedModels/… model, …). It stops with tooMany once the body names
+// more than maxReferences.
+func bodyReferences(body []byte) (names []string, tooMany bool) {
 	found := false
 	for _, m := range refMarkers {
 		if bytes.Contains(body, m) {
@@ -128,10 +173,10 @@ func bodyReferences(body []byte) []string {
 		}
 	}
 	if !found {
-		return nil
+		return nil, false
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
-	var names []string
+	var seen map[string]struct{}
 	// Objects alternate key and value; arrays hold values only.
 	type frame struct {
 		object bool
@@ -142,7 +187,7 @@ func bodyReferences(body []byte) []string {
 	for {
 		tok, err := dec.Token()
 		if err != nil {
-			return names
+			return names, false
 		}
 		top := len(stack) - 1
 		switch v := tok.(type) {
@@ -168,9 +213,21 @@ func bodyReferences(body []byte) []string {
 			if lastKey == "text" || len(v) > 1024 {
 				continue
 			}
-			if n := resourceName(v); n != "" && !slices.Contains(names, n) {
-				names = append(names, n)
+			n := resourceName(v)
+			if n == "" {
+				continue
 			}
+			if _, dup := seen[n]; dup {
+				continue
+			}
+			if len(names) == maxReferences {
+				return names, true
+			}
+			if seen == nil {
+				seen = make(map[string]struct{})
+			}
+			seen[n] = struct{}{}
+			names = append(names, n)
 		default:
 			if top >= 0 && stack[top].object {
 				stack[top].key = true
@@ -192,10 +249,17 @@ func (x *exchange) routeBound() bool {
 	if n := resourceName(x.path); n != "" {
 		names = append(names, n)
 		x.boundName = n
+		x.exactName = exactName(x.path)
 	}
 	x.creates = createsResource(x.r.Method, x.path)
 	if len(x.body) > 0 {
-		for _, n := range bodyReferences(x.body) {
+		refs, tooMany := bodyReferences(x.body)
+		if tooMany {
+			x.fail(http.StatusBadRequest, "INVALID_ARGUMENT",
+				"too many resource references (max "+strconv.Itoa(maxReferences)+"): this request names more distinct files, cached contents and other resources than the gateway routes.")
+			return true
+		}
+		for _, n := range refs { // at most maxReferences: the scan stays small
 			if !slices.Contains(names, n) {
 				names = append(names, n)
 			}
@@ -208,11 +272,13 @@ func (x *exchange) routeBound() bool {
 	for _, n := range names {
 		lookup = append(lookup, ownerNames(n)...)
 	}
-	owners, err := x.core.store.ResourceOwners(x.r.Context(), lookup, time.Now())
+	now := time.Now()
+	owners, err := x.core.store.ResourceOwners(x.r.Context(), lookup, now)
 	if err != nil {
 		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "The owners of the resources this request names could not be looked up; try again.")
 		return true
 	}
+	x.core.pending.owners(lookup, now, owners) // owners the store could not take yet
 	if len(owners) == 0 {
 		return false
 	}
@@ -264,6 +330,9 @@ func createsResource(method, p string) bool {
 	switch last {
 	case "cachedContents", "tunedModels", "fileSearchStores", "batches":
 		return true
+	case "files":
+		// The OpenAI-compatible upload (purpose=batch) answers with the file's id.
+		return strings.HasPrefix(p, "/v1beta/openai/") || strings.HasPrefix(p, "/v1/openai/")
 	}
 	return false
 }
@@ -292,6 +361,10 @@ func (x *exchange) proxyBound() {
 		return
 	}
 	x.attempts = 1
+	if x.r.Method == http.MethodGet && x.aboutBound() &&
+		(strings.HasPrefix(x.boundName, "batches/") || strings.Contains(x.boundName, "/operations/")) {
+		x.polls = true
+	}
 	resp, err := x.send(secret)
 	if err != nil {
 		o := keypool.ClassifyError(err)
@@ -317,11 +390,9 @@ func (x *exchange) proxyBound() {
 	// disabled.
 	o := keypool.Classify(resp.StatusCode, body, time.Now())
 	x.report(x.owner, o, resp.StatusCode)
-	if resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusNotFound {
-		if x.r.Method == http.MethodGet || x.r.Method == http.MethodDelete {
-			// Gone upstream (expired or deleted elsewhere): forget it.
-			x.forget(x.boundName)
-		}
+	if (x.r.Method == http.MethodGet || x.r.Method == http.MethodDelete) && x.aboutBound() && goneUpstream(resp.StatusCode, body) {
+		// Gone upstream (expired or deleted elsewhere): forget it.
+		x.forget(x.boundName)
 	}
 	x.writeUpstreamError(&upstreamError{status: resp.StatusCode, header: resp.Header, body: body, outcome: o})
 }
@@ -352,12 +423,21 @@ func (x *exchange) answer(resp *http.Response, secret string) {
 		x.copyResponse(resp, secret)
 	case x.creates:
 		x.copyCreated(resp, secret)
+	case x.polls:
+		x.copyRecording(resp, secret, polledMax, polledFiles)
 	default:
 		x.copyResponse(resp, secret)
 	}
-	if x.r.Method == http.MethodDelete && x.boundName != "" && resourceName(x.path) == x.boundName {
+	if x.r.Method == http.MethodDelete && x.aboutBound() {
 		x.forget(x.boundName)
 	}
+}
+
+// aboutBound tells whether the request's path addresses its bound resource itself, not a
+// sub-resource ("fileSearchStores/s/documents/d"), a method ("files/x:download") or a bogus
+// suffix ("files/x/junk") of it.
+func (x *exchange) aboutBound() bool {
+	return x.boundName != "" && x.exactName == x.boundName
 }
 
 // forget drops a resource's row; a failure only leaves a row the retention job removes later.
@@ -365,6 +445,7 @@ func (x *exchange) forget(name string) {
 	if name == "" {
 		return
 	}
+	x.core.pending.forget(name)
 	if err := x.core.store.DeleteResource(context.WithoutCancel(x.r.Context()), name); err != nil {
 		x.core.logger.Warn("forgetting a deleted resource", zap.String("name", name), zap.Error(err))
 	}
@@ -374,12 +455,21 @@ func (x *exchange) forget(name string) {
 // are small (a File, an Operation, a CachedContent without its contents).
 const createdMax = 4 << 20
 
+// polledMax is the largest answer to a poll of an operation or batch read whole to find the
+// files it names; larger ones (a batch's inline responses) are streamed unread.
+const polledMax = 1 << 20
+
 // copyCreated reads a small success answer whole, records the resources it names as owned by
 // the key that got it, and only then sends it: a client that uses the new resource at once
 // must find it recorded.
 func (x *exchange) copyCreated(resp *http.Response, secret string) {
-	b, err := io.ReadAll(io.LimitReader(resp.Body, createdMax+1))
-	if err != nil || len(b) > createdMax {
+	x.copyRecording(resp, secret, createdMax, createdResources)
+}
+
+// copyRecording is copyCreated with the size limit and the finder of resources to record.
+func (x *exchange) copyRecording(resp *http.Response, secret string, limit int, find func([]byte, int64, time.Time) []store.Resource) {
+	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
+	if err != nil || len(b) > limit {
 		// Not a small JSON answer after all: send what was read and stream the rest.
 		resp.Body = struct {
 			io.Reader
@@ -390,11 +480,7 @@ func (x *exchange) copyCreated(resp *http.Response, secret string) {
 	}
 	resp.Body.Close()
 	b = maskSecret(b, secret)
-	if rs := createdResources(b, x.keyID, time.Now()); len(rs) > 0 {
-		if err := x.core.store.AddResources(context.WithoutCancel(x.r.Context()), rs...); err != nil {
-			x.core.logger.Error("recording the owner of a new resource", zap.Error(err))
-		}
-	}
+	x.core.recordResources(context.WithoutCancel(x.r.Context()), find(b, x.keyID, time.Now()))
 	t := tailPool.Get().(*tail)
 	t.reset()
 	t.write(b)
@@ -463,6 +549,20 @@ func createdResources(b []byte, keyID int64, now time.Time) []store.Resource {
 	if json.Unmarshal(obj["metadata"], &meta) == nil && meta.TunedModel != "" {
 		if n := resourceName(meta.TunedModel); n != "" {
 			out = append(out, store.Resource{Name: n, Kind: "tunedModels", KeyID: keyID, CreatedAt: now})
+		}
+	}
+	return out
+}
+
+// polledFiles finds the files a finished operation or batch names (a video's
+// response.generateVideoResponse.generatedSamples[].video.uri, a batch's responsesFile):
+// they were made in the project of the key that polled it.
+func polledFiles(b []byte, keyID int64, now time.Time) []store.Resource {
+	names, _ := bodyReferences(b)
+	var out []store.Resource
+	for _, n := range names {
+		if strings.HasPrefix(n, "files/") {
+			out = append(out, store.Resource{Name: n, Kind: "files", KeyID: keyID, CreatedAt: now, ExpiresAt: now.Add(defaultLifetimes["files"])})
 		}
 	}
 	return out

@@ -5,14 +5,20 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"mime/multipart"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
@@ -52,12 +58,12 @@ func TestBodyReferences(t *testing.T) {
 		"extra_body":{"google":{"cached_content":"cachedContents/c1"}},
 		"tools":[{"fileSearch":{"fileSearchStoreNames":["fileSearchStores/s1"]}}],
 		"n":3,"ok":true,"none":null}`
-	got := bodyReferences([]byte(body))
+	got, tooMany := bodyReferences([]byte(body))
 	want := []string{"files/f1", "files/f2", "cachedContents/c1", "files/f3", "fileSearchStores/s1"}
-	if !slices.Equal(got, want) {
-		t.Errorf("bodyReferences = %q, want %q", got, want)
+	if !slices.Equal(got, want) || tooMany {
+		t.Errorf("bodyReferences = %q (too many %v), want %q", got, tooMany, want)
 	}
-	if got := bodyReferences([]byte(helloBody)); got != nil {
+	if got, _ := bodyReferences([]byte(helloBody)); got != nil {
 		t.Errorf("plain prompt: %q, want none", got)
 	}
 }
@@ -568,7 +574,7 @@ func BenchmarkRouteCheckPlainGenerate(b *testing.B) {
 	p := "/v1beta/models/gemini-2.5-flash:generateContent"
 	b.ReportAllocs()
 	for b.Loop() {
-		if isFileList(p) || resourceName(p) != "" || createsResource(http.MethodPost, p) || bodyReferences(body) != nil {
+		if refs, _ := bodyReferences(body); isFileList(p) || resourceName(p) != "" || createsResource(http.MethodPost, p) || refs != nil {
 			b.Fatal("a plain generate looks key-bound")
 		}
 	}
@@ -688,5 +694,385 @@ func TestCreatedResources(t *testing.T) {
 				t.Errorf("%s: %s expires %v (found %v), want %v", c.body, n, g, ok, exp)
 			}
 		}
+	}
+}
+
+// fixedUpstream answers like Google for tests that need answers the fake does not give: a
+// DELETE succeeds, a GET of /v1beta/files/suspended is a suspended key's 403, any other GET is
+// 404 NOT_FOUND.
+func fixedUpstream(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json; charset=UTF-8")
+		switch {
+		case r.Method == http.MethodDelete:
+			io.WriteString(w, "{}\n")
+		case r.URL.Path == "/v1beta/files/suspended":
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `{"error":{"code":403,"message":"Permission denied: Consumer 'api_key:x' has been suspended.","status":"PERMISSION_DENIED"}}`)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, `{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND"}}`)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// A request about a sub-resource, a method or a bogus suffix of a resource must not make the
+// gateway forget the resource: any access key could otherwise unbind anyone's file.
+func TestProxySubResourcePathsKeepTheParentsRecord(t *testing.T) {
+	up := fixedUpstream(t)
+	e := newProxyEnv(t, 2, func(a *App) { a.Upstream = up })
+	ctx := context.Background()
+	owner := e.ids[e.keys[0]]
+	names := []string{"files/f1", "fileSearchStores/s1", "tunedModels/t1", "files/suspended", "files/gone"}
+	var rs []store.Resource
+	for _, n := range names {
+		rs = append(rs, store.Resource{Name: n, KeyID: owner, ExpiresAt: time.Now().Add(time.Hour)})
+	}
+	if err := e.core.store.AddResources(ctx, rs...); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ method, path string }{
+		{"GET", "/v1beta/files/f1/junk"},
+		{"GET", "/v1beta/files/f1:anything"},
+		{"DELETE", "/v1beta/files/f1/junk"},
+		{"DELETE", "/v1beta/files/f1:anything"},
+		{"GET", "/v1beta/fileSearchStores/s1/documents/d2"},
+		{"DELETE", "/v1beta/fileSearchStores/s1/documents/d2"},
+		{"GET", "/v1beta/tunedModels/t1/permissions/p1"},
+		{"DELETE", "/v1beta/tunedModels/t1/permissions/p1"},
+		{"GET", "/v1beta/files/gone"}, // 404 NOT_FOUND on the file itself
+	} {
+		e.do(c.method, c.path, "")
+	}
+	owners, err := e.core.store.ResourceOwners(ctx, names, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names[:4] {
+		if owners[n] != owner {
+			t.Errorf("%s was forgotten by a request about something else", n)
+		}
+	}
+	if _, ok := owners["files/gone"]; ok {
+		t.Errorf("files/gone is still recorded after a 404 NOT_FOUND on it")
+	}
+	// A successful DELETE of the resource itself forgets it.
+	e.do("DELETE", "/v1beta/files/f1", "")
+	if owners, _ := e.core.store.ResourceOwners(ctx, []string{"files/f1"}, time.Now()); len(owners) != 0 {
+		t.Errorf("files/f1 still recorded after its DELETE")
+	}
+	// A 403 about the key (suspended), not the file, keeps the record (last: it disables the key).
+	e.do("GET", "/v1beta/files/suspended", "")
+	if owners, _ := e.core.store.ResourceOwners(ctx, []string{"files/suspended"}, time.Now()); owners["files/suspended"] != owner {
+		t.Errorf("files/suspended was forgotten on a suspended key's 403")
+	}
+}
+
+func TestExactName(t *testing.T) {
+	for in, want := range map[string]string{
+		"/v1beta/files/abc":                  "files/abc",
+		"/v1beta/files/abc/junk":             "files/abc/junk",
+		"/v1beta/files/abc:download":         "files/abc:download",
+		"/v1/tunedModels/t/operations/o":     "tunedModels/t/operations/o",
+		"/upload/v1beta/fileSearchStores/s1": "fileSearchStores/s1",
+	} {
+		if got := exactName(in); got != want {
+			t.Errorf("exactName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// namesBody is a generateContent body that names n distinct files.
+func namesBody(n int) string {
+	var b strings.Builder
+	b.WriteString(`{"contents":[{"parts":[`)
+	for i := range n {
+		fmt.Fprintf(&b, `{"fileData":{"fileUri":"files/f%d"}},`, i)
+	}
+	b.WriteString(`{"text":"hi"}]}]}`)
+	return b.String()
+}
+
+// A body naming tens of thousands of resources is refused up front, in the Gemini envelope,
+// without reaching the upstream; up to maxReferences is routed as usual.
+func TestProxyTooManyReferences(t *testing.T) {
+	e := newProxyEnv(t, 2, nil)
+	n := len(e.fake.Calls())
+	resp, b := e.do("POST", genPath("gemini-2.5-flash"), namesBody(40000))
+	g := decodeError(t, b)
+	if resp.StatusCode != 400 || g.Error.Status != "INVALID_ARGUMENT" || !strings.Contains(g.Error.Message, "too many resource references (max 64)") {
+		t.Errorf("40000 references: %d %s", resp.StatusCode, b)
+	}
+	if len(e.fake.Calls()) != n {
+		t.Errorf("a refused request reached the upstream")
+	}
+	if refs, tooMany := bodyReferences([]byte(namesBody(maxReferences))); len(refs) != maxReferences || tooMany {
+		t.Errorf("%d references: %d found, too many %v", maxReferences, len(refs), tooMany)
+	}
+	if _, tooMany := bodyReferences([]byte(namesBody(maxReferences + 1))); !tooMany {
+		t.Errorf("%d references not too many", maxReferences+1)
+	}
+	// Repeats of one name count once.
+	body := fileBody(slices.Repeat([]string{"files/same"}, 1000)...)
+	if refs, tooMany := bodyReferences([]byte(body)); len(refs) != 1 || tooMany {
+		t.Errorf("1000 repeats of one name: %q, too many %v", refs, tooMany)
+	}
+}
+
+// The cost of scanning a body that names many resources (capped at maxReferences distinct
+// names) and of one with a name repeated throughout a large body.
+func BenchmarkBodyReferencesMany(b *testing.B) {
+	for _, c := range []struct{ name, body string }{
+		{"40000-distinct", namesBody(40000)},
+		{"one-repeated-100000", fileBody(slices.Repeat([]string{"files/same"}, 100000)...)},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			body := []byte(c.body)
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				bodyReferences(body)
+			}
+		})
+	}
+}
+
+// failingListUpstream is the fake upstream, except that files.list with the key in failKey
+// (when set) answers 500 INTERNAL.
+type failingListUpstream struct {
+	fake    *fakegemini.Server
+	failKey atomic.Value // string
+}
+
+func (u *failingListUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if k, _ := u.failKey.Load().(string); k != "" && r.Method == http.MethodGet && r.URL.Path == "/v1beta/files" && r.Header.Get("X-Goog-Api-Key") == k {
+		w.Header().Set("Content-Type", "application/json; charset=UTF-8")
+		w.WriteHeader(http.StatusInternalServerError)
+		io.WriteString(w, `{"error":{"code":500,"message":"Internal error encountered.","status":"INTERNAL"}}`)
+		return
+	}
+	u.fake.ServeHTTP(w, r)
+}
+
+// listAll pages through the merged files listing from token, at most stopAfter pages, and
+// returns the names, the token to go on with and the failed answer's status (0 when none).
+func (e *proxyEnv) listAll(token string, pageSize int, stopAfter int) (names []string, next string, failed int) {
+	e.t.Helper()
+	for pages := 0; pages < stopAfter; pages++ {
+		p := "/v1beta/files?pageSize=" + strconv.Itoa(pageSize)
+		if token != "" {
+			p += "&pageToken=" + url.QueryEscape(token)
+		}
+		resp, b := e.do("GET", p, "")
+		if resp.StatusCode != 200 {
+			return names, token, resp.StatusCode
+		}
+		var page struct {
+			Files []struct {
+				Name string `json:"name"`
+			} `json:"files"`
+			NextPageToken string `json:"nextPageToken"`
+		}
+		if err := json.Unmarshal(b, &page); err != nil {
+			e.t.Fatal(err)
+		}
+		for _, f := range page.Files {
+			names = append(names, f.Name)
+		}
+		if token = page.NextPageToken; token == "" {
+			break
+		}
+	}
+	return names, token, 0
+}
+
+// An upstream error on one key ends the listing's page before that key, so the next page
+// resumes there and no file of that key is paged past; an error with nothing listed yet is
+// the answer.
+func TestProxyFilesListStopsAtAFailingKey(t *testing.T) {
+	fake := fakegemini.New()
+	up := &failingListUpstream{fake: fake}
+	srv := httptest.NewServer(up)
+	t.Cleanup(srv.Close)
+	e := newProxyEnv(t, 3, func(a *App) { a.Upstream = srv.URL })
+	var all []string
+	for i := range 6 {
+		n, _ := e.upload(fmt.Sprintf("file %d", i), "", 100)
+		all = append(all, n)
+	}
+	byID := map[int64]string{}
+	for k, id := range e.ids {
+		byID[id] = k
+	}
+	ids := slices.Sorted(maps.Keys(byID))
+	for _, n := range all {
+		if fake.FileOwner(n) == "" {
+			t.Fatalf("%s not uploaded", n)
+		}
+	}
+
+	// The second key fails: the first page holds only the first key's files.
+	up.failKey.Store(byID[ids[1]])
+	first, token, failed := e.listAll("", 10, 1)
+	if failed != 0 || token == "" {
+		t.Fatalf("first page: failed %d, token %q, files %q", failed, token, first)
+	}
+	for _, n := range first {
+		if fake.FileOwner(n) != byID[ids[0]] {
+			t.Errorf("first page holds %s of a key after the failing one", n)
+		}
+	}
+	// The key recovers: the listing goes on from it and misses nothing.
+	up.failKey.Store("")
+	rest, _, failed := e.listAll(token, 10, 10)
+	if failed != 0 {
+		t.Fatalf("after recovery: status %d", failed)
+	}
+	got := append(first, rest...)
+	slices.Sort(got)
+	slices.Sort(all)
+	if !slices.Equal(got, all) {
+		t.Errorf("listed %q, want %q", got, all)
+	}
+
+	// The first key fails: nothing is listed, and the error is the answer.
+	up.failKey.Store(byID[ids[0]])
+	if names, _, failed := e.listAll("", 10, 1); failed != 500 || len(names) != 0 {
+		t.Errorf("first key failing: status %d, files %q", failed, names)
+	}
+}
+
+// openAIFilesUpstream is the fake upstream plus the OpenAI-compatible file upload, which the
+// fake lacks: POST /v1beta/openai/files answers an OpenAI file object whose id is the native
+// name "files/oa-<n>", and remembers which key created it.
+type openAIFilesUpstream struct {
+	fake  *fakegemini.Server
+	mu    sync.Mutex
+	owner map[string]string // file name -> key
+}
+
+func (u *openAIFilesUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || r.URL.Path != "/v1beta/openai/files" {
+		u.fake.ServeHTTP(w, r)
+		return
+	}
+	io.Copy(io.Discard, r.Body)
+	key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if key == "" {
+		key = r.Header.Get("X-Goog-Api-Key")
+	}
+	u.mu.Lock()
+	name := fmt.Sprintf("files/oa-%d", len(u.owner))
+	u.owner[name] = key
+	u.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"id":%q,"object":"file","bytes":4,"created_at":1767225600,"filename":"batch.jsonl","purpose":"batch"}`, name)
+}
+
+// The OpenAI-compatible file upload creates a file of the key that got it.
+func TestProxyOpenAIFileUploadIsRecorded(t *testing.T) {
+	up := &openAIFilesUpstream{fake: fakegemini.New(), owner: map[string]string{}}
+	srv := httptest.NewServer(up)
+	t.Cleanup(srv.Close)
+	e := newProxyEnv(t, 3, func(a *App) { a.Upstream = srv.URL })
+	for i := range 3 {
+		var body strings.Builder
+		mw := multipart.NewWriter(&body)
+		mw.WriteField("purpose", "batch")
+		fw, _ := mw.CreateFormFile("file", "batch.jsonl")
+		io.WriteString(fw, `{"custom_id":"1","method":"POST","url":"/v1/chat/completions","body":{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hi"}]}}`)
+		mw.Close()
+		req, _ := http.NewRequest("POST", e.url+"/v1beta/openai/files", strings.NewReader(body.String()))
+		req.Header.Set("Authorization", "Bearer "+testAccessKey)
+		req.Header.Set("Content-Type", mw.FormDataContentType())
+		e.made.Add(1)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var f struct{ ID string }
+		if resp.StatusCode != 200 || json.Unmarshal(b, &f) != nil || f.ID == "" {
+			t.Fatalf("upload %d: %d %s", i, resp.StatusCode, b)
+		}
+		owners, err := e.core.store.ResourceOwners(context.Background(), []string{f.ID}, time.Now())
+		up.mu.Lock()
+		want := e.ids[up.owner[f.ID]]
+		up.mu.Unlock()
+		if err != nil || want == 0 || owners[f.ID] != want {
+			t.Errorf("upload %d: %s recorded as owned by %v (%v), want key %d", i, f.ID, owners, err, want)
+		}
+	}
+}
+
+// finishedUpstream is the fake upstream, except that a GET of the operation or batch below
+// answers as Google does once it is done, naming the files it made.
+type finishedUpstream struct{ fake *fakegemini.Server }
+
+func (u finishedUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var body string
+	switch {
+	case r.Method != http.MethodGet:
+	case r.URL.Path == "/v1beta/models/veo-3.0-generate-001/operations/op1":
+		body = `{"name":"models/veo-3.0-generate-001/operations/op1","done":true,"response":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse",` +
+			`"generateVideoResponse":{"generatedSamples":[{"video":{"uri":"https://generativelanguage.googleapis.com/v1beta/files/vid1:download?alt=media"}}]},` +
+			`"generatedVideos":[{"video":{"uri":"https://generativelanguage.googleapis.com/v1beta/files/vid2:download?alt=media"}}]}}`
+	case r.URL.Path == "/v1beta/batches/b1":
+		body = `{"name":"batches/b1","done":true,"metadata":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch","name":"batches/b1",` +
+			`"state":"BATCH_STATE_SUCCEEDED","output":{"responsesFile":"files/batch-out1"}},` +
+			`"response":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput","responsesFile":"files/batch-out1"}}`
+	case r.URL.Path == "/v1beta/batches/big":
+		body = `{"name":"batches/big","done":true,"response":{"responsesFile":"files/big-out","inlinedResponses":{"pad":"` + strings.Repeat("x", 1<<20) + `"}}}`
+	}
+	if body == "" {
+		u.fake.ServeHTTP(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json; charset=UTF-8")
+	io.WriteString(w, body)
+}
+
+// The owner polling a finished operation or batch learns the files it made: they belong to
+// its key, and later requests that name them go there.
+func TestProxyPolledOperationRecordsItsFiles(t *testing.T) {
+	fake := fakegemini.New()
+	srv := httptest.NewServer(finishedUpstream{fake})
+	t.Cleanup(srv.Close)
+	e := newProxyEnv(t, 3, func(a *App) { a.Upstream = srv.URL })
+	ctx := context.Background()
+	owner := e.ids[e.keys[1]]
+	exp := time.Now().Add(time.Hour)
+	if err := e.core.store.AddResources(ctx,
+		store.Resource{Name: "models/veo-3.0-generate-001/operations/op1", KeyID: owner, ExpiresAt: exp},
+		store.Resource{Name: "batches/b1", KeyID: owner, ExpiresAt: exp},
+		store.Resource{Name: "batches/big", KeyID: owner, ExpiresAt: exp},
+	); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/v1beta/models/veo-3.0-generate-001/operations/op1", "/v1beta/batches/b1", "/v1beta/batches/big"} {
+		n := len(fake.Calls())
+		if resp, b := e.do("GET", p, ""); resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d %.300s", p, resp.StatusCode, b)
+		}
+		if keys := e.keysSince(n); len(keys) != 0 {
+			t.Fatalf("GET %s reached the fake", p)
+		}
+	}
+	files := []string{"files/vid1", "files/vid2", "files/batch-out1", "files/big-out"}
+	owners, err := e.core.store.ResourceOwners(ctx, files, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files[:3] {
+		if owners[f] != owner {
+			t.Errorf("%s not recorded as owned by the poller's key: %v", f, owners)
+		}
+	}
+	if _, ok := owners["files/big-out"]; ok {
+		t.Errorf("a file named in an answer over 1 MiB was recorded")
 	}
 }

@@ -78,14 +78,7 @@ func (x *exchange) bindUploadSession(resp *http.Response) bool {
 		if id == "" {
 			continue
 		}
-		p := u.EscapedPath()
-		if up := strings.TrimRight(x.set.upstream.EscapedPath(), "/"); up != "" && strings.HasPrefix(p, up+"/") {
-			p = p[len(up):]
-		}
-		uri := p
-		if q := stripKeyParam(u.RawQuery); q != "" {
-			uri += "?" + q
-		}
+		uri := x.uploadURI(u)
 		if !done[id] {
 			now := time.Now()
 			err := x.core.store.AddUploadSession(x.r.Context(), store.UploadSession{
@@ -116,9 +109,10 @@ func (x *exchange) serveUploadChunk(id string) {
 	}
 	sess, err := c.store.UploadSessionByID(ctx, id, time.Now())
 	if err != nil {
-		// A final status stops SDKs from retrying a chunk that can never succeed.
-		x.w.Header().Set("X-Goog-Upload-Status", "final")
 		if errors.Is(err, store.ErrNotFound) {
+			// A final status stops SDKs from retrying a chunk that can never succeed; a store
+			// error is transient, and the SDK may retry it.
+			x.w.Header().Set("X-Goog-Upload-Status", "final")
 			x.fail(http.StatusNotFound, "NOT_FOUND",
 				"Unknown upload session: this gateway did not start it, or it has expired. Start the upload again through the gateway.")
 			return
@@ -130,6 +124,14 @@ func (x *exchange) serveUploadChunk(id string) {
 		x.access = sess.AccessKeyID
 	}
 	x.keyID = sess.KeyID
+	// The session id stands for the access key that started the session: it is worth no more
+	// than that key, which may have been disabled or deleted since.
+	if !c.accessKeyUsable(sess.AccessKeyID) {
+		x.w.Header().Set("X-Goog-Upload-Status", "final")
+		x.fail(http.StatusForbidden, "PERMISSION_DENIED",
+			"The access key that started this upload session is disabled or no longer exists; the upload cannot continue.")
+		return
+	}
 	secret, err := c.pool.Get(sess.KeyID, "", time.Now())
 	if err != nil {
 		x.w.Header().Set("X-Goog-Upload-Status", "final")
@@ -182,6 +184,19 @@ func (x *exchange) serveUploadChunk(id string) {
 		b = maskSecret(b, secret)
 		o := keypool.Classify(resp.StatusCode, b, time.Now())
 		x.report(sess.KeyID, o, resp.StatusCode)
+		if o.Kind == keypool.KeyInvalid {
+			// Google's "API key not valid" would make the client think its access key is bad:
+			// answer as the normal path does, keeping the upload headers the SDK acts on.
+			up := http.Header{}
+			for name, vv := range resp.Header {
+				if strings.HasPrefix(name, "X-Goog-Upload-") {
+					up[name] = vv
+				}
+			}
+			copyResponseHeaders(x.w.Header(), up, secret)
+			x.writeUpstreamError(&upstreamError{status: resp.StatusCode, outcome: o})
+			return
+		}
 		x.writeRaw(resp, b, secret, o.Reason)
 		return
 	}
@@ -199,23 +214,39 @@ func (x *exchange) serveUploadChunk(id string) {
 	x.copyResponse(resp, secret)
 }
 
+// accessKeyUsable tells whether the access key with the given id exists and is enabled.
+func (c *core) accessKeyUsable(id int64) bool {
+	m := c.accessKeyEnabled.Load()
+	return m != nil && (*m)[id]
+}
+
+// uploadURI is the path and query of an upstream upload URL as the gateway serves it: without
+// the upstream's own path prefix and without any key.
+func (x *exchange) uploadURI(u *url.URL) string {
+	p := u.EscapedPath()
+	if up := strings.TrimRight(x.set.upstream.EscapedPath(), "/"); up != "" && strings.HasPrefix(p, up+"/") {
+		p = p[len(up):]
+	}
+	if q := stripKeyParam(u.RawQuery); q != "" {
+		p += "?" + q
+	}
+	return p
+}
+
 // rewriteUploadURLs points upload URLs of a chunk answer at the gateway (Google does not send
-// them there today, but they must never lead a client around the gateway).
+// them there today, but they must never lead a client around the gateway, nor carry a key).
+// A Location is an upload URL only when it names an upload session.
 func (x *exchange) rewriteUploadURLs(h http.Header) {
-	for _, name := range uploadHeaders[:2] {
+	for _, name := range uploadHeaders {
 		v := h.Get(name)
 		if v == "" {
 			continue
 		}
 		u, err := url.Parse(v)
-		if err != nil || u.Host == "" {
+		if err != nil || u.Host == "" || (name == "Location" && u.Query().Get("upload_id") == "") {
 			continue
 		}
-		uri := u.EscapedPath()
-		if q := stripKeyParam(u.RawQuery); q != "" {
-			uri += "?" + q
-		}
-		h.Set(name, x.publicBase()+uri)
+		h.Set(name, x.publicBase()+x.uploadURI(u))
 	}
 }
 

@@ -117,13 +117,25 @@ func (s *Store) AddResources(ctx context.Context, rs ...Resource) error {
 	return nil
 }
 
+// ownersChunk is how many names one lookup query binds, well below SQLite's limit on host
+// parameters (999 in builds before 3.32).
+const ownersChunk = 500
+
 // ResourceOwners returns the owning key of each of names that is stored and not expired at
 // now. Names not stored are absent from the map.
 func (s *Store) ResourceOwners(ctx context.Context, names []string, now time.Time) (map[string]int64, error) {
 	out := make(map[string]int64, len(names))
-	if len(names) == 0 {
-		return out, nil
+	for len(names) > 0 {
+		n := min(len(names), ownersChunk)
+		if err := s.resourceOwners(ctx, names[:n], now, out); err != nil {
+			return nil, err
+		}
+		names = names[n:]
 	}
+	return out, nil
+}
+
+func (s *Store) resourceOwners(ctx context.Context, names []string, now time.Time, out map[string]int64) error {
 	args := make([]any, 0, len(names)+1)
 	args = append(args, toMS(now))
 	for _, n := range names {
@@ -133,21 +145,21 @@ func (s *Store) ResourceOwners(ctx context.Context, names []string, now time.Tim
 		strings.Repeat(", ?", len(names)-1) + `)`
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("store: resource owners: %w", err)
+		return fmt.Errorf("store: resource owners: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var name string
 		var id int64
 		if err := rows.Scan(&name, &id); err != nil {
-			return nil, fmt.Errorf("store: resource owners: %w", err)
+			return fmt.Errorf("store: resource owners: %w", err)
 		}
 		out[name] = id
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: resource owners: %w", err)
+		return fmt.Errorf("store: resource owners: %w", err)
 	}
-	return out, nil
+	return nil
 }
 
 // DeleteResource forgets a resource (it was deleted upstream). Unknown names are ignored.

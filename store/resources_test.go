@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -84,5 +85,29 @@ func TestUploadSessionsAndResources(t *testing.T) {
 	counts, err = s.OwnedResourceCounts(ctx, now)
 	if err != nil || len(counts) != 0 {
 		t.Errorf("counts after deletes = %v, %v; want none", counts, err)
+	}
+}
+
+// A lookup of more names than SQLite binds in one statement still answers (in chunks).
+func TestResourceOwnersManyNames(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, filepath.Join(t.TempDir(), "r.db"), nil, nil)
+	if _, err := s.AddKeys(ctx, []string{"key-a"}); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := s.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for i := range 40000 {
+		names = append(names, fmt.Sprintf("files/f%d", i))
+	}
+	if err := s.AddResources(ctx, Resource{Name: names[39999], KeyID: keys[0].ID}, Resource{Name: names[0], KeyID: keys[0].ID}); err != nil {
+		t.Fatal(err)
+	}
+	owners, err := s.ResourceOwners(ctx, names, time.Now())
+	if err != nil || len(owners) != 2 || owners[names[39999]] != keys[0].ID || owners[names[0]] != keys[0].ID {
+		t.Fatalf("owners of 40000 names: %v, %v", owners, err)
 	}
 }
