@@ -434,8 +434,9 @@ func (b *browser) clickButton(label string) {
 }
 
 // TestPanelKeyOwningFiles: a key that owns a file uploaded through the gateway shows it in the
-// key table and its details; deleting it (alone, then with another key) asks first and says
-// the file will no longer be reachable, and only then is the key deleted.
+// key table and its details; deleting it asks first and says the file will no longer be
+// reachable, and only then is the key deleted; a key that came to own a file after the list
+// was loaded is deleted only after a second question.
 func TestPanelKeyOwningFiles(t *testing.T) {
 	fake, srv := newFake(t)
 	pool := poolKeys(3)
@@ -505,9 +506,21 @@ func TestPanelKeyOwningFiles(t *testing.T) {
 	b.clickButton("Cancel")
 	b.waitJS("the dialog to close", `!document.getElementById('modal').open`)
 
-	// Bulk: the owner and another key; the dialog names the owner, then both go.
-	b.click(row(owner) + " .col-check input")
-	b.click(row(other) + " .col-check input")
+	// While the page shows the list, a second file lands on another key (the owner is briefly
+	// disabled so the upload cannot go to it).
+	g.adminAPI(http.MethodPost, fmt.Sprintf("keys/%d/disable", owner.ID), "", http.StatusOK, nil)
+	f2, err := newSDKClient(t, g, accessKey).Files.Upload(ctx, strings.NewReader("another document"), &genai.UploadFileConfig{MIMEType: "text/plain"})
+	if err != nil {
+		t.Fatalf("second upload: %v", err)
+	}
+	g.adminAPI(http.MethodPost, fmt.Sprintf("keys/%d/enable", owner.ID), "", http.StatusOK, nil)
+	if o := fake.FileOwner(f2.Name); o == "" || o == ownerSecret {
+		t.Fatal("the second file is not on another key")
+	}
+
+	// Bulk delete of every key: the dialog names the owner it knows of. The key that came to own
+	// the second file answers 409, and the panel asks again for it before deleting it.
+	b.click("#keys-table thead .col-check input")
 	b.click(`[data-bulk="delete"]`)
 	b.waitJS("the bulk delete dialog", `document.getElementById('modal').open`)
 	if got := evalJS[string](b, warning); !strings.Contains(got, owner.Masked+" owns 1 live file/resource") ||
@@ -515,8 +528,16 @@ func TestPanelKeyOwningFiles(t *testing.T) {
 		t.Errorf("the bulk delete dialog warns %q", got)
 	}
 	b.clickButton("Delete anyway")
-	b.waitJS("the two rows to go", `document.querySelectorAll('#keys-table tbody tr').length === 1`)
-	if keys := g.apiKeys(); len(keys) != 1 || keys[0].ID == owner.ID || keys[0].ID == other.ID {
+	b.waitJS("the second question", `document.getElementById('modal').open && ((document.querySelector('#modal .modal-text') || {}).textContent || '').includes('Since the list was loaded')`)
+	if got := evalJS[string](b, warning); !strings.Contains(got, "owns 1 live file or other resource") || !strings.Contains(got, "no longer be reached through the gateway") {
+		t.Errorf("the second question warns %q", got)
+	}
+	if n := len(g.apiKeys()); n != 1 {
+		t.Errorf("before the second answer the API lists %d keys, want only the late owner", n)
+	}
+	b.clickButton("Delete anyway")
+	b.waitJS("the table to empty", `document.querySelector('#keys-table') === null && document.querySelector('#view .empty') !== null`)
+	if keys := g.apiKeys(); len(keys) != 0 {
 		t.Errorf("after the bulk delete the API lists %+v", keys)
 	}
 	if p := b.Problems(); len(p) > 0 {
