@@ -514,7 +514,8 @@ func TestPanelKeyOwningFiles(t *testing.T) {
 		t.Fatalf("second upload: %v", err)
 	}
 	g.adminAPI(http.MethodPost, fmt.Sprintf("keys/%d/enable", owner.ID), "", http.StatusOK, nil)
-	if o := fake.FileOwner(f2.Name); o == "" || o == ownerSecret {
+	lateSecret := fake.FileOwner(f2.Name)
+	if lateSecret == "" || lateSecret == ownerSecret {
 		t.Fatal("the second file is not on another key")
 	}
 
@@ -529,8 +530,10 @@ func TestPanelKeyOwningFiles(t *testing.T) {
 	}
 	b.clickButton("Delete anyway")
 	b.waitJS("the second question", `document.getElementById('modal').open && ((document.querySelector('#modal .modal-text') || {}).textContent || '').includes('Since the list was loaded')`)
-	if got := evalJS[string](b, warning); !strings.Contains(got, "owns 1 live file or other resource") || !strings.Contains(got, "no longer be reached through the gateway") {
-		t.Errorf("the second question warns %q", got)
+	lateOwner := evalJS[string](b, `document.querySelector('#modal .modal-text').textContent`)
+	if got := evalJS[string](b, warning); !strings.Contains(got, "no longer be reachable through the gateway") ||
+		!strings.Contains(lateOwner, lateSecret[:6]+"…"+lateSecret[len(lateSecret)-4:]) {
+		t.Errorf("the second question names %q and warns %q", lateOwner, got)
 	}
 	if n := len(g.apiKeys()); n != 1 {
 		t.Errorf("before the second answer the API lists %d keys, want only the late owner", n)

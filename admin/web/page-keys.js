@@ -301,7 +301,7 @@ export async function render(view, ctx) {
       if (late.length) {
         const names = late.map(([k]) => k.masked || '#' + k.id).join(', ');
         if (await confirmDialog('Delete keys that own resources', `Since the list was loaded, ${late.length === 1 ? 'a key' : late.length + ' keys'} came to own live files/resources: ${names}.`,
-          { confirm: 'Delete anyway', danger: true, warning: late[0][1].message })) {
+          { confirm: 'Delete anyway', danger: true, warning: `Deleted, ${late.length === 1 ? 'its files/resources' : 'their files/resources'} will no longer be reachable through the gateway.` })) {
           for (const [k] of late) forced.add(String(k.id));
           const again = await runAll(late.map(([k]) => k), deleteOne);
           ok += again.ok;
