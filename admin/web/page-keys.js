@@ -409,7 +409,7 @@ export async function render(view, ctx) {
       h('dt', null, 'Consecutive failures'), h('dd', null, fmtNum(k.failure_count || 0)),
       h('dt', null, 'Requests'), h('dd', null, fmtNum(k.requests || 0), ' (', fmtNum(k.failures || 0), ' failed)'),
       h('dt', null, 'Owns'), h('dd', { id: 'key-resources' }, k.resources
-        ? `${ownedText(k.resources)} created through the gateway; only this key can reach them`
+        ? `${ownedText(k.resources)} created through the gateway; only this key can reach ${k.resources === 1 ? 'it' : 'them'}`
         : 'no live files or other resources'),
       h('dt', null, 'Last used'), h('dd', null, k.last_used_at ? `${fmtTime(k.last_used_at)} · ${fmtAgo(k.last_used_at)}` : 'never'));
     const cdBox = cds.length
