@@ -203,6 +203,10 @@ func (b adminBackend) Keys(ctx context.Context) ([]admin.Key, error) {
 	if err != nil {
 		return nil, err
 	}
+	owned, err := b.c.ownedResourceCounts(ctx)
+	if err != nil {
+		return nil, err
+	}
 	loc := b.Location()
 	out := make([]admin.Key, len(keys))
 	for i, k := range keys {
@@ -223,6 +227,7 @@ func (b adminBackend) Keys(ctx context.Context) ([]admin.Key, error) {
 			Failures:       k.FailedRequests,
 			Cooldowns:      cds,
 			CreatedAt:      inZone(k.CreatedAt, loc),
+			Resources:      owned[k.ID],
 		}
 	}
 	return out, nil

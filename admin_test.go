@@ -26,6 +26,7 @@ import (
 
 	"github.com/geminisynapse/caddy-gemini-synapse/admin"
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 const testAdminKey = "unit-admin-key-0123456789abcdef"
@@ -1038,5 +1039,90 @@ func TestAdminAnyPrefix(t *testing.T) {
 	h.ServeHTTP(rec, req)
 	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"total":1`) {
 		t.Errorf("keys under /ops/gs: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// TestAdminKeyOwningResources: a key that owns live resources (here a cached content created
+// through the proxy) shows how many, and is deleted only when the operator insists, since the
+// gateway cannot reach its resources with another key.
+func TestAdminKeyOwningResources(t *testing.T) {
+	e := newAdminEnv(t, 3)
+	b := e.bearer()
+	ctx := context.Background()
+	proxy := e.client(http.Header{"X-Goog-Api-Key": {testAccessKey}})
+	m := proxy.wantStatus(200, "POST", "/v1beta/cachedContents",
+		`{"model":"models/gemini-2.5-flash","ttl":"600s","contents":[{"role":"user","parts":[{"text":"a long context"}]}]}`)
+	cache, _ := m["name"].(string)
+	calls := e.fake.Calls()
+	owner := int64(slices.Index(adminKeys(0, 3), calls[len(calls)-1].Key) + 1)
+	if cache == "" || owner == 0 {
+		t.Fatalf("cached content %q created by an unknown key", cache)
+	}
+	other := owner%3 + 1
+	// One more live resource of the owner, and an expired one of another key that must not count.
+	if err := e.c.store.AddResources(ctx,
+		store.Resource{Name: "files/admin-live", KeyID: owner, ExpiresAt: time.Now().Add(time.Hour)},
+		store.Resource{Name: "files/admin-expired", KeyID: other, ExpiresAt: time.Now().Add(-time.Minute)},
+	); err != nil {
+		t.Fatal(err)
+	}
+
+	counts := map[int64]float64{}
+	for _, k := range list(t, b.wantStatus(200, "GET", "/admin/api/keys", ""), "keys") {
+		counts[int64(k["id"].(float64))] = k["resources"].(float64)
+	}
+	if counts[owner] != 2 || counts[other] != 0 || len(counts) != 3 {
+		t.Errorf("resources per key %v, want 2 for key %d and 0 for the others", counts, owner)
+	}
+	// The single-key answers carry it too.
+	if k := b.wantStatus(200, "POST", fmt.Sprintf("/admin/api/keys/%d/disable", owner), ""); k["resources"] != 2.0 {
+		t.Errorf("disable answer: resources %v, want 2", k["resources"])
+	}
+	b.wantStatus(200, "POST", fmt.Sprintf("/admin/api/keys/%d/enable", owner), "")
+
+	// Without force: 409 that says how many and why, and nothing changes.
+	del := fmt.Sprintf("/admin/api/keys/%d", owner)
+	for _, q := range []string{"", "?force=false", "?force=0"} {
+		g := b.wantError(409, "FAILED_PRECONDITION", "DELETE", del+q, "")
+		if msg := g.Error.Message; !strings.Contains(msg, "2 live files or other resources") ||
+			!strings.Contains(msg, "no longer be reached through the gateway") || !strings.Contains(msg, "force=true") {
+			t.Errorf("409 message %q does not say what is at stake", msg)
+		}
+	}
+	if a := b.do("DELETE", del+"?force=maybe", ""); a.status != 400 || !slices.Equal(fieldViolations(t, a), []string{"force"}) {
+		t.Errorf("?force=maybe: %d %s", a.status, a.body)
+	}
+	if e.c.pool.Len() != 3 {
+		t.Errorf("pool has %d keys after refused deletes, want 3", e.c.pool.Len())
+	}
+	if owners, err := e.c.store.ResourceOwners(ctx, []string{cache, "files/admin-live"}, time.Now()); err != nil || len(owners) != 2 {
+		t.Errorf("owners after refused deletes: %v %v", owners, err)
+	}
+	// The cached content still works through its key.
+	n := len(e.fake.Calls())
+	proxy.wantStatus(200, "POST", genPath("gemini-2.5-flash"), `{"cachedContent":"`+cache+`","contents":[{"role":"user","parts":[{"text":"hello"}]}]}`)
+	if calls := e.fake.Calls()[n:]; len(calls) != 1 || calls[0].Key != adminKeys(0, 3)[owner-1] {
+		t.Errorf("the cached content was not used through its key after a refused delete")
+	}
+
+	// A key owning nothing live (only an expired record) needs no force.
+	b.wantStatus(200, "DELETE", fmt.Sprintf("/admin/api/keys/%d", other), "")
+
+	// With force the key goes, and with it the records of what it owned.
+	if m := b.wantStatus(200, "DELETE", del+"?force=true", ""); m["deleted"] != float64(owner) {
+		t.Errorf("forced delete answered %v", m)
+	}
+	b.wantError(404, "NOT_FOUND", "DELETE", del+"?force=true", "")
+	b.wantError(404, "NOT_FOUND", "DELETE", del, "")
+	if e.c.pool.Len() != 1 {
+		t.Errorf("pool has %d keys after two deletes, want 1", e.c.pool.Len())
+	}
+	if owners, err := e.c.store.ResourceOwners(ctx, []string{cache, "files/admin-live"}, time.Now()); err != nil || len(owners) != 0 {
+		t.Errorf("records of a deleted key's resources remain: %v %v", owners, err)
+	}
+	for _, k := range list(t, b.wantStatus(200, "GET", "/admin/api/keys", ""), "keys") {
+		if k["resources"] != 0.0 {
+			t.Errorf("key %v shows resources after its owner was deleted", k)
+		}
 	}
 }

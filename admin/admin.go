@@ -26,7 +26,8 @@
 //	                                  -> {"keys":[Key],"total","page","page_size",
 //	                                      "counts":{"active","cooling","disabled"}}
 //	POST   P/api/keys                 {"keys":[...]} or {"text":"..."} -> {"added","duplicates","invalid"}
-//	DELETE P/api/keys/{id}            -> {"deleted":id}
+//	DELETE P/api/keys/{id}            ?force=true -> {"deleted":id}; 409 if the key owns live
+//	                                  resources and force is not set
 //	POST   P/api/keys/{id}/enable     -> Key
 //	POST   P/api/keys/{id}/disable    -> Key
 //	POST   P/api/keys/{id}/validate   -> {"check":KeyCheck,"key":Key}
@@ -69,6 +70,12 @@
 // "reason","action","until"}: result is what the upstream's answer means (success, quota,
 // key_invalid, transient, client_error, canceled), action what was done (enabled, valid,
 // disabled, cooling, unchanged).
+//
+// A key's "resources" is how many live resources created through the gateway (files, cached
+// contents, batches, tuned models; expired ones not counted) it owns. They belong to the
+// Google project of that key, so once the key is deleted the gateway can no longer reach
+// them: DELETE P/api/keys/{id} of such a key answers 409 FAILED_PRECONDITION saying how many
+// it owns and changes nothing, unless the query says force=true.
 //
 // Validating every key: POST P/api/keys/validate (no body, or {"ids":[...]} for a selection)
 // answers 202 with the new run; while it runs,
@@ -190,6 +197,9 @@ type Key struct {
 	Failures       int64      `json:"failures"`
 	Cooldowns      []Cooldown `json:"cooldowns"`
 	CreatedAt      Time       `json:"created_at"`
+	// Resources is how many live resources created through the gateway (files, cached
+	// contents, batches, tuned models) the key owns; only this key can reach them.
+	Resources int `json:"resources"`
 }
 
 // Cooldown keeps a key off one model until a time.

@@ -167,7 +167,34 @@ func (h *Handler) keyByID(w http.ResponseWriter, r *http.Request, id int64) (Key
 	return Key{}, false
 }
 
+// deleteKey deletes a key; one that owns live resources only with ?force=true, since the
+// gateway cannot reach them through another key.
 func (h *Handler) deleteKey(w http.ResponseWriter, r *http.Request, _ *auth, id int64) {
+	force := false
+	if v := r.URL.Query().Get("force"); v != "" {
+		var err error
+		if force, err = strconv.ParseBool(v); err != nil {
+			badField(w, "force", "must be true or false")
+			return
+		}
+	}
+	if !force {
+		k, ok := h.keyByID(w, r, id)
+		if !ok {
+			return
+		}
+		if k.Resources > 0 {
+			what := "1 live file or other resource"
+			if k.Resources > 1 {
+				what = fmt.Sprintf("%d live files or other resources", k.Resources)
+			}
+			writeError(w, http.StatusConflict, "FAILED_PRECONDITION", fmt.Sprintf(
+				"Key %d owns %s (files, cached contents, batches or tuned models created through the gateway); "+
+					"once the key is deleted they can no longer be reached through the gateway. "+
+					"Delete with ?force=true to delete it anyway.", id, what))
+			return
+		}
+	}
 	if err := h.Backend.DeleteKey(r.Context(), id); err != nil {
 		writeBackendError(w, err)
 		return

@@ -134,12 +134,13 @@ func (b *browser) observe(ev any) {
 }
 
 // expectedLogError tells the errors the panel causes on purpose: the API's 401 while signed
-// out, the 400 of a setting refused on purpose and the 403 of a wrong admin key.
+// out, the 400 of a setting refused on purpose, the 403 of a wrong admin key and the 409 of
+// deleting a key that came to own files after the list was loaded.
 func expectedLogError(e *cdplog.Entry) bool {
 	if e.Source != cdplog.EntrySourceNetwork {
 		return false
 	}
-	return strings.Contains(e.Text, "401") || strings.Contains(e.Text, "400") || strings.Contains(e.Text, "403")
+	return strings.Contains(e.Text, "401") || strings.Contains(e.Text, "400") || strings.Contains(e.Text, "403") || strings.Contains(e.Text, "409")
 }
 
 func (b *browser) report(list *[]string, s string) {

@@ -19,6 +19,7 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+	"google.golang.org/genai"
 )
 
 // adminAPI calls the gateway's admin API with the admin key as a Bearer token and decodes the
@@ -45,9 +46,10 @@ type apiStats struct {
 
 // apiKey is the part of a key in GET P/api/keys the test looks at.
 type apiKey struct {
-	ID     int64  `json:"id"`
-	Masked string `json:"masked"`
-	Status string `json:"status"`
+	ID        int64  `json:"id"`
+	Masked    string `json:"masked"`
+	Status    string `json:"status"`
+	Resources int    `json:"resources"`
 }
 
 func (g *gateway) apiKeys() []apiKey {
@@ -420,5 +422,131 @@ func TestPanelXSS(t *testing.T) {
 	b.waitJS("the sign-in form", `!document.getElementById('signin').hidden && document.getElementById('signin-error').textContent.includes('session has ended')`)
 	if p := b.Problems(); len(p) > 0 {
 		t.Errorf("the browser reported problems:\n%s", strings.Join(p, "\n"))
+	}
+}
+
+// clickButton clicks the button of the open dialog whose text is label.
+func (b *browser) clickButton(label string) {
+	b.t.Helper()
+	if !evalJS[bool](b, `(() => { const x = [...document.querySelectorAll('#modal .modal-foot button')].find(e => e.textContent.trim() === `+jsString(label)+`); if (x) x.click(); return !!x; })()`) {
+		b.t.Fatalf("the dialog has no button %q", label)
+	}
+}
+
+// TestPanelKeyOwningFiles: a key that owns a file uploaded through the gateway shows it in the
+// key table and its details; deleting it asks first and says the file will no longer be
+// reachable, and only then is the key deleted; a key that came to own a file after the list
+// was loaded is deleted only after a second question.
+func TestPanelKeyOwningFiles(t *testing.T) {
+	fake, srv := newFake(t)
+	pool := poolKeys(3)
+	g := startGateway(t, gatewayConfig{Upstream: srv.URL, PoolKeys: pool, AccessKeys: []string{accessKey}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f, err := newSDKClient(t, g, accessKey).Files.Upload(ctx, strings.NewReader("a small document"), &genai.UploadFileConfig{MIMEType: "text/plain"})
+	if err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	ownerSecret := fake.FileOwner(f.Name)
+	var owner, other apiKey
+	for _, k := range g.apiKeys() {
+		switch {
+		case ownerSecret != "" && k.Masked == ownerSecret[:6]+"…"+ownerSecret[len(ownerSecret)-4:]:
+			owner = k
+		case other.ID == 0:
+			other = k
+		}
+	}
+	if owner.ID == 0 || owner.Resources != 1 || other.Resources != 0 {
+		t.Fatalf("the API shows owner %+v and another key %+v; want 1 resource on the file's owner", owner, other)
+	}
+
+	b := newBrowser(t, 1280, 900)
+	b.do("opening the panel", chromedp.Navigate(g.URL+"/admin/#/keys"), chromedp.WaitVisible(chromedp.ID("signin-key")))
+	b.typeInto("#signin-key", adminKey)
+	b.click("#signin-submit")
+	b.waitJS("the key table", `document.querySelectorAll('#keys-table tbody tr').length === 3`)
+	row := func(k apiKey) string { return fmt.Sprintf(`#keys-table tr[data-id="%d"]`, k.ID) }
+	if got := b.text(row(owner) + ` td[data-col="resources"]`); got != "1" {
+		t.Errorf("the owner's row shows %q resources, want 1", got)
+	}
+	if got := b.text(row(other) + ` td[data-col="resources"]`); got != "—" {
+		t.Errorf("a key owning nothing shows %q resources, want a dash", got)
+	}
+
+	// Details say it too.
+	b.click(row(owner) + " .key-masked")
+	b.waitJS("the key details", `document.getElementById('key-resources') !== null`)
+	if got := b.text("#key-resources"); !strings.Contains(got, "1 live file/resource") {
+		t.Errorf("details: %q", got)
+	}
+	b.do("closing the dialog", chromedp.KeyEvent(kb.Escape))
+	b.waitJS("the dialog to close", `!document.getElementById('modal').open`)
+
+	// Deleting the owner asks first and says what is lost; cancelling deletes nothing.
+	warning := `(document.querySelector('#modal .confirm-warning') || {}).textContent || ''`
+	b.click(row(owner) + ` button[title="Delete"]`)
+	b.waitJS("the delete dialog", `document.getElementById('modal').open`)
+	if got := evalJS[string](b, warning); !strings.Contains(got, "owns 1 live file/resource") ||
+		!strings.Contains(got, "no longer be reachable through the gateway") {
+		t.Errorf("the delete dialog warns %q", got)
+	}
+	b.clickButton("Cancel")
+	b.waitJS("the dialog to close", `!document.getElementById('modal').open`)
+	if len(g.apiKeys()) != 3 {
+		t.Fatal("cancelling the dialog deleted a key")
+	}
+
+	// A key that owns nothing is deleted with the plain question, no warning.
+	b.click(row(other) + ` button[title="Delete"]`)
+	b.waitJS("the delete dialog", `document.getElementById('modal').open`)
+	if got := evalJS[string](b, warning); got != "" {
+		t.Errorf("deleting a key that owns nothing warns %q", got)
+	}
+	b.clickButton("Cancel")
+	b.waitJS("the dialog to close", `!document.getElementById('modal').open`)
+
+	// While the page shows the list, a second file lands on another key (the owner is briefly
+	// disabled so the upload cannot go to it).
+	g.adminAPI(http.MethodPost, fmt.Sprintf("keys/%d/disable", owner.ID), "", http.StatusOK, nil)
+	f2, err := newSDKClient(t, g, accessKey).Files.Upload(ctx, strings.NewReader("another document"), &genai.UploadFileConfig{MIMEType: "text/plain"})
+	if err != nil {
+		t.Fatalf("second upload: %v", err)
+	}
+	g.adminAPI(http.MethodPost, fmt.Sprintf("keys/%d/enable", owner.ID), "", http.StatusOK, nil)
+	lateSecret := fake.FileOwner(f2.Name)
+	if lateSecret == "" || lateSecret == ownerSecret {
+		t.Fatal("the second file is not on another key")
+	}
+
+	// Bulk delete of every key: the dialog names the owner it knows of. The key that came to own
+	// the second file answers 409, and the panel asks again for it before deleting it.
+	b.click("#keys-table thead .col-check input")
+	b.click(`[data-bulk="delete"]`)
+	b.waitJS("the bulk delete dialog", `document.getElementById('modal').open`)
+	if got := evalJS[string](b, warning); !strings.Contains(got, owner.Masked+" owns 1 live file/resource") ||
+		!strings.Contains(got, "no longer be reachable through the gateway") {
+		t.Errorf("the bulk delete dialog warns %q", got)
+	}
+	b.clickButton("Delete anyway")
+	b.waitJS("the second question", `document.getElementById('modal').open && ((document.querySelector('#modal .modal-text') || {}).textContent || '').includes('Since the list was loaded')`)
+	lateOwner := evalJS[string](b, `document.querySelector('#modal .modal-text').textContent`)
+	if got := evalJS[string](b, warning); !strings.Contains(got, "no longer be reachable through the gateway") ||
+		!strings.Contains(lateOwner, lateSecret[:6]+"…"+lateSecret[len(lateSecret)-4:]) {
+		t.Errorf("the second question names %q and warns %q", lateOwner, got)
+	}
+	if n := len(g.apiKeys()); n != 1 {
+		t.Errorf("before the second answer the API lists %d keys, want only the late owner", n)
+	}
+	b.clickButton("Delete anyway")
+	b.waitJS("the table to empty", `document.querySelector('#keys-table') === null && document.querySelector('#view .empty') !== null`)
+	if keys := g.apiKeys(); len(keys) != 0 {
+		t.Errorf("after the bulk delete the API lists %+v", keys)
+	}
+	if p := b.Problems(); len(p) > 0 {
+		t.Errorf("the browser reported problems:\n%s", strings.Join(p, "\n"))
+	}
+	if d := b.Dialogs(); len(d) > 0 {
+		t.Errorf("unexpected dialogs: %v", d)
 	}
 }

@@ -189,11 +189,12 @@ export function openModal({ title, content, actions = [], wide = false, onOpen }
   });
 }
 
-/** confirmDialog asks a yes/no question. */
-export async function confirmDialog(title, message, { confirm = 'Confirm', danger = false } = {}) {
+/** confirmDialog asks a yes/no question; warning, if given, stands out below the question. */
+export async function confirmDialog(title, message, { confirm = 'Confirm', danger = false, warning = '' } = {}) {
   const v = await openModal({
     title,
-    content: h('p', { class: 'modal-text' }, message),
+    content: h('div', { class: 'stack' }, h('p', { class: 'modal-text' }, message),
+      warning ? h('div', { class: 'callout warn', role: 'alert' }, icon('alert'), h('span', { class: 'confirm-warning' }, warning)) : null),
     actions: [
       { label: 'Cancel', value: false },
       { label: confirm, value: true, kind: danger ? 'danger' : 'primary', primary: true },

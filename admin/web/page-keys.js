@@ -11,6 +11,11 @@ export function statusBadge(status) {
   return h('span', { class: 'badge badge-' + (status || 'unknown') }, status || 'unknown');
 }
 
+/** ownedText says how many live resources a key owns, in words. */
+function ownedText(n) {
+  return n === 1 ? '1 live file/resource' : `${fmtNum(n)} live files/resources`;
+}
+
 /** runAll runs fn over items with a small concurrency and counts successes and failures. */
 async function runAll(items, fn, limit = 4) {
   let ok = 0;
@@ -161,6 +166,7 @@ export async function render(view, ctx) {
       h('thead', null, h('tr', null,
         h('th', { class: 'col-check' }, all), h('th', null, 'Key'), h('th', null, 'Status'),
         h('th', { class: 'num' }, 'Requests'), h('th', { class: 'num hide-sm' }, 'Failures'),
+        h('th', { class: 'num hide-sm', title: 'Live files, cached contents, batches and tuned models this key owns' }, 'Files'),
         h('th', { class: 'hide-lg' }, 'Last used'), h('th', { class: 'hide-md' }, 'Last error'), h('th', { class: 'col-actions' }, ''))),
       h('tbody', null, rows.map(row)));
     tableBox.append(h('div', { class: 'table-scroll' }, table));
@@ -188,6 +194,9 @@ export async function render(view, ctx) {
       statusCell,
       h('td', { class: 'num' }, fmtNum(reqs)),
       h('td', { class: 'num hide-sm' }, fmtNum(fails), reqs ? h('span', { class: 'muted small' }, ' ', fmtPct(fails / reqs)) : null),
+      h('td', { class: 'num hide-sm', dataset: { col: 'resources' } }, k.resources
+        ? h('span', { class: 'owned', title: `Owns ${ownedText(k.resources)}: only this key can reach them` }, fmtNum(k.resources))
+        : h('span', { class: 'muted' }, '—')),
       h('td', { class: 'hide-lg muted nowrap', title: k.last_used_at ? fmtTime(k.last_used_at) : '' }, fmtAgo(k.last_used_at)),
       h('td', { class: 'hide-md' }, k.last_error ? h('span', { class: 'cell-clip error-text', title: k.last_error }, k.last_error) : h('span', { class: 'muted' }, '—')),
       h('td', { class: 'col-actions' }, h('div', { class: 'row-actions' },
@@ -261,11 +270,46 @@ export async function render(view, ctx) {
     await load();
   }
 
+  /** remove deletes keys after asking; a key that owns live resources is deleted (with force)
+   *  only once the dialog said so, since the gateway cannot reach them with another key. */
   async function remove(list) {
     const what = list.length === 1 ? (list[0].masked || 'this key') : `${list.length} keys`;
-    if (!await confirmDialog(list.length === 1 ? 'Delete key' : 'Delete keys', `Delete ${what} from the pool? This cannot be undone; add the key again to bring it back.`, { confirm: 'Delete', danger: true })) return;
+    const owning = list.filter((k) => (k.resources || 0) > 0);
+    const owned = owning.reduce((n, k) => n + k.resources, 0);
+    let warning = '';
+    if (owning.length) {
+      const who = list.length === 1 ? 'This key owns'
+        : owning.length === 1 ? `${owning[0].masked || 'One of them'} owns`
+          : `${owning.length} of them own`;
+      warning = `${who} ${ownedText(owned)}${owning.length > 1 ? ' in all' : ''} (uploaded files, cached contents, batches or tuned models); they will no longer be reachable through the gateway.`;
+    }
+    if (!await confirmDialog(list.length === 1 ? 'Delete key' : 'Delete keys', `Delete ${what} from the pool? This cannot be undone.`,
+      { confirm: owning.length ? 'Delete anyway' : 'Delete', danger: true, warning })) return;
+    const forced = new Set(owning.map((k) => String(k.id)));
+    const deleteOne = (k) => del(`keys/${encodeURIComponent(k.id)}`, forced.has(String(k.id)) ? { query: { force: 'true' } } : undefined);
     try {
-      const { ok, errors } = await runAll(list, (k) => del(`keys/${encodeURIComponent(k.id)}`));
+      // A key that came to own resources after the list was loaded answers 409: ask again for those.
+      const late = [];
+      const first = await runAll(list, async (k) => {
+        try { await deleteOne(k); } catch (e) {
+          if (e.status !== 409) throw e;
+          late.push([k, e]);
+        }
+      });
+      let ok = first.ok - late.length;
+      const errors = first.errors;
+      if (late.length) {
+        const names = late.map(([k]) => k.masked || '#' + k.id).join(', ');
+        if (await confirmDialog('Delete keys that own resources', `Since the list was loaded, ${late.length === 1 ? 'a key' : late.length + ' keys'} came to own live files/resources: ${names}.`,
+          { confirm: 'Delete anyway', danger: true, warning: `Deleted, ${late.length === 1 ? 'its files/resources' : 'their files/resources'} will no longer be reachable through the gateway.` })) {
+          for (const [k] of late) forced.add(String(k.id));
+          const again = await runAll(late.map(([k]) => k), deleteOne);
+          ok += again.ok;
+          errors.push(...again.errors);
+        } else {
+          errors.push(...late.map(([, e]) => e));
+        }
+      }
       for (const k of list) state.selected.delete(String(k.id));
       if (errors.length) toast(`Deleted ${ok} of ${list.length}; ${errors[0].message}`, 'error');
       else toast(`Deleted ${what}.`, 'ok');
@@ -364,6 +408,9 @@ export async function render(view, ctx) {
       k.disabled_reason ? [h('dt', null, 'Disabled because'), h('dd', null, k.disabled_reason)] : null,
       h('dt', null, 'Consecutive failures'), h('dd', null, fmtNum(k.failure_count || 0)),
       h('dt', null, 'Requests'), h('dd', null, fmtNum(k.requests || 0), ' (', fmtNum(k.failures || 0), ' failed)'),
+      h('dt', null, 'Owns'), h('dd', { id: 'key-resources' }, k.resources
+        ? `${ownedText(k.resources)} created through the gateway; only this key can reach ${k.resources === 1 ? 'it' : 'them'}`
+        : 'no live files or other resources'),
       h('dt', null, 'Last used'), h('dd', null, k.last_used_at ? `${fmtTime(k.last_used_at)} · ${fmtAgo(k.last_used_at)}` : 'never'));
     const cdBox = cds.length
       ? h('table', { class: 'table table-compact' },
