@@ -43,10 +43,15 @@ func uploadSessionID(p, rawQuery string) string {
 
 // publicBase is the scheme, host and path prefix under which the client reached the gateway,
 // e.g. "https://gw.example.com/gemini". The prefix is what a `handle_path` or `uri strip_prefix`
-// before the handler removed from the path.
+// before the handler removed from the path. Behind a trusted proxy (the server's
+// trusted_proxies) that says X-Forwarded-Proto: https, the scheme is https.
 func (x *exchange) publicBase() string {
 	scheme := "http"
 	if x.r.TLS != nil {
+		scheme = "https"
+	} else if trusted, _ := caddyhttp.GetVar(x.r.Context(), caddyhttp.TrustedProxyVarKey).(bool); trusted &&
+		strings.EqualFold(x.r.Header.Get("X-Forwarded-Proto"), "https") {
+		// A proxy in the server's trusted_proxies ended TLS in front of caddy.
 		scheme = "https"
 	}
 	prefix := ""
