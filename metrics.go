@@ -272,15 +272,22 @@ func (x *exchange) modelMetrics() *modelMetrics {
 	return x.metrics
 }
 
-// attempted records one upstream call: its outcome, whether it was a retry, a 429, and (unless
-// the client went away) how long the upstream took to answer.
+// attempted records one attempt at the client's call: as called does, and whether it was a
+// retry on another key.
 func (x *exchange) attempted(kind keypool.Kind, status int, took time.Duration) {
+	if x.attempts > 1 {
+		x.core.metrics.retries.Inc()
+	}
+	x.called(kind, status, took)
+}
+
+// called records one upstream call: its outcome, a 429, and (unless the client went away) how
+// long the upstream took to answer. Calls that are not retries of one another (the pages of a
+// files listing across keys) use it directly.
+func (x *exchange) called(kind keypool.Kind, status int, took time.Duration) {
 	m := x.core.metrics
 	if int(kind) < len(m.attemptsBy) {
 		m.attemptsBy[kind].Inc()
-	}
-	if x.attempts > 1 {
-		m.retries.Inc()
 	}
 	if status/100 == 2 && x.metrics == nil {
 		// The upstream knows the model: it may get a label value of its own.

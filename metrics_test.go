@@ -378,3 +378,45 @@ func BenchmarkMetricsPerRequest(b *testing.B) {
 		}
 	})
 }
+
+// TestMetricsCountEveryUpstreamCall: the calls of an upload's chunks, of requests bound to a
+// resource's key and of a files listing across keys are counted like the pooled ones: one
+// attempt and one latency sample each, none of them a retry.
+func TestMetricsCountEveryUpstreamCall(t *testing.T) {
+	e := newProxyEnv(t, 3, nil)
+	reg := prometheus.NewPedanticRegistry()
+	if err := e.core.metrics.register(reg); err != nil {
+		t.Fatal(err)
+	}
+	before := len(e.fake.Calls())
+	name, _ := e.upload(strings.Repeat("0123456789", 100), "", 300) // start + 4 chunks
+	// Bound to the file's key: a generation naming it, and a lookup of the file itself.
+	if resp, b := e.do("POST", genPath("gemini-2.5-flash"), fileBody(name)); resp.StatusCode != 200 {
+		t.Fatalf("generate: %d %s", resp.StatusCode, b)
+	}
+	if resp, b := e.do("GET", "/v1beta/"+name, ""); resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s", name, resp.StatusCode, b)
+	}
+	if resp, b := e.do("DELETE", "/v1beta/"+name, ""); resp.StatusCode != 200 {
+		t.Fatalf("DELETE %s: %d %s", name, resp.StatusCode, b)
+	}
+	if resp, b := e.do("GET", "/v1beta/files?pageSize=10", ""); resp.StatusCode != 200 {
+		t.Fatalf("list: %d %s", resp.StatusCode, b)
+	}
+	calls := len(e.fake.Calls()) - before
+	if calls != 5+1+1+1+3 {
+		t.Fatalf("%d upstream calls, want 11 (upload 5, generate, get, delete, a list page per key)", calls)
+	}
+	got := gatherSamples(t, reg)
+	for name, want := range map[string]float64{
+		`caddy_gemini_synapse_upstream_attempts_total{outcome="success"}`:               float64(calls),
+		`caddy_gemini_synapse_upstream_retries_total`:                                   0,
+		`caddy_gemini_synapse_upstream_latency_seconds_count{model="gemini-2.5-flash"}`: 1,
+		`caddy_gemini_synapse_upstream_latency_seconds_count{model="none"}`:             float64(calls - 1),
+		`caddy_gemini_synapse_requests_total{model="none",status_class="2xx"}`:          float64(calls - 1 - 2),
+	} {
+		if g, ok := got[name]; !ok || g != want {
+			t.Errorf("%s = %v (present: %v), want %v", name, g, ok, want)
+		}
+	}
+}
