@@ -175,9 +175,12 @@ func (x *exchange) listKeyFiles(id int64, token string, pageSize int) ([]json.Ra
 	req.Header.Set("X-Goog-Api-Key", secret)
 	req.Header.Set("User-Agent", "")
 	x.attempts++
+	sent := time.Now()
 	resp, err := c.upstream.Load().transport.RoundTrip(req)
+	took := time.Since(sent)
 	if err != nil {
 		o := keypool.ClassifyError(err)
+		x.called(o.Kind, 0, took) // one page of one key's files, not a retry
 		if o.Kind != keypool.Canceled {
 			x.report(id, o, 0)
 		}
@@ -191,9 +194,11 @@ func (x *exchange) listKeyFiles(id int64, token string, pageSize int) ([]json.Ra
 	b = maskSecret(b, secret)
 	if resp.StatusCode >= 400 {
 		o := keypool.Classify(resp.StatusCode, b, time.Now())
+		x.called(o.Kind, resp.StatusCode, took)
 		x.report(id, o, resp.StatusCode)
 		return nil, "", &upstreamError{status: resp.StatusCode, header: resp.Header, body: b, outcome: o}
 	}
+	x.called(keypool.Success, resp.StatusCode, took)
 	x.report(id, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
 	var page struct {
 		Files         []json.RawMessage `json:"files"`

@@ -21,7 +21,9 @@ import (
 //
 // Label values are bounded: models are normalised (no "models/" prefix, only the characters
 // model names use, at most maxModelLabelLen bytes) and capped at maxModelLabels distinct
-// names, beyond which they count as "other"; requests without a model (listing models, files)
+// names, beyond which they count as "other". A name gets its label value only after an
+// upstream 2xx answer for it (until then it is "other"), so names Google rejects never take
+// one of the slots; requests without a model (listing models, files)
 // count as "none". No label carries a key, a key id, a client or a path.
 
 const (
@@ -148,34 +150,40 @@ func (m *metrics) newModel(name string) *modelMetrics {
 	return mm
 }
 
-// forModel returns the children for a model named by a request. Known names cost one map
-// lookup; a new name is added (copy on write) until maxModelLabels are known.
-func (m *metrics) forModel(model string) *modelMetrics {
+// forModel returns the children for a model named by a request, and whether that answer is
+// final. Known names cost one map lookup. A new name is added (copy on write) only when admit
+// is true, that is once the upstream answered 2xx for it, and only until maxModelLabels are
+// known; before that it counts as "other" and the answer is not final. So a client cannot fill
+// the label values with names Google rejects.
+func (m *metrics) forModel(model string, admit bool) (*modelMetrics, bool) {
 	name, ok := modelLabel(model)
 	switch {
 	case !ok:
-		return m.other
+		return m.other, true
 	case name == "":
-		return m.none
+		return m.none, true
 	}
 	if mm := (*m.models.Load())[name]; mm != nil {
-		return mm
+		return mm, true
+	}
+	if !admit {
+		return m.other, false
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur := *m.models.Load()
 	if mm := cur[name]; mm != nil {
-		return mm
+		return mm, true
 	}
 	if len(cur) >= maxModelLabels {
-		return m.other
+		return m.other, true
 	}
 	name = strings.Clone(name) // not a view into the request
 	mm := m.newModel(name)
 	next := maps.Clone(cur)
 	next[name] = mm
 	m.models.Store(&next)
-	return mm
+	return mm, true
 }
 
 // modelLabel normalises a model name for a label: "models/" is dropped, and a name that is too
@@ -251,23 +259,39 @@ func (s stateCollector) Collect(ch chan<- prometheus.Metric) {
 
 // The hooks below are what the proxy calls; each is a few atomic adds.
 
-// modelMetrics returns the children of the exchange's model, resolved once.
+// modelMetrics returns the children of the exchange's model, resolved once it is final (a
+// name not admitted yet is "other" and looked up again, as a 2xx may admit it).
 func (x *exchange) modelMetrics() *modelMetrics {
 	if x.metrics == nil {
-		x.metrics = x.core.metrics.forModel(x.model)
+		mm, final := x.core.metrics.forModel(x.model, false)
+		if !final {
+			return mm
+		}
+		x.metrics = mm
 	}
 	return x.metrics
 }
 
-// attempted records one upstream call: its outcome, whether it was a retry, a 429, and (unless
-// the client went away) how long the upstream took to answer.
+// attempted records one attempt at the client's call: as called does, and whether it was a
+// retry on another key.
 func (x *exchange) attempted(kind keypool.Kind, status int, took time.Duration) {
+	if x.attempts > 1 {
+		x.core.metrics.retries.Inc()
+	}
+	x.called(kind, status, took)
+}
+
+// called records one upstream call: its outcome, a 429, and (unless the client went away) how
+// long the upstream took to answer. Calls that are not retries of one another (the pages of a
+// files listing across keys) use it directly.
+func (x *exchange) called(kind keypool.Kind, status int, took time.Duration) {
 	m := x.core.metrics
 	if int(kind) < len(m.attemptsBy) {
 		m.attemptsBy[kind].Inc()
 	}
-	if x.attempts > 1 {
-		m.retries.Inc()
+	if status/100 == 2 && x.metrics == nil {
+		// The upstream knows the model: it may get a label value of its own.
+		x.metrics, _ = m.forModel(x.model, true)
 	}
 	mm := x.modelMetrics()
 	if status == 429 {

@@ -231,29 +231,37 @@ func TestMetricsFollowTraffic(t *testing.T) {
 // the label set without bound.
 func TestModelLabelsAreBounded(t *testing.T) {
 	m := newMetrics(&core{})
-	if m.forModel("models/gemini-2.5-flash") != m.forModel("gemini-2.5-flash") {
+	// admitted is the children of a name the upstream answered 2xx for.
+	admitted := func(name string) *modelMetrics {
+		mm, final := m.forModel(name, true)
+		if !final {
+			t.Fatalf("forModel(%q, admit) is not final", name)
+		}
+		return mm
+	}
+	if admitted("models/gemini-2.5-flash") != admitted("gemini-2.5-flash") {
 		t.Error(`"models/" is not stripped`)
 	}
 	for _, odd := range []string{"gemini 2.5", "a/b", "x{y}", "é", strings.Repeat("m", maxModelLabelLen+1)} {
-		if m.forModel(odd) != m.other {
+		if admitted(odd) != m.other {
 			t.Errorf("%q got its own label value", odd)
 		}
 	}
-	if m.forModel("") != m.none || m.forModel("models/") != m.none {
+	if admitted("") != m.none || admitted("models/") != m.none {
 		t.Error("a request without a model is not counted as none")
 	}
-	if mm := m.forModel(strings.Repeat("m", maxModelLabelLen)); mm == m.other {
+	if mm := admitted(strings.Repeat("m", maxModelLabelLen)); mm == m.other {
 		t.Error("a name of the longest allowed length is other")
 	}
 	for i := 0; len(*m.models.Load()) < maxModelLabels; i++ {
-		if mm := m.forModel(fmt.Sprintf("model-%d", i)); mm == m.other {
+		if mm := admitted(fmt.Sprintf("model-%d", i)); mm == m.other {
 			t.Fatalf("model %d is other before the cap", i)
 		}
 	}
-	if m.forModel("one-too-many") != m.other {
+	if admitted("one-too-many") != m.other {
 		t.Error("a model past the cap got its own label value")
 	}
-	if m.forModel("model-0") == m.other {
+	if admitted("model-0") == m.other {
 		t.Error("a known model lost its label value at the cap")
 	}
 	reg := prometheus.NewPedanticRegistry()
@@ -271,11 +279,52 @@ func TestModelLabelsAreBounded(t *testing.T) {
 	}
 }
 
+// TestMadeUpModelsTakeNoLabelSlot: a client sending more made-up model names than there are
+// label slots (the upstream answers 404 to each) leaves every slot free; they count as
+// "other", and a real model still gets its own label value after them.
+func TestMadeUpModelsTakeNoLabelSlot(t *testing.T) {
+	e := newProxyEnv(t, 1, nil)
+	reg := prometheus.NewPedanticRegistry()
+	if err := e.core.metrics.register(reg); err != nil {
+		t.Fatal(err)
+	}
+	const madeUp = maxModelLabels + 5
+	for i := range madeUp {
+		resp, b, _ := e.generate(fmt.Sprintf("gemini-made-up-%d", i))
+		if resp.StatusCode != 404 {
+			t.Fatalf("made-up model %d: %d %s", i, resp.StatusCode, b)
+		}
+	}
+	if n := len(*e.core.metrics.models.Load()); n != 0 {
+		t.Errorf("%d label values taken by models the upstream rejected", n)
+	}
+	if resp, b, _ := e.generate("gemini-2.5-flash"); resp.StatusCode != 200 {
+		t.Fatalf("real model: %d %s", resp.StatusCode, b)
+	}
+	got := gatherSamples(t, reg)
+	for name, want := range map[string]float64{
+		`caddy_gemini_synapse_requests_total{model="other",status_class="4xx"}`:            madeUp,
+		`caddy_gemini_synapse_upstream_latency_seconds_count{model="other"}`:               madeUp,
+		`caddy_gemini_synapse_requests_total{model="gemini-2.5-flash",status_class="2xx"}`: 1,
+		`caddy_gemini_synapse_upstream_latency_seconds_count{model="gemini-2.5-flash"}`:    1,
+	} {
+		if g, ok := got[name]; !ok || g != want {
+			t.Errorf("%s = %v (present: %v), want %v", name, g, ok, want)
+		}
+	}
+	for name := range got {
+		if strings.Contains(name, "made-up") {
+			t.Errorf("a rejected model name is a label value: %s", name)
+		}
+	}
+}
+
 // TestMetricsRegisterAcrossReloads: a reload registers the same core's collectors in the new
 // config's registry (and twice in one is harmless); the counts carry over.
 func TestMetricsRegisterAcrossReloads(t *testing.T) {
 	m := newMetrics(&core{})
-	m.forModel("gemini-2.5-flash").requests[0].Inc()
+	mm, _ := m.forModel("gemini-2.5-flash", true)
+	mm.requests[0].Inc()
 	first, second := prometheus.NewPedanticRegistry(), prometheus.NewPedanticRegistry()
 	for _, reg := range []*prometheus.Registry{first, first, second} {
 		if err := m.register(reg); err != nil {
@@ -299,7 +348,7 @@ func TestMetricsHotPathDoesNotAllocate(t *testing.T) {
 	c.metrics = newMetrics(c)
 	x := &exchange{core: c, model: "gemini-2.5-flash", status: 200, attempts: 2,
 		ttfb: 120 * time.Millisecond, usage: usage{prompt: 3, candidates: 5, total: 8}}
-	x.modelMetrics() // the first request of a model adds its label value
+	x.attempted(keypool.Success, 200, time.Millisecond) // the first 2xx of a model adds its label value
 	ch := keypool.Change{CooldownUntil: time.Now()}
 	allocs := testing.AllocsPerRun(200, func() {
 		x.metrics = nil
@@ -328,4 +377,46 @@ func BenchmarkMetricsPerRequest(b *testing.B) {
 			x.recordRequest()
 		}
 	})
+}
+
+// TestMetricsCountEveryUpstreamCall: the calls of an upload's chunks, of requests bound to a
+// resource's key and of a files listing across keys are counted like the pooled ones: one
+// attempt and one latency sample each, none of them a retry.
+func TestMetricsCountEveryUpstreamCall(t *testing.T) {
+	e := newProxyEnv(t, 3, nil)
+	reg := prometheus.NewPedanticRegistry()
+	if err := e.core.metrics.register(reg); err != nil {
+		t.Fatal(err)
+	}
+	before := len(e.fake.Calls())
+	name, _ := e.upload(strings.Repeat("0123456789", 100), "", 300) // start + 4 chunks
+	// Bound to the file's key: a generation naming it, and a lookup of the file itself.
+	if resp, b := e.do("POST", genPath("gemini-2.5-flash"), fileBody(name)); resp.StatusCode != 200 {
+		t.Fatalf("generate: %d %s", resp.StatusCode, b)
+	}
+	if resp, b := e.do("GET", "/v1beta/"+name, ""); resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s", name, resp.StatusCode, b)
+	}
+	if resp, b := e.do("DELETE", "/v1beta/"+name, ""); resp.StatusCode != 200 {
+		t.Fatalf("DELETE %s: %d %s", name, resp.StatusCode, b)
+	}
+	if resp, b := e.do("GET", "/v1beta/files?pageSize=10", ""); resp.StatusCode != 200 {
+		t.Fatalf("list: %d %s", resp.StatusCode, b)
+	}
+	calls := len(e.fake.Calls()) - before
+	if calls != 5+1+1+1+3 {
+		t.Fatalf("%d upstream calls, want 11 (upload 5, generate, get, delete, a list page per key)", calls)
+	}
+	got := gatherSamples(t, reg)
+	for name, want := range map[string]float64{
+		`caddy_gemini_synapse_upstream_attempts_total{outcome="success"}`:               float64(calls),
+		`caddy_gemini_synapse_upstream_retries_total`:                                   0,
+		`caddy_gemini_synapse_upstream_latency_seconds_count{model="gemini-2.5-flash"}`: 1,
+		`caddy_gemini_synapse_upstream_latency_seconds_count{model="none"}`:             float64(calls - 1),
+		`caddy_gemini_synapse_requests_total{model="none",status_class="2xx"}`:          float64(calls - 1 - 2),
+	} {
+		if g, ok := got[name]; !ok || g != want {
+			t.Errorf("%s = %v (present: %v), want %v", name, g, ok, want)
+		}
+	}
 }

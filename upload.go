@@ -43,10 +43,15 @@ func uploadSessionID(p, rawQuery string) string {
 
 // publicBase is the scheme, host and path prefix under which the client reached the gateway,
 // e.g. "https://gw.example.com/gemini". The prefix is what a `handle_path` or `uri strip_prefix`
-// before the handler removed from the path.
+// before the handler removed from the path. Behind a trusted proxy (the server's
+// trusted_proxies) that says X-Forwarded-Proto: https, the scheme is https.
 func (x *exchange) publicBase() string {
 	scheme := "http"
 	if x.r.TLS != nil {
+		scheme = "https"
+	} else if trusted, _ := caddyhttp.GetVar(x.r.Context(), caddyhttp.TrustedProxyVarKey).(bool); trusted &&
+		strings.EqualFold(x.r.Header.Get("X-Forwarded-Proto"), "https") {
+		// A proxy in the server's trusted_proxies ended TLS in front of caddy.
 		scheme = "https"
 	}
 	prefix := ""
@@ -163,14 +168,18 @@ func (x *exchange) serveUploadChunk(id string) {
 	copyRequestHeaders(req.Header, x.r.Header)
 	req.Header.Set("X-Goog-Api-Key", secret)
 	x.attempts = 1
+	sent := time.Now()
 	resp, err := c.upstream.Load().transport.RoundTrip(req)
+	took := time.Since(sent)
 	if err != nil {
 		o := keypool.ClassifyError(err)
 		if o.Kind == keypool.Canceled || ctx.Err() != nil {
+			x.attempted(keypool.Canceled, 0, took)
 			x.status = 499
 			x.errText = "client closed the upload request"
 			return
 		}
+		x.attempted(o.Kind, 0, took)
 		x.report(sess.KeyID, o, 0)
 		// No upload status: SDKs retry the same chunk, which is right after a network failure.
 		x.fail(http.StatusBadGateway, "UNAVAILABLE", "The upstream could not be reached: "+o.Reason)
@@ -183,6 +192,7 @@ func (x *exchange) serveUploadChunk(id string) {
 		resp.Body.Close()
 		b = maskSecret(b, secret)
 		o := keypool.Classify(resp.StatusCode, b, time.Now())
+		x.attempted(o.Kind, resp.StatusCode, took)
 		x.report(sess.KeyID, o, resp.StatusCode)
 		if o.Kind == keypool.KeyInvalid {
 			// Google's "API key not valid" would make the client think its access key is bad:
@@ -200,6 +210,7 @@ func (x *exchange) serveUploadChunk(id string) {
 		x.writeRaw(resp, b, secret, o.Reason)
 		return
 	}
+	x.attempted(keypool.Success, resp.StatusCode, took)
 	x.report(sess.KeyID, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
 	if strings.Contains(strings.ToLower(x.r.Header.Get("X-Goog-Upload-Command")), "cancel") {
 		if err := c.store.DeleteUploadSession(context.WithoutCancel(ctx), id); err != nil {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // startUpload starts a resumable upload through the gateway with the access key and returns
@@ -214,5 +216,31 @@ func TestProxyChunkOfInvalidPoolKeyIsUnavailable(t *testing.T) {
 	}
 	if v := resp.Header.Get("X-Goog-Upload-Url"); strings.Contains(v, "key=") {
 		t.Errorf("upload URL with a key: %q", v)
+	}
+}
+
+// The upload URL handed back names the scheme the client used: https when a trusted proxy
+// ended TLS in front of caddy and says so, and never on an untrusted peer's word.
+func TestPublicBaseScheme(t *testing.T) {
+	for _, tc := range []struct {
+		trusted bool
+		proto   string
+		want    string
+	}{
+		{false, "", "http://gw.example.com"},
+		{true, "", "http://gw.example.com"},
+		{true, "https", "https://gw.example.com"},
+		{false, "https", "http://gw.example.com"},
+	} {
+		r := httptest.NewRequest(http.MethodPost, "http://gw.example.com/upload/v1beta/files", nil)
+		if tc.proto != "" {
+			r.Header.Set("X-Forwarded-Proto", tc.proto)
+		}
+		vars := map[string]any{caddyhttp.TrustedProxyVarKey: tc.trusted}
+		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, vars))
+		x := &exchange{r: r}
+		if got := x.publicBase(); got != tc.want {
+			t.Errorf("trusted=%v proto=%q: publicBase = %q, want %q", tc.trusted, tc.proto, got, tc.want)
+		}
 	}
 }

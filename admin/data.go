@@ -171,8 +171,10 @@ var statsRanges = map[string]statsRange{
 }
 
 // statsBounds returns the bucket bounds of a range ending with the bucket that holds now:
-// hours and six-hour blocks start on the hour in loc (six-hour blocks at 00, 06, 12 and 18
-// local), days at local midnight, so a day across a DST change has 23 or 25 hours.
+// hours start on the local hour (a repeated hour after clocks go back is two buckets with the
+// same label and their own offsets; a skipped one is no bucket), six-hour blocks at 00, 06, 12
+// and 18 local, days at local midnight; so a day or a block across a DST change lasts an hour
+// more or less.
 func statsBounds(rg statsRange, now time.Time, loc *time.Location) []time.Time {
 	now = now.In(loc)
 	y, m, d := now.Date()
@@ -183,22 +185,25 @@ func statsBounds(rg statsRange, now time.Time, loc *time.Location) []time.Time {
 		for i := n - 1; i >= -1; i-- {
 			bounds = append(bounds, time.Date(y, m, d-i, 0, 0, 0, 0, loc))
 		}
-	default:
-		step := time.Hour
-		cur := time.Date(y, m, d, now.Hour(), 0, 0, 0, loc)
-		if cur.After(now) { // the local hour started before a DST jump
-			cur = now.Truncate(time.Hour)
-		}
-		if rg.bucket == "6h" {
-			step = 6 * time.Hour
-			cur = cur.Add(-time.Duration(cur.Hour()%6) * time.Hour)
-		}
+	case "6h":
+		// Calendar arithmetic, not 6 h steps: the block starts stay at 00/06/12/18 local
+		// on both sides of a DST change (time.Date normalises a negative hour into the
+		// days before).
+		h0 := now.Hour() - now.Hour()%6
 		for i := n - 1; i >= -1; i-- {
-			bounds = append(bounds, cur.Add(-time.Duration(i)*step))
+			bounds = append(bounds, time.Date(y, m, d, h0-6*i, 0, 0, 0, loc))
+		}
+	default:
+		// The start of the current local hour, as an instant: time.Date would pick the
+		// first of two 02:00s on the night clocks go back.
+		cur := now.Add(-(time.Duration(now.Minute())*time.Minute +
+			time.Duration(now.Second())*time.Second + time.Duration(now.Nanosecond())))
+		for i := n - 1; i >= -1; i-- {
+			bounds = append(bounds, cur.Add(-time.Duration(i)*time.Hour))
 		}
 	}
-	// A local midnight that does not exist maps onto the next valid time; drop a bound that
-	// would not be after the one before.
+	// A local midnight or block start that does not exist maps onto a valid time, possibly
+	// the same as its neighbour; drop a bound that would not be after the one before.
 	out := bounds[:1]
 	for _, b := range bounds[1:] {
 		if b.After(out[len(out)-1]) {

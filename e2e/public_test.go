@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,7 +75,8 @@ func TestExampleCaddyfilesAdapt(t *testing.T) {
 			}
 			if filepath.Base(filepath.Dir(file)) == "examples" {
 				// The public examples keep access keys out of the access log.
-				for _, field := range []string{`request\u003euri`, `request\u003eheaders\u003eX-Goog-Api-Key`, `request\u003eheaders\u003eAuthorization`} {
+				for _, field := range []string{`request\u003euri`, `request\u003eheaders\u003eX-Goog-Api-Key`, `request\u003eheaders\u003eAuthorization`,
+					`"parameter":"upload_id"`, `(key|upload_id)=`} {
 					if !strings.Contains(stdout.String(), field) {
 						t.Errorf("the access log filter has no rule for %s", field)
 					}
@@ -103,7 +105,8 @@ func execCaddy(dir string, env map[string]string, args ...string) *exec.Cmd {
 }
 
 // uploadKeyEcho makes the upstream's resumable-upload URL carry a key= parameter, as Google's
-// does when the upload was started with ?key=, to check that the access log masks it.
+// does when the upload was started with ?key=, to check that neither the client nor the access
+// log gets it back.
 type uploadKeyEcho struct {
 	http.ResponseWriter
 	key string
@@ -301,8 +304,26 @@ func TestPublicHTTPSWithLocalCA(t *testing.T) {
 		"X-Goog-Upload-Command":               {"start"},
 		"X-Goog-Upload-Header-Content-Length": {"5"},
 	}, `{"file":{"display_name":"x"}}`)
-	if upload.Status != 200 || !strings.Contains(upload.Header.Get("X-Goog-Upload-Url"), "key=") {
-		t.Fatalf("upload start: %d, upload URL %q", upload.Status, upload.Header.Get("X-Goog-Upload-Url"))
+	// The gateway hands back its own upload URL, without the key= the upstream's carried.
+	uploadURL := upload.Header.Get("X-Goog-Upload-Url")
+	if upload.Status != 200 || uploadURL == "" || strings.Contains(uploadURL, "key=") {
+		t.Fatalf("upload start: %d, upload URL %q", upload.Status, uploadURL)
+	}
+	// The chunk goes to the upload URL with no key header: its session id is the credential.
+	pu, err := url.Parse(uploadURL)
+	if err != nil || !strings.HasPrefix(uploadURL, g.URL+"/upload/") {
+		t.Fatalf("upload URL %q: %v", uploadURL, err)
+	}
+	uploadID := pu.Query().Get("upload_id")
+	if len(uploadID) < 8 {
+		t.Fatalf("upload URL %q has no session id", uploadURL)
+	}
+	chunk := g.do(http.MethodPost, strings.TrimPrefix(uploadURL, g.URL), http.Header{
+		"X-Goog-Upload-Command": {"upload, finalize"},
+		"X-Goog-Upload-Offset":  {"0"},
+	}, "hello")
+	if chunk.Status != 200 || chunk.Header.Get("X-Goog-Upload-Status") != "final" {
+		t.Fatalf("upload chunk: %d %s", chunk.Status, chunk.Body)
 	}
 
 	// The access log has every request, and no access key.
@@ -323,13 +344,16 @@ func TestPublicHTTPSWithLocalCA(t *testing.T) {
 		if strings.Contains(line, accessKey) {
 			t.Errorf("the access log holds the access key: %s", strings.ReplaceAll(line, accessKey, mask(accessKey)))
 		}
+		if strings.Contains(line, uploadID) {
+			t.Errorf("the access log holds the upload session id: %s", strings.ReplaceAll(line, uploadID, mask(uploadID)))
+		}
 	}
 	// raw generate, the untrusted client never got through, the SDK's 2 calls, ?key=, upload start
-	// (the redirect is served by the HTTP redirect server, which is not logged).
-	if len(lines) < 5 {
-		t.Fatalf("%d access log lines, want at least 5:\n%s", len(lines), g.Output())
+	// and chunk (the redirect is served by the HTTP redirect server, which is not logged).
+	if len(lines) < 6 {
+		t.Fatalf("%d access log lines, want at least 6:\n%s", len(lines), g.Output())
 	}
-	var sawQuery, sawUpload bool
+	var sawQuery, sawUpload, sawChunk bool
 	for _, m := range lines {
 		req, _ := m["request"].(map[string]any)
 		uri, _ := req["uri"].(string)
@@ -339,13 +363,16 @@ func TestPublicHTTPSWithLocalCA(t *testing.T) {
 				t.Errorf("logged uri keeps the key parameter: %s", uri)
 			}
 		}
-		if strings.HasPrefix(uri, "/upload/") {
+		if uri == "/upload/v1beta/files" { // the start
 			sawUpload = true
 			hdr, _ := m["resp_headers"].(map[string]any)
 			v := fmt.Sprint(hdr["X-Goog-Upload-Url"])
-			if !strings.Contains(v, "key=REDACTED") {
+			if !strings.Contains(v, "upload_id=REDACTED") {
 				t.Errorf("logged upload URL is not masked: %s", v)
 			}
+		}
+		if strings.HasPrefix(uri, "/upload/v1beta/files?") {
+			sawChunk = true // the chunk; its session id is checked for above, in every line
 		}
 		if h, _ := req["headers"].(map[string]any); h != nil {
 			for _, name := range []string{"X-Goog-Api-Key", "Authorization"} {
@@ -355,7 +382,7 @@ func TestPublicHTTPSWithLocalCA(t *testing.T) {
 			}
 		}
 	}
-	if !sawQuery || !sawUpload {
-		t.Errorf("access log misses requests: ?key= %v, upload %v", sawQuery, sawUpload)
+	if !sawQuery || !sawUpload || !sawChunk {
+		t.Errorf("access log misses requests: ?key= %v, upload %v, chunk %v", sawQuery, sawUpload, sawChunk)
 	}
 }

@@ -1,0 +1,116 @@
+package admin
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestStatsBoundsAcrossDST checks the hourly and six-hour buckets on and after both DST
+// changes in a European and an American zone: six-hour blocks start at 00, 06, 12 and 18 local
+// (the one holding the change lasts 5 or 7 hours), hours start on the local hour (the repeated
+// one appears twice, the skipped one not at all), and the last bucket holds now.
+func TestStatsBoundsAcrossDST(t *testing.T) {
+	berlin := mustZone(t, "Europe/Berlin")
+	newYork := mustZone(t, "America/New_York")
+	// at builds an instant from the local wall clock with an explicit UTC offset (in hours),
+	// so the ambiguous hour after clocks go back can be named either way.
+	at := func(loc *time.Location, y int, m time.Month, d, h, min, offset int) time.Time {
+		return time.Date(y, m, d, h, min, 0, 0, time.FixedZone("", offset*3600)).In(loc)
+	}
+	for _, tc := range []struct {
+		name string
+		now  time.Time
+		// lastBlock is the local start of the six-hour block holding now.
+		lastBlock string
+		// hours are the local labels (15:04) of the last hourly buckets, now's last.
+		hours []string
+	}{
+		// Berlin, 2026-03-29: 02:00 CET becomes 03:00 CEST.
+		{"berlin spring, day after", at(berlin, 2026, 3, 30, 15, 40, 2), "2026-03-30 12:00",
+			[]string{"13:00", "14:00", "15:00"}},
+		{"berlin spring, change day", at(berlin, 2026, 3, 29, 4, 30, 2), "2026-03-29 00:00",
+			[]string{"00:00", "01:00", "03:00", "04:00"}},
+		{"berlin spring, before the change", at(berlin, 2026, 3, 29, 1, 30, 1), "2026-03-29 00:00",
+			[]string{"23:00", "00:00", "01:00"}},
+		// Berlin, 2026-10-25: 03:00 CEST becomes 02:00 CET.
+		{"berlin autumn, day after", at(berlin, 2026, 10, 26, 7, 5, 1), "2026-10-26 06:00",
+			[]string{"05:00", "06:00", "07:00"}},
+		{"berlin autumn, first 02:xx", at(berlin, 2026, 10, 25, 2, 30, 2), "2026-10-25 00:00",
+			[]string{"00:00", "01:00", "02:00"}},
+		{"berlin autumn, second 02:xx", at(berlin, 2026, 10, 25, 2, 30, 1), "2026-10-25 00:00",
+			[]string{"00:00", "01:00", "02:00", "02:00"}},
+		{"berlin autumn, after the change", at(berlin, 2026, 10, 25, 5, 10, 1), "2026-10-25 00:00",
+			[]string{"01:00", "02:00", "02:00", "03:00", "04:00", "05:00"}},
+		// New York, 2026-03-08: 02:00 EST becomes 03:00 EDT.
+		{"new york spring, day after", at(newYork, 2026, 3, 9, 20, 0, -4), "2026-03-09 18:00",
+			[]string{"18:00", "19:00", "20:00"}},
+		{"new york spring, change day", at(newYork, 2026, 3, 8, 3, 15, -4), "2026-03-08 00:00",
+			[]string{"00:00", "01:00", "03:00"}},
+		// New York, 2026-11-01: 02:00 EDT becomes 01:00 EST.
+		{"new york autumn, day after", at(newYork, 2026, 11, 2, 0, 20, -5), "2026-11-02 00:00",
+			[]string{"22:00", "23:00", "00:00"}},
+		{"new york autumn, second 01:xx", at(newYork, 2026, 11, 1, 1, 45, -5), "2026-11-01 00:00",
+			[]string{"00:00", "01:00", "01:00"}},
+		{"new york autumn, after the change", at(newYork, 2026, 11, 1, 6, 30, -5), "2026-11-01 06:00",
+			[]string{"00:00", "01:00", "01:00", "02:00", "03:00", "04:00", "05:00", "06:00"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			loc := tc.now.Location()
+			checkBounds := func(kind string, b []time.Time, want int) {
+				t.Helper()
+				if len(b) != want {
+					t.Fatalf("%s: %d bounds, want %d", kind, len(b), want)
+				}
+				for i := 1; i < len(b); i++ {
+					if !b[i].After(b[i-1]) {
+						t.Errorf("%s: bound %d (%v) not after %v", kind, i, b[i], b[i-1])
+					}
+				}
+				if last := b[len(b)-2]; last.After(tc.now) || !b[len(b)-1].After(tc.now) {
+					t.Errorf("%s: the last bucket [%v, %v) does not hold %v", kind, last, b[len(b)-1], tc.now)
+				}
+			}
+
+			six := statsBounds(statsRanges["7d"], tc.now, loc)
+			checkBounds("7d", six, 29)
+			for _, b := range six {
+				if l := b.In(loc); l.Hour()%6 != 0 || l.Minute() != 0 {
+					t.Errorf("7d: bound %v is not at 00, 06, 12 or 18 local", l)
+				}
+			}
+			if got := six[27].In(loc).Format("2006-01-02 15:04"); got != tc.lastBlock {
+				t.Errorf("7d: now's block starts %s, want %s", got, tc.lastBlock)
+			}
+			// Every block is 6 h but the one holding a DST change (5 or 7 h).
+			odd := 0
+			for i := 1; i < len(six); i++ {
+				switch six[i].Sub(six[i-1]) {
+				case 6 * time.Hour:
+				case 5 * time.Hour, 7 * time.Hour:
+					odd++
+				default:
+					t.Errorf("7d: block %d lasts %v", i, six[i].Sub(six[i-1]))
+				}
+			}
+			if odd != 1 {
+				t.Errorf("7d: %d blocks of 5 or 7 h, want 1", odd)
+			}
+
+			hours := statsBounds(statsRanges["24h"], tc.now, loc)
+			checkBounds("24h", hours, 25)
+			for i := 1; i < len(hours); i++ {
+				if d := hours[i].Sub(hours[i-1]); d != time.Hour {
+					t.Errorf("24h: bucket %d lasts %v", i, d)
+				}
+			}
+			var labels []string
+			for _, b := range hours[24-len(tc.hours) : 24] {
+				labels = append(labels, b.In(loc).Format("15:04"))
+			}
+			if !slices.Equal(labels, tc.hours) {
+				t.Errorf("24h: last labels %q, want %q", labels, tc.hours)
+			}
+		})
+	}
+}
