@@ -91,9 +91,12 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"mime"
 	"net"
 	"net/http"
 	"strconv"
@@ -465,15 +468,40 @@ func writeBackendError(w http.ResponseWriter, err error) {
 	}
 }
 
-// readJSON decodes the body into v; on failure it answers 400 and returns false.
-func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	if err := dec.Decode(v); err != nil {
+// readBody reads the body (at most maxBody) and refuses, with 415, a non-empty one whose
+// Content-Type is not application/json: a form or text/plain body is what a cross-site page
+// can send without a preflight, so it never reaches a handler. On failure it answers and
+// returns false.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			writeError(w, http.StatusRequestEntityTooLarge, "INVALID_ARGUMENT", "The request body is larger than 4 MiB.")
-			return false
+		} else {
+			writeError(w, http.StatusBadRequest, "INVALID_ARGUMENT", "Reading the request body failed: "+err.Error())
 		}
+		return nil, false
+	}
+	if len(bytes.TrimSpace(raw)) > 0 {
+		mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		if err != nil || mt != "application/json" {
+			writeError(w, http.StatusUnsupportedMediaType, "INVALID_ARGUMENT", "The request body must be JSON, sent with Content-Type: application/json.")
+			return nil, false
+		}
+	}
+	return raw, true
+}
+
+// readJSON decodes the body into v; on failure it answers 400 (415 for a body that is not
+// declared as JSON) and returns false.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	raw, ok := readBody(w, r)
+	if !ok {
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(v); err != nil {
 		var ute *json.UnmarshalTypeError
 		if errors.As(err, &ute) && ute.Field != "" {
 			badField(w, ute.Field, "must be a JSON "+ute.Type.String())

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -211,9 +210,8 @@ func (h *Handler) validateAll(w http.ResponseWriter, r *http.Request, _ *auth, _
 	var body struct {
 		IDs []int64 `json:"ids"`
 	}
-	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, "INVALID_ARGUMENT", "The request body is larger than 4 MiB.")
+	raw, ok := readBody(w, r)
+	if !ok {
 		return
 	}
 	if len(bytes.TrimSpace(raw)) > 0 {
