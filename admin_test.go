@@ -384,6 +384,7 @@ func TestAdminAuthentication(t *testing.T) {
 	// Over TLS the cookie is Secure.
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest("POST", "https://gw.example/admin/api/login", strings.NewReader(`{"admin_key":"`+testAdminKey+`"}`))
+	req.Header.Set("Content-Type", "application/json")
 	e.api.ServeHTTP(rec, req)
 	if c := rec.Result().Cookies(); rec.Code != 200 || len(c) != 1 || !c[0].Secure {
 		t.Errorf("login over TLS: %d, cookies %+v", rec.Code, c)
@@ -1027,13 +1028,15 @@ func TestAdminAnyPrefix(t *testing.T) {
 		t.Errorf("/ops/gs/: %d %q", rec.Code, rec.Header().Get("Content-Type"))
 	}
 	rec = httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest("POST", "/ops/gs/api/login", strings.NewReader(`{"admin_key":"`+testAdminKey+`"}`)))
+	req := httptest.NewRequest("POST", "/ops/gs/api/login", strings.NewReader(`{"admin_key":"`+testAdminKey+`"}`))
+	req.Header.Set("Content-Type", "application/json")
+	h.ServeHTTP(rec, req)
 	cookies := rec.Result().Cookies()
 	if rec.Code != 200 || len(cookies) != 1 || cookies[0].Path != "/ops/gs" {
 		t.Fatalf("login under /ops/gs: %d, cookies %+v", rec.Code, cookies)
 	}
 	rec = httptest.NewRecorder()
-	req := httptest.NewRequest("GET", "/ops/gs/api/keys", nil)
+	req = httptest.NewRequest("GET", "/ops/gs/api/keys", nil)
 	req.AddCookie(cookies[0])
 	h.ServeHTTP(rec, req)
 	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"total":1`) {
