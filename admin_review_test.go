@@ -1,6 +1,11 @@
 package geminisynapse
 
 import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+
+	"github.com/caddyserver/caddy/v2"
 	"io"
 	"net/http"
 	"strings"
@@ -71,4 +76,20 @@ func TestAdminRefusesBodiesNotDeclaredJSON(t *testing.T) {
 	waitFor(t, 20*time.Second, func() bool {
 		return b.wantStatus(200, "GET", "/admin/api/keys/validate", "")["running"] == false
 	}, "the run to finish")
+}
+
+// TestShortCaddyfileAdminKeyRefused: the Caddyfile's admin_key follows the panel's rules.
+func TestShortCaddyfileAdminKeyRefused(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "data.db")
+	for key, ok := range map[string]bool{"short-key": false, "exactly-16-chars": true} {
+		err := caddy.Validate(&caddy.Config{AppsRaw: caddy.ModuleMap{
+			"gemini_synapse": json.RawMessage(fmt.Sprintf(`{"database":%q,"admin_key":%q}`, db, key)),
+		}})
+		if ok && err != nil {
+			t.Errorf("admin_key %q: %v", key, err)
+		}
+		if !ok && (err == nil || !strings.Contains(err.Error(), "admin_key: must be at least 16 characters")) {
+			t.Errorf("admin_key %q: err %v, want the length named", key, err)
+		}
+	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/jonboulle/clockwork"
 	"go.uber.org/zap"
 
+	"github.com/geminisynapse/caddy-gemini-synapse/admin"
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
@@ -50,7 +51,8 @@ type App struct {
 
 	// AdminKey is the secret of the admin panel and API. It is stored hashed. If none is
 	// configured anywhere, one is generated at first start and printed once in the log.
-	// Accepts placeholders such as `{env.ADMIN_KEY}`.
+	// It must be 16 to 512 characters without spaces. Accepts placeholders such as
+	// `{env.ADMIN_KEY}`.
 	AdminKey string `json:"admin_key,omitempty"`
 
 	// AccessKeys are the keys clients use to call the gateway; each entry may hold several
@@ -130,6 +132,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	repl := caddy.NewReplacer()
 	a.AdminKey = repl.ReplaceAll(a.AdminKey, "")
+	if a.AdminKey != "" {
+		// The same rules as a key set in the panel: a short admin key is guessable.
+		if why := admin.AdminKeyProblem(a.AdminKey); why != "" {
+			return fmt.Errorf("admin_key: %s (leave it out to have one generated)", why)
+		}
+	}
 	a.AccessKeys = splitKeys(repl, a.AccessKeys)
 	a.GoogleAPIKeys = splitKeys(repl, a.GoogleAPIKeys)
 

@@ -318,6 +318,11 @@ func (h *Handler) changeAdminKey(w http.ResponseWriter, r *http.Request, a *auth
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
 }
 
+// AdminKeyProblem returns why key cannot be the admin key (too short, too long, spaces or
+// control characters), or "". The panel's rules; the gateway applies them to the Caddyfile's
+// admin_key too.
+func AdminKeyProblem(key string) string { return checkNewAdminKey(key) }
+
 // checkNewAdminKey returns why key cannot be the admin key, or "".
 func checkNewAdminKey(key string) string {
 	n := len(key)
