@@ -544,7 +544,27 @@ func (b adminBackend) UpdateSettings(ctx context.Context, values map[string]stri
 	names := slices.Sorted(maps.Keys(edits))
 	// Names only: the proxy's value may hold a password.
 	c.logger.Info("admin: settings changed", zap.Strings("settings", names))
-	return nil, c.reloadSettings(ctx)
+	if err := c.reloadSettings(ctx); err != nil {
+		return nil, err
+	}
+	if now := c.settings.Load(); now.upstream.String() != cur.upstream.String() {
+		c.logger.Warn("admin: the upstream was changed; every upstream key now goes there",
+			zap.String("old_host", cur.upstream.Host), zap.String("new_host", now.upstream.Host))
+	}
+	if now := c.settings.Load(); now.proxy != cur.proxy {
+		c.logger.Warn("admin: the outbound proxy was changed",
+			zap.String("old_host", urlHost(cur.proxy)), zap.String("new_host", urlHost(now.proxy)))
+	}
+	return nil, nil
+}
+
+// urlHost is the host of a URL (no user, password or path), or "" when there is none.
+func urlHost(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return ""
+	}
+	return u.Host
 }
 
 // ---- stats and logs

@@ -8,6 +8,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -92,4 +93,52 @@ func TestShortCaddyfileAdminKeyRefused(t *testing.T) {
 			t.Errorf("admin_key %q: err %v, want the length named", key, err)
 		}
 	}
+}
+
+// TestAdminUpstreamChangeNeedsAdminKey: a session alone cannot point the upstream keys at
+// another server (then validate them all there): upstream and proxy need the admin key again.
+func TestAdminUpstreamChangeNeedsAdminKey(t *testing.T) {
+	e := newAdminEnv(t, 2)
+	browser := e.login()
+	before := e.c.settings.Load()
+	evil := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(evil.Close)
+	for _, body := range []string{
+		`{"upstream":"` + evil.URL + `"}`,
+		`{"proxy":"http://attacker.example:8080"}`,
+		`{"upstream":"` + evil.URL + `","max_retries":0}`,
+		`{"upstream":"` + evil.URL + `","admin_key":""}`,
+	} {
+		g := browser.wantError(403, "PERMISSION_DENIED", "PUT", "/admin/api/settings", body)
+		if !strings.Contains(g.Error.Message, "admin_key") {
+			t.Errorf("%s: message %q does not name admin_key", body, g.Error.Message)
+		}
+	}
+	browser.wantError(403, "PERMISSION_DENIED", "PUT", "/admin/api/settings", `{"upstream":"`+evil.URL+`","admin_key":"wrong"}`)
+	if s := e.c.settings.Load(); s.upstream.String() != before.upstream.String() || s.proxy != before.proxy || s.maxRetries != before.maxRetries {
+		t.Fatalf("a refused change changed settings: upstream %s proxy %q retries %d", s.upstream, s.proxy, s.maxRetries)
+	}
+	// Sending the current values back, or changing other settings, needs no key.
+	browser.wantStatus(200, "PUT", "/admin/api/settings", `{"upstream":"`+before.upstream.String()+`","proxy":"","max_retries":1}`)
+	if e.c.settings.Load().maxRetries != 1 {
+		t.Fatal("an unguarded change did not apply")
+	}
+	// With the admin key it works, and the log names the old and the new host.
+	browser.wantStatus(200, "PUT", "/admin/api/settings", `{"upstream":"`+evil.URL+`","admin_key":"`+testAdminKey+`"}`)
+	if got := e.c.settings.Load().upstream.String(); got != evil.URL {
+		t.Fatalf("upstream %s after a change with the admin key", got)
+	}
+	logged := e.logs.FilterMessageSnippet("upstream was changed").All()
+	if len(logged) != 1 || logged[0].ContextMap()["old_host"] != before.upstream.Host ||
+		logged[0].ContextMap()["new_host"] != strings.TrimPrefix(evil.URL, "http://") {
+		t.Errorf("upstream change log: %+v", logged)
+	}
+	// A Bearer request has shown the admin key already.
+	e.bearer().wantStatus(200, "PUT", "/admin/api/settings", `{"upstream":"`+before.upstream.String()+`/"}`)
+	// Wrong admin keys here count against the client like any other.
+	guesser := e.login()
+	for range 5 {
+		guesser.wantError(403, "PERMISSION_DENIED", "PUT", "/admin/api/settings", `{"upstream":"`+evil.URL+`","admin_key":"guess"}`)
+	}
+	guesser.wantError(429, "RESOURCE_EXHAUSTED", "PUT", "/admin/api/settings", `{"upstream":"`+evil.URL+`","admin_key":"`+testAdminKey+`"}`)
 }

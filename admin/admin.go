@@ -8,7 +8,8 @@
 // gs_admin_session (a random token, stored only as its SHA-256, HttpOnly, SameSite=Strict,
 // Secure over TLS, Path=P) and says {"expires_at"}. Every other P/api/* route needs that
 // cookie or Authorization: Bearer <admin key>, else 401. A wrong admin key (at login, as a
-// Bearer token, at export or as the current key of PUT P/api/admin-key) counts as a failure
+// Bearer token, at export, at a guarded settings change or as the current key of
+// PUT P/api/admin-key) counts as a failure
 // of the client's IP; after a few failures in a row that IP gets 429 with Retry-After, even
 // with the right key, for a time that doubles with every further failure (at most 15 min).
 // A cookie-authenticated request other than GET or HEAD, and every login and logout, is
@@ -40,7 +41,7 @@
 //	POST   P/api/access-keys/{id}/enable|disable -> AccessKey
 //	PUT    P/api/admin-key            {"current","new"}; ends every other session
 //	GET    P/api/settings             {"settings":{name: value}}
-//	PUT    P/api/settings             {name: value, ...} (partial) -> {"settings":{...}}
+//	PUT    P/api/settings             {name: value, ..., "admin_key"} (partial) -> {"settings":{...}}
 //	GET    P/api/stats                ?range=24h|7d|30d (default 24h) -> {"range","bucket","timezone",
 //	                                      "from","to","requests":{"total","success","failure"},
 //	                                      "tokens":{"prompt","candidates","total"},
@@ -55,7 +56,11 @@
 // error_log_retention, request_log_retention. GET gives numbers as numbers and durations in
 // caddy's syntax ("1h", "15d"); the proxy's password shows as "xxxxx", and sending that form
 // back keeps the stored one. PUT takes strings or numbers; a bad value, an unknown name or
-// another JSON type is a 400 naming each bad field, and then nothing is changed.
+// another JSON type is a 400 naming each bad field, and then nothing is changed. upstream and
+// proxy decide where every upstream key is sent: a session request that changes either must
+// carry the admin key again as "admin_key" (else 403 PERMISSION_DENIED and nothing changes; a
+// wrong key counts as a failure like any other). Sending their current values back needs no
+// key, nor does a request authenticated with the Bearer admin key.
 //
 // Stats: the trend has 24 hourly buckets (24h), 28 six-hour buckets starting at 00, 06, 12 and
 // 18 local time (7d) or 30 daily buckets starting at local midnight (30d); the last bucket
@@ -353,7 +358,7 @@ func (h *Handler) routes() map[string][]route {
 		"access-keys/{id}/enable":  {{http.MethodPost, false, h.enableAccessKey}},
 		"access-keys/{id}/disable": {{http.MethodPost, false, h.disableAccessKey}},
 		"admin-key":                {{http.MethodPut, false, h.changeAdminKey}},
-		"settings":                 {{http.MethodGet, false, h.getSettings}, {http.MethodPut, false, h.putSettings}},
+		"settings":                 {{http.MethodGet, false, h.getSettings}, {http.MethodPut, false, h.putSettingsGuarded}},
 		"stats":                    {{http.MethodGet, false, h.stats}},
 		"logs":                     {{http.MethodGet, false, h.logs}},
 	}

@@ -130,6 +130,19 @@ func (h *Handler) checkKey(r *http.Request, key string) bool {
 	return false
 }
 
+// verifyKey checks an admin key asked for again (export, admin key change, guarded settings):
+// a locked-out client gets 429, a wrong key the given error. It reports whether key is right.
+func (h *Handler) verifyKey(w http.ResponseWriter, r *http.Request, key string, code int, status, msg string) bool {
+	if h.throttled(w, r) {
+		return false
+	}
+	if !h.checkKey(r, key) {
+		writeError(w, code, status, msg)
+		return false
+	}
+	return true
+}
+
 // sameOrigin reports whether a browser request comes from the site itself: Sec-Fetch-Site is
 // absent, same-origin or none (typed by the user), and Origin, if sent, names this host.
 // Clients that are not browsers send neither header and pass.
