@@ -57,12 +57,14 @@ type App struct {
 
 	// AccessKeys are the keys clients use to call the gateway; each entry may hold several
 	// separated by commas or spaces. They are added to the database if missing (stored as
-	// SHA-256 hashes) and never deleted from here. Accepts placeholders.
+	// SHA-256 hashes) and never deleted from here; one deleted in the admin panel stays
+	// deleted (it is skipped, with a log line). Accepts placeholders.
 	AccessKeys []string `json:"access_keys,omitempty"`
 
 	// GoogleAPIKeys are upstream Gemini keys added to the pool at start and on reload if
-	// missing; removing one here does not delete it. Entries may be comma- or space-separated.
-	// Accepts placeholders.
+	// missing; removing one here does not delete it, and one deleted in the admin panel stays
+	// deleted until it is added there again (it is skipped, with a log line). Entries may be
+	// comma- or space-separated. Accepts placeholders.
 	GoogleAPIKeys []string `json:"google_api_keys,omitempty"`
 
 	// Upstream is the base URL of the Gemini API (live setting).
@@ -316,12 +318,17 @@ func (c *core) applyConfig(ctx context.Context, a *App) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.store
-	added, err := st.AddKeys(ctx, a.GoogleAPIKeys)
+	added, skippedKeys, err := st.AddConfigKeys(ctx, a.GoogleAPIKeys)
 	if err != nil {
 		return fmt.Errorf("adding google_api_keys: %v", err)
 	}
-	if _, err := st.EnsureAccessKeys(ctx, a.AccessKeys, "Caddyfile"); err != nil {
+	_, skippedAccess, err := st.EnsureAccessKeys(ctx, a.AccessKeys, "Caddyfile")
+	if err != nil {
 		return fmt.Errorf("adding access_keys: %v", err)
+	}
+	if skippedKeys+skippedAccess > 0 {
+		c.logger.Info("keys of the Caddyfile were skipped: they were deleted in the admin panel; remove them from the Caddyfile",
+			zap.Int("google_api_keys", skippedKeys), zap.Int("access_keys", skippedAccess))
 	}
 	for name, v := range a.configSettings() {
 		if _, err := st.ApplyConfigSetting(ctx, name, v); err != nil {
