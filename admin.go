@@ -248,6 +248,8 @@ func (b adminBackend) AddKeys(ctx context.Context, secrets []string) (int, error
 
 // DeleteKey deletes the key from the store, then from the pool.
 func (b adminBackend) DeleteKey(ctx context.Context, id int64) error {
+	b.c.keysMu.Lock()
+	defer b.c.keysMu.Unlock()
 	if err := b.c.store.DeleteKey(ctx, id); err != nil {
 		return err
 	}
@@ -266,11 +268,21 @@ func (b adminBackend) SetKeyEnabled(ctx context.Context, id int64, enabled bool)
 		b.c.logger.Info("admin: upstream key enabled", zap.Int64("key_id", id))
 		return nil
 	}
-	if err := b.c.store.SetKeyStatus(ctx, id, store.StatusDisabled, operatorDisabled, true); err != nil {
+	if err := b.c.disableKey(ctx, id); err != nil {
 		return err
 	}
-	b.c.pool.SetDisabled(id, true)
 	b.c.logger.Info("admin: upstream key disabled", zap.Int64("key_id", id))
+	return nil
+}
+
+// disableKey takes a key out of service as an operator, in the store and the pool.
+func (c *core) disableKey(ctx context.Context, id int64) error {
+	c.keysMu.Lock()
+	defer c.keysMu.Unlock()
+	if err := c.store.SetKeyStatus(ctx, id, store.StatusDisabled, operatorDisabled, true); err != nil {
+		return err
+	}
+	c.pool.SetDisabled(id, true)
 	return nil
 }
 

@@ -246,6 +246,11 @@ type core struct {
 	readyOne sync.Once
 
 	mu sync.Mutex // serialises applyConfig and access-key reloads
+	// keysMu makes a change of an upstream key (store write plus pool change) and loadPool
+	// (store read plus pool add) atomic with respect to each other, so a reload never puts a
+	// key deleted meanwhile back into the pool. It is taken after mu, never before, and never
+	// held while waiting for a job (a validation run takes it too).
+	keysMu sync.Mutex
 
 	store      *store.Store
 	pool       *keypool.Pool
@@ -438,6 +443,8 @@ func (c *core) reloadAccessKeysLocked(ctx context.Context) error {
 // reload) it adds only the keys the pool lacks, so the runtime state of the others (failure
 // counts, cooldowns not yet written) is never overwritten by an older copy.
 func (c *core) loadPool(ctx context.Context) error {
+	c.keysMu.Lock()
+	defer c.keysMu.Unlock()
 	keys, err := c.store.Keys(ctx)
 	if err != nil {
 		return fmt.Errorf("reading keys: %v", err)
