@@ -57,7 +57,9 @@ func (m *AdminHandler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	m.core = app.(*App).core
-	m.api = &admin.Handler{Prefix: m.Prefix, Backend: adminBackend{m.core}, ClientIP: caddyClientIP}
+	m.api = &admin.Handler{Prefix: m.Prefix, Backend: adminBackend{m.core}, ClientIP: caddyClientIP,
+		Throttle: &m.core.adminThrottle,
+	}
 	return nil
 }
 

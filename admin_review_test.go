@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -141,4 +143,60 @@ func TestAdminUpstreamChangeNeedsAdminKey(t *testing.T) {
 		guesser.wantError(403, "PERMISSION_DENIED", "PUT", "/admin/api/settings", `{"upstream":"`+evil.URL+`","admin_key":"guess"}`)
 	}
 	guesser.wantError(429, "RESOURCE_EXHAUSTED", "PUT", "/admin/api/settings", `{"upstream":"`+evil.URL+`","admin_key":"`+testAdminKey+`"}`)
+}
+
+// TestAdminLockoutSurvivesReload: the login throttle lives in the core, so reloading the
+// config does not give a locked-out client new guesses.
+func TestAdminLockoutSurvivesReload(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts caddy in-process")
+	}
+	up := httptest.NewServer(fakegemini.New())
+	defer up.Close()
+	db := filepath.Join(t.TempDir(), "data.db")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	config := func(accessKey string) []byte {
+		var cfg map[string]any
+		if err := json.Unmarshal(caddyConfig(t, db, up.URL, addr, accessKey), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		srv := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)["s"].(map[string]any)
+		srv["routes"] = []any{map[string]any{"handle": []any{
+			map[string]any{"handler": "gemini_synapse_admin"},
+			map[string]any{"handler": "gemini_synapse"},
+		}}}
+		b, _ := json.Marshal(cfg)
+		return b
+	}
+	if err := caddy.Load(config("k1"), true); err != nil {
+		t.Fatal(err)
+	}
+	defer caddy.Stop()
+	login := func() int {
+		t.Helper()
+		for try := 0; ; try++ { // a connection reset by the previous server's shutdown: retry
+			resp, err := http.Post("http://"+addr+"/admin/api/login", "application/json", strings.NewReader(`{"admin_key":"wrong-wrong-wrong"}`))
+			if err == nil {
+				resp.Body.Close()
+				return resp.StatusCode
+			}
+			if try == 3 {
+				t.Fatal(err)
+			}
+		}
+	}
+	for range 5 {
+		if s := login(); s != http.StatusUnauthorized {
+			t.Fatalf("wrong key: %d", s)
+		}
+	}
+	if s := login(); s != http.StatusTooManyRequests {
+		t.Fatalf("after 5 wrong keys: %d", s)
+	}
+	if err := caddy.Load(config("k2"), true); err != nil {
+		t.Fatal(err)
+	}
+	if s := login(); s != http.StatusTooManyRequests {
+		t.Errorf("after a reload: %d, want the lockout kept (429)", s)
+	}
 }

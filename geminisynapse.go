@@ -251,6 +251,9 @@ type core struct {
 	// key deleted meanwhile back into the pool. It is taken after mu, never before, and never
 	// held while waiting for a job (a validation run takes it too).
 	keysMu sync.Mutex
+	// adminThrottle counts wrong admin keys for every admin handler of every config, so a
+	// reload does not lift a lockout.
+	adminThrottle admin.Throttle
 
 	store      *store.Store
 	pool       *keypool.Pool

@@ -10,8 +10,10 @@
 // cookie or Authorization: Bearer <admin key>, else 401. A wrong admin key (at login, as a
 // Bearer token, at export, at a guarded settings change or as the current key of
 // PUT P/api/admin-key) counts as a failure
-// of the client's IP; after a few failures in a row that IP gets 429 with Retry-After, even
-// with the right key, for a time that doubles with every further failure (at most 15 min).
+// of the client's network (its IPv4 address, or its IPv6 /64); after a few failures in a row
+// that network gets 429 with Retry-After, even with the right key, for a time that doubles
+// with every further failure (at most 15 min). Each try is reserved before the key is checked,
+// so parallel requests get no more tries than sequential ones.
 // A cookie-authenticated request other than GET or HEAD, and every login and logout, is
 // refused with 403 when its Origin is not the site itself or Sec-Fetch-Site says cross-site.
 // GET P/api/session tells whether the caller is signed in ({"authenticated","via",
@@ -279,14 +281,16 @@ type Handler struct {
 	// ClientIP returns the client's address for login throttling; nil means the host of
 	// r.RemoteAddr. Behind a trusted proxy the caller passes the forwarded address.
 	ClientIP func(r *http.Request) string
+	// Throttle counts wrong admin keys; nil means one of the handler's own. The gateway passes
+	// one that outlives config reloads, so a reload does not lift a lockout.
+	Throttle *Throttle
 	// Now is the clock of sessions and throttling; nil means time.Now. Tests set it.
 	Now func() time.Time
 
 	routesOnce sync.Once
 	routeMap   map[string][]route
 
-	throttleMu sync.Mutex
-	throttle   map[string]*failures
+	ownThrottle Throttle // when Throttle is nil
 }
 
 func (h *Handler) now() time.Time {

@@ -259,11 +259,7 @@ func (h *Handler) exportKeys(w http.ResponseWriter, r *http.Request, _ *auth, _ 
 		badField(w, "status", "must be active, cooling, disabled or empty for all")
 		return
 	}
-	if h.throttled(w, r) {
-		return
-	}
-	if !h.checkKey(r, body.AdminKey) {
-		writeError(w, http.StatusForbidden, "PERMISSION_DENIED", "admin_key: the admin key is wrong; the export needs it again.")
+	if !h.verifyKey(w, r, body.AdminKey, http.StatusForbidden, "PERMISSION_DENIED", "admin_key: the admin key is wrong; the export needs it again.") {
 		return
 	}
 	secrets, err := h.Backend.KeySecrets(r.Context(), body.Status)
