@@ -58,7 +58,7 @@ func (m *AdminHandler) Provision(ctx caddy.Context) error {
 	}
 	m.core = app.(*App).core
 	m.api = &admin.Handler{Prefix: m.Prefix, Backend: adminBackend{m.core}, ClientIP: caddyClientIP,
-		Throttle: &m.core.adminThrottle,
+		Throttle: &m.core.adminThrottle, Forwarded: caddyForwarded,
 	}
 	return nil
 }
@@ -68,6 +68,20 @@ func (m *AdminHandler) Provision(ctx caddy.Context) error {
 func caddyClientIP(r *http.Request) string {
 	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	return ip
+}
+
+// caddyForwarded is the scheme and host the client used, from X-Forwarded-Proto and
+// X-Forwarded-Host, when caddy found the request came from a trusted proxy (the server's
+// trusted_proxies); "" each otherwise, so a client cannot claim HTTPS or another host itself.
+func caddyForwarded(r *http.Request) (proto, host string) {
+	if trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool); !trusted {
+		return "", ""
+	}
+	first := func(name string) string {
+		v, _, _ := strings.Cut(r.Header.Get(name), ",")
+		return strings.TrimSpace(v)
+	}
+	return strings.ToLower(first("X-Forwarded-Proto")), first("X-Forwarded-Host")
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.

@@ -200,3 +200,73 @@ func TestAdminLockoutSurvivesReload(t *testing.T) {
 		t.Errorf("after a reload: %d, want the lockout kept (429)", s)
 	}
 }
+
+// TestAdminBehindTrustedProxy: behind a proxy the server trusts, X-Forwarded-Proto: https makes
+// the session cookie Secure and X-Forwarded-Host counts as this site for the Origin check;
+// from a client that is not a trusted proxy both headers are ignored.
+func TestAdminBehindTrustedProxy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts caddy in-process")
+	}
+	up := httptest.NewServer(fakegemini.New())
+	defer up.Close()
+	db := filepath.Join(t.TempDir(), "data.db")
+	trustedAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	otherAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	var cfg map[string]any
+	if err := json.Unmarshal(caddyConfig(t, db, up.URL, trustedAddr, "k1"), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	server := func(addr string, trusted []string) map[string]any {
+		return map[string]any{
+			"listen":          []string{addr},
+			"trusted_proxies": map[string]any{"source": "static", "ranges": trusted},
+			"routes": []any{map[string]any{"handle": []any{
+				map[string]any{"handler": "gemini_synapse_admin"},
+				map[string]any{"handler": "gemini_synapse"},
+			}}},
+		}
+	}
+	cfg["apps"].(map[string]any)["http"] = map[string]any{"servers": map[string]any{
+		"trusted": server(trustedAddr, []string{"127.0.0.1/32"}),
+		"other":   server(otherAddr, []string{"10.0.0.0/8"}),
+	}}
+	b, _ := json.Marshal(cfg)
+	if err := caddy.Load(b, true); err != nil {
+		t.Fatal(err)
+	}
+	defer caddy.Stop()
+	login := func(addr string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("POST", "http://"+addr+"/admin/api/login", strings.NewReader(`{"admin_key":"lifecycle-admin-key-0123"}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Forwarded-Proto", "https")
+		req.Header.Set("X-Forwarded-Host", "gw.example")
+		req.Header.Set("Origin", "https://gw.example")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	resp := login(trustedAddr)
+	if c := resp.Cookies(); resp.StatusCode != 200 || len(c) != 1 || !c[0].Secure {
+		t.Errorf("login through a trusted TLS proxy: %d, cookies %+v; want 200 and a Secure cookie", resp.StatusCode, c)
+	}
+	if resp := login(otherAddr); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("forwarded headers from an untrusted client: %d, want 403 (Origin is not this host)", resp.StatusCode)
+	}
+	// Without the Origin, the untrusted client's claimed HTTPS does not make the cookie Secure.
+	req, _ := http.NewRequest("POST", "http://"+otherAddr+"/admin/api/login", strings.NewReader(`{"admin_key":"lifecycle-admin-key-0123"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Forwarded-Proto", "https")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if c := resp.Cookies(); resp.StatusCode != 200 || len(c) != 1 || c[0].Secure {
+		t.Errorf("login from an untrusted client claiming https: %d, cookies %+v; want a cookie without Secure", resp.StatusCode, c)
+	}
+}

@@ -6,18 +6,18 @@
 //
 // POST P/api/login {"admin_key"} opens a session: the answer sets the cookie
 // gs_admin_session (a random token, stored only as its SHA-256, HttpOnly, SameSite=Strict,
-// Secure over TLS, Path=P) and says {"expires_at"}. Every other P/api/* route needs that
-// cookie or Authorization: Bearer <admin key>, else 401. A wrong admin key (at login, as a
-// Bearer token, at export, at a guarded settings change or as the current key of
-// PUT P/api/admin-key) counts as a failure
+// Secure over TLS, also when a trusted proxy says the client used HTTPS, Path=P) and says
+// {"expires_at"}. Every other P/api/* route needs that cookie or Authorization: Bearer
+// <admin key>, else 401. A wrong admin key (at login, as a Bearer token, at export, at a
+// guarded settings change or as the current key of PUT P/api/admin-key) counts as a failure
 // of the client's network (its IPv4 address, or its IPv6 /64); after a few failures in a row
 // that network gets 429 with Retry-After, even with the right key, for a time that doubles
-// with every further failure (at most 15 min). Each try is reserved before the key is checked,
-// so parallel requests get no more tries than sequential ones.
-// A cookie-authenticated request other than GET or HEAD, and every login and logout, is
-// refused with 403 when its Origin is not the site itself or Sec-Fetch-Site says cross-site.
-// GET P/api/session tells whether the caller is signed in ({"authenticated","via",
-// "expires_at"}).
+// with every further failure (at most 15 min). Each try is reserved before the key is
+// checked, so parallel requests get no more tries than sequential ones. A cookie-authenticated
+// request other than GET or HEAD, and every login and logout, is refused with 403 when its
+// Origin is not the site itself (the Host, or the X-Forwarded-Host of a trusted proxy) or
+// Sec-Fetch-Site says cross-site. GET P/api/session tells whether the caller is signed in
+// ({"authenticated","via","expires_at"}).
 //
 // # Routes
 //
@@ -281,6 +281,11 @@ type Handler struct {
 	// ClientIP returns the client's address for login throttling; nil means the host of
 	// r.RemoteAddr. Behind a trusted proxy the caller passes the forwarded address.
 	ClientIP func(r *http.Request) string
+	// Forwarded returns the scheme ("https") and host the client used when the request came
+	// through a proxy the server trusts (X-Forwarded-Proto, X-Forwarded-Host), else "" each;
+	// nil means no proxy is trusted. It makes the session cookie Secure behind a proxy that
+	// terminates TLS, and lets the CSRF check accept the forwarded host as this site.
+	Forwarded func(r *http.Request) (proto, host string)
 	// Throttle counts wrong admin keys; nil means one of the handler's own. The gateway passes
 	// one that outlives config reloads, so a reload does not lift a lockout.
 	Throttle *Throttle

@@ -108,7 +108,7 @@ func TestSameOrigin(t *testing.T) {
 		if c.site != "" {
 			r.Header.Set("Sec-Fetch-Site", c.site)
 		}
-		if got := sameOrigin(r); got != c.want {
+		if got := sameOrigin(r, ""); got != c.want {
 			t.Errorf("Origin %q, Sec-Fetch-Site %q: sameOrigin = %v, want %v", c.origin, c.site, got, c.want)
 		}
 	}

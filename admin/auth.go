@@ -80,10 +80,30 @@ func (h *Handler) verifyKey(w http.ResponseWriter, r *http.Request, key string, 
 	return right
 }
 
+// forwarded returns the scheme and host the client used, as a proxy the server trusts
+// forwarded them ("" each when there is none, or the proxy is not trusted).
+func (h *Handler) forwarded(r *http.Request) (proto, host string) {
+	if h.Forwarded == nil {
+		return "", ""
+	}
+	return h.Forwarded(r)
+}
+
+// isHTTPS reports whether the client reached the gateway over HTTPS: directly, or through a
+// trusted proxy that terminated TLS.
+func (h *Handler) isHTTPS(r *http.Request) bool {
+	if r.TLS != nil {
+		return true
+	}
+	proto, _ := h.forwarded(r)
+	return strings.EqualFold(proto, "https")
+}
+
 // sameOrigin reports whether a browser request comes from the site itself: Sec-Fetch-Site is
-// absent, same-origin or none (typed by the user), and Origin, if sent, names this host.
+// absent, same-origin or none (typed by the user), and Origin, if sent, names this host (the
+// request's Host, or forwardedHost, the one a trusted proxy says the client used).
 // Clients that are not browsers send neither header and pass.
-func sameOrigin(r *http.Request) bool {
+func sameOrigin(r *http.Request, forwardedHost string) bool {
 	switch r.Header.Get("Sec-Fetch-Site") {
 	case "", "same-origin", "none":
 	default: // cross-site, same-site
@@ -97,12 +117,13 @@ func sameOrigin(r *http.Request) bool {
 	if err != nil || u.Host == "" {
 		return false // "null" and the like
 	}
-	return strings.EqualFold(u.Host, r.Host)
+	return strings.EqualFold(u.Host, r.Host) || (forwardedHost != "" && strings.EqualFold(u.Host, forwardedHost))
 }
 
 // refuseForeign answers 403 and returns true for a request from another site.
-func refuseForeign(w http.ResponseWriter, r *http.Request) bool {
-	if sameOrigin(r) {
+func (h *Handler) refuseForeign(w http.ResponseWriter, r *http.Request) bool {
+	_, host := h.forwarded(r)
+	if sameOrigin(r, host) {
 		return false
 	}
 	writeError(w, http.StatusForbidden, "PERMISSION_DENIED", "Cross-site requests to the admin API are refused.")
@@ -138,7 +159,7 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (*auth, b
 		writeError(w, http.StatusUnauthorized, "UNAUTHENTICATED", "The session has expired or was ended; sign in again.")
 		return nil, false
 	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead && refuseForeign(w, r) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && h.refuseForeign(w, r) {
 		return nil, false
 	}
 	return &auth{via: "cookie", tokenHash: hash, expires: expires}, true
@@ -151,7 +172,7 @@ func (h *Handler) sessionCookie(r *http.Request, value string, expires time.Time
 		Value:    value,
 		Path:     h.Prefix,
 		HttpOnly: true,
-		Secure:   r.TLS != nil,
+		Secure:   h.isHTTPS(r),
 		SameSite: http.SameSiteStrictMode,
 	}
 	if c.Path == "" {
@@ -172,7 +193,7 @@ func (h *Handler) clearCookie(w http.ResponseWriter, r *http.Request) {
 
 // login checks the admin key and opens a session.
 func (h *Handler) login(w http.ResponseWriter, r *http.Request, _ *auth, _ int64) {
-	if refuseForeign(w, r) {
+	if h.refuseForeign(w, r) {
 		return
 	}
 	var body struct {
@@ -209,7 +230,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, _ *auth, _ int64
 
 // logout ends the caller's session, if any, and deletes the cookie.
 func (h *Handler) logout(w http.ResponseWriter, r *http.Request, _ *auth, _ int64) {
-	if refuseForeign(w, r) {
+	if h.refuseForeign(w, r) {
 		return
 	}
 	if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
