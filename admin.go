@@ -57,7 +57,9 @@ func (m *AdminHandler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	m.core = app.(*App).core
-	m.api = &admin.Handler{Prefix: m.Prefix, Backend: adminBackend{m.core}, ClientIP: caddyClientIP}
+	m.api = &admin.Handler{Prefix: m.Prefix, Backend: adminBackend{m.core}, ClientIP: caddyClientIP,
+		Throttle: &m.core.adminThrottle, Forwarded: caddyForwarded,
+	}
 	return nil
 }
 
@@ -66,6 +68,20 @@ func (m *AdminHandler) Provision(ctx caddy.Context) error {
 func caddyClientIP(r *http.Request) string {
 	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	return ip
+}
+
+// caddyForwarded is the scheme and host the client used, from X-Forwarded-Proto and
+// X-Forwarded-Host, when caddy found the request came from a trusted proxy (the server's
+// trusted_proxies); "" each otherwise, so a client cannot claim HTTPS or another host itself.
+func caddyForwarded(r *http.Request) (proto, host string) {
+	if trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool); !trusted {
+		return "", ""
+	}
+	first := func(name string) string {
+		v, _, _ := strings.Cut(r.Header.Get(name), ",")
+		return strings.TrimSpace(v)
+	}
+	return strings.ToLower(first("X-Forwarded-Proto")), first("X-Forwarded-Host")
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
@@ -253,6 +269,8 @@ func (b adminBackend) AddKeys(ctx context.Context, secrets []string) (int, error
 
 // DeleteKey deletes the key from the store, then from the pool.
 func (b adminBackend) DeleteKey(ctx context.Context, id int64) error {
+	b.c.keysMu.Lock()
+	defer b.c.keysMu.Unlock()
 	if err := b.c.store.DeleteKey(ctx, id); err != nil {
 		return err
 	}
@@ -271,11 +289,21 @@ func (b adminBackend) SetKeyEnabled(ctx context.Context, id int64, enabled bool)
 		b.c.logger.Info("admin: upstream key enabled", zap.Int64("key_id", id))
 		return nil
 	}
-	if err := b.c.store.SetKeyStatus(ctx, id, store.StatusDisabled, operatorDisabled, true); err != nil {
+	if err := b.c.disableKey(ctx, id); err != nil {
 		return err
 	}
-	b.c.pool.SetDisabled(id, true)
 	b.c.logger.Info("admin: upstream key disabled", zap.Int64("key_id", id))
+	return nil
+}
+
+// disableKey takes a key out of service as an operator, in the store and the pool.
+func (c *core) disableKey(ctx context.Context, id int64) error {
+	c.keysMu.Lock()
+	defer c.keysMu.Unlock()
+	if err := c.store.SetKeyStatus(ctx, id, store.StatusDisabled, operatorDisabled, true); err != nil {
+		return err
+	}
+	c.pool.SetDisabled(id, true)
 	return nil
 }
 
@@ -549,7 +577,27 @@ func (b adminBackend) UpdateSettings(ctx context.Context, values map[string]stri
 	names := slices.Sorted(maps.Keys(edits))
 	// Names only: the proxy's value may hold a password.
 	c.logger.Info("admin: settings changed", zap.Strings("settings", names))
-	return nil, c.reloadSettings(ctx)
+	if err := c.reloadSettings(ctx); err != nil {
+		return nil, err
+	}
+	if now := c.settings.Load(); now.upstream.String() != cur.upstream.String() {
+		c.logger.Warn("admin: the upstream was changed; every upstream key now goes there",
+			zap.String("old_host", cur.upstream.Host), zap.String("new_host", now.upstream.Host))
+	}
+	if now := c.settings.Load(); now.proxy != cur.proxy {
+		c.logger.Warn("admin: the outbound proxy was changed",
+			zap.String("old_host", urlHost(cur.proxy)), zap.String("new_host", urlHost(now.proxy)))
+	}
+	return nil, nil
+}
+
+// urlHost is the host of a URL (no user, password or path), or "" when there is none.
+func urlHost(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return ""
+	}
+	return u.Host
 }
 
 // ---- stats and logs

@@ -385,6 +385,7 @@ func TestAdminAuthentication(t *testing.T) {
 	// Over TLS the cookie is Secure.
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest("POST", "https://gw.example/admin/api/login", strings.NewReader(`{"admin_key":"`+testAdminKey+`"}`))
+	req.Header.Set("Content-Type", "application/json")
 	e.api.ServeHTTP(rec, req)
 	if c := rec.Result().Cookies(); rec.Code != 200 || len(c) != 1 || !c[0].Secure {
 		t.Errorf("login over TLS: %d, cookies %+v", rec.Code, c)
@@ -805,7 +806,7 @@ func TestAdminSettings(t *testing.T) {
 	if f := fieldViolations(t, a); a.status != 400 || !slices.Equal(f, []string{"proxy"}) {
 		t.Errorf("bad types: %d, fields %v", a.status, f)
 	}
-	a = b.do("PUT", "/admin/api/settings", `{"max_retries":99,"timezone":"Mars/Olympus","max_failures":2,"colour":"blue","validation_interval":"5s","upstream":"ftp://x"}`)
+	a = b.do("PUT", "/admin/api/settings", `{"max_retries":99,"timezone":"Mars/Olympus","max_failures":2,"colour":"blue","validation_interval":"5s","upstream":"ftp://x","admin_key":"`+testAdminKey+`"}`)
 	if f := fieldViolations(t, a); a.status != 400 || !slices.Equal(f, []string{"colour", "max_retries", "timezone", "upstream", "validation_interval"}) {
 		t.Errorf("bad values: %d, fields %v", a.status, f)
 	}
@@ -867,14 +868,14 @@ func TestAdminSettings(t *testing.T) {
 		t.Errorf("max_retries after a reload with the same Caddyfile value: %d, want the panel's 1", got)
 	}
 	// The proxy's password is never shown, and sending the hidden form back keeps it.
-	b.wantStatus(200, "PUT", "/admin/api/settings", `{"proxy":"http://user:s3cret-pass@127.0.0.1:3128"}`)
+	b.wantStatus(200, "PUT", "/admin/api/settings", `{"proxy":"http://user:s3cret-pass@127.0.0.1:3128","admin_key":"`+testAdminKey+`"}`)
 	e.secret("s3cret-pass")
 	s = b.wantStatus(200, "GET", "/admin/api/settings", "")["settings"].(map[string]any)
 	b.wantStatus(200, "PUT", "/admin/api/settings", fmt.Sprintf(`{"proxy":%q}`, s["proxy"]))
 	if got := e.c.settings.Load().proxy; got != "http://user:s3cret-pass@127.0.0.1:3128" {
 		t.Errorf("proxy after sending the hidden form back: %q", strings.ReplaceAll(got, "s3cret-pass", "***"))
 	}
-	b.wantStatus(200, "PUT", "/admin/api/settings", `{"proxy":""}`)
+	b.wantStatus(200, "PUT", "/admin/api/settings", `{"proxy":"","admin_key":"`+testAdminKey+`"}`)
 	if got := e.c.settings.Load().proxy; got != "" {
 		t.Errorf("proxy not cleared")
 	}
@@ -1028,13 +1029,15 @@ func TestAdminAnyPrefix(t *testing.T) {
 		t.Errorf("/ops/gs/: %d %q", rec.Code, rec.Header().Get("Content-Type"))
 	}
 	rec = httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest("POST", "/ops/gs/api/login", strings.NewReader(`{"admin_key":"`+testAdminKey+`"}`)))
+	req := httptest.NewRequest("POST", "/ops/gs/api/login", strings.NewReader(`{"admin_key":"`+testAdminKey+`"}`))
+	req.Header.Set("Content-Type", "application/json")
+	h.ServeHTTP(rec, req)
 	cookies := rec.Result().Cookies()
 	if rec.Code != 200 || len(cookies) != 1 || cookies[0].Path != "/ops/gs" {
 		t.Fatalf("login under /ops/gs: %d, cookies %+v", rec.Code, cookies)
 	}
 	rec = httptest.NewRecorder()
-	req := httptest.NewRequest("GET", "/ops/gs/api/keys", nil)
+	req = httptest.NewRequest("GET", "/ops/gs/api/keys", nil)
 	req.AddCookie(cookies[0])
 	h.ServeHTTP(rec, req)
 	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"total":1`) {

@@ -27,6 +27,7 @@ import (
 	"github.com/jonboulle/clockwork"
 	"go.uber.org/zap"
 
+	"github.com/geminisynapse/caddy-gemini-synapse/admin"
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
@@ -50,17 +51,20 @@ type App struct {
 
 	// AdminKey is the secret of the admin panel and API. It is stored hashed. If none is
 	// configured anywhere, one is generated at first start and printed once in the log.
-	// Accepts placeholders such as `{env.ADMIN_KEY}`.
+	// It must be 16 to 512 characters without spaces. Accepts placeholders such as
+	// `{env.ADMIN_KEY}`.
 	AdminKey string `json:"admin_key,omitempty"`
 
 	// AccessKeys are the keys clients use to call the gateway; each entry may hold several
 	// separated by commas or spaces. They are added to the database if missing (stored as
-	// SHA-256 hashes) and never deleted from here. Accepts placeholders.
+	// SHA-256 hashes) and never deleted from here; one deleted in the admin panel stays
+	// deleted (it is skipped, with a log line). Accepts placeholders.
 	AccessKeys []string `json:"access_keys,omitempty"`
 
 	// GoogleAPIKeys are upstream Gemini keys added to the pool at start and on reload if
-	// missing; removing one here does not delete it. Entries may be comma- or space-separated.
-	// Accepts placeholders.
+	// missing; removing one here does not delete it, and one deleted in the admin panel stays
+	// deleted until it is added there again (it is skipped, with a log line). Entries may be
+	// comma- or space-separated. Accepts placeholders.
 	GoogleAPIKeys []string `json:"google_api_keys,omitempty"`
 
 	// Upstream is the base URL of the Gemini API (live setting).
@@ -130,6 +134,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	repl := caddy.NewReplacer()
 	a.AdminKey = repl.ReplaceAll(a.AdminKey, "")
+	if a.AdminKey != "" {
+		// The same rules as a key set in the panel: a short admin key is guessable.
+		if why := admin.AdminKeyProblem(a.AdminKey); why != "" {
+			return fmt.Errorf("admin_key: %s (leave it out to have one generated)", why)
+		}
+	}
 	a.AccessKeys = splitKeys(repl, a.AccessKeys)
 	a.GoogleAPIKeys = splitKeys(repl, a.GoogleAPIKeys)
 
@@ -236,6 +246,14 @@ type core struct {
 	readyOne sync.Once
 
 	mu sync.Mutex // serialises applyConfig and access-key reloads
+	// keysMu makes a change of an upstream key (store write plus pool change) and loadPool
+	// (store read plus pool add) atomic with respect to each other, so a reload never puts a
+	// key deleted meanwhile back into the pool. It is taken after mu, never before, and never
+	// held while waiting for a job (a validation run takes it too).
+	keysMu sync.Mutex
+	// adminThrottle counts wrong admin keys for every admin handler of every config, so a
+	// reload does not lift a lockout.
+	adminThrottle admin.Throttle
 
 	store      *store.Store
 	pool       *keypool.Pool
@@ -308,12 +326,17 @@ func (c *core) applyConfig(ctx context.Context, a *App) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.store
-	added, err := st.AddKeys(ctx, a.GoogleAPIKeys)
+	added, skippedKeys, err := st.AddConfigKeys(ctx, a.GoogleAPIKeys)
 	if err != nil {
 		return fmt.Errorf("adding google_api_keys: %v", err)
 	}
-	if _, err := st.EnsureAccessKeys(ctx, a.AccessKeys, "Caddyfile"); err != nil {
+	_, skippedAccess, err := st.EnsureAccessKeys(ctx, a.AccessKeys, "Caddyfile")
+	if err != nil {
 		return fmt.Errorf("adding access_keys: %v", err)
+	}
+	if skippedKeys+skippedAccess > 0 {
+		c.logger.Info("keys of the Caddyfile were skipped: they were deleted in the admin panel; remove them from the Caddyfile",
+			zap.Int("google_api_keys", skippedKeys), zap.Int("access_keys", skippedAccess))
 	}
 	for name, v := range a.configSettings() {
 		if _, err := st.ApplyConfigSetting(ctx, name, v); err != nil {
@@ -423,6 +446,8 @@ func (c *core) reloadAccessKeysLocked(ctx context.Context) error {
 // reload) it adds only the keys the pool lacks, so the runtime state of the others (failure
 // counts, cooldowns not yet written) is never overwritten by an older copy.
 func (c *core) loadPool(ctx context.Context) error {
+	c.keysMu.Lock()
+	defer c.keysMu.Unlock()
 	keys, err := c.store.Keys(ctx)
 	if err != nil {
 		return fmt.Errorf("reading keys: %v", err)

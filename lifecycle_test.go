@@ -39,7 +39,7 @@ func caddyConfig(t *testing.T, db, upstream, addr string, accessKeys ...string) 
 				"access_keys":     accessKeys,
 				"google_api_keys": []string{"AIzaSyLIFE-key-one-aaaaaaaaaaaaaaaaaaaa", "AIzaSyLIFE-key-two-bbbbbbbbbbbbbbbbbbbb"},
 				"upstream":        upstream,
-				"admin_key":       "lifecycle-admin",
+				"admin_key":       "lifecycle-admin-key-0123",
 			},
 			"http": map[string]any{"servers": map[string]any{"s": map[string]any{
 				"listen": []string{addr},

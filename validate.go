@@ -307,6 +307,8 @@ func generateProbeBody(model string) []byte {
 // enableKey puts a key back into service: in the store (status active, failures reset,
 // cooldowns deleted), then in the pool (the same, in memory).
 func (c *core) enableKey(ctx context.Context, id int64) error {
+	c.keysMu.Lock()
+	defer c.keysMu.Unlock()
 	if err := c.store.SetKeyStatus(ctx, id, store.StatusActive, "", false); err != nil {
 		return fmt.Errorf("enabling key %d: %w", id, err)
 	}

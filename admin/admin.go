@@ -6,15 +6,18 @@
 //
 // POST P/api/login {"admin_key"} opens a session: the answer sets the cookie
 // gs_admin_session (a random token, stored only as its SHA-256, HttpOnly, SameSite=Strict,
-// Secure over TLS, Path=P) and says {"expires_at"}. Every other P/api/* route needs that
-// cookie or Authorization: Bearer <admin key>, else 401. A wrong admin key (at login, as a
-// Bearer token, at export or as the current key of PUT P/api/admin-key) counts as a failure
-// of the client's IP; after a few failures in a row that IP gets 429 with Retry-After, even
-// with the right key, for a time that doubles with every further failure (at most 15 min).
-// A cookie-authenticated request other than GET or HEAD, and every login and logout, is
-// refused with 403 when its Origin is not the site itself or Sec-Fetch-Site says cross-site.
-// GET P/api/session tells whether the caller is signed in ({"authenticated","via",
-// "expires_at"}).
+// Secure over TLS, also when a trusted proxy says the client used HTTPS, Path=P) and says
+// {"expires_at"}. Every other P/api/* route needs that cookie or Authorization: Bearer
+// <admin key>, else 401. A wrong admin key (at login, as a Bearer token, at export, at a
+// guarded settings change or as the current key of PUT P/api/admin-key) counts as a failure
+// of the client's network (its IPv4 address, or its IPv6 /64); after a few failures in a row
+// that network gets 429 with Retry-After, even with the right key, for a time that doubles
+// with every further failure (at most 15 min). Each try is reserved before the key is
+// checked, so parallel requests get no more tries than sequential ones. A cookie-authenticated
+// request other than GET or HEAD, and every login and logout, is refused with 403 when its
+// Origin is not the site itself (the Host, or the X-Forwarded-Host of a trusted proxy) or
+// Sec-Fetch-Site says cross-site. GET P/api/session tells whether the caller is signed in
+// ({"authenticated","via","expires_at"}).
 //
 // # Routes
 //
@@ -41,7 +44,7 @@
 //	POST   P/api/access-keys/{id}/enable|disable -> AccessKey
 //	PUT    P/api/admin-key            {"current","new"}; ends every other session
 //	GET    P/api/settings             {"settings":{name: value}}
-//	PUT    P/api/settings             {name: value, ...} (partial) -> {"settings":{...}}
+//	PUT    P/api/settings             {name: value, ..., "admin_key"} (partial) -> {"settings":{...}}
 //	GET    P/api/stats                ?range=24h|7d|30d (default 24h) -> {"range","bucket","timezone",
 //	                                      "from","to","requests":{"total","success","failure"},
 //	                                      "tokens":{"prompt","candidates","total"},
@@ -56,7 +59,11 @@
 // error_log_retention, request_log_retention. GET gives numbers as numbers and durations in
 // caddy's syntax ("1h", "15d"); the proxy's password shows as "xxxxx", and sending that form
 // back keeps the stored one. PUT takes strings or numbers; a bad value, an unknown name or
-// another JSON type is a 400 naming each bad field, and then nothing is changed.
+// another JSON type is a 400 naming each bad field, and then nothing is changed. upstream and
+// proxy decide where every upstream key is sent: a session request that changes either must
+// carry the admin key again as "admin_key" (else 403 PERMISSION_DENIED and nothing changes; a
+// wrong key counts as a failure like any other). Sending their current values back needs no
+// key, nor does a request authenticated with the Bearer admin key.
 //
 // Stats: the trend has 24 hourly buckets (24h), 28 six-hour buckets starting at 00, 06, 12 and
 // 18 local time (7d) or 30 daily buckets starting at local midnight (30d); the last bucket
@@ -98,9 +105,12 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"mime"
 	"net"
 	"net/http"
 	"strconv"
@@ -281,14 +291,21 @@ type Handler struct {
 	// ClientIP returns the client's address for login throttling; nil means the host of
 	// r.RemoteAddr. Behind a trusted proxy the caller passes the forwarded address.
 	ClientIP func(r *http.Request) string
+	// Forwarded returns the scheme ("https") and host the client used when the request came
+	// through a proxy the server trusts (X-Forwarded-Proto, X-Forwarded-Host), else "" each;
+	// nil means no proxy is trusted. It makes the session cookie Secure behind a proxy that
+	// terminates TLS, and lets the CSRF check accept the forwarded host as this site.
+	Forwarded func(r *http.Request) (proto, host string)
+	// Throttle counts wrong admin keys; nil means one of the handler's own. The gateway passes
+	// one that outlives config reloads, so a reload does not lift a lockout.
+	Throttle *Throttle
 	// Now is the clock of sessions and throttling; nil means time.Now. Tests set it.
 	Now func() time.Time
 
 	routesOnce sync.Once
 	routeMap   map[string][]route
 
-	throttleMu sync.Mutex
-	throttle   map[string]*failures
+	ownThrottle Throttle // when Throttle is nil
 }
 
 func (h *Handler) now() time.Time {
@@ -360,7 +377,7 @@ func (h *Handler) routes() map[string][]route {
 		"access-keys/{id}/enable":  {{http.MethodPost, false, h.enableAccessKey}},
 		"access-keys/{id}/disable": {{http.MethodPost, false, h.disableAccessKey}},
 		"admin-key":                {{http.MethodPut, false, h.changeAdminKey}},
-		"settings":                 {{http.MethodGet, false, h.getSettings}, {http.MethodPut, false, h.putSettings}},
+		"settings":                 {{http.MethodGet, false, h.getSettings}, {http.MethodPut, false, h.putSettingsGuarded}},
 		"stats":                    {{http.MethodGet, false, h.stats}},
 		"logs":                     {{http.MethodGet, false, h.logs}},
 	}
@@ -475,15 +492,40 @@ func writeBackendError(w http.ResponseWriter, err error) {
 	}
 }
 
-// readJSON decodes the body into v; on failure it answers 400 and returns false.
-func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	if err := dec.Decode(v); err != nil {
+// readBody reads the body (at most maxBody) and refuses, with 415, a non-empty one whose
+// Content-Type is not application/json: a form or text/plain body is what a cross-site page
+// can send without a preflight, so it never reaches a handler. On failure it answers and
+// returns false.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			writeError(w, http.StatusRequestEntityTooLarge, "INVALID_ARGUMENT", "The request body is larger than 4 MiB.")
-			return false
+		} else {
+			writeError(w, http.StatusBadRequest, "INVALID_ARGUMENT", "Reading the request body failed: "+err.Error())
 		}
+		return nil, false
+	}
+	if len(bytes.TrimSpace(raw)) > 0 {
+		mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		if err != nil || mt != "application/json" {
+			writeError(w, http.StatusUnsupportedMediaType, "INVALID_ARGUMENT", "The request body must be JSON, sent with Content-Type: application/json.")
+			return nil, false
+		}
+	}
+	return raw, true
+}
+
+// readJSON decodes the body into v; on failure it answers 400 (415 for a body that is not
+// declared as JSON) and returns false.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	raw, ok := readBody(w, r)
+	if !ok {
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(v); err != nil {
 		var ute *json.UnmarshalTypeError
 		if errors.As(err, &ute) && ute.Field != "" {
 			badField(w, ute.Field, "must be a JSON "+ute.Type.String())

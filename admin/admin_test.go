@@ -108,45 +108,60 @@ func TestSameOrigin(t *testing.T) {
 		if c.site != "" {
 			r.Header.Set("Sec-Fetch-Site", c.site)
 		}
-		if got := sameOrigin(r); got != c.want {
+		if got := sameOrigin(r, ""); got != c.want {
 			t.Errorf("Origin %q, Sec-Fetch-Site %q: sameOrigin = %v, want %v", c.origin, c.site, got, c.want)
 		}
 	}
 }
 
+// fail is one wrong admin key from client.
+func (t *Throttle) fail(client string, now time.Time) {
+	if _, ok := t.begin(client, now); ok {
+		t.end(client, now, false)
+	}
+}
+
 func TestThrottleLocksOutAndDoubles(t *testing.T) {
 	now := time.Unix(1_750_000_000, 0)
-	h := &Handler{Now: func() time.Time { return now }}
+	h := &Throttle{}
 	for range loginFailuresAllowed - 1 {
-		h.recordFailure("1.2.3.4")
+		h.fail("1.2.3.4", now)
 	}
-	if d := h.lockedFor("1.2.3.4"); d != 0 {
+	if d := h.lockedFor("1.2.3.4", now); d != 0 {
 		t.Fatalf("locked after %d failures: %v", loginFailuresAllowed-1, d)
 	}
-	h.recordFailure("1.2.3.4")
-	if d := h.lockedFor("1.2.3.4"); d != firstLockout {
+	h.fail("1.2.3.4", now)
+	if d := h.lockedFor("1.2.3.4", now); d != firstLockout {
 		t.Fatalf("lockout %v, want %v", d, firstLockout)
 	}
-	if d := h.lockedFor("5.6.7.8"); d != 0 {
+	if d := h.lockedFor("5.6.7.8", now); d != 0 {
 		t.Errorf("another IP is locked: %v", d)
 	}
-	h.recordFailure("1.2.3.4")
-	if d := h.lockedFor("1.2.3.4"); d != 2*firstLockout {
+	if _, ok := h.begin("1.2.3.4", now); ok {
+		t.Fatal("a locked IP may try")
+	}
+	now = now.Add(firstLockout)
+	h.fail("1.2.3.4", now)
+	if d := h.lockedFor("1.2.3.4", now); d != 2*firstLockout {
 		t.Errorf("second lockout %v, want %v", d, 2*firstLockout)
 	}
 	for range 20 {
-		h.recordFailure("1.2.3.4")
+		now = now.Add(h.lockedFor("1.2.3.4", now))
+		h.fail("1.2.3.4", now)
 	}
-	if d := h.lockedFor("1.2.3.4"); d != maxLockout {
+	if d := h.lockedFor("1.2.3.4", now); d != maxLockout {
 		t.Errorf("lockout %v, want the cap %v", d, maxLockout)
 	}
 	now = now.Add(maxLockout)
-	if d := h.lockedFor("1.2.3.4"); d != 0 {
+	if d := h.lockedFor("1.2.3.4", now); d != 0 {
 		t.Errorf("still locked after the lockout: %v", d)
 	}
-	h.recordSuccess("1.2.3.4")
-	h.recordFailure("1.2.3.4")
-	if d := h.lockedFor("1.2.3.4"); d != 0 {
+	if _, ok := h.begin("1.2.3.4", now); !ok {
+		t.Fatal("no try after the lockout")
+	}
+	h.end("1.2.3.4", now, true)
+	h.fail("1.2.3.4", now)
+	if d := h.lockedFor("1.2.3.4", now); d != 0 {
 		t.Errorf("a success did not clear the record: %v", d)
 	}
 }

@@ -44,96 +44,66 @@ type auth struct {
 	expires   time.Time
 }
 
-// failures is the record of wrong admin keys from one client IP.
-type failures struct {
-	n           int // in a row
-	last        time.Time
-	lockedUntil time.Time
+// throttle returns the Throttle the handler counts failures in.
+func (h *Handler) throttle() *Throttle {
+	if h.Throttle != nil {
+		return h.Throttle
+	}
+	return &h.ownThrottle
 }
 
-// lockedFor returns how long ip must still wait before its next try (0 when it may try now).
-func (h *Handler) lockedFor(ip string) time.Duration {
-	h.throttleMu.Lock()
-	defer h.throttleMu.Unlock()
-	f := h.throttle[ip]
-	if f == nil {
-		return 0
-	}
-	return max(f.lockedUntil.Sub(h.now()), 0)
-}
-
-// recordFailure counts a wrong admin key from ip and locks ip out once it has sent too many.
-func (h *Handler) recordFailure(ip string) {
-	now := h.now()
-	h.throttleMu.Lock()
-	defer h.throttleMu.Unlock()
-	if h.throttle == nil {
-		h.throttle = make(map[string]*failures)
-	}
-	if len(h.throttle) >= sweepAt {
-		for k, f := range h.throttle {
-			if now.Sub(f.last) > forgetFailuresAfter && !f.lockedUntil.After(now) {
-				delete(h.throttle, k)
-			}
-		}
-		for k := range h.throttle {
-			if len(h.throttle) < maxTracked {
-				break
-			}
-			delete(h.throttle, k)
-		}
-	}
-	f := h.throttle[ip]
-	if f == nil || now.Sub(f.last) > forgetFailuresAfter {
-		f = &failures{}
-		h.throttle[ip] = f
-	}
-	f.n++
-	f.last = now
-	if over := f.n - loginFailuresAllowed; over >= 0 {
-		lock := maxLockout
-		if over < 16 {
-			lock = min(firstLockout<<over, maxLockout)
-		}
-		f.lockedUntil = now.Add(lock)
-	}
-}
-
-// recordSuccess forgets the failures of ip.
-func (h *Handler) recordSuccess(ip string) {
-	h.throttleMu.Lock()
-	delete(h.throttle, ip)
-	h.throttleMu.Unlock()
-}
-
-// throttled answers 429 with Retry-After and returns true when the client is locked out.
-func (h *Handler) throttled(w http.ResponseWriter, r *http.Request) bool {
-	d := h.lockedFor(h.clientIP(r))
-	if d <= 0 {
-		return false
-	}
-	secs := int(math.Ceil(d.Seconds()))
-	w.Header().Set("Retry-After", strconv.Itoa(secs))
-	writeError(w, http.StatusTooManyRequests, "RESOURCE_EXHAUSTED",
-		"Too many wrong admin keys from your address; try again in "+strconv.Itoa(secs)+" s.")
-	return true
-}
-
-// checkKey checks an admin key sent by the client, counting a wrong one against its IP.
-func (h *Handler) checkKey(r *http.Request, key string) bool {
+// tryKey checks an admin key sent by the client, as one throttled attempt of its network. If
+// the network may not try now it answers 429 with Retry-After and returns answered true;
+// otherwise it returns whether the key is right (a wrong one counts against the network).
+func (h *Handler) tryKey(w http.ResponseWriter, r *http.Request, key string) (right, answered bool) {
 	ip := h.clientIP(r)
-	if key != "" && h.Backend.CheckAdminKey(key) {
-		h.recordSuccess(ip)
+	t := h.throttle()
+	if d, ok := t.begin(ip, h.now()); !ok {
+		secs := int(math.Ceil(d.Seconds()))
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		writeError(w, http.StatusTooManyRequests, "RESOURCE_EXHAUSTED",
+			"Too many wrong admin keys from your address; try again in "+strconv.Itoa(secs)+" s.")
+		return false, true
+	}
+	right = key != "" && h.Backend.CheckAdminKey(key)
+	t.end(ip, h.now(), right)
+	return right, false
+}
+
+// verifyKey checks an admin key asked for again (export, admin key change, guarded settings):
+// a locked-out client gets 429, a wrong key the given error. It reports whether key is right.
+func (h *Handler) verifyKey(w http.ResponseWriter, r *http.Request, key string, code int, status, msg string) bool {
+	right, answered := h.tryKey(w, r, key)
+	if !right && !answered {
+		writeError(w, code, status, msg)
+	}
+	return right
+}
+
+// forwarded returns the scheme and host the client used, as a proxy the server trusts
+// forwarded them ("" each when there is none, or the proxy is not trusted).
+func (h *Handler) forwarded(r *http.Request) (proto, host string) {
+	if h.Forwarded == nil {
+		return "", ""
+	}
+	return h.Forwarded(r)
+}
+
+// isHTTPS reports whether the client reached the gateway over HTTPS: directly, or through a
+// trusted proxy that terminated TLS.
+func (h *Handler) isHTTPS(r *http.Request) bool {
+	if r.TLS != nil {
 		return true
 	}
-	h.recordFailure(ip)
-	return false
+	proto, _ := h.forwarded(r)
+	return strings.EqualFold(proto, "https")
 }
 
 // sameOrigin reports whether a browser request comes from the site itself: Sec-Fetch-Site is
-// absent, same-origin or none (typed by the user), and Origin, if sent, names this host.
+// absent, same-origin or none (typed by the user), and Origin, if sent, names this host (the
+// request's Host, or forwardedHost, the one a trusted proxy says the client used).
 // Clients that are not browsers send neither header and pass.
-func sameOrigin(r *http.Request) bool {
+func sameOrigin(r *http.Request, forwardedHost string) bool {
 	switch r.Header.Get("Sec-Fetch-Site") {
 	case "", "same-origin", "none":
 	default: // cross-site, same-site
@@ -147,12 +117,13 @@ func sameOrigin(r *http.Request) bool {
 	if err != nil || u.Host == "" {
 		return false // "null" and the like
 	}
-	return strings.EqualFold(u.Host, r.Host)
+	return strings.EqualFold(u.Host, r.Host) || (forwardedHost != "" && strings.EqualFold(u.Host, forwardedHost))
 }
 
 // refuseForeign answers 403 and returns true for a request from another site.
-func refuseForeign(w http.ResponseWriter, r *http.Request) bool {
-	if sameOrigin(r) {
+func (h *Handler) refuseForeign(w http.ResponseWriter, r *http.Request) bool {
+	_, host := h.forwarded(r)
+	if sameOrigin(r, host) {
 		return false
 	}
 	writeError(w, http.StatusForbidden, "PERMISSION_DENIED", "Cross-site requests to the admin API are refused.")
@@ -163,11 +134,11 @@ func refuseForeign(w http.ResponseWriter, r *http.Request) bool {
 // cookie-authenticated changes. On failure it answers and returns false.
 func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (*auth, bool) {
 	if v := r.Header.Get("Authorization"); v != "" {
-		if h.throttled(w, r) {
-			return nil, false
+		var key string
+		if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
+			key = strings.TrimSpace(v[7:])
 		}
-		if len(v) <= 7 || !strings.EqualFold(v[:7], "bearer ") || !h.checkKey(r, strings.TrimSpace(v[7:])) {
-			writeError(w, http.StatusUnauthorized, "UNAUTHENTICATED", "The admin key is wrong.")
+		if !h.verifyKey(w, r, key, http.StatusUnauthorized, "UNAUTHENTICATED", "The admin key is wrong.") {
 			return nil, false
 		}
 		return &auth{via: "bearer"}, true
@@ -188,7 +159,7 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (*auth, b
 		writeError(w, http.StatusUnauthorized, "UNAUTHENTICATED", "The session has expired or was ended; sign in again.")
 		return nil, false
 	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead && refuseForeign(w, r) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && h.refuseForeign(w, r) {
 		return nil, false
 	}
 	return &auth{via: "cookie", tokenHash: hash, expires: expires}, true
@@ -201,7 +172,7 @@ func (h *Handler) sessionCookie(r *http.Request, value string, expires time.Time
 		Value:    value,
 		Path:     h.Prefix,
 		HttpOnly: true,
-		Secure:   r.TLS != nil,
+		Secure:   h.isHTTPS(r),
 		SameSite: http.SameSiteStrictMode,
 	}
 	if c.Path == "" {
@@ -222,7 +193,7 @@ func (h *Handler) clearCookie(w http.ResponseWriter, r *http.Request) {
 
 // login checks the admin key and opens a session.
 func (h *Handler) login(w http.ResponseWriter, r *http.Request, _ *auth, _ int64) {
-	if refuseForeign(w, r) || h.throttled(w, r) {
+	if h.refuseForeign(w, r) {
 		return
 	}
 	var body struct {
@@ -235,8 +206,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, _ *auth, _ int64
 		badField(w, "admin_key", "is required")
 		return
 	}
-	if !h.checkKey(r, body.AdminKey) {
-		writeError(w, http.StatusUnauthorized, "UNAUTHENTICATED", "The admin key is wrong.")
+	if !h.verifyKey(w, r, body.AdminKey, http.StatusUnauthorized, "UNAUTHENTICATED", "The admin key is wrong.") {
 		return
 	}
 	var raw [32]byte
@@ -260,7 +230,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, _ *auth, _ int64
 
 // logout ends the caller's session, if any, and deletes the cookie.
 func (h *Handler) logout(w http.ResponseWriter, r *http.Request, _ *auth, _ int64) {
-	if refuseForeign(w, r) {
+	if h.refuseForeign(w, r) {
 		return
 	}
 	if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
@@ -296,11 +266,7 @@ func (h *Handler) changeAdminKey(w http.ResponseWriter, r *http.Request, a *auth
 	if !readJSON(w, r, &body) {
 		return
 	}
-	if h.throttled(w, r) {
-		return
-	}
-	if !h.checkKey(r, body.Current) {
-		writeError(w, http.StatusForbidden, "PERMISSION_DENIED", "current: the admin key is wrong.")
+	if !h.verifyKey(w, r, body.Current, http.StatusForbidden, "PERMISSION_DENIED", "current: the admin key is wrong.") {
 		return
 	}
 	if why := checkNewAdminKey(body.New); why != "" {
@@ -317,6 +283,11 @@ func (h *Handler) changeAdminKey(w http.ResponseWriter, r *http.Request, a *auth
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
 }
+
+// AdminKeyProblem returns why key cannot be the admin key (too short, too long, spaces or
+// control characters), or "". The panel's rules; the gateway applies them to the Caddyfile's
+// admin_key too.
+func AdminKeyProblem(key string) string { return checkNewAdminKey(key) }
 
 // checkNewAdminKey returns why key cannot be the admin key, or "".
 func checkNewAdminKey(key string) string {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -238,9 +237,8 @@ func (h *Handler) validateAll(w http.ResponseWriter, r *http.Request, _ *auth, _
 	var body struct {
 		IDs []int64 `json:"ids"`
 	}
-	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, "INVALID_ARGUMENT", "The request body is larger than 4 MiB.")
+	raw, ok := readBody(w, r)
+	if !ok {
 		return
 	}
 	if len(bytes.TrimSpace(raw)) > 0 {
@@ -288,11 +286,7 @@ func (h *Handler) exportKeys(w http.ResponseWriter, r *http.Request, _ *auth, _ 
 		badField(w, "status", "must be active, cooling, disabled or empty for all")
 		return
 	}
-	if h.throttled(w, r) {
-		return
-	}
-	if !h.checkKey(r, body.AdminKey) {
-		writeError(w, http.StatusForbidden, "PERMISSION_DENIED", "admin_key: the admin key is wrong; the export needs it again.")
+	if !h.verifyKey(w, r, body.AdminKey, http.StatusForbidden, "PERMISSION_DENIED", "admin_key: the admin key is wrong; the export needs it again.") {
 		return
 	}
 	secrets, err := h.Backend.KeySecrets(r.Context(), body.Status)

@@ -211,6 +211,7 @@ func TestAdminAPI(t *testing.T) {
 		s.call("POST", "login", `{"admin_key":"guess"}`, http.StatusUnauthorized, nil)
 	}
 	req, _ := http.NewRequest("POST", g.URL+"/admin/api/login", strings.NewReader(fmt.Sprintf(`{"admin_key":%q}`, adminKey)))
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := g.Client.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -293,6 +293,21 @@ func TestPanel(t *testing.T) {
 	if set.Settings["max_failures"] != oldFailures {
 		t.Errorf("a refused value changed max_failures to %v", set.Settings["max_failures"])
 	}
+	// Changing the upstream asks for the admin key again; without it nothing is sent.
+	oldUpstream := set.Settings["upstream"]
+	b.typeInto("#set-upstream", "https://collector.example")
+	b.waitJS("the admin key field", `!document.getElementById('settings-admin-key-field').hidden`)
+	b.click("#settings-save")
+	b.waitJS("the admin key error", `!document.getElementById('err-settings-admin-key').hidden`)
+	b.typeInto("#settings-admin-key", "not-the-admin-key")
+	b.click("#settings-save")
+	b.waitJS("the wrong admin key error", `document.getElementById('err-settings-admin-key').textContent.includes('not right')`)
+	g.adminAPI(http.MethodGet, "settings", "", http.StatusOK, &set)
+	if set.Settings["upstream"] != oldUpstream {
+		t.Fatalf("the upstream changed to %v without the admin key", set.Settings["upstream"])
+	}
+	b.typeInto("#set-upstream", fmt.Sprint(oldUpstream))
+	b.waitJS("the admin key field to hide", `document.getElementById('settings-admin-key-field').hidden`)
 	b.typeInto("#set-max_failures", fmt.Sprint(oldFailures))
 	b.typeInto("#set-max_retries", strconv.Itoa(int(newRetries)))
 	b.click("#settings-save")

@@ -123,6 +123,17 @@ CREATE TABLE resources (
 CREATE INDEX resources_key_kind ON resources (key_id, kind);
 CREATE INDEX resources_expires_at ON resources (expires_at) WHERE expires_at > 0;
 `,
+	// 3: tombstones of secrets deleted in the admin panel. The Caddyfile's google_api_keys and
+	// access_keys are added at every start and reload; without a record of the deletion they
+	// would come back. Only the SHA-256 of the secret is kept.
+	`
+CREATE TABLE deleted_secrets (
+	kind       TEXT    NOT NULL CHECK (kind IN ('key', 'access_key')),
+	hash       BLOB    NOT NULL,
+	deleted_at INTEGER NOT NULL,
+	PRIMARY KEY (kind, hash)
+) WITHOUT ROWID;
+`,
 }
 
 // migrate brings db up to len(steps), one transaction per step. The version is read inside each

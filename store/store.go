@@ -172,17 +172,30 @@ type Key struct {
 	CreatedAt      time.Time
 }
 
-// AddKeys adds upstream keys in one transaction. Secrets are trimmed of white space; empty ones
-// and ones already stored are skipped. It returns how many were added.
+// AddKeys adds upstream keys in one transaction, as an operator's explicit add: a key deleted
+// before (see DeleteKey) is added again and its tombstone cleared. Secrets are trimmed of
+// white space; empty ones and ones already stored are skipped. It returns how many were added.
 func (s *Store) AddKeys(ctx context.Context, secrets []string) (added int, err error) {
+	added, _, err = s.addKeys(ctx, secrets, false)
+	return added, err
+}
+
+// AddConfigKeys adds the upstream keys of the config as AddKeys does, but skips the ones
+// deleted in the admin panel (a tombstone is stored): it returns how many were added and how
+// many were skipped for that reason.
+func (s *Store) AddConfigKeys(ctx context.Context, secrets []string) (added, skipped int, err error) {
+	return s.addKeys(ctx, secrets, true)
+}
+
+func (s *Store) addKeys(ctx context.Context, secrets []string, fromConfig bool) (added, skipped int, err error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, fmt.Errorf("store: add keys: %w", err)
+		return 0, 0, fmt.Errorf("store: add keys: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
 	stmt, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO keys (secret, created_at) VALUES (?, ?)`)
 	if err != nil {
-		return 0, fmt.Errorf("store: add keys: %w", err)
+		return 0, 0, fmt.Errorf("store: add keys: %w", err)
 	}
 	now := toMS(time.Now())
 	for _, secret := range secrets {
@@ -190,17 +203,30 @@ func (s *Store) AddKeys(ctx context.Context, secrets []string) (added int, err e
 		if secret == "" {
 			continue
 		}
+		h := HashSecret(secret)
+		if fromConfig {
+			dead, err := tombstoned(ctx, tx, tombKey, h)
+			if err != nil {
+				return 0, 0, fmt.Errorf("store: add keys: %w", err)
+			}
+			if dead {
+				skipped++
+				continue
+			}
+		} else if err := clearTombstone(ctx, tx, tombKey, h); err != nil {
+			return 0, 0, fmt.Errorf("store: add keys: %w", err)
+		}
 		res, err := stmt.ExecContext(ctx, secret, now)
 		if err != nil {
-			return 0, fmt.Errorf("store: add keys: %w", err)
+			return 0, 0, fmt.Errorf("store: add keys: %w", err)
 		}
 		n, _ := res.RowsAffected()
 		added += int(n)
 	}
 	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("store: add keys: %w", err)
+		return 0, 0, fmt.Errorf("store: add keys: %w", err)
 	}
-	return added, nil
+	return added, skipped, nil
 }
 
 // Keys returns all upstream keys ordered by id.
@@ -232,11 +258,25 @@ func (s *Store) Keys(ctx context.Context) ([]Key, error) {
 
 // DeleteKey deletes an upstream key and its cooldowns; its log rows stay.
 func (s *Store) DeleteKey(ctx context.Context, id int64) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM keys WHERE id = ?`, id)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("store: delete key: %w", err)
 	}
-	return mustAffect(res)
+	defer func() { _ = tx.Rollback() }()
+	var secret string
+	if err := tx.QueryRowContext(ctx, `DELETE FROM keys WHERE id = ? RETURNING secret`, id).Scan(&secret); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		return fmt.Errorf("store: delete key: %w", err)
+	}
+	if err := addTombstone(ctx, tx, tombKey, HashSecret(secret)); err != nil {
+		return fmt.Errorf("store: delete key: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: delete key: %w", err)
+	}
+	return nil
 }
 
 // SetKeyStatus is an operator's enable or disable. Disabling records reason and whether it was
@@ -349,18 +389,19 @@ func (s *Store) AddAccessKey(ctx context.Context, secret, label string) (int64, 
 	return res.LastInsertId()
 }
 
-// EnsureAccessKeys stores the hashes of secrets (trimmed of white space) that are not stored
-// yet, labelled label, in one transaction. Empty secrets are skipped. It returns how many were
-// added.
-func (s *Store) EnsureAccessKeys(ctx context.Context, secrets []string, label string) (added int, err error) {
+// EnsureAccessKeys stores the hashes of the config's secrets (trimmed of white space) that are
+// not stored yet, labelled label, in one transaction. Empty secrets are skipped, and so are the
+// ones deleted in the admin panel (a tombstone is stored). It returns how many were added and
+// how many were skipped as deleted.
+func (s *Store) EnsureAccessKeys(ctx context.Context, secrets []string, label string) (added, skipped int, err error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, fmt.Errorf("store: ensure access keys: %w", err)
+		return 0, 0, fmt.Errorf("store: ensure access keys: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
 	stmt, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO access_keys (hash, label, created_at) VALUES (?, ?, ?)`)
 	if err != nil {
-		return 0, fmt.Errorf("store: ensure access keys: %w", err)
+		return 0, 0, fmt.Errorf("store: ensure access keys: %w", err)
 	}
 	now := toMS(time.Now())
 	for _, secret := range secrets {
@@ -369,17 +410,25 @@ func (s *Store) EnsureAccessKeys(ctx context.Context, secrets []string, label st
 			continue
 		}
 		h := HashSecret(secret)
+		dead, err := tombstoned(ctx, tx, tombAccessKey, h)
+		if err != nil {
+			return 0, 0, fmt.Errorf("store: ensure access keys: %w", err)
+		}
+		if dead {
+			skipped++
+			continue
+		}
 		res, err := stmt.ExecContext(ctx, h[:], label, now)
 		if err != nil {
-			return 0, fmt.Errorf("store: ensure access keys: %w", err)
+			return 0, 0, fmt.Errorf("store: ensure access keys: %w", err)
 		}
 		n, _ := res.RowsAffected()
 		added += int(n)
 	}
 	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("store: ensure access keys: %w", err)
+		return 0, 0, fmt.Errorf("store: ensure access keys: %w", err)
 	}
-	return added, nil
+	return added, skipped, nil
 }
 
 // AccessKeys returns all access keys ordered by id.
@@ -422,11 +471,27 @@ func (s *Store) SetAccessKeyEnabled(ctx context.Context, id int64, enabled bool)
 
 // DeleteAccessKey deletes an access key; its log rows stay.
 func (s *Store) DeleteAccessKey(ctx context.Context, id int64) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM access_keys WHERE id = ?`, id)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("store: delete access key: %w", err)
 	}
-	return mustAffect(res)
+	defer func() { _ = tx.Rollback() }()
+	var hash []byte
+	if err := tx.QueryRowContext(ctx, `DELETE FROM access_keys WHERE id = ? RETURNING hash`, id).Scan(&hash); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		return fmt.Errorf("store: delete access key: %w", err)
+	}
+	var h [32]byte
+	copy(h[:], hash)
+	if err := addTombstone(ctx, tx, tombAccessKey, h); err != nil {
+		return fmt.Errorf("store: delete access key: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: delete access key: %w", err)
+	}
+	return nil
 }
 
 // ---- settings

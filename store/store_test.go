@@ -345,7 +345,7 @@ func TestAccessKeysAreStoredOnlyAsHashes(t *testing.T) {
 	if _, err := s.AddAccessKey(ctx, " ", "blank"); err == nil {
 		t.Error("empty access key accepted")
 	}
-	added, err := s.EnsureAccessKeys(ctx, []string{secret1, "", secret2, secret2}, "caddyfile")
+	added, _, err := s.EnsureAccessKeys(ctx, []string{secret1, "", secret2, secret2}, "caddyfile")
 	if err != nil || added != 1 {
 		t.Fatalf("EnsureAccessKeys = %d, %v; want 1", added, err)
 	}

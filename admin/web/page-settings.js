@@ -73,6 +73,18 @@ export async function render(view) {
       input, f.help ? h('p', { class: 'field-help' }, f.help) : null, errors[f.name]);
   }
 
+  // Changing where the keys are sent (upstream, proxy) needs the admin key again.
+  const GUARDED = ['upstream', 'proxy'];
+  const adminKeyInput = h('input', { class: 'input', type: 'password', id: 'settings-admin-key', autocomplete: 'current-password', placeholder: 'Admin key' });
+  const adminKeyErr = h('p', { class: 'field-error', id: 'err-settings-admin-key', hidden: true });
+  const adminKeyField = h('div', { class: 'field', id: 'settings-admin-key-field', hidden: true },
+    h('label', { class: 'field-label', for: 'settings-admin-key' }, 'Admin key'),
+    adminKeyInput,
+    h('p', { class: 'field-help' }, 'Changing the upstream or the proxy decides where every upstream key is sent, so it needs the admin key again.'),
+    adminKeyErr);
+  adminKeyInput.addEventListener('input', () => { adminKeyErr.hidden = true; adminKeyInput.classList.remove('invalid'); });
+  const guardedChanged = (body) => GUARDED.some((n) => n in body);
+
   const saveBtn = button('Save changes', () => save(), { iconName: 'check', kind: 'primary', attrs: { id: 'settings-save' } });
   const resetBtn = button('Discard', () => reset(), { kind: 'ghost' });
   const formErr = h('p', { class: 'form-error', hidden: true });
@@ -80,6 +92,7 @@ export async function render(view) {
     groups.map((g) => h('section', { class: 'card settings-group' },
       h('header', { class: 'card-head' }, h('h2', null, icon(g.icon), g.title)),
       h('div', { class: 'settings-fields' }, g.fields.map(fieldEl)))),
+    adminKeyField,
     h('div', { class: 'savebar' }, h('span', { class: 'muted dirty-note' }, 'Changes apply at once, without a reload.'), formErr, resetBtn, saveBtn));
   view.append(form, adminKeyCard());
 
@@ -99,7 +112,10 @@ export async function render(view) {
   }
 
   function markDirty() {
-    const n = Object.keys(changed()).length;
+    const body = changed();
+    const n = Object.keys(body).length;
+    adminKeyField.hidden = !guardedChanged(body);
+    if (adminKeyField.hidden) adminKeyInput.value = '';
     saveBtn.disabled = n === 0;
     resetBtn.disabled = n === 0;
     form.classList.toggle('dirty', n > 0);
@@ -155,11 +171,24 @@ export async function render(view) {
     const body = changed();
     if (!Object.keys(body).length) return;
     formErr.hidden = true;
+    adminKeyErr.hidden = true;
+    if (guardedChanged(body)) {
+      if (!adminKeyInput.value) {
+        adminKeyErr.textContent = 'Enter the admin key to change the upstream or the proxy.';
+        adminKeyErr.hidden = false;
+        adminKeyInput.classList.add('invalid');
+        adminKeyInput.focus();
+        return;
+      }
+      body.admin_key = adminKeyInput.value;
+    }
     for (const e of Object.values(errors)) e.hidden = true;
     for (const i of Object.values(inputs)) i.classList.remove('invalid');
     saveBtn.disabled = true;
     try {
       const r = await put('settings', body);
+      delete body.admin_key;
+      adminKeyInput.value = '';
       const fresh = (r && typeof r.settings === 'object' && r.settings) || (r && typeof r === 'object' ? r : null);
       for (const [k, v] of Object.entries(body)) original[k] = v;
       if (fresh) {
@@ -172,7 +201,12 @@ export async function render(view) {
       toast(`Saved ${Object.keys(body).join(', ')}.`, 'ok');
     } catch (e) {
       if (e.status === 400) showError(e);
-      else if (e.status !== 401) toast(e.message, 'error');
+      else if (e.status === 403 && 'admin_key' in body) {
+        adminKeyErr.textContent = 'The admin key is not right; nothing was saved.';
+        adminKeyErr.hidden = false;
+        adminKeyInput.classList.add('invalid');
+        adminKeyInput.focus();
+      } else if (e.status !== 401) toast(e.message, 'error');
     }
     markDirty();
   }

@@ -1,0 +1,51 @@
+package store
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"go.uber.org/zap"
+)
+
+// TestTombstones: a deleted key or access key is skipped when the config adds it again, and
+// survives reopening the file; an explicit AddKeys brings an upstream key back for good.
+func TestTombstones(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "data.db")
+	s := openTest(t, path, zap.NewNop(), nil)
+	if added, skipped, err := s.AddConfigKeys(ctx, []string{"key-a", "key-b"}); err != nil || added != 2 || skipped != 0 {
+		t.Fatalf("AddConfigKeys = %d, %d, %v", added, skipped, err)
+	}
+	if added, skipped, err := s.EnsureAccessKeys(ctx, []string{"acc-a", "acc-b"}, "Caddyfile"); err != nil || added != 2 || skipped != 0 {
+		t.Fatalf("EnsureAccessKeys = %d, %d, %v", added, skipped, err)
+	}
+	keys, _ := s.Keys(ctx)
+	aks, _ := s.AccessKeys(ctx)
+	if err := s.DeleteKey(ctx, keys[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteAccessKey(ctx, aks[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = openTest(t, path, zap.NewNop(), nil)
+	if added, skipped, err := s.AddConfigKeys(ctx, []string{"key-a", "key-b", "key-c"}); err != nil || added != 1 || skipped != 1 {
+		t.Errorf("AddConfigKeys after a delete = %d added, %d skipped, %v; want 1, 1", added, skipped, err)
+	}
+	if added, skipped, err := s.EnsureAccessKeys(ctx, []string{"acc-a", "acc-b"}, "Caddyfile"); err != nil || added != 0 || skipped != 1 {
+		t.Errorf("EnsureAccessKeys after a delete = %d added, %d skipped, %v; want 0, 1", added, skipped, err)
+	}
+	if aks, _ := s.AccessKeys(ctx); len(aks) != 1 || aks[0].Hash != HashSecret("acc-b") {
+		t.Errorf("access keys %+v", aks)
+	}
+	if added, err := s.AddKeys(ctx, []string{"key-a"}); err != nil || added != 1 {
+		t.Fatalf("explicit AddKeys of a deleted key = %d, %v", added, err)
+	}
+	if _, skipped, err := s.AddConfigKeys(ctx, []string{"key-a"}); err != nil || skipped != 0 {
+		t.Errorf("the tombstone outlived an explicit add: skipped %d, %v", skipped, err)
+	}
+	if keys, _ := s.Keys(ctx); len(keys) != 3 {
+		t.Errorf("%d keys, want key-a, key-b and key-c", len(keys))
+	}
+}
