@@ -312,47 +312,16 @@ func (x *exchange) proxy() {
 		}
 		x.attempts++
 		x.keyID = id
-		sent := time.Now()
-		resp, err := x.send(secret)
-		took := time.Since(sent)
-		if err != nil {
-			o := keypool.ClassifyError(err)
-			if o.Kind == keypool.Canceled || x.r.Context().Err() != nil {
-				x.attempted(keypool.Canceled, 0, took)
-				x.status = 499
-				x.errText = "client closed the request"
-				return
-			}
-			x.attempted(o.Kind, 0, took)
-			x.report(id, o, 0)
-			last = &upstreamError{status: http.StatusBadGateway, reason: o.Reason}
-			if x.attempts <= x.set.maxRetries {
-				skip = append(skip, id)
-				continue
-			}
-			x.writeUpstreamError(last)
-			return
-		}
-		if resp.StatusCode < 400 {
-			x.attempted(keypool.Success, resp.StatusCode, took)
-			x.report(id, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
+		resp, fail, retryable := x.attempt(id, secret)
+		if resp != nil {
 			x.answer(resp, secret) // resources.go: records what the answer creates
 			return
 		}
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<10))
-		resp.Body.Close()
-		body = maskSecret(body, secret)
-		o := keypool.Classify(resp.StatusCode, body, time.Now())
-		if o.Kind == keypool.Canceled || x.r.Context().Err() != nil {
-			x.attempted(keypool.Canceled, resp.StatusCode, took)
-			x.status = 499
-			x.errText = "client closed the request"
-			return
+		if fail == nil {
+			return // the client is gone
 		}
-		x.attempted(o.Kind, resp.StatusCode, took)
-		x.report(id, o, resp.StatusCode)
-		last = &upstreamError{status: resp.StatusCode, header: resp.Header, body: body, outcome: o}
-		if o.Retryable() && x.attempts <= x.set.maxRetries {
+		last = fail
+		if retryable && x.attempts <= x.set.maxRetries {
 			skip = append(skip, id)
 			continue
 		}
@@ -368,6 +337,52 @@ type upstreamError struct {
 	body    []byte
 	reason  string // network failures have no body
 	outcome keypool.Outcome
+}
+
+// attempt sends the request once with key id and accounts for it: metrics, the pool's report
+// and the failure's masking. It returns the answer when the upstream took the request (status
+// below 400); else the failure to answer with, and whether another key may succeed where this
+// one failed. Both are nil when the client is gone (the exchange is then marked 499).
+func (x *exchange) attempt(id int64, secret string) (resp *http.Response, fail *upstreamError, retryable bool) {
+	sent := time.Now()
+	resp, err := x.send(secret)
+	took := time.Since(sent)
+	if err != nil {
+		o := keypool.ClassifyError(err)
+		if o.Kind == keypool.Canceled || x.r.Context().Err() != nil {
+			x.attempted(keypool.Canceled, 0, took)
+			x.clientGone()
+			return nil, nil, false
+		}
+		x.attempted(o.Kind, 0, took)
+		x.report(id, o, 0)
+		return nil, &upstreamError{status: http.StatusBadGateway, reason: o.Reason}, true
+	}
+	if resp.StatusCode < 400 {
+		x.attempted(keypool.Success, resp.StatusCode, took)
+		x.report(id, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
+		return resp, nil, false
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<10))
+	resp.Body.Close()
+	body = maskSecret(body, secret)
+	// Classify takes "You do not have permission to access the File …" for the client's error,
+	// not the key's; a key the upstream rejects (leaked, suspended) is still disabled.
+	o := keypool.Classify(resp.StatusCode, body, time.Now())
+	if o.Kind == keypool.Canceled || x.r.Context().Err() != nil {
+		x.attempted(keypool.Canceled, resp.StatusCode, took)
+		x.clientGone()
+		return nil, nil, false
+	}
+	x.attempted(o.Kind, resp.StatusCode, took)
+	x.report(id, o, resp.StatusCode)
+	return nil, &upstreamError{status: resp.StatusCode, header: resp.Header, body: body, outcome: o}, o.Retryable()
+}
+
+// clientGone marks the exchange as ended by the client.
+func (x *exchange) clientGone() {
+	x.status = 499
+	x.errText = "client closed the request"
 }
 
 // report tells the pool how an attempt went, persists what changed and logs failed attempts.

@@ -365,42 +365,20 @@ func (x *exchange) proxyBound() {
 		(strings.HasPrefix(x.boundName, "batches/") || strings.Contains(x.boundName, "/operations/")) {
 		x.polls = true
 	}
-	sent := time.Now()
-	resp, err := x.send(secret)
-	took := time.Since(sent)
-	if err != nil {
-		o := keypool.ClassifyError(err)
-		if o.Kind == keypool.Canceled || x.r.Context().Err() != nil {
-			x.attempted(keypool.Canceled, 0, took)
-			x.status = 499
-			x.errText = "client closed the request"
-			return
-		}
-		x.attempted(o.Kind, 0, took)
-		x.report(x.owner, o, 0)
-		x.writeUpstreamError(&upstreamError{status: http.StatusBadGateway, reason: o.Reason})
-		return
-	}
-	if resp.StatusCode < 400 {
-		x.attempted(keypool.Success, resp.StatusCode, took)
-		x.report(x.owner, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
+	resp, fail, _ := x.attempt(x.owner, secret) // never retried: no other key can see it
+	if resp != nil {
 		x.answer(resp, secret)
 		return
 	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<10))
-	resp.Body.Close()
-	body = maskSecret(body, secret)
-	// Classify already takes "You do not have permission to access the File …" for the
-	// client's error, not the key's; a key the upstream rejects (leaked, suspended) is still
-	// disabled.
-	o := keypool.Classify(resp.StatusCode, body, time.Now())
-	x.attempted(o.Kind, resp.StatusCode, took)
-	x.report(x.owner, o, resp.StatusCode)
-	if (x.r.Method == http.MethodGet || x.r.Method == http.MethodDelete) && x.aboutBound() && goneUpstream(resp.StatusCode, body) {
+	if fail == nil {
+		return // the client is gone
+	}
+	if fail.body != nil && (x.r.Method == http.MethodGet || x.r.Method == http.MethodDelete) &&
+		x.aboutBound() && goneUpstream(fail.status, fail.body) {
 		// Gone upstream (expired or deleted elsewhere): forget it.
 		x.forget(x.boundName)
 	}
-	x.writeUpstreamError(&upstreamError{status: resp.StatusCode, header: resp.Header, body: body, outcome: o})
+	x.writeUpstreamError(fail)
 }
 
 // disabledReason returns the stored reason a key is disabled, or "".
