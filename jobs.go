@@ -260,8 +260,8 @@ func (c *core) keysToRecheck(ctx context.Context, now time.Time) ([]int64, error
 }
 
 // runRetention deletes request rows older than request_log_retention, error rows older than
-// error_log_retention, expired admin sessions, and the records of expired key-bound resources
-// and upload sessions. The store deletes in small batches, so the
+// error_log_retention, expired admin sessions, cooldowns that are over, and the records of
+// expired key-bound resources and upload sessions. The store deletes in small batches, so the
 // proxy's log writer is never held up for long.
 func (c *core) runRetention(ctx context.Context) {
 	s := c.settings.Load()
@@ -270,7 +270,8 @@ func (c *core) runRetention(ctx context.Context) {
 	errs, err2 := c.store.PurgeErrorLogs(ctx, now.Add(-s.errorRetention))
 	sess, err3 := c.store.PurgeSessions(ctx, now)
 	res, uploads, err4 := c.purgeBound(ctx, now) // resources.go
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
+	cds, err5 := c.store.PurgeCooldowns(ctx, now)
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 		c.logger.Error("log retention failed", zap.Error(err))
 	}
 	c.logger.Info(msgRetentionDone, zap.Time("at", now),
@@ -278,5 +279,6 @@ func (c *core) runRetention(ctx context.Context) {
 		zap.Int64("error_rows", errs),
 		zap.Int64("sessions", sess),
 		zap.Int64("resources", res),
-		zap.Int64("upload_sessions", uploads))
+		zap.Int64("upload_sessions", uploads),
+		zap.Int64("cooldowns", cds))
 }

@@ -39,6 +39,15 @@ func (s *Store) PurgeSessions(ctx context.Context, now time.Time) (int64, error)
 		toMS(now), purgeBatch, purgePause)
 }
 
+// PurgeCooldowns deletes the cooldowns over at now (until at or before now), in batches as
+// PurgeRequestLogs does, and returns how many it deleted. They no longer hold a key back, and
+// a key that cools down again gets a new row.
+func (s *Store) PurgeCooldowns(ctx context.Context, now time.Time) (int64, error) {
+	return s.purge(ctx, "cooldowns",
+		`DELETE FROM cooldowns WHERE (key_id, model) IN (SELECT key_id, model FROM cooldowns WHERE until <= ? LIMIT ?)`,
+		toMS(now), purgeBatch, purgePause)
+}
+
 // purge runs query (a DELETE of at most batch rows with a cutoff, bound in that order) until
 // it deletes fewer than batch rows, pausing between runs. Each run is its own transaction.
 func (s *Store) purge(ctx context.Context, what, query string, cutoff int64, batch int, pause time.Duration) (int64, error) {

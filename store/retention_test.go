@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -90,6 +91,40 @@ func TestPurgeSessionsDropsExpiredOnly(t *testing.T) {
 	}
 	if total := countRows(t, s, "sessions"); total != 2 {
 		t.Errorf("sessions left: %d, want 2", total)
+	}
+}
+
+func TestPurgeCooldownsDropsOnlyThoseOver(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
+	ctx := context.Background()
+	if _, err := s.AddKeys(ctx, []string{"AIzaSyPURGE-key-a-aaaaaaaaaaaaaaaaaaaaaa", "AIzaSyPURGE-key-b-bbbbbbbbbbbbbbbbbbbbbb"}); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := s.Keys(ctx)
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("keys: %v, %v", keys, err)
+	}
+	a, b := keys[0].ID, keys[1].ID
+	now := time.UnixMilli(1_750_000_000_000)
+	s.SaveCooldown(Cooldown{KeyID: a, Model: "m1", Until: now.Add(-time.Hour)})
+	s.SaveCooldown(Cooldown{KeyID: a, Model: "m2", Until: now})
+	s.SaveCooldown(Cooldown{KeyID: a, Model: "m3", Until: now.Add(time.Millisecond)})
+	s.SaveCooldown(Cooldown{KeyID: b, Model: "m1", Until: now.Add(time.Hour)})
+	s.Flush()
+	n, err := s.PurgeCooldowns(ctx, now)
+	if err != nil || n != 2 {
+		t.Fatalf("PurgeCooldowns = %d, %v; want 2 (over before or at now)", n, err)
+	}
+	left, err := s.Cooldowns(ctx, now.Add(-24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, c := range left {
+		got[fmt.Sprintf("%d/%s", c.KeyID, c.Model)] = true
+	}
+	if len(got) != 2 || !got[fmt.Sprintf("%d/m3", a)] || !got[fmt.Sprintf("%d/m1", b)] {
+		t.Errorf("cooldowns left: %v; want only %d/m3 and %d/m1", got, a, b)
 	}
 }
 
