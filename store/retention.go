@@ -48,6 +48,20 @@ func (s *Store) PurgeCooldowns(ctx context.Context, now time.Time) (int64, error
 		toMS(now), purgeBatch, purgePause)
 }
 
+// UsageRetention is how long the per-slot sums of the request log (see UsageSlot) are kept at
+// least: a year and a month, so the dashboard's figures outlive the request rows. They are
+// small, a row per quarter hour and model used in it.
+const UsageRetention = 400 * 24 * time.Hour
+
+// PurgeUsage deletes the per-slot sums of the request log whose quarter hour ended at or
+// before before (one straddling it is kept), in batches as PurgeRequestLogs does, and returns
+// how many it deleted.
+func (s *Store) PurgeUsage(ctx context.Context, before time.Time) (int64, error) {
+	return s.purge(ctx, "usage",
+		`DELETE FROM request_usage WHERE (slot, model) IN (SELECT slot, model FROM request_usage WHERE slot <= ? LIMIT ?)`,
+		toMS(before)-slotMS, purgeBatch, purgePause)
+}
+
 // purge runs query (a DELETE of at most batch rows with a cutoff, bound in that order) until
 // it deletes fewer than batch rows, pausing between runs. Each run is its own transaction.
 func (s *Store) purge(ctx context.Context, what, query string, cutoff int64, batch int, pause time.Duration) (int64, error) {

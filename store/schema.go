@@ -134,6 +134,30 @@ CREATE TABLE deleted_secrets (
 	PRIMARY KEY (kind, hash)
 ) WITHOUT ROWID;
 `,
+	// 4: request_logs summed per 15-minute slot and model, so the dashboard's statistics read a
+	// few thousand rows instead of every request of the range. A slot is the unix-ms start of
+	// its quarter hour (floor of time to a multiple of 900000); local midnights and hours fall
+	// on slot starts in every time zone in use (offsets like +05:30 and +05:45 included). A
+	// request failed when its status is not 2xx or 3xx, as in the queries over request_logs.
+	// The log writer adds to it in the transaction that inserts the request rows; this step
+	// sums the rows already logged.
+	`
+CREATE TABLE request_usage (
+	slot              INTEGER NOT NULL,
+	model             TEXT    NOT NULL,
+	requests          INTEGER NOT NULL,
+	failures          INTEGER NOT NULL,
+	prompt_tokens     INTEGER NOT NULL,
+	candidates_tokens INTEGER NOT NULL,
+	total_tokens      INTEGER NOT NULL,
+	PRIMARY KEY (slot, model)
+) WITHOUT ROWID;
+
+INSERT INTO request_usage (slot, model, requests, failures, prompt_tokens, candidates_tokens, total_tokens)
+SELECT time - time % 900000 - (time % 900000 < 0) * 900000 AS slot, model, COUNT(*),
+       SUM(status NOT BETWEEN 200 AND 399), SUM(prompt_tokens), SUM(candidates_tokens), SUM(total_tokens)
+FROM request_logs GROUP BY slot, model;
+`,
 }
 
 // migrate brings db up to len(steps), one transaction per step. The version is read inside each

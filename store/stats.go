@@ -23,13 +23,42 @@ type ModelUsage struct {
 	Usage
 }
 
+// UsageSlot is the step of the per-model sums of the request log (table request_usage) that
+// UsageBuckets and UsageByModel read when every bound they are given is a whole multiple of it
+// since the Unix epoch. Local hours and midnights are, in every time zone in use (offsets are
+// whole quarter hours: +05:30, +05:45 and +12:45 included). Other bounds are answered from the
+// request rows; both give the same figures while the rows are kept.
+const UsageSlot = 15 * time.Minute
+
+const slotMS = int64(UsageSlot / time.Millisecond)
+
+// slotOf returns the start of the slot holding ms (rounding down, also before 1970, as the
+// backfill of schema step 4 does).
+func slotOf(ms int64) int64 {
+	r := ms % slotMS
+	if r < 0 {
+		r += slotMS
+	}
+	return ms - r
+}
+
+// onSlot reports whether t, taken to the millisecond as every query does, starts a slot.
+func onSlot(t time.Time) bool {
+	ms := toMS(t)
+	return slotOf(ms) == ms
+}
+
+// failed is the Go side of "status NOT BETWEEN 200 AND 399".
+func failed(status int32) bool { return status < 200 || status > 399 }
+
 // maxBuckets bounds the number of buckets one UsageBuckets call may ask for.
 const maxBuckets = 1000
 
-// UsageBuckets adds up the request log rows in each interval [bounds[i], bounds[i+1]), so it
+// UsageBuckets adds up the request log in each interval [bounds[i], bounds[i+1]), so it
 // returns len(bounds)-1 results. The caller chooses the bounds, which is how buckets follow a
 // time zone's calendar (an hour or a day is not always 3600 or 86400 s there). Bounds must
-// increase; at most 1000 buckets.
+// increase; at most 1000 buckets. Bounds on UsageSlot are answered from the per-slot sums,
+// which outlive the request rows (see the package doc).
 func (s *Store) UsageBuckets(ctx context.Context, bounds []time.Time) ([]Usage, error) {
 	n := len(bounds) - 1
 	if n < 1 {
@@ -38,24 +67,44 @@ func (s *Store) UsageBuckets(ctx context.Context, bounds []time.Time) ([]Usage, 
 	if n > maxBuckets {
 		return nil, fmt.Errorf("store: usage buckets: %d buckets, at most %d", n, maxBuckets)
 	}
-	values := make([]string, n)
-	args := make([]any, 0, 3*n)
+	slots := true
 	for i := range n {
 		if !bounds[i].Before(bounds[i+1]) {
 			return nil, fmt.Errorf("store: usage buckets: bound %d is not after bound %d", i+1, i)
 		}
+		slots = slots && onSlot(bounds[i])
+	}
+	if slots && onSlot(bounds[n]) {
+		return s.usageBuckets(ctx, bounds, `
+			SELECT b.i, SUM(u.requests), SUM(u.failures), SUM(u.prompt_tokens),
+			       SUM(u.candidates_tokens), SUM(u.total_tokens)
+			FROM b JOIN request_usage u ON u.slot >= b.lo AND u.slot < b.hi
+			GROUP BY b.i`)
+	}
+	return s.usageBuckets(ctx, bounds, rawBucketsQuery)
+}
+
+// rawBucketsQuery sums request_logs per bucket, each one range scan of the time index.
+const rawBucketsQuery = `
+	SELECT b.i, COUNT(*),
+	       COALESCE(SUM(r.status NOT BETWEEN 200 AND 399), 0),
+	       COALESCE(SUM(r.prompt_tokens), 0), COALESCE(SUM(r.candidates_tokens), 0),
+	       COALESCE(SUM(r.total_tokens), 0)
+	FROM b JOIN request_logs r ON r.time >= b.lo AND r.time < b.hi
+	GROUP BY b.i`
+
+// usageBuckets runs query, which reads the buckets from a table b (i, lo, hi) and answers one
+// row (i, requests, failures, prompt, candidates, total) per bucket that is not empty. The
+// bounds are checked by the caller.
+func (s *Store) usageBuckets(ctx context.Context, bounds []time.Time, query string) ([]Usage, error) {
+	n := len(bounds) - 1
+	values := make([]string, n)
+	args := make([]any, 0, 3*n)
+	for i := range n {
 		values[i] = "(?, ?, ?)"
 		args = append(args, i, toMS(bounds[i]), toMS(bounds[i+1]))
 	}
-	// Each bucket is one range scan of the time index.
-	rows, err := s.db.QueryContext(ctx, `
-		WITH b (i, lo, hi) AS (VALUES `+strings.Join(values, ", ")+`)
-		SELECT b.i, COUNT(*),
-		       COALESCE(SUM(r.status NOT BETWEEN 200 AND 399), 0),
-		       COALESCE(SUM(r.prompt_tokens), 0), COALESCE(SUM(r.candidates_tokens), 0),
-		       COALESCE(SUM(r.total_tokens), 0)
-		FROM b JOIN request_logs r ON r.time >= b.lo AND r.time < b.hi
-		GROUP BY b.i`, args...)
+	rows, err := s.db.QueryContext(ctx, `WITH b (i, lo, hi) AS (VALUES `+strings.Join(values, ", ")+`)`+query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: usage buckets: %w", err)
 	}
@@ -75,17 +124,33 @@ func (s *Store) UsageBuckets(ctx context.Context, bounds []time.Time) ([]Usage, 
 	return out, nil
 }
 
-// UsageByModel adds up the request log rows in [from, to) per model, the most requested first
-// (ties by name), at most limit models (0 means 50).
+// UsageByModel adds up the request log in [from, to) per model, the most requested first
+// (ties by name), at most limit models (0 means 50). Bounds on UsageSlot are answered from the
+// per-slot sums, as in UsageBuckets.
 func (s *Store) UsageByModel(ctx context.Context, from, to time.Time, limit int) ([]ModelUsage, error) {
+	if onSlot(from) && onSlot(to) {
+		return s.usageByModel(ctx, from, to, limit, `
+			SELECT model, SUM(requests) AS n, SUM(failures), SUM(prompt_tokens),
+			       SUM(candidates_tokens), SUM(total_tokens)
+			FROM request_usage WHERE slot >= ? AND slot < ?
+			GROUP BY model ORDER BY n DESC, model LIMIT ?`)
+	}
+	return s.usageByModel(ctx, from, to, limit, rawByModelQuery)
+}
+
+// rawByModelQuery sums request_logs per model.
+const rawByModelQuery = `
+	SELECT model, COUNT(*) AS n, SUM(status NOT BETWEEN 200 AND 399),
+	       SUM(prompt_tokens), SUM(candidates_tokens), SUM(total_tokens)
+	FROM request_logs WHERE time >= ? AND time < ?
+	GROUP BY model ORDER BY n DESC, model LIMIT ?`
+
+// usageByModel runs query with the bounds and the limit.
+func (s *Store) usageByModel(ctx context.Context, from, to time.Time, limit int, query string) ([]ModelUsage, error) {
 	if limit <= 0 {
 		limit = 50
 	}
-	rows, err := s.db.QueryContext(ctx, `
-		SELECT model, COUNT(*) AS n, SUM(status NOT BETWEEN 200 AND 399),
-		       SUM(prompt_tokens), SUM(candidates_tokens), SUM(total_tokens)
-		FROM request_logs WHERE time >= ? AND time < ?
-		GROUP BY model ORDER BY n DESC, model LIMIT ?`, toMS(from), toMS(to), limit)
+	rows, err := s.db.QueryContext(ctx, query, toMS(from), toMS(to), limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: usage by model: %w", err)
 	}

@@ -5,6 +5,12 @@
 // Log rows and runtime key state are written asynchronously by one background writer in batched
 // transactions, so the request path never waits on the database (see LogRequest). Everything
 // else is synchronous.
+//
+// The writer also adds every request row to per-15-minute sums by model (table request_usage,
+// see UsageSlot) in the same transaction, so the dashboard's statistics (UsageBuckets,
+// UsageByModel) cost a few thousand rows whatever the traffic. Retention deletes request rows
+// after request_log_retention but keeps these sums for UsageRetention (400 days) or
+// request_log_retention, whichever is longer: a few megabytes for a year of a dozen models.
 package store
 
 import (

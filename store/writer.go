@@ -188,6 +188,12 @@ type keyUsage struct {
 	requests, failed, lastUsed int64
 }
 
+// slotKey names a request_usage row: a 15-minute slot and a model.
+type slotKey struct {
+	slot  int64
+	model string
+}
+
 // writer owns the queue and the goroutine that drains it into batched transactions.
 type writer struct {
 	db     *sql.DB
@@ -226,6 +232,7 @@ type writer struct {
 	stateBuf  []KeyState
 	coolBuf   []cooldownRow
 	keyUsage  map[int64]keyUsage
+	slotUse   map[slotKey]Usage
 	args      []any
 	reqs      []*entry
 	errs      []*entry
@@ -247,6 +254,7 @@ func newWriter(db *sql.DB, logger *zap.Logger, o options) *writer {
 		inCooldowns: make(map[cooldownKey]int64),
 		rows:        make([]entry, 0, o.batchSize),
 		keyUsage:    make(map[int64]keyUsage),
+		slotUse:     make(map[slotKey]Usage),
 		accessUse:   make(map[int64]int64),
 	}
 	if o.paused {
@@ -483,6 +491,12 @@ const (
 	sqlKeyUsage    = `UPDATE keys SET requests = requests + ?, failed_requests = failed_requests + ?,
 		last_used_at = MAX(last_used_at, ?) WHERE id = ?`
 	sqlAccessKeyUsed = `UPDATE access_keys SET last_used_at = MAX(last_used_at, ?) WHERE id = ?`
+	sqlSlotUsage     = `INSERT INTO request_usage (slot, model, requests, failures, prompt_tokens,
+		candidates_tokens, total_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (slot, model) DO UPDATE SET requests = requests + excluded.requests,
+		failures = failures + excluded.failures, prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+		candidates_tokens = candidates_tokens + excluded.candidates_tokens,
+		total_tokens = total_tokens + excluded.total_tokens`
 	// The pool never overrides an operator: a manually disabled key keeps status and reason.
 	sqlKeyState = `UPDATE keys SET
 		status = CASE WHEN manual_disabled THEN status WHEN ? THEN 'disabled' ELSE 'active' END,
@@ -511,10 +525,12 @@ func (w *writer) commitTx() (err error) {
 	// (and database/sql's) dominates single-row inserts.
 	clear(w.keyUsage)
 	clear(w.accessUse)
+	clear(w.slotUse)
 	reqs, errs := w.reqs[:0], w.errs[:0]
 	defer func() {
 		clear(reqs)
 		clear(errs)
+		clear(w.slotUse) // drop string references
 		w.reqs, w.errs = reqs[:0], errs[:0]
 	}()
 	for i := range w.rows {
@@ -522,6 +538,17 @@ func (w *writer) commitTx() (err error) {
 		switch e.kind {
 		case kindRequest:
 			reqs = append(reqs, e)
+			// The request rows' sums per slot and model go in with them (schema step 4).
+			k := slotKey{slotOf(e.time), e.model}
+			u := w.slotUse[k]
+			u.Requests++
+			if failed(e.status) {
+				u.Failures++
+			}
+			u.PromptTokens += e.prompt
+			u.CandidatesTokens += e.candidates
+			u.TotalTokens += e.total
+			w.slotUse[k] = u
 			// A failed final attempt has its own error row, which counts it; only an attempt
 			// that got an answer (or was cut short by the client) counts here.
 			if e.keyID != 0 && (e.status < 400 || e.status == 499) {
@@ -551,6 +578,18 @@ func (w *writer) commitTx() (err error) {
 		return err
 	}
 
+	if len(w.slotUse) > 0 {
+		stmt, err := tx.PrepareContext(ctx, sqlSlotUsage)
+		if err != nil {
+			return err
+		}
+		for k, u := range w.slotUse {
+			if _, err := stmt.ExecContext(ctx, k.slot, k.model, u.Requests, u.Failures,
+				u.PromptTokens, u.CandidatesTokens, u.TotalTokens); err != nil {
+				return err
+			}
+		}
+	}
 	if len(w.keyUsage) > 0 {
 		stmt, err := tx.PrepareContext(ctx, sqlKeyUsage)
 		if err != nil {
