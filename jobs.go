@@ -10,6 +10,8 @@ import (
 
 	"github.com/go-co-op/gocron/v2"
 	"go.uber.org/zap"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // Names of the scheduled jobs, as gocron and the log show them.
@@ -260,8 +262,9 @@ func (c *core) keysToRecheck(ctx context.Context, now time.Time) ([]int64, error
 }
 
 // runRetention deletes request rows older than request_log_retention, error rows older than
-// error_log_retention, expired admin sessions, cooldowns that are over, and the records of
-// expired key-bound resources and upload sessions. The store deletes in small batches, so the
+// error_log_retention, expired admin sessions, cooldowns that are over, the records of expired
+// key-bound resources and upload sessions, and the request log's per-slot sums older than
+// store.UsageRetention or request_log_retention, whichever is longer. The store deletes in small batches, so the
 // proxy's log writer is never held up for long.
 func (c *core) runRetention(ctx context.Context) {
 	s := c.settings.Load()
@@ -271,7 +274,8 @@ func (c *core) runRetention(ctx context.Context) {
 	sess, err3 := c.store.PurgeSessions(ctx, now)
 	res, uploads, err4 := c.purgeBound(ctx, now) // resources.go
 	cds, err5 := c.store.PurgeCooldowns(ctx, now)
-	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+	slots, err6 := c.store.PurgeUsage(ctx, now.Add(-max(s.requestRetention, store.UsageRetention)))
+	if err := errors.Join(err1, err2, err3, err4, err5, err6); err != nil {
 		c.logger.Error("log retention failed", zap.Error(err))
 	}
 	c.logger.Info(msgRetentionDone, zap.Time("at", now),
@@ -280,5 +284,6 @@ func (c *core) runRetention(ctx context.Context) {
 		zap.Int64("sessions", sess),
 		zap.Int64("resources", res),
 		zap.Int64("upload_sessions", uploads),
-		zap.Int64("cooldowns", cds))
+		zap.Int64("cooldowns", cds),
+		zap.Int64("usage_slots", slots))
 }

@@ -188,7 +188,8 @@ func TestRetentionRunsAtThreeLocalAcrossDST(t *testing.T) {
 }
 
 // TestRetentionJobPurgesOldRows lets the 03:00 run happen and checks what it deleted, with the
-// configured retentions counted back from the run.
+// configured retentions counted back from the run: the dashboard's per-slot sums stay for
+// store.UsageRetention, longer than the request rows.
 func TestRetentionJobPurgesOldRows(t *testing.T) {
 	loc := mustLoad(t, "Europe/Berlin")
 	clock := clockwork.NewFakeClockAt(time.Date(2026, 6, 10, 22, 0, 0, 0, loc))
@@ -199,8 +200,12 @@ func TestRetentionJobPurgesOldRows(t *testing.T) {
 	}})
 	runAt := time.Date(2026, 6, 11, 3, 0, 0, 0, loc)
 	st := e.c.store
-	for _, at := range []time.Time{runAt.Add(-8 * 24 * time.Hour), runAt.Add(-7*24*time.Hour - time.Second), runAt.Add(-7 * 24 * time.Hour), runAt.Add(-time.Hour)} {
-		st.LogRequest(store.RequestLog{Time: at, Path: "/r"})
+	longAgo := runAt.Add(-store.UsageRetention)
+	for _, at := range []time.Time{
+		longAgo.Add(-time.Hour), longAgo.Add(time.Hour), // only their sums are purged and kept
+		runAt.Add(-8 * 24 * time.Hour), runAt.Add(-7*24*time.Hour - time.Second), runAt.Add(-7 * 24 * time.Hour), runAt.Add(-time.Hour),
+	} {
+		st.LogRequest(store.RequestLog{Time: at, Path: "/r", Status: 200})
 	}
 	for _, at := range []time.Time{runAt.Add(-3 * 24 * time.Hour), runAt.Add(-2 * 24 * time.Hour), runAt.Add(-time.Hour)} {
 		st.LogError(store.ErrorLog{Time: at, Path: "/e"})
@@ -220,8 +225,15 @@ func TestRetentionJobPurgesOldRows(t *testing.T) {
 	if len(errs) != 2 || !errs[1].Time.Equal(runAt.Add(-2*24*time.Hour)) {
 		t.Errorf("error rows left: %+v; want the two within 2 days", errs)
 	}
+	usage, err := st.UsageBuckets(ctx, []time.Time{longAgo.Add(-2 * time.Hour), longAgo, runAt.Add(-7 * 24 * time.Hour), runAt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if usage[0].Requests != 0 || usage[1].Requests != 3 || usage[2].Requests != 2 {
+		t.Errorf("usage after retention: %+v; want 0, 3 and 2 requests", usage)
+	}
 	entry := e.logs.FilterMessage(msgRetentionDone).All()[0]
-	if f := entry.ContextMap(); f["request_rows"] != int64(2) || f["error_rows"] != int64(1) {
+	if f := entry.ContextMap(); f["request_rows"] != int64(4) || f["error_rows"] != int64(1) || f["usage_slots"] != int64(1) {
 		t.Errorf("retention log fields: %v", f)
 	}
 }
