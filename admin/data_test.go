@@ -4,6 +4,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // TestStatsBoundsAcrossDST checks the hourly and six-hour buckets on and after both DST
@@ -112,5 +114,27 @@ func TestStatsBoundsAcrossDST(t *testing.T) {
 				t.Errorf("24h: last labels %q, want %q", labels, tc.hours)
 			}
 		})
+	}
+}
+
+// TestStatsBoundsOnUsageSlots checks that every bound of every range falls on a start of the
+// store's usage slots, so the stats are read from the per-slot sums and not from every request
+// row: in zones with DST (a half-hour shift at Lord Howe) and offsets of +05:30, +05:45, +12:45
+// and -09:30, at nows spread over two years.
+func TestStatsBoundsOnUsageSlots(t *testing.T) {
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, name := range []string{"UTC", "Europe/Berlin", "America/New_York", "America/St_Johns", "Asia/Kolkata",
+		"Asia/Kathmandu", "Australia/Eucla", "Australia/Lord_Howe", "Pacific/Chatham", "Pacific/Marquesas"} {
+		loc := mustZone(t, name)
+		// 7h 7m 7s steps hit every hour of the day and every minute offset over two years.
+		for now := start; now.Year() < 2027; now = now.Add(7*time.Hour + 7*time.Minute + 7*time.Second) {
+			for rg, r := range statsRanges {
+				for _, b := range statsBounds(r, now, loc) {
+					if b.UnixMilli()%store.UsageSlot.Milliseconds() != 0 {
+						t.Fatalf("%s, %s at %v: bound %v is not on a usage slot", name, rg, now.In(loc), b.In(loc))
+					}
+				}
+			}
+		}
 	}
 }
