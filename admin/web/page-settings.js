@@ -75,12 +75,12 @@ export async function render(view) {
 
   // Changing where the keys are sent (upstream, proxy) needs the admin key again.
   const GUARDED = ['upstream', 'proxy'];
-  const adminKeyInput = h('input', { class: 'input', type: 'password', id: 'settings-admin-key', autocomplete: 'current-password', placeholder: 'Admin key' });
+  const adminKeyInput = h('input', { class: 'input', type: 'password', id: 'settings-admin-key', autocomplete: 'current-password', placeholder: 'The admin key you signed in with' });
   const adminKeyErr = h('p', { class: 'field-error', id: 'err-settings-admin-key', hidden: true });
   const adminKeyField = h('div', { class: 'field', id: 'settings-admin-key-field', hidden: true },
-    h('label', { class: 'field-label', for: 'settings-admin-key' }, 'Admin key'),
+    h('label', { class: 'field-label', for: 'settings-admin-key' }, 'Confirm with your admin key'),
     adminKeyInput,
-    h('p', { class: 'field-help' }, 'Changing the upstream or the proxy decides where every upstream key is sent, so it needs the admin key again.'),
+    h('p', { class: 'field-help' }, 'The upstream and the proxy decide where every upstream key is sent, so changing them needs the admin key again.'),
     adminKeyErr);
   adminKeyInput.addEventListener('input', () => { adminKeyErr.hidden = true; adminKeyInput.classList.remove('invalid'); });
   const guardedChanged = (body) => GUARDED.some((n) => n in body);
@@ -89,10 +89,11 @@ export async function render(view) {
   const resetBtn = button('Discard', () => reset(), { kind: 'ghost' });
   const formErr = h('p', { class: 'form-error', hidden: true });
   const form = h('form', { class: 'settings-form', id: 'settings-form', novalidate: true, onsubmit: (e) => { e.preventDefault(); save(); } },
+    // The admin key prompt sits in the card of the fields it guards, not far below them.
     groups.map((g) => h('section', { class: 'card settings-group' },
       h('header', { class: 'card-head' }, h('h2', null, icon(g.icon), g.title)),
-      h('div', { class: 'settings-fields' }, g.fields.map(fieldEl)))),
-    adminKeyField,
+      h('div', { class: 'settings-fields' }, g.fields.map(fieldEl)),
+      g.fields.some((f) => GUARDED.includes(f.name)) ? adminKeyField : null)),
     h('div', { class: 'savebar' }, h('span', { class: 'muted dirty-note' }, 'Changes apply at once, without a reload.'), formErr, resetBtn, saveBtn));
   view.append(form, adminKeyCard());
 
