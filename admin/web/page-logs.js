@@ -61,16 +61,33 @@ export async function render(view, ctx) {
     return inp;
   };
   const inputs = [];
+  // Keys and clients are chosen by the names shown in the table (masked key, label), not by
+  // ids an operator would have to look up; the options are filled once the names are known.
+  const choice = (name, labelText, allText) => {
+    const sel = h('select', { class: 'input input-sm w-choice', name, id: 'logs-' + name.replace('_', '-'), 'aria-label': labelText, title: labelText },
+      h('option', { value: '' }, allText));
+    sel.addEventListener('change', () => { state[name] = sel.value; state.page = 1; load(); });
+    inputs.push(sel);
+    return sel;
+  };
+  const fillChoice = (sel, names) => {
+    const want = state[sel.name];
+    for (const [id, label] of names) sel.append(h('option', { value: String(id) }, label));
+    if (want && !names.has(Number(want))) sel.append(h('option', { value: want }, '#' + want));
+    sel.value = want;
+  };
   const clearBtn = button('Clear', () => {
     for (const inp of inputs) { inp.value = ''; state[inp.name] = ''; }
     state.page = 1;
     load();
   }, { kind: 'ghost', iconName: 'x', attrs: { id: 'logs-clear' } });
+  const keySel = choice('key_id', 'Key', 'All keys');
+  const clientSel = choice('access_key_id', 'Client (access key)', 'All clients');
   const filters = h('div', { class: 'filters' },
     field('model', 'Model', { class: 'input input-sm w-model' }),
     field('status', 'Status', { inputmode: 'numeric', class: 'input input-sm w-num' }),
-    field('key_id', 'Key ID', { inputmode: 'numeric', class: 'input input-sm w-num' }),
-    field('access_key_id', 'Access key ID', { inputmode: 'numeric', class: 'input input-sm w-num2' }),
+    keySel,
+    clientSel,
     clearBtn,
     button('', () => load(), { iconName: 'refresh', title: 'Reload', kind: 'icon' }));
   const toolbar = h('div', { class: 'toolbar' }, tabs, filters);
@@ -186,6 +203,8 @@ export async function render(view, ctx) {
   }
 
   await names;
+  fillChoice(keySel, keyNames);
+  fillChoice(clientSel, clientNames);
   await load();
   return () => { alive = false; };
 }
