@@ -198,7 +198,7 @@ export async function render(view, ctx) {
         ? h('span', { class: 'owned', title: `Owns ${ownedText(k.resources)}: only this key can reach them` }, fmtNum(k.resources))
         : h('span', { class: 'muted' }, '—')),
       h('td', { class: 'hide-lg muted nowrap', title: k.last_used_at ? fmtTime(k.last_used_at) : '' }, fmtAgo(k.last_used_at)),
-      h('td', { class: 'hide-md' }, k.last_error ? h('span', { class: 'cell-clip error-text', title: k.last_error }, k.last_error) : h('span', { class: 'muted' }, '—')),
+      h('td', { class: 'hide-md key-error-cell' }, k.last_error ? h('span', { class: 'cell-clip error-text', title: k.last_error }, k.last_error) : h('span', { class: 'muted' }, '—')),
       h('td', { class: 'col-actions' }, h('div', { class: 'row-actions' },
         toggle,
         button('', () => act([k], 'validate'), { iconName: 'shield', title: 'Validate', kind: 'icon' }),
