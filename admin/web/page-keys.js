@@ -42,11 +42,22 @@ const ACTIONS = {
   unchanged: 'unchanged',
 };
 
+// What a check found, in words: the API reports the pool's outcome kinds ("key_invalid", ...).
+const RESULTS = {
+  success: 'valid',
+  quota: 'out of quota',
+  key_invalid: 'key not valid',
+  transient: 'temporary failure',
+  client_error: 'request refused',
+  canceled: 'cancelled',
+};
+const resultText = (r) => RESULTS[r] || (r || 'checked').replace(/_/g, ' ');
+
 /** validationText describes the answer of a single-key validation ({"check","key"}). */
 function validationText(r) {
   const c = (r && r.check) || r;
   if (!c || typeof c !== 'object') return 'validated';
-  const result = c.result === 'success' ? 'valid' : (c.result || 'checked').replace(/_/g, ' ');
+  const result = resultText(c.result);
   const action = c.action && c.action !== 'valid' && c.action !== 'unchanged' ? ` → ${ACTIONS[c.action] || c.action}` : '';
   const why = c.result !== 'success' && c.reason ? `: ${c.reason}` : '';
   return result + action + why;
@@ -478,9 +489,9 @@ export async function render(view, ctx) {
         h('thead', null, h('tr', null, h('th', null, 'Key'), h('th', null, 'Result'), h('th', null, 'Action'), h('th', null, 'Reason'))),
         h('tbody', null, results.map((c) => h('tr', null,
           h('td', { class: 'mono nowrap' }, names.get(c.key_id) || '#' + c.key_id),
-          h('td', null, h('span', { class: 'status ' + tone(c.result) }, (c.result || '').replace(/_/g, ' '))),
+          h('td', null, h('span', { class: 'status ' + tone(c.result) }, resultText(c.result))),
           h('td', null, ACTIONS[c.action] || c.action || ''),
-          h('td', { class: 'muted' }, c.reason || (c.http_status ? 'HTTP ' + c.http_status : ''))))))),
+          h('td', { class: 'muted' }, c.result === 'success' ? '' : c.reason || (c.http_status ? 'HTTP ' + c.http_status : ''))))))),
       actions: [{ label: 'Close', kind: 'primary', primary: true }],
     });
   }
