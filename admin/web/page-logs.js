@@ -13,6 +13,16 @@ function statusClass(code) {
   return 'status-bad';
 }
 
+// Field names of a log row that read poorly when only capitalised.
+const LABELS = {
+  key_id: 'Key ID',
+  access_key_id: 'Access key ID',
+  ttfb_ms: 'Time to first byte (ms)',
+  latency_ms: 'Latency (ms)',
+  candidates_tokens: 'Answer tokens',
+  thoughts_tokens: 'Thinking tokens',
+};
+
 function when(it) { return pick(it, 'time', 't', 'at', 'created_at', 'timestamp'); }
 function errText(it) { return pick(it, 'error', 'message', 'error_message'); }
 function latency(it) {
@@ -188,7 +198,7 @@ export async function render(view, ctx) {
       if (['error', 'message', 'error_message'].includes(k)) continue;
       let shown = String(v);
       if (['time', 't', 'at', 'created_at', 'timestamp'].includes(k)) shown = fmtTime(v) + '  (' + String(v) + ')';
-      rows.push(h('dt', null, (k.charAt(0).toUpperCase() + k.slice(1)).replace(/_/g, ' ').replace(/ ms$/, ' (ms)')), h('dd', { class: 'mono' }, shown));
+      rows.push(h('dt', null, LABELS[k] || (k.charAt(0).toUpperCase() + k.slice(1)).replace(/_/g, ' ').replace(/ ms$/, ' (ms)')), h('dd', { class: 'mono' }, shown));
     }
     if (it.key_id) rows.push(h('dt', null, 'Key'), h('dd', { class: 'mono' }, keyCell(it)));
     if (it.access_key_id) rows.push(h('dt', null, 'Client'), h('dd', null, clientCell(it)));
