@@ -7,7 +7,7 @@ const GROUPS = [
   { title: 'Upstream', icon: 'activity', fields: [
     { name: 'upstream', label: 'Upstream URL', help: 'Where requests go; Google is https://generativelanguage.googleapis.com.', type: 'url', placeholder: 'https://generativelanguage.googleapis.com' },
     { name: 'proxy', label: 'Outbound proxy', help: 'http, https, socks5 or socks5h URL; empty for a direct connection.', placeholder: 'socks5://127.0.0.1:1080' },
-    { name: 'max_request_body', label: 'Largest request body', help: 'In bytes; bigger requests are refused with 413.', type: 'number', min: 1 },
+    { name: 'max_request_body', label: 'Largest request body', help: 'Bigger requests are refused with 413.', type: 'number', min: 1, bytes: true },
   ] },
   { title: 'Reliability', icon: 'shield', fields: [
     { name: 'max_failures', label: 'Failures to disable', help: 'Consecutive failures before a key is disabled (1–1000).', type: 'number', min: 1, max: 1000 },
@@ -24,6 +24,17 @@ const GROUPS = [
     { name: 'error_log_retention', label: 'Keep errors', help: 'How long error rows are kept, e.g. 15d (at least 1m).' },
   ] },
 ];
+
+/** sizeText reads a byte count as the Caddyfile writes it: " (32 MiB)". */
+function sizeText(v) {
+  const n = Number(v);
+  if (!v || !Number.isFinite(n) || n <= 0) return '';
+  const units = ['bytes', 'KiB', 'MiB', 'GiB'];
+  let i = 0;
+  let x = n;
+  while (x >= 1024 && i < units.length - 1) { x /= 1024; i++; }
+  return i ? ' (' + (Number.isInteger(x) ? x : x.toFixed(1)) + ' ' + units[i] + ')' : '';
+}
 
 function humanize(name) {
   const s = name.replace(/_/g, ' ');
@@ -43,6 +54,7 @@ export async function render(view) {
   const original = {};
   const inputs = {};
   const errors = {};
+  const sizes = {};
 
   const known = new Set(GROUPS.flatMap((g) => g.fields.map((f) => f.name)));
   const extra = Object.keys(values).filter((k) => !known.has(k) && typeof values[k] !== 'object').sort()
@@ -67,10 +79,13 @@ export async function render(view) {
     if (!(f.name in values)) input.disabled = true;
     inputs[f.name] = input;
     errors[f.name] = h('p', { class: 'field-error', id: 'err-' + f.name, hidden: true });
+    // A byte count also shows in KiB/MiB, the way the Caddyfile writes it.
+    const size = f.bytes ? h('span', { class: 'field-size' }, sizeText(input.value)) : null;
+    if (size) sizes[f.name] = size;
     input.addEventListener('input', () => { errors[f.name].hidden = true; input.classList.remove('invalid'); markDirty(); });
     return h('div', { class: 'field' },
       h('label', { class: 'field-label', for: 'set-' + f.name }, f.label, h('code', { class: 'field-name' }, f.name)),
-      input, f.help ? h('p', { class: 'field-help' }, f.help) : null, errors[f.name]);
+      input, f.help ? h('p', { class: 'field-help' }, size ? ['In bytes', size, '. '] : null, f.help) : null, errors[f.name]);
   }
 
   // Changing where the keys are sent (upstream, proxy) needs the admin key again.
@@ -113,6 +128,7 @@ export async function render(view) {
   }
 
   function markDirty() {
+    for (const [name, size] of Object.entries(sizes)) size.textContent = sizeText(inputs[name].value);
     const body = changed();
     const n = Object.keys(body).length;
     adminKeyField.hidden = !guardedChanged(body);
