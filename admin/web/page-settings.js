@@ -215,7 +215,8 @@ export async function render(view) {
           inputs[k].value = v === null ? '' : String(v);
         }
       }
-      toast(`Saved ${Object.keys(body).join(', ')}.`, 'ok');
+      const labels = new Map(groups.flatMap((g) => g.fields.map((f) => [f.name, f.label])));
+      toast(`Saved: ${Object.keys(body).map((k) => labels.get(k) || k).join(', ')}.`, 'ok');
     } catch (e) {
       if (e.status === 400) showError(e);
       else if (e.status === 403 && 'admin_key' in body) {
