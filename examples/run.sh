@@ -18,12 +18,22 @@ if [ -z "${GOOGLE_API_KEYS:-}" ]; then
 	export SYNAPSE_DATABASE="${SYNAPSE_DATABASE:-./data/mock.db}"
 	# A known admin key, for trying the panel; with real keys, caddy generates one and logs it once.
 	export ADMIN_KEY="${ADMIN_KEY:-synapse-admin-try-me}"
+	# A known access key too; with real keys a well-known one would open them to anyone.
+	export ACCESS_KEYS="${ACCESS_KEYS:-sk-synapse-try-me}"
 	echo "GOOGLE_API_KEYS is not set: using the mock Gemini upstream on $GEMINI_UPSTREAM (no Google key needed)."
 fi
-access="${ACCESS_KEYS:-sk-synapse-try-me}"
+access="${ACCESS_KEYS:-}"
 port="${SYNAPSE_PORT:-8008}"
 echo "Gateway on http://localhost:$port."
-[ -n "${ADMIN_KEY:-}" ] && echo "Admin panel: http://localhost:$port/admin/ (admin key: $ADMIN_KEY)"
+if [ -n "${ADMIN_KEY:-}" ]; then
+	echo "Admin panel: http://localhost:$port/admin/ (admin key: $ADMIN_KEY)"
+else
+	echo "Admin panel: http://localhost:$port/admin/ (at first start caddy logs a generated admin key once: look for \"no admin key was configured\" below)"
+fi
+if [ -z "$access" ]; then
+	echo "ACCESS_KEYS is not set: create an access key in the admin panel (Access keys) and put it in the curl line below."
+	access="<access key>"
+fi
 echo "Try:"
 echo "  curl -s http://localhost:$port/v1beta/models/gemini-2.5-flash:generateContent -H 'x-goog-api-key: ${access%%,*}' -H 'Content-Type: application/json' -d '{\"contents\":[{\"parts\":[{\"text\":\"Hello\"}]}]}'"
 ./bin/caddy run --config Caddyfile.example --adapter caddyfile

@@ -105,7 +105,11 @@ export async function render(view, ctx) {
   }
 
   async function remove(k) {
-    if (!await confirmDialog('Delete access key', `Delete ${k.label ? '"' + k.label + '"' : 'this access key'}? Clients using it are refused at once.`, { confirm: 'Delete', danger: true })) return;
+    if (!await confirmDialog('Delete access key', `Delete ${k.label ? '"' + k.label + '"' : 'this access key'}? Clients using it are refused at once.`, {
+      confirm: 'Delete', danger: true,
+      // The gateway labels the keys it takes from the Caddyfile's access_keys "Caddyfile".
+      warning: k.label === 'Caddyfile' ? 'This key comes from access_keys in the Caddyfile. It stays deleted even while the Caddyfile lists it: remove it there too.' : '',
+    })) return;
     try {
       await del(`access-keys/${encodeURIComponent(k.id)}`);
       toast('Access key deleted.', 'ok');

@@ -111,7 +111,7 @@ export async function render(view, ctx) {
       const fails = m.failures || 0;
       return h('li', { class: 'model-row' },
         h('div', { class: 'model-line' },
-          h('span', { class: 'model-name mono', title: m.model }, m.model || '(none)'),
+          h('span', { class: 'model-name mono', title: m.model || 'Requests that name no model: model lists, files, batches' }, m.model || '(no model)'),
           h('span', { class: 'model-figs' },
             h('b', null, fmtNum(m.requests || 0)), ' req',
             fails ? h('span', { class: 'text-bad' }, ' · ', fmtNum(fails), ' failed') : null,

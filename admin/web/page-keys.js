@@ -42,11 +42,22 @@ const ACTIONS = {
   unchanged: 'unchanged',
 };
 
+// What a check found, in words: the API reports the pool's outcome kinds ("key_invalid", ...).
+const RESULTS = {
+  success: 'valid',
+  quota: 'out of quota',
+  key_invalid: 'key not valid',
+  transient: 'temporary failure',
+  client_error: 'request refused',
+  canceled: 'cancelled',
+};
+const resultText = (r) => RESULTS[r] || (r || 'checked').replace(/_/g, ' ');
+
 /** validationText describes the answer of a single-key validation ({"check","key"}). */
 function validationText(r) {
   const c = (r && r.check) || r;
   if (!c || typeof c !== 'object') return 'validated';
-  const result = c.result === 'success' ? 'valid' : (c.result || 'checked').replace(/_/g, ' ');
+  const result = resultText(c.result);
   const action = c.action && c.action !== 'valid' && c.action !== 'unchanged' ? ` → ${ACTIONS[c.action] || c.action}` : '';
   const why = c.result !== 'success' && c.reason ? `: ${c.reason}` : '';
   return result + action + why;
@@ -198,7 +209,7 @@ export async function render(view, ctx) {
         ? h('span', { class: 'owned', title: `Owns ${ownedText(k.resources)}: only this key can reach them` }, fmtNum(k.resources))
         : h('span', { class: 'muted' }, '—')),
       h('td', { class: 'hide-lg muted nowrap', title: k.last_used_at ? fmtTime(k.last_used_at) : '' }, fmtAgo(k.last_used_at)),
-      h('td', { class: 'hide-md' }, k.last_error ? h('span', { class: 'cell-clip error-text', title: k.last_error }, k.last_error) : h('span', { class: 'muted' }, '—')),
+      h('td', { class: 'hide-md key-error-cell' }, k.last_error ? h('span', { class: 'cell-clip error-text', title: k.last_error }, k.last_error) : h('span', { class: 'muted' }, '—')),
       h('td', { class: 'col-actions' }, h('div', { class: 'row-actions' },
         toggle,
         button('', () => act([k], 'validate'), { iconName: 'shield', title: 'Validate', kind: 'icon' }),
@@ -478,9 +489,9 @@ export async function render(view, ctx) {
         h('thead', null, h('tr', null, h('th', null, 'Key'), h('th', null, 'Result'), h('th', null, 'Action'), h('th', null, 'Reason'))),
         h('tbody', null, results.map((c) => h('tr', null,
           h('td', { class: 'mono nowrap' }, names.get(c.key_id) || '#' + c.key_id),
-          h('td', null, h('span', { class: 'status ' + tone(c.result) }, (c.result || '').replace(/_/g, ' '))),
+          h('td', null, h('span', { class: 'status ' + tone(c.result) }, resultText(c.result))),
           h('td', null, ACTIONS[c.action] || c.action || ''),
-          h('td', { class: 'muted' }, c.reason || (c.http_status ? 'HTTP ' + c.http_status : ''))))))),
+          h('td', { class: 'muted' }, c.result === 'success' ? '' : c.reason || (c.http_status ? 'HTTP ' + c.http_status : ''))))))),
       actions: [{ label: 'Close', kind: 'primary', primary: true }],
     });
   }

@@ -13,6 +13,16 @@ function statusClass(code) {
   return 'status-bad';
 }
 
+// Field names of a log row that read poorly when only capitalised.
+const LABELS = {
+  key_id: 'Key ID',
+  access_key_id: 'Access key ID',
+  ttfb_ms: 'Time to first byte (ms)',
+  latency_ms: 'Latency (ms)',
+  candidates_tokens: 'Answer tokens',
+  thoughts_tokens: 'Thinking tokens',
+};
+
 function when(it) { return pick(it, 'time', 't', 'at', 'created_at', 'timestamp'); }
 function errText(it) { return pick(it, 'error', 'message', 'error_message'); }
 function latency(it) {
@@ -61,16 +71,33 @@ export async function render(view, ctx) {
     return inp;
   };
   const inputs = [];
+  // Keys and clients are chosen by the names shown in the table (masked key, label), not by
+  // ids an operator would have to look up; the options are filled once the names are known.
+  const choice = (name, labelText, allText) => {
+    const sel = h('select', { class: 'input input-sm w-choice', name, id: 'logs-' + name.replace('_', '-'), 'aria-label': labelText, title: labelText },
+      h('option', { value: '' }, allText));
+    sel.addEventListener('change', () => { state[name] = sel.value; state.page = 1; load(); });
+    inputs.push(sel);
+    return sel;
+  };
+  const fillChoice = (sel, names) => {
+    const want = state[sel.name];
+    for (const [id, label] of names) sel.append(h('option', { value: String(id) }, label));
+    if (want && !names.has(Number(want))) sel.append(h('option', { value: want }, '#' + want));
+    sel.value = want;
+  };
   const clearBtn = button('Clear', () => {
     for (const inp of inputs) { inp.value = ''; state[inp.name] = ''; }
     state.page = 1;
     load();
   }, { kind: 'ghost', iconName: 'x', attrs: { id: 'logs-clear' } });
+  const keySel = choice('key_id', 'Key', 'All keys');
+  const clientSel = choice('access_key_id', 'Client (access key)', 'All clients');
   const filters = h('div', { class: 'filters' },
     field('model', 'Model', { class: 'input input-sm w-model' }),
     field('status', 'Status', { inputmode: 'numeric', class: 'input input-sm w-num' }),
-    field('key_id', 'Key ID', { inputmode: 'numeric', class: 'input input-sm w-num' }),
-    field('access_key_id', 'Access key ID', { inputmode: 'numeric', class: 'input input-sm w-num2' }),
+    keySel,
+    clientSel,
     clearBtn,
     button('', () => load(), { iconName: 'refresh', title: 'Reload', kind: 'icon' }));
   const toolbar = h('div', { class: 'toolbar' }, tabs, filters);
@@ -171,7 +198,7 @@ export async function render(view, ctx) {
       if (['error', 'message', 'error_message'].includes(k)) continue;
       let shown = String(v);
       if (['time', 't', 'at', 'created_at', 'timestamp'].includes(k)) shown = fmtTime(v) + '  (' + String(v) + ')';
-      rows.push(h('dt', null, (k.charAt(0).toUpperCase() + k.slice(1)).replace(/_/g, ' ').replace(/ ms$/, ' (ms)')), h('dd', { class: 'mono' }, shown));
+      rows.push(h('dt', null, LABELS[k] || (k.charAt(0).toUpperCase() + k.slice(1)).replace(/_/g, ' ').replace(/ ms$/, ' (ms)')), h('dd', { class: 'mono' }, shown));
     }
     if (it.key_id) rows.push(h('dt', null, 'Key'), h('dd', { class: 'mono' }, keyCell(it)));
     if (it.access_key_id) rows.push(h('dt', null, 'Client'), h('dd', null, clientCell(it)));
@@ -186,6 +213,8 @@ export async function render(view, ctx) {
   }
 
   await names;
+  fillChoice(keySel, keyNames);
+  fillChoice(clientSel, clientNames);
   await load();
   return () => { alive = false; };
 }

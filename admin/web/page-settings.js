@@ -7,7 +7,7 @@ const GROUPS = [
   { title: 'Upstream', icon: 'activity', fields: [
     { name: 'upstream', label: 'Upstream URL', help: 'Where requests go; Google is https://generativelanguage.googleapis.com.', type: 'url', placeholder: 'https://generativelanguage.googleapis.com' },
     { name: 'proxy', label: 'Outbound proxy', help: 'http, https, socks5 or socks5h URL; empty for a direct connection.', placeholder: 'socks5://127.0.0.1:1080' },
-    { name: 'max_request_body', label: 'Largest request body', help: 'In bytes; bigger requests are refused with 413.', type: 'number', min: 1 },
+    { name: 'max_request_body', label: 'Largest request body', help: 'Bigger requests are refused with 413.', type: 'number', min: 1, bytes: true },
   ] },
   { title: 'Reliability', icon: 'shield', fields: [
     { name: 'max_failures', label: 'Failures to disable', help: 'Consecutive failures before a key is disabled (1–1000).', type: 'number', min: 1, max: 1000 },
@@ -24,6 +24,17 @@ const GROUPS = [
     { name: 'error_log_retention', label: 'Keep errors', help: 'How long error rows are kept, e.g. 15d (at least 1m).' },
   ] },
 ];
+
+/** sizeText reads a byte count as the Caddyfile writes it: " (32 MiB)". */
+function sizeText(v) {
+  const n = Number(v);
+  if (!v || !Number.isFinite(n) || n <= 0) return '';
+  const units = ['bytes', 'KiB', 'MiB', 'GiB'];
+  let i = 0;
+  let x = n;
+  while (x >= 1024 && i < units.length - 1) { x /= 1024; i++; }
+  return i ? ' (' + (Number.isInteger(x) ? x : x.toFixed(1)) + ' ' + units[i] + ')' : '';
+}
 
 function humanize(name) {
   const s = name.replace(/_/g, ' ');
@@ -43,6 +54,7 @@ export async function render(view) {
   const original = {};
   const inputs = {};
   const errors = {};
+  const sizes = {};
 
   const known = new Set(GROUPS.flatMap((g) => g.fields.map((f) => f.name)));
   const extra = Object.keys(values).filter((k) => !known.has(k) && typeof values[k] !== 'object').sort()
@@ -67,20 +79,23 @@ export async function render(view) {
     if (!(f.name in values)) input.disabled = true;
     inputs[f.name] = input;
     errors[f.name] = h('p', { class: 'field-error', id: 'err-' + f.name, hidden: true });
+    // A byte count also shows in KiB/MiB, the way the Caddyfile writes it.
+    const size = f.bytes ? h('span', { class: 'field-size' }, sizeText(input.value)) : null;
+    if (size) sizes[f.name] = size;
     input.addEventListener('input', () => { errors[f.name].hidden = true; input.classList.remove('invalid'); markDirty(); });
     return h('div', { class: 'field' },
       h('label', { class: 'field-label', for: 'set-' + f.name }, f.label, h('code', { class: 'field-name' }, f.name)),
-      input, f.help ? h('p', { class: 'field-help' }, f.help) : null, errors[f.name]);
+      input, f.help ? h('p', { class: 'field-help' }, size ? ['In bytes', size, '. '] : null, f.help) : null, errors[f.name]);
   }
 
   // Changing where the keys are sent (upstream, proxy) needs the admin key again.
   const GUARDED = ['upstream', 'proxy'];
-  const adminKeyInput = h('input', { class: 'input', type: 'password', id: 'settings-admin-key', autocomplete: 'current-password', placeholder: 'Admin key' });
+  const adminKeyInput = h('input', { class: 'input', type: 'password', id: 'settings-admin-key', autocomplete: 'current-password', placeholder: 'The admin key you signed in with' });
   const adminKeyErr = h('p', { class: 'field-error', id: 'err-settings-admin-key', hidden: true });
   const adminKeyField = h('div', { class: 'field', id: 'settings-admin-key-field', hidden: true },
-    h('label', { class: 'field-label', for: 'settings-admin-key' }, 'Admin key'),
+    h('label', { class: 'field-label', for: 'settings-admin-key' }, 'Confirm with your admin key'),
     adminKeyInput,
-    h('p', { class: 'field-help' }, 'Changing the upstream or the proxy decides where every upstream key is sent, so it needs the admin key again.'),
+    h('p', { class: 'field-help' }, 'The upstream and the proxy decide where every upstream key is sent, so changing them needs the admin key again.'),
     adminKeyErr);
   adminKeyInput.addEventListener('input', () => { adminKeyErr.hidden = true; adminKeyInput.classList.remove('invalid'); });
   const guardedChanged = (body) => GUARDED.some((n) => n in body);
@@ -89,10 +104,11 @@ export async function render(view) {
   const resetBtn = button('Discard', () => reset(), { kind: 'ghost' });
   const formErr = h('p', { class: 'form-error', hidden: true });
   const form = h('form', { class: 'settings-form', id: 'settings-form', novalidate: true, onsubmit: (e) => { e.preventDefault(); save(); } },
+    // The admin key prompt sits in the card of the fields it guards, not far below them.
     groups.map((g) => h('section', { class: 'card settings-group' },
       h('header', { class: 'card-head' }, h('h2', null, icon(g.icon), g.title)),
-      h('div', { class: 'settings-fields' }, g.fields.map(fieldEl)))),
-    adminKeyField,
+      h('div', { class: 'settings-fields' }, g.fields.map(fieldEl)),
+      g.fields.some((f) => GUARDED.includes(f.name)) ? adminKeyField : null)),
     h('div', { class: 'savebar' }, h('span', { class: 'muted dirty-note' }, 'Changes apply at once, without a reload.'), formErr, resetBtn, saveBtn));
   view.append(form, adminKeyCard());
 
@@ -112,6 +128,7 @@ export async function render(view) {
   }
 
   function markDirty() {
+    for (const [name, size] of Object.entries(sizes)) size.textContent = sizeText(inputs[name].value);
     const body = changed();
     const n = Object.keys(body).length;
     adminKeyField.hidden = !guardedChanged(body);
@@ -198,7 +215,8 @@ export async function render(view) {
           inputs[k].value = v === null ? '' : String(v);
         }
       }
-      toast(`Saved ${Object.keys(body).join(', ')}.`, 'ok');
+      const labels = new Map(groups.flatMap((g) => g.fields.map((f) => [f.name, f.label])));
+      toast(`Saved: ${Object.keys(body).map((k) => labels.get(k) || k).join(', ')}.`, 'ok');
     } catch (e) {
       if (e.status === 400) showError(e);
       else if (e.status === 403 && 'admin_key' in body) {
