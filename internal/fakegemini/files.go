@@ -284,35 +284,14 @@ func (s *Server) serveFiles(x *exchange, id string, hasMethod, get, del bool) {
 		s.mu.Unlock()
 		slices.SortFunc(out, func(a, b fileResource) int { return strings.Compare(a.Name, b.Name) })
 		// pageSize: default 10, at most 100, as Google's files.list.
-		q := x.r.URL.Query()
-		size := 10
-		if v := q.Get("pageSize"); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
-				x.fail(badRequest("Invalid value at 'page_size' (TYPE_INT32), \"" + v + "\""))
-				return
-			}
-			if n > 0 {
-				size = min(n, 100)
-			}
+		start, end, next, ok := paginate(x, len(out), 10, 100, "files")
+		if !ok {
+			return
 		}
-		start := 0
-		if tok := q.Get("pageToken"); tok != "" {
-			n, ok := decodeFilesPageToken(tok)
-			if !ok || n > len(out) {
-				x.fail(badRequest("Invalid page token."))
-				return
-			}
-			start = n
-		}
-		end := min(start+size, len(out))
 		resp := struct {
 			Files         []fileResource `json:"files,omitempty"`
 			NextPageToken string         `json:"nextPageToken,omitempty"`
-		}{Files: out[start:end]}
-		if end < len(out) {
-			resp.NextPageToken = encodeFilesPageToken(end)
-		}
+		}{Files: out[start:end], NextPageToken: next}
 		x.writeJSON(resp)
 	case get:
 		if !s.authenticate(x, "FileService.GetFile") {
@@ -358,23 +337,6 @@ func firstNonEmpty(vs ...string) string {
 		}
 	}
 	return ""
-}
-
-func encodeFilesPageToken(offset int) string {
-	return base64.RawURLEncoding.EncodeToString([]byte("fake-files-offset:" + strconv.Itoa(offset)))
-}
-
-func decodeFilesPageToken(tok string) (int, bool) {
-	raw, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil {
-		return 0, false
-	}
-	v, ok := strings.CutPrefix(string(raw), "fake-files-offset:")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.Atoi(v)
-	return n, err == nil && n >= 0
 }
 
 // FileOwner returns the key that owns the file called name ("files/{id}"), or "" if there is

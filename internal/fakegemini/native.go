@@ -160,53 +160,50 @@ func (s *Server) serveModelMethod(x *exchange, id, method string) {
 
 // listModels answers models.list with pageSize/pageToken pagination.
 func (s *Server) listModels(x *exchange) {
+	start, end, next, ok := paginate(x, len(catalog), 50, 1000, "models")
+	if !ok {
+		return
+	}
+	resp := struct {
+		Models        []modelInfo `json:"models"`
+		NextPageToken string      `json:"nextPageToken,omitempty"`
+	}{Models: catalog[start:end], NextPageToken: next}
+	x.writeJSON(resp)
+}
+
+// paginate reads pageSize (default def, at most max) and pageToken, as Google's list methods
+// do, for a list of total items. It returns the page's bounds and the next page's token, or
+// answers the client with Google's 400 and returns ok false. Tokens are opaque offsets, one kind
+// per list, so a token of one list is refused by another.
+func paginate(x *exchange, total, def, max int, kind string) (start, end int, next string, ok bool) {
 	q := x.r.URL.Query()
-	size := 50
+	size := def
 	if v := q.Get("pageSize"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
 			x.fail(badRequest("Invalid value at 'page_size' (TYPE_INT32), \"" + v + "\""))
-			return
+			return 0, 0, "", false
 		}
 		if n > 0 {
-			size = min(n, 1000)
+			size = min(n, max)
 		}
 	}
-	start := 0
+	prefix := "fake-" + kind + "-offset:"
 	if tok := q.Get("pageToken"); tok != "" {
-		n, ok := decodePageToken(tok)
-		if !ok || n > len(catalog) {
+		raw, err := base64.RawURLEncoding.DecodeString(tok)
+		v, found := strings.CutPrefix(string(raw), prefix)
+		n, err2 := strconv.Atoi(v)
+		if err != nil || !found || err2 != nil || n < 0 || n > total {
 			x.fail(badRequest("Invalid page token."))
-			return
+			return 0, 0, "", false
 		}
 		start = n
 	}
-	end := min(start+size, len(catalog))
-	resp := struct {
-		Models        []modelInfo `json:"models"`
-		NextPageToken string      `json:"nextPageToken,omitempty"`
-	}{Models: catalog[start:end]}
-	if end < len(catalog) {
-		resp.NextPageToken = encodePageToken(end)
+	end = min(start+size, total)
+	if end < total {
+		next = base64.RawURLEncoding.EncodeToString([]byte(prefix + strconv.Itoa(end)))
 	}
-	x.writeJSON(resp)
-}
-
-func encodePageToken(offset int) string {
-	return base64.RawURLEncoding.EncodeToString([]byte("fake-models-offset:" + strconv.Itoa(offset)))
-}
-
-func decodePageToken(tok string) (int, bool) {
-	raw, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil {
-		return 0, false
-	}
-	v, ok := strings.CutPrefix(string(raw), "fake-models-offset:")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.Atoi(v)
-	return n, err == nil && n >= 0
+	return start, end, next, true
 }
 
 // Request shapes. Google's JSON parser accepts both lowerCamel and
