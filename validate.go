@@ -209,8 +209,8 @@ func (c *core) checkKey(ctx context.Context, k store.Key, st keypool.KeyState, s
 	switch o.Kind {
 	case keypool.Success:
 		if disabled || (s.validationProbe == probeGenerate && len(st.Cooldowns) > 0) {
-			if err := c.enableKey(ctx, k.ID); err != nil {
-				return r, err
+			if revived, err := c.reviveKey(ctx, k.ID); err != nil || !revived {
+				return r, err // !revived: disabled by hand or deleted during the check
 			}
 			r.Action = actionEnabled
 			c.logger.Info("upstream key valid again, enabled", zap.Int64("key_id", k.ID))
@@ -220,8 +220,8 @@ func (c *core) checkKey(ctx context.Context, k store.Key, st keypool.KeyState, s
 		r.Action = actionValid
 	case keypool.Quota:
 		if disabled {
-			if err := c.enableKey(ctx, k.ID); err != nil {
-				return r, err
+			if revived, err := c.reviveKey(ctx, k.ID); err != nil || !revived {
+				return r, err // !revived: disabled by hand or deleted during the check
 			}
 			c.logger.Info("upstream key valid again, enabled but out of quota", zap.Int64("key_id", k.ID))
 		}
@@ -314,6 +314,22 @@ func (c *core) enableKey(ctx context.Context, id int64) error {
 	}
 	c.pool.SetDisabled(id, false)
 	return nil
+}
+
+// reviveKey puts a key that validation found working back into service, store then pool,
+// unless an operator disabled it by hand or deleted it while it was being checked; it reports
+// whether it did.
+func (c *core) reviveKey(ctx context.Context, id int64) (bool, error) {
+	c.keysMu.Lock()
+	defer c.keysMu.Unlock()
+	ok, err := c.store.ReviveKey(ctx, id)
+	if err != nil {
+		return false, fmt.Errorf("enabling key %d: %w", id, err)
+	}
+	if ok {
+		c.pool.SetDisabled(id, false)
+	}
+	return ok, nil
 }
 
 // cooldownEnd is when the key may serve model again after a quota answer: the cooldown the

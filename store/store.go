@@ -303,8 +303,27 @@ func (s *Store) SetKeyStatus(ctx context.Context, id int64, status, reason strin
 	default:
 		return fmt.Errorf("store: invalid key status %q", status)
 	}
+	return s.setKeyStatus(ctx, id, query, args, status == StatusActive)
+}
+
+// ReviveKey puts back into service a key that validation found working, as SetKeyStatus does
+// with StatusActive, unless an operator disabled it by hand (or deleted it) while it was being
+// checked: then it changes nothing and reports false.
+func (s *Store) ReviveKey(ctx context.Context, id int64) (bool, error) {
+	err := s.setKeyStatus(ctx, id,
+		`UPDATE keys SET status = 'active', disabled_reason = '', failure_count = 0 WHERE id = ? AND manual_disabled = 0`,
+		[]any{id}, true)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// setKeyStatus runs query (an UPDATE of key id) in a transaction that holds off the log writer;
+// active also deletes the key's cooldowns. ErrNotFound when no row changed.
+func (s *Store) setKeyStatus(ctx context.Context, id int64, query string, args []any, active bool) error {
 	// Hold off the writer so a batch in flight cannot land after this write.
-	unlock := s.w.exclude(id, status == StatusActive)
+	unlock := s.w.exclude(id, active)
 	defer unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -318,7 +337,7 @@ func (s *Store) SetKeyStatus(ctx context.Context, id int64, status, reason strin
 	if err := mustAffect(res); err != nil {
 		return err
 	}
-	if status == StatusActive {
+	if active {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM cooldowns WHERE key_id = ?`, id); err != nil {
 			return fmt.Errorf("store: set key status: %w", err)
 		}

@@ -525,3 +525,50 @@ func TestRecentLogsFilterAndOrder(t *testing.T) {
 		t.Errorf("CountRequestLogs = %d, %v", n, err)
 	}
 }
+
+func TestReviveKeyLeavesHandDisabledKeysAlone(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
+	ctx := context.Background()
+	if _, err := s.AddKeys(ctx, []string{"AIzaSyREVIVE-key-a-aaaaaaaaaaaaaaaaaaaaa", "AIzaSyREVIVE-key-b-bbbbbbbbbbbbbbbbbbbbb"}); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := s.Keys(ctx)
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("keys: %v, %v", keys, err)
+	}
+	auto, manual := keys[0].ID, keys[1].ID
+	if err := s.SetKeyStatus(ctx, auto, StatusDisabled, "5 failures in a row", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetKeyStatus(ctx, manual, StatusDisabled, "disabled by the operator", true); err != nil {
+		t.Fatal(err)
+	}
+	s.SaveCooldown(Cooldown{KeyID: auto, Model: "m", Until: time.Now().Add(time.Hour)})
+	s.Flush()
+
+	if ok, err := s.ReviveKey(ctx, auto); err != nil || !ok {
+		t.Fatalf("ReviveKey(auto-disabled) = %v, %v; want true", ok, err)
+	}
+	if ok, err := s.ReviveKey(ctx, manual); err != nil || ok {
+		t.Fatalf("ReviveKey(hand-disabled) = %v, %v; want false", ok, err)
+	}
+	if ok, err := s.ReviveKey(ctx, 9999); err != nil || ok {
+		t.Fatalf("ReviveKey(missing) = %v, %v; want false, no error", ok, err)
+	}
+	keys, _ = s.Keys(ctx)
+	for _, k := range keys {
+		switch k.ID {
+		case auto:
+			if k.Status != StatusActive || k.DisabledReason != "" {
+				t.Errorf("auto-disabled key after revive: %+v", k)
+			}
+		case manual:
+			if k.Status != StatusDisabled || !k.ManualDisabled || k.DisabledReason != "disabled by the operator" {
+				t.Errorf("hand-disabled key changed: %+v", k)
+			}
+		}
+	}
+	if cds, _ := s.Cooldowns(ctx, time.Now()); len(cds) != 0 {
+		t.Errorf("revived key keeps cooldowns: %+v", cds)
+	}
+}
