@@ -395,7 +395,8 @@ type AccessKey struct {
 // up.
 func HashSecret(secret string) [32]byte { return sha256.Sum256([]byte(secret)) }
 
-// AddAccessKey stores the hash of secret (trimmed of white space) under label and returns its id.
+// AddAccessKey stores the hash of secret (trimmed of white space) under label and returns its id,
+// clearing a tombstone of it: a key added by hand is wanted, even if the config lists it too.
 // It returns ErrDuplicate if that hash is already stored.
 func (s *Store) AddAccessKey(ctx context.Context, secret, label string) (int64, error) {
 	secret = strings.TrimSpace(secret)
@@ -403,7 +404,12 @@ func (s *Store) AddAccessKey(ctx context.Context, secret, label string) (int64, 
 		return 0, errors.New("store: empty access key")
 	}
 	h := HashSecret(secret)
-	res, err := s.db.ExecContext(ctx, `INSERT INTO access_keys (hash, label, created_at) VALUES (?, ?, ?)`,
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("store: add access key: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	res, err := tx.ExecContext(ctx, `INSERT INTO access_keys (hash, label, created_at) VALUES (?, ?, ?)`,
 		h[:], label, toMS(time.Now()))
 	if err != nil {
 		if isUniqueViolation(err) {
@@ -411,7 +417,18 @@ func (s *Store) AddAccessKey(ctx context.Context, secret, label string) (int64, 
 		}
 		return 0, fmt.Errorf("store: add access key: %w", err)
 	}
-	return res.LastInsertId()
+	// Added by hand: a tombstone from an earlier delete no longer applies.
+	if err := clearTombstone(ctx, tx, tombAccessKey, h); err != nil {
+		return 0, fmt.Errorf("store: add access key: %w", err)
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return 0, fmt.Errorf("store: add access key: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("store: add access key: %w", err)
+	}
+	return id, nil
 }
 
 // EnsureAccessKeys stores the hashes of the config's secrets (trimmed of white space) that are

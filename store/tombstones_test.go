@@ -39,6 +39,12 @@ func TestTombstones(t *testing.T) {
 	if aks, _ := s.AccessKeys(ctx); len(aks) != 1 || aks[0].Hash != HashSecret("acc-b") {
 		t.Errorf("access keys %+v", aks)
 	}
+	if _, err := s.AddAccessKey(ctx, "acc-a", "panel"); err != nil {
+		t.Fatalf("explicit AddAccessKey of a deleted key: %v", err)
+	}
+	if _, skipped, err := s.EnsureAccessKeys(ctx, []string{"acc-a", "acc-b"}, "Caddyfile"); err != nil || skipped != 0 {
+		t.Errorf("the access key's tombstone outlived an explicit add: skipped %d, %v", skipped, err)
+	}
 	if added, err := s.AddKeys(ctx, []string{"key-a"}); err != nil || added != 1 {
 		t.Fatalf("explicit AddKeys of a deleted key = %d, %v", added, err)
 	}
