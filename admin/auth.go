@@ -65,8 +65,9 @@ func (h *Handler) tryKey(w http.ResponseWriter, r *http.Request, key string) (ri
 			"Too many wrong admin keys from your address; try again in "+strconv.Itoa(secs)+" s.")
 		return false, true
 	}
+	// Settled even if the check panics, so the reserved try is never kept for good.
+	defer func() { t.end(ip, h.now(), right) }()
 	right = key != "" && h.Backend.CheckAdminKey(key)
-	t.end(ip, h.now(), right)
 	return right, false
 }
 
