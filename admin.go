@@ -108,20 +108,21 @@ const adminTimeout = 5 * time.Second
 // operatorDisabled is the reason recorded when an operator disables a key.
 const operatorDisabled = "disabled by an operator"
 
-// CheckAdminKey compares the key's SHA-256 with the stored one in constant time.
-func (b adminBackend) CheckAdminKey(key string) bool {
+// CheckAdminKey compares the key's SHA-256 with the stored one in constant time. An error
+// means the stored hash could not be read (the database is busy or gone), not a wrong key.
+func (b adminBackend) CheckAdminKey(key string) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
 	defer cancel()
 	all, err := b.c.store.Settings(ctx)
 	if err != nil {
-		return false
+		return false, err
 	}
 	want, err := hex.DecodeString(all[setAdminKeyHash])
 	if err != nil || len(want) != sha256.Size {
-		return false
+		return false, nil
 	}
 	got := sha256.Sum256([]byte(key))
-	return subtle.ConstantTimeCompare(got[:], want) == 1
+	return subtle.ConstantTimeCompare(got[:], want) == 1, nil
 }
 
 // SetAdminKey stores the new key's hash as a panel edit (it wins until the Caddyfile's

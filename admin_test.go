@@ -495,7 +495,12 @@ func TestAdminKeyChange(t *testing.T) {
 	if err := e.c.applyConfig(context.Background(), app); err != nil {
 		t.Fatal(err)
 	}
-	if !(adminBackend{e.c}).CheckAdminKey(newKey) || (adminBackend{e.c}).CheckAdminKey(testAdminKey) {
+	newOK, err1 := (adminBackend{e.c}).CheckAdminKey(newKey)
+	oldOK, err2 := (adminBackend{e.c}).CheckAdminKey(testAdminKey)
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	if !newOK || oldOK {
 		t.Error("a reload with the unchanged Caddyfile admin_key undid the panel's change")
 	}
 	a.wantStatus(200, "GET", "/admin/api/keys", "") // and the session lives on

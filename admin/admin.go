@@ -125,7 +125,8 @@ import (
 // error wrapping store.ErrNotFound for an unknown one.
 type Backend interface {
 	// CheckAdminKey reports whether key is the admin key; it must compare in constant time.
-	CheckAdminKey(key string) bool
+	// An error means the check could not be made (it is not counted as a wrong key).
+	CheckAdminKey(key string) (bool, error)
 	// SetAdminKey makes key the admin key and ends every session but keep (the zero hash
 	// ends them all).
 	SetAdminKey(ctx context.Context, key string, keep [32]byte) error

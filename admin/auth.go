@@ -65,9 +65,24 @@ func (h *Handler) tryKey(w http.ResponseWriter, r *http.Request, key string) (ri
 			"Too many wrong admin keys from your address; try again in "+strconv.Itoa(secs)+" s.")
 		return false, true
 	}
-	// Settled even if the check panics, so the reserved try is never kept for good.
-	defer func() { t.end(ip, h.now(), right) }()
-	right = key != "" && h.Backend.CheckAdminKey(key)
+	settled := false
+	defer func() {
+		if !settled { // the check panicked: give the reserved try back, never keep it for good
+			t.cancel(ip)
+		}
+	}()
+	var err error
+	if key != "" {
+		right, err = h.Backend.CheckAdminKey(key)
+	}
+	settled = true
+	if err != nil {
+		// The gateway could not check (database busy): the client's key is not to blame.
+		t.cancel(ip)
+		writeError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "The admin key could not be checked right now; try again.")
+		return false, true
+	}
+	t.end(ip, h.now(), right)
 	return right, false
 }
 

@@ -90,6 +90,16 @@ func (t *Throttle) begin(client string, now time.Time) (time.Duration, bool) {
 // end settles an attempt begin reserved: a right key forgets the network's failures, a wrong
 // one counts and may lock the network out.
 func (t *Throttle) end(client string, now time.Time, right bool) {
+	t.settle(client, now, right, false)
+}
+
+// cancel gives back a try reserved by begin whose key could not be checked: it counts neither
+// way.
+func (t *Throttle) cancel(client string) {
+	t.settle(client, time.Time{}, false, true)
+}
+
+func (t *Throttle) settle(client string, now time.Time, right, void bool) {
 	k := throttleKey(client)
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -98,6 +108,12 @@ func (t *Throttle) end(client string, now time.Time, right bool) {
 		return
 	}
 	f.pending--
+	if void {
+		if f.pending <= 0 && f.n == 0 {
+			delete(t.m, k)
+		}
+		return
+	}
 	if right {
 		f.n, f.lockedUntil = 0, time.Time{}
 		if f.pending <= 0 {

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -18,11 +19,11 @@ type slowBackend struct {
 	checks  atomic.Int32
 }
 
-func (b *slowBackend) CheckAdminKey(string) bool {
+func (b *slowBackend) CheckAdminKey(string) (bool, error) {
 	b.checks.Add(1)
 	b.entered <- "checked"
 	<-b.release
-	return false
+	return false, nil
 }
 
 // TestThrottleParallelGuesses: parallel wrong keys from one address get no more checks than
@@ -127,5 +128,41 @@ func TestThrottleNeverEvictsLockedOut(t *testing.T) {
 		if d := th.lockedFor(ip, now); d == 0 {
 			t.Errorf("%s: the lockout was evicted", ip)
 		}
+	}
+}
+
+// failingBackend cannot check the admin key (its database is busy) until ok is set.
+type failingBackend struct {
+	Backend // only CheckAdminKey is called
+	ok      atomic.Bool
+}
+
+func (b *failingBackend) CheckAdminKey(key string) (bool, error) {
+	if !b.ok.Load() {
+		return false, errors.New("database is locked")
+	}
+	return key == "the-right-admin-key-0123", nil
+}
+
+// TestThrottleStoreErrorIsNoWrongKey: when the key cannot be checked, the client gets 503 and
+// no failure is counted, so a slow database never locks the real admin out.
+func TestThrottleStoreErrorIsNoWrongKey(t *testing.T) {
+	b := &failingBackend{}
+	h := &Handler{Prefix: "/admin", Backend: b, ClientIP: func(*http.Request) string { return "203.0.113.7" }}
+	login := func(key string) int {
+		req := httptest.NewRequest(http.MethodGet, "/admin/api/session", nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	for i := range loginFailuresAllowed * 3 {
+		if code := login("the-right-admin-key-0123"); code != http.StatusServiceUnavailable {
+			t.Fatalf("check %d with the database down: %d, want 503", i, code)
+		}
+	}
+	b.ok.Store(true)
+	if code := login("the-right-admin-key-0123"); code != http.StatusOK {
+		t.Fatalf("right key once the database is back: %d, want 200 (no lockout)", code)
 	}
 }
