@@ -493,7 +493,7 @@ func (b adminBackend) SetAccessKeyEnabled(ctx context.Context, id int64, enabled
 
 // liveSettings are the settings the panel may change, in the order the panel lists them.
 var liveSettings = []string{
-	setUpstream, setProxy, setMaxFailures, setMaxRetries, setMaxBody,
+	setUpstream, setProxy, setMaxFailures, setMaxEjectionPercent, setMaxRetries, setMaxBody,
 	setValidationModel, setValidationProbe, setValidationInterval,
 	setTimezone, setErrorRetention, setRequestRetention,
 }
@@ -529,6 +529,7 @@ func (b adminBackend) Settings(ctx context.Context) (map[string]any, error) {
 		setUpstream:           s.upstream.String(),
 		setProxy:              redactProxy(s.proxy),
 		setMaxFailures:        s.maxFailures,
+		setMaxEjectionPercent: s.maxEjectionPercent,
 		setMaxRetries:         s.maxRetries,
 		setMaxBody:            s.maxBody,
 		setValidationModel:    s.validationModel,

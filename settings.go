@@ -18,6 +18,7 @@ const (
 	setUpstream           = "upstream"
 	setProxy              = "proxy"
 	setMaxFailures        = "max_failures"
+	setMaxEjectionPercent = "max_ejection_percent"
 	setMaxRetries         = "max_retries"
 	setMaxBody            = "max_request_body"
 	setValidationModel    = "validation_model"
@@ -32,6 +33,7 @@ const (
 const (
 	defaultUpstream           = "https://generativelanguage.googleapis.com"
 	defaultMaxFailures        = 5
+	defaultMaxEjectionPercent = 50
 	defaultMaxRetries         = 3
 	defaultMaxBody            = 32 << 20
 	defaultValidationModel    = "gemini-2.5-flash"
@@ -47,6 +49,7 @@ type settings struct {
 	upstream           *url.URL
 	proxy              string
 	maxFailures        int
+	maxEjectionPercent int
 	maxRetries         int
 	maxBody            int64
 	validationModel    string
@@ -63,6 +66,7 @@ type settings struct {
 func parseSettings(raw map[string]string) (*settings, error) {
 	s := &settings{
 		maxFailures:        defaultMaxFailures,
+		maxEjectionPercent: defaultMaxEjectionPercent,
 		maxRetries:         defaultMaxRetries,
 		maxBody:            defaultMaxBody,
 		validationModel:    defaultValidationModel,
@@ -95,6 +99,13 @@ func parseSettings(raw map[string]string) (*settings, error) {
 			bad(setMaxFailures, err)
 		} else {
 			s.maxFailures = int(n)
+		}
+	}
+	if v, ok := raw[setMaxEjectionPercent]; ok {
+		if n, err := parseInt(v, 0, 100); err != nil {
+			bad(setMaxEjectionPercent, err)
+		} else {
+			s.maxEjectionPercent = int(n)
 		}
 	}
 	if v, ok := raw[setMaxRetries]; ok {

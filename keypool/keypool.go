@@ -22,8 +22,11 @@ const defaultQuotaCooldown = 60 * time.Second
 
 // Key is one upstream key as loaded into the pool.
 type Key struct {
-	ID       int64
-	Secret   string
+	ID     int64
+	Secret string
+	// Project labels the Google Cloud project the key belongs to ("" when unknown). A
+	// per-project quota answer cools down every enabled key with the same label.
+	Project  string
 	Disabled bool // disabled keys stay in the pool but are never picked
 	Failures int  // consecutive transient failures so far
 }
