@@ -158,6 +158,14 @@ SELECT time - time % 900000 - (time % 900000 < 0) * 900000 AS slot, model, COUNT
        SUM(status NOT BETWEEN 200 AND 399), SUM(prompt_tokens), SUM(candidates_tokens), SUM(total_tokens)
 FROM request_logs GROUP BY slot, model;
 `,
+	// 5: the Google Cloud project of an upstream key, a label ('' when unknown). Quota belongs
+	// to the project, not the key: a per-project 429 cools down every enabled key with the
+	// same label. An operator sets it; the gateway fills an empty one from error bodies that
+	// name the project. Keys of older databases start unlabelled.
+	`
+ALTER TABLE keys ADD COLUMN project TEXT NOT NULL DEFAULT '';
+CREATE INDEX keys_project ON keys (project) WHERE project <> '';
+`,
 }
 
 // migrate brings db up to len(steps), one transaction per step. The version is read inside each

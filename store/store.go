@@ -167,6 +167,7 @@ func (s *Store) Close() error {
 type Key struct {
 	ID             int64
 	Secret         string
+	Project        string // Google Cloud project label, "" when unknown (see CheckProject)
 	Status         string // StatusActive or StatusDisabled
 	DisabledReason string
 	ManualDisabled bool // disabled by an operator, not by the pool
@@ -181,31 +182,54 @@ type Key struct {
 // AddKeys adds upstream keys in one transaction, as an operator's explicit add: a key deleted
 // before (see DeleteKey) is added again and its tombstone cleared. Secrets are trimmed of
 // white space; empty ones and ones already stored are skipped. It returns how many were added.
+// It is AddLabeledKeys without labels.
 func (s *Store) AddKeys(ctx context.Context, secrets []string) (added int, err error) {
-	added, _, err = s.addKeys(ctx, secrets, false)
-	return added, err
+	res, err := s.AddLabeledKeys(ctx, newKeys(secrets))
+	return res.Added, err
 }
 
 // AddConfigKeys adds the upstream keys of the config as AddKeys does, but skips the ones
 // deleted in the admin panel (a tombstone is stored): it returns how many were added and how
 // many were skipped for that reason.
 func (s *Store) AddConfigKeys(ctx context.Context, secrets []string) (added, skipped int, err error) {
-	return s.addKeys(ctx, secrets, true)
+	res, skipped, err := s.addKeys(ctx, newKeys(secrets), true)
+	return res.Added, skipped, err
 }
 
-func (s *Store) addKeys(ctx context.Context, secrets []string, fromConfig bool) (added, skipped int, err error) {
+// newKeys turns secrets into unlabelled NewKeys.
+func newKeys(secrets []string) []NewKey {
+	keys := make([]NewKey, len(secrets))
+	for i, secret := range secrets {
+		keys[i] = NewKey{Secret: secret}
+	}
+	return keys
+}
+
+// addKeys adds keys in one transaction. From the config, a tombstoned secret is skipped (and
+// counted); else its tombstone is cleared. A non-empty label of a key already stored replaces
+// its label. Labels are checked before anything is written.
+func (s *Store) addKeys(ctx context.Context, keys []NewKey, fromConfig bool) (res AddResult, skipped int, err error) {
+	for i := range keys {
+		if err := CheckProject(strings.TrimSpace(keys[i].Project)); err != nil {
+			return AddResult{}, 0, fmt.Errorf("store: add keys: project of key %d: %w", i+1, err)
+		}
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, 0, fmt.Errorf("store: add keys: %w", err)
+		return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	stmt, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO keys (secret, created_at) VALUES (?, ?)`)
+	stmt, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO keys (secret, project, created_at) VALUES (?, ?, ?)`)
 	if err != nil {
-		return 0, 0, fmt.Errorf("store: add keys: %w", err)
+		return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
+	}
+	relabel, err := tx.PrepareContext(ctx, `UPDATE keys SET project = ? WHERE secret = ? AND project <> ? RETURNING id`)
+	if err != nil {
+		return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
 	}
 	now := toMS(time.Now())
-	for _, secret := range secrets {
-		secret = strings.TrimSpace(secret)
+	for _, k := range keys {
+		secret, project := strings.TrimSpace(k.Secret), strings.TrimSpace(k.Project)
 		if secret == "" {
 			continue
 		}
@@ -213,32 +237,52 @@ func (s *Store) addKeys(ctx context.Context, secrets []string, fromConfig bool) 
 		if fromConfig {
 			dead, err := tombstoned(ctx, tx, tombKey, h)
 			if err != nil {
-				return 0, 0, fmt.Errorf("store: add keys: %w", err)
+				return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
 			}
 			if dead {
 				skipped++
 				continue
 			}
 		} else if err := clearTombstone(ctx, tx, tombKey, h); err != nil {
-			return 0, 0, fmt.Errorf("store: add keys: %w", err)
+			return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
 		}
-		res, err := stmt.ExecContext(ctx, secret, now)
+		r, err := stmt.ExecContext(ctx, secret, project, now)
 		if err != nil {
-			return 0, 0, fmt.Errorf("store: add keys: %w", err)
+			return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
 		}
-		n, _ := res.RowsAffected()
-		added += int(n)
+		if n, _ := r.RowsAffected(); n > 0 {
+			res.Added++
+			if project != "" {
+				id, err := r.LastInsertId()
+				if err != nil {
+					return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
+				}
+				res.Labeled = append(res.Labeled, KeyProject{KeyID: id, Project: project})
+			}
+			continue
+		}
+		if project == "" {
+			continue // already stored; no label given, so its own stays
+		}
+		var id int64
+		switch err := relabel.QueryRowContext(ctx, project, secret, project).Scan(&id); {
+		case errors.Is(err, sql.ErrNoRows): // it has this label already
+		case err != nil:
+			return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
+		default:
+			res.Labeled = append(res.Labeled, KeyProject{KeyID: id, Project: project})
+		}
 	}
 	if err := tx.Commit(); err != nil {
-		return 0, 0, fmt.Errorf("store: add keys: %w", err)
+		return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
 	}
-	return added, skipped, nil
+	return res, skipped, nil
 }
 
 // Keys returns all upstream keys ordered by id.
 func (s *Store) Keys(ctx context.Context) ([]Key, error) {
 	rows, err := s.db.QueryContext(ctx, `
-		SELECT id, secret, status, disabled_reason, manual_disabled, failure_count, last_error,
+		SELECT id, secret, project, status, disabled_reason, manual_disabled, failure_count, last_error,
 		       last_used_at, requests, failed_requests, created_at
 		FROM keys ORDER BY id`)
 	if err != nil {
@@ -249,7 +293,7 @@ func (s *Store) Keys(ctx context.Context) ([]Key, error) {
 	for rows.Next() {
 		var k Key
 		var lastUsed, created int64
-		if err := rows.Scan(&k.ID, &k.Secret, &k.Status, &k.DisabledReason, &k.ManualDisabled,
+		if err := rows.Scan(&k.ID, &k.Secret, &k.Project, &k.Status, &k.DisabledReason, &k.ManualDisabled,
 			&k.Failures, &k.LastError, &lastUsed, &k.Requests, &k.FailedRequests, &created); err != nil {
 			return nil, fmt.Errorf("store: keys: %w", err)
 		}

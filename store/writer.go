@@ -222,8 +222,10 @@ type writer struct {
 	stateMu     sync.Mutex
 	states      map[int64]KeyState    // saved, not yet taken
 	cooldowns   map[cooldownKey]int64 // saved, not yet taken
+	projects    map[int64]string      // learned project labels, saved, not yet taken
 	inStates    map[int64]KeyState    // taken by the batch being written
 	inCooldowns map[cooldownKey]int64
+	inProjects  map[int64]string
 
 	// Used by the writer goroutine only.
 	giveUpAt  time.Time // set once Close is waiting: failing batches are dropped after it
@@ -231,6 +233,7 @@ type writer struct {
 	flushes   []chan struct{}
 	stateBuf  []KeyState
 	coolBuf   []cooldownRow
+	projBuf   []KeyProject
 	keyUsage  map[int64]keyUsage
 	slotUse   map[slotKey]Usage
 	args      []any
@@ -252,6 +255,8 @@ func newWriter(db *sql.DB, logger *zap.Logger, o options) *writer {
 		cooldowns:   make(map[cooldownKey]int64),
 		inStates:    make(map[int64]KeyState),
 		inCooldowns: make(map[cooldownKey]int64),
+		projects:    make(map[int64]string),
+		inProjects:  make(map[int64]string),
 		rows:        make([]entry, 0, o.batchSize),
 		keyUsage:    make(map[int64]keyUsage),
 		slotUse:     make(map[slotKey]Usage),
@@ -328,6 +333,20 @@ func (w *writer) exclude(id int64, dropCooldowns bool) (unlock func()) {
 				delete(w.inCooldowns, k)
 			}
 		}
+	}
+	w.stateMu.Unlock()
+	return w.commitMu.Unlock
+}
+
+// excludeProjects is exclude for an operator's project labels: it waits for a running batch
+// transaction, discards the learned labels of ids not yet written, and keeps batches out until
+// the returned func is called.
+func (w *writer) excludeProjects(ids []int64) (unlock func()) {
+	w.commitMu.Lock()
+	w.stateMu.Lock()
+	for _, id := range ids {
+		delete(w.projects, id)
+		delete(w.inProjects, id)
 	}
 	w.stateMu.Unlock()
 	return w.commitMu.Unlock
@@ -411,6 +430,7 @@ func (w *writer) write() {
 	w.stateMu.Lock()
 	w.states, w.inStates = w.inStates, w.states // inStates is empty here
 	w.cooldowns, w.inCooldowns = w.inCooldowns, w.cooldowns
+	w.projects, w.inProjects = w.inProjects, w.projects
 	w.stateMu.Unlock()
 
 	backoff := 50 * time.Millisecond
@@ -431,6 +451,7 @@ func (w *writer) write() {
 			w.stateMu.Lock()
 			clear(w.inStates)
 			clear(w.inCooldowns)
+			clear(w.inProjects)
 			w.stateMu.Unlock()
 			break
 		}
@@ -465,9 +486,13 @@ func (w *writer) commit() error {
 	for k, until := range w.inCooldowns {
 		w.coolBuf = append(w.coolBuf, cooldownRow{k, until})
 	}
+	w.projBuf = w.projBuf[:0]
+	for id, project := range w.inProjects {
+		w.projBuf = append(w.projBuf, KeyProject{KeyID: id, Project: project})
+	}
 	w.stateMu.Unlock()
 
-	if len(w.rows) == 0 && len(w.stateBuf) == 0 && len(w.coolBuf) == 0 {
+	if len(w.rows) == 0 && len(w.stateBuf) == 0 && len(w.coolBuf) == 0 && len(w.projBuf) == 0 {
 		return nil
 	}
 	if err := w.commitTx(); err != nil {
@@ -476,6 +501,7 @@ func (w *writer) commit() error {
 	w.stateMu.Lock()
 	clear(w.inStates)
 	clear(w.inCooldowns)
+	clear(w.inProjects)
 	w.stateMu.Unlock()
 	return nil
 }
@@ -507,6 +533,8 @@ const (
 	sqlCooldown = `INSERT INTO cooldowns (key_id, model, until)
 		SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM keys WHERE id = ?)
 		ON CONFLICT (key_id, model) DO UPDATE SET until = excluded.until`
+	// A learned project label fills an empty one only: an operator's label always wins.
+	sqlLearnedProject = `UPDATE keys SET project = ? WHERE id = ? AND project = ''`
 )
 
 func (w *writer) commitTx() (err error) {
@@ -635,6 +663,17 @@ func (w *writer) commitTx() (err error) {
 		}
 		for _, c := range w.coolBuf {
 			if _, err := stmt.ExecContext(ctx, c.keyID, c.model, c.until, c.keyID); err != nil {
+				return err
+			}
+		}
+	}
+	if len(w.projBuf) > 0 {
+		stmt, err := tx.PrepareContext(ctx, sqlLearnedProject)
+		if err != nil {
+			return err
+		}
+		for _, p := range w.projBuf {
+			if _, err := stmt.ExecContext(ctx, p.Project, p.KeyID); err != nil {
 				return err
 			}
 		}
