@@ -23,7 +23,8 @@ func (p *Pool) Get(id int64, model string, now time.Time) (secret string, err er
 		return "", ErrKeyDisabled
 	}
 	if model != "" {
-		if until, cooling := e.coolingUntil(model, now.UnixNano()); cooling {
+		// An ejection is a preference of the rotation, not a ban: only this key can serve.
+		if until, cooling := e.coolingFor(model, now.UnixNano(), false); cooling {
 			return "", &CoolingError{Model: model, Until: time.Unix(0, until).In(now.Location())}
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -22,12 +23,16 @@ type Kind uint8
 const (
 	// Success resets the key's consecutive-failure count.
 	Success Kind = iota
-	// Quota (429) cools the (key, model) pair down until Outcome.Until; it never disables.
+	// Quota (429) cools the (key, model) pair down until Outcome.Until, and every key of the
+	// same project too when Outcome.PerProject; it never disables.
 	Quota
-	// KeyInvalid is key-fatal: the key is disabled at once with Outcome.Reason.
+	// KeyInvalid condemns the key itself (invalid, expired, suspended, leaked, blocked, out of
+	// prepaid credit). When Outcome.Confirm is set the caller must confirm it with a probe of
+	// the key before reporting it; a reported KeyInvalid disables the key at once.
 	KeyInvalid
-	// Transient (5xx, network) counts a failure; the key is disabled when the
-	// count reaches the pool's maximum.
+	// Transient (5xx, network, timeout) is about the service or the model, not the key: it is
+	// counted towards the key's ejection only while other keys succeed for the model, and never
+	// disables.
 	Transient
 	// ClientError is the caller's own error: no penalty, no retry.
 	ClientError
@@ -57,6 +62,16 @@ type Outcome struct {
 	Kind   Kind
 	Until  time.Time // Quota only: when the (key, model) pair may be used again
 	Reason string    // short human text, never containing a key; for KeyInvalid the disable reason
+	// Confirm (KeyInvalid only) says the answer must be confirmed by a probe of the key before
+	// the key is disabled: the same words can come back for a request the key was fine for.
+	// Unset for a 402 (billing), which no request content can produce and a free probe cannot see.
+	Confirm bool
+	// PerProject (Quota only) says the quota that ran out is the Google Cloud project's, shared
+	// by every key of that project (a QuotaFailure quota id with "PerProject").
+	PerProject bool
+	// Project is the number of the Google Cloud project the answer names in a structured field
+	// (ErrorInfo metadata "projects/NNN" or "project_number:NNN"); "" when none does.
+	Project string
 }
 
 // Retryable reports whether the request may be retried on another key: true for
@@ -76,6 +91,9 @@ const (
 // means for the key that got it. The body is parsed as a Google error envelope
 // whatever its content type; non-JSON bodies are used as plain text. now is the
 // base of a Quota cooldown.
+//
+// Only structured fields decide that a key is dead (see KeyInvalid): Google quotes client
+// input back in its messages ("Unknown name \"<field>\""), so no message text is searched.
 func Classify(status int, body []byte, now time.Time) Outcome {
 	switch {
 	case status >= 100 && status < 400:
@@ -93,17 +111,18 @@ func Classify(status int, body []byte, now time.Time) Outcome {
 	}
 	reason := sanitize(msg)
 	info := ae.errorInfo()
+	project := ae.project()
 
 	switch {
 	case status == http.StatusTooManyRequests:
-		return Outcome{Kind: Quota, Until: ae.quotaUntil(now), Reason: reason}
+		return Outcome{Kind: Quota, Until: ae.quotaUntil(now), Reason: reason, PerProject: ae.perProject(), Project: project}
 	case status == http.StatusPaymentRequired:
-		return Outcome{Kind: KeyInvalid, Reason: keyReason(info.Reason, msg)}
+		return Outcome{Kind: KeyInvalid, Reason: keyReason(info.Reason, msg), Project: project}
 	case status == http.StatusBadRequest, status == http.StatusUnauthorized, status == http.StatusForbidden:
-		if isKeyFatal(status, info.Reason, msg) {
-			return Outcome{Kind: KeyInvalid, Reason: keyReason(info.Reason, msg)}
+		if isKeyFatal(status, ae.Status, info.Reason, ae.Message) {
+			return Outcome{Kind: KeyInvalid, Confirm: true, Reason: keyReason(info.Reason, msg), Project: project}
 		}
-		return Outcome{Kind: ClientError, Reason: reason}
+		return Outcome{Kind: ClientError, Reason: reason, Project: project}
 	case status == http.StatusRequestTimeout, status >= 500:
 		return Outcome{Kind: Transient, Reason: reason}
 	default:
@@ -133,44 +152,55 @@ func ClassifyError(err error) Outcome {
 	return Outcome{Kind: Transient, Reason: sanitize("upstream: " + msg)}
 }
 
-// isKeyFatal recognises answers that condemn the key itself. Known
-// resource/permission messages that are not about the key win over everything.
-func isKeyFatal(status int, reason, msg string) bool {
-	lower := strings.ToLower(msg)
-	if status == http.StatusForbidden || status == http.StatusUnauthorized {
-		for _, s := range notKeyMessages {
-			if strings.Contains(lower, s) {
-				return false
-			}
-		}
+// isKeyFatal recognises a 400/401/403 that condemns the key itself, from structured fields
+// only: an ErrorInfo reason about the key with the status Google sends it with, or a 401/403
+// whose whole message is one of Google's fixed key messages (which quote nothing of the
+// request). Nothing is searched for inside a message.
+func isKeyFatal(status int, rpcStatus, reason, msg string) bool {
+	if want, ok := keyReasons[reason]; ok {
+		return want.status == status && (rpcStatus == "" || rpcStatus == want.rpcStatus)
 	}
-	if strings.HasPrefix(reason, "API_KEY_") || strings.HasPrefix(reason, "CONSUMER_") || reason == "SERVICE_DISABLED" {
-		return true
-	}
-	for _, s := range keyFatalMessages {
-		if strings.Contains(lower, s) {
-			return true
-		}
+	if status == http.StatusUnauthorized || status == http.StatusForbidden {
+		_, fixed := keyMessages[strings.TrimSpace(msg)]
+		return fixed || suspendedMessage.MatchString(msg)
 	}
 	return false
 }
 
-// notKeyMessages are 401/403 messages that are never the key's fault (lower case).
-var notKeyMessages = []string{
-	"you do not have permission to access",
-	"method doesn't allow unregistered callers",
-	"caller does not have required permission to use project",
+// keyStatus is the HTTP status and canonical code an ErrorInfo reason comes with.
+type keyStatus struct {
+	status    int
+	rpcStatus string
 }
 
-// keyFatalMessages are messages that condemn the key (lower case).
-var keyFatalMessages = []string{
-	"api key not valid",
-	"api key expired",
-	"api key not found",
-	"reported as leaked",
-	"has been suspended",
-	"has not been used in project",
+// keyReasons are the ErrorInfo reasons about the key or its project (not the request), each
+// with the status Google answers it with.
+var keyReasons = map[string]keyStatus{
+	"API_KEY_INVALID":               {http.StatusBadRequest, "INVALID_ARGUMENT"},
+	"API_KEY_EXPIRED":               {http.StatusBadRequest, "INVALID_ARGUMENT"},
+	"API_KEY_SERVICE_BLOCKED":       {http.StatusForbidden, "PERMISSION_DENIED"},
+	"API_KEY_HTTP_REFERRER_BLOCKED": {http.StatusForbidden, "PERMISSION_DENIED"},
+	"API_KEY_IP_ADDRESS_BLOCKED":    {http.StatusForbidden, "PERMISSION_DENIED"},
+	"API_KEY_ANDROID_APP_BLOCKED":   {http.StatusForbidden, "PERMISSION_DENIED"},
+	"API_KEY_IOS_APP_BLOCKED":       {http.StatusForbidden, "PERMISSION_DENIED"},
+	"CONSUMER_SUSPENDED":            {http.StatusForbidden, "PERMISSION_DENIED"},
+	"CONSUMER_INVALID":              {http.StatusForbidden, "PERMISSION_DENIED"},
+	"SERVICE_DISABLED":              {http.StatusForbidden, "PERMISSION_DENIED"},
+	"BILLING_DISABLED":              {http.StatusForbidden, "PERMISSION_DENIED"},
 }
+
+// keyMessages are Google's fixed 401/403 key messages, compared whole: they quote nothing
+// of the request.
+var keyMessages = map[string]struct{}{
+	"Your API key was reported as leaked. Please use another API key.": {},
+	"API key not valid. Please pass a valid API key.":                  {},
+	"API Key not found. Please pass a valid API key.":                  {},
+	"API key expired. Please renew the API key.":                       {},
+}
+
+// suspendedMessage is Google's whole "consumer suspended" message; the consumer is an
+// identifier of the key or project, never request text.
+var suspendedMessage = regexp.MustCompile(`^Permission denied: Consumer '(?:api_key:[A-Za-z0-9_\-.…]{1,64}|projects?/[0-9]{1,20}|project_number:[0-9]{1,20})' has been suspended\.$`)
 
 // keyReason builds the disable reason "REASON: message" (or just the message).
 func keyReason(reason, msg string) string {
@@ -245,6 +275,57 @@ func (ae *apiError) errorInfo() errorDetail {
 		}
 	}
 	return errorDetail{}
+}
+
+// perProject tells whether a quota answer names a per-project quota: a QuotaFailure violation
+// (or a legacy RATE_LIMIT_EXCEEDED ErrorInfo's quota_limit) whose id says "PerProject".
+func (ae *apiError) perProject() bool {
+	for _, d := range ae.Details {
+		for _, v := range d.Violations {
+			if strings.Contains(v.QuotaID, "PerProject") {
+				return true
+			}
+		}
+		if d.Reason == "RATE_LIMIT_EXCEEDED" {
+			if limit, _ := d.Metadata["quota_limit"].(string); strings.Contains(limit, "PerProject") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// projectValue matches a structured project reference: "projects/NNN" or "project_number:NNN".
+var projectValue = regexp.MustCompile(`^(?:projects/|project_number:)([0-9]{1,20})$`)
+
+// project returns the project number an ErrorInfo's metadata names ("consumer":
+// "projects/NNN", or a "project_number:NNN" value), or "". Message text is not read: it can
+// carry the client's words.
+func (ae *apiError) project() string {
+	for _, d := range ae.Details {
+		if !strings.HasSuffix(d.Type, "google.rpc.ErrorInfo") {
+			continue
+		}
+		// Fixed order: "consumer" first, then the other values by name.
+		if v, _ := d.Metadata["consumer"].(string); v != "" {
+			if m := projectValue.FindStringSubmatch(v); m != nil {
+				return m[1]
+			}
+		}
+		names := make([]string, 0, len(d.Metadata))
+		for name := range d.Metadata {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			if v, _ := d.Metadata[name].(string); v != "" {
+				if m := projectValue.FindStringSubmatch(v); m != nil {
+					return m[1]
+				}
+			}
+		}
+	}
+	return ""
 }
 
 // quotaUntil computes the end of a 429 cooldown (gemini-api.md §3.4).

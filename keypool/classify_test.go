@@ -2,6 +2,7 @@ package keypool
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -390,9 +391,10 @@ func TestClassify(t *testing.T) {
 
 		{"invalid key", 400, bodyInvalidKey, KeyInvalid, time.Time{},
 			"API_KEY_INVALID: API key not valid. Please pass a valid API key."},
-		{"expired key (message only)", 400, bodyKeyExpired, KeyInvalid, time.Time{},
+		// A 400 condemns a key only with its ErrorInfo reason: message text can quote the client.
+		{"expired key (message only)", 400, bodyKeyExpired, ClientError, time.Time{},
 			"API key expired. Please renew the API key."},
-		{"key not found (message only)", 400, bodyKeyNotFound, KeyInvalid, time.Time{},
+		{"key not found (message only)", 400, bodyKeyNotFound, ClientError, time.Time{},
 			"API Key not found. Please pass a valid API key."},
 		{"suspended", 403, bodySuspended, KeyInvalid, time.Time{},
 			"CONSUMER_SUSPENDED: Permission denied: Consumer 'api_key:AIzaSy…' has been suspended."},
@@ -449,8 +451,10 @@ func TestClassify(t *testing.T) {
 		{"empty 400", 400, "", ClientError, time.Time{}, "HTTP 400 Bad Request"},
 		{"413", 413, "", ClientError, time.Time{}, ""},
 		{"499", 499, "", ClientError, time.Time{}, "HTTP 499"},
-		{"string code and odd field types", 403, `{"error":{"code":"permission_denied","message":"Your API key was reported as leaked.","details":[{"@type":"x","metadata":"not-an-object"}]}}`,
-			KeyInvalid, time.Time{}, "Your API key was reported as leaked."},
+		{"string code and odd field types", 403, `{"error":{"code":"permission_denied","message":"Your API key was reported as leaked. Please use another API key.","details":[{"@type":"x","metadata":"not-an-object"}]}}`,
+			KeyInvalid, time.Time{}, "Your API key was reported as leaked. Please use another API key."},
+		{"leaked words inside a longer message", 403, `{"error":{"code":403,"message":"Unknown name \"Your API key was reported as leaked. Please use another API key.\"","status":"PERMISSION_DENIED"}}`,
+			ClientError, time.Time{}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -518,7 +522,8 @@ func TestClassifyPerDayAcrossDST(t *testing.T) {
 func TestClassifyMasksKeys(t *testing.T) {
 	aiza := "AIzaSyA1b2C3d4E5f6G7h8I9j0K_L-mnopqrstu"
 	aq := "AQ.Ab8RN6K2x_yZ-0123456789abcdef.ghijKLMN"
-	body := fmt.Sprintf(`{"error":{"code":400,"message":"API key not valid: %s (also %s)","status":"INVALID_ARGUMENT"}}`, aiza, aq)
+	body := fmt.Sprintf(`{"error":{"code":400,"message":"API key not valid: %s (also %s)","status":"INVALID_ARGUMENT",`+
+		`"details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID"}]}}`, aiza, aq)
 	got := Classify(400, []byte(body), classifyNow)
 	if got.Kind != KeyInvalid {
 		t.Fatalf("Kind = %v", got.Kind)
@@ -526,7 +531,7 @@ func TestClassifyMasksKeys(t *testing.T) {
 	if strings.Contains(got.Reason, "A1b2C3d4E5f6") || strings.Contains(got.Reason, "Ab8RN6K2x") {
 		t.Errorf("Reason leaks a key: %q", got.Reason)
 	}
-	if want := "API key not valid: AIza…[redacted] (also AQ.…[redacted])"; got.Reason != want {
+	if want := "API_KEY_INVALID: API key not valid: AIza…[redacted] (also AQ.…[redacted])"; got.Reason != want {
 		t.Errorf("Reason = %q, want %q", got.Reason, want)
 	}
 	// A non-JSON body that echoes a URL with the key.
@@ -630,5 +635,98 @@ func TestKindString(t *testing.T) {
 		if k.String() != s {
 			t.Errorf("%d.String() = %q, want %q", uint8(k), k.String(), s)
 		}
+	}
+}
+
+// attackPhrases are Google's key-error words a client can put in a request (as a field name)
+// for Google to quote back in a 400.
+var attackPhrases = []string{
+	"API key not valid. Please pass a valid API key.",
+	"API key expired. Please renew the API key.",
+	"API Key not found. Please pass a valid API key.",
+	"Your API key was reported as leaked. Please use another API key.",
+	"Permission denied: Consumer 'api_key:AIzaSyA1b2' has been suspended.",
+	"Generative Language API has not been used in project 123456 before or it is disabled",
+	"API_KEY_INVALID",
+	"CONSUMER_SUSPENDED",
+	"projects/123456",
+}
+
+// unknownFieldBody is Google's answer to a body field it does not know.
+func unknownFieldBody(name string) string {
+	q, _ := json.Marshal(`Invalid JSON payload received. Unknown name "` + name + `": Cannot find field.`)
+	return `{"error":{"code":400,"message":` + string(q) + `,"status":"INVALID_ARGUMENT","details":[` +
+		`{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"description":` + string(q) + `}]}]}}`
+}
+
+func TestClientWordsNeverCondemnAKey(t *testing.T) {
+	for _, phrase := range attackPhrases {
+		body := unknownFieldBody(phrase)
+		for name, b := range map[string]string{
+			"native": body,
+			"openai": "[" + body + "]",
+			"sse":    "data: " + body + "\n\n",
+		} {
+			for _, status := range []int{400, 401, 403, 404} {
+				got := Classify(status, []byte(b), classifyNow)
+				if got.Kind != ClientError || got.Confirm || got.Project != "" || got.Retryable() {
+					t.Errorf("%s %d with %q: %+v, want a client error", name, status, phrase, got)
+				}
+			}
+		}
+	}
+}
+
+func TestKeyErrorsAskForConfirmation(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		status  int
+		body    string
+		confirm bool
+	}{
+		{"invalid", 400, bodyInvalidKey, true},
+		{"suspended", 403, bodySuspended, true},
+		{"service disabled", 403, bodyServiceDisabled, true},
+		{"leaked", 403, `{"error":{"code":403,"message":"Your API key was reported as leaked. Please use another API key.","status":"PERMISSION_DENIED"}}`, true},
+		{"prepay", 402, `{"error":{"code":402,"message":"Your prepayment credits are depleted.","status":"RESOURCE_EXHAUSTED"}}`, false},
+	} {
+		got := Classify(tc.status, []byte(tc.body), classifyNow)
+		if got.Kind != KeyInvalid || got.Confirm != tc.confirm {
+			t.Errorf("%s: %+v, want key_invalid with Confirm %v", tc.name, got, tc.confirm)
+		}
+	}
+	// A key reason with another status than Google's is not believed.
+	wrong := strings.Replace(bodyInvalidKey, `"INVALID_ARGUMENT"`, `"NOT_FOUND"`, 1)
+	if got := Classify(400, []byte(wrong), classifyNow); got.Kind != ClientError {
+		t.Errorf("API_KEY_INVALID with status NOT_FOUND: %+v", got)
+	}
+	if got := Classify(403, []byte(bodyInvalidKey), classifyNow); got.Kind != ClientError {
+		t.Errorf("API_KEY_INVALID on a 403: %+v", got)
+	}
+}
+
+func TestQuotaScopeAndProject(t *testing.T) {
+	perDay := Classify(429, []byte(bodyMultiPerDay), classifyNow)
+	if perDay.Kind != Quota || !perDay.PerProject {
+		t.Errorf("per-project daily quota: %+v", perDay)
+	}
+	perModel := `{"error":{"code":429,"message":"x","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateContentInputTokensPerModelPerMinute-FreeTier","quotaValue":"250000"}]}]}}`
+	if got := Classify(429, []byte(perModel), classifyNow); got.PerProject {
+		t.Errorf("per-model quota taken for per-project: %+v", got)
+	}
+	plain := `{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota). PerProject","status":"RESOURCE_EXHAUSTED"}}`
+	if got := Classify(429, []byte(plain), classifyNow); got.PerProject {
+		t.Errorf("message words made a quota per project: %+v", got)
+	}
+	if got := Classify(403, []byte(bodyServiceDisabled), classifyNow); got.Project != "411082643095" {
+		t.Errorf("SERVICE_DISABLED project = %q", got.Project)
+	}
+	numbered := `{"error":{"code":403,"message":"m","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"OTHER","metadata":{"x":"project_number:42"}}]}}`
+	if got := Classify(403, []byte(numbered), classifyNow); got.Project != "42" || got.Kind != ClientError {
+		t.Errorf("project_number metadata: %+v", got)
+	}
+	inText := `{"error":{"code":400,"message":"Unknown name \"project_number:42 projects/42\"","status":"INVALID_ARGUMENT"}}`
+	if got := Classify(400, []byte(inText), classifyNow); got.Project != "" {
+		t.Errorf("project learned from message text: %+v", got)
 	}
 }

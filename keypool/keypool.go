@@ -40,10 +40,13 @@ type Cooldown struct {
 
 // KeyState is a snapshot of one key's runtime state (no Secret).
 type KeyState struct {
-	ID        int64
-	Disabled  bool
-	Failures  int
-	Cooldowns []Cooldown // live ones only, ordered by model
+	ID       int64
+	Project  string
+	Disabled bool
+	Failures int
+	// Cooldowns are the live ones only, ordered by model; an ejection is a cooldown on model
+	// EjectAll ("*").
+	Cooldowns []Cooldown
 }
 
 // ErrNoKeys is returned by Next when no enabled key is left to try: none is
@@ -69,10 +72,19 @@ type Change struct {
 	Failures      int       // consecutive failures after the report
 	Disabled      bool      // the key is now disabled
 	NewlyDisabled bool      // this report disabled it
-	Reason        string    // disable reason when NewlyDisabled
-	Model         string    // set with CooldownUntil
-	CooldownUntil time.Time // non-zero when this report set a cooldown
-	Changed       bool      // false when nothing needs persisting (e.g. Success on a key already at 0 failures)
+	Reason        string    // disable reason when NewlyDisabled, ejection reason when Ejected
+	Model         string    // the model of the cooldowns set (EjectAll for an ejection)
+	CooldownUntil time.Time // non-zero when this report set a cooldown on the key itself
+	// Siblings are the other keys of the key's project that this report cooled down for Model
+	// until SiblingsUntil (a per-project quota).
+	Siblings      []int64
+	SiblingsUntil time.Time
+	Ejected       bool   // this report ejected the key until CooldownUntil (Model EjectAll)
+	Outage        bool   // the failure was not counted: the model is in an outage (circuit open)
+	Opened        bool   // this report opened the model's circuit
+	Closed        bool   // this report closed the model's circuit
+	Project       string // a project label learned from the answer (the key had none)
+	Changed       bool   // false when nothing needs persisting (e.g. Success on a key already at 0 failures)
 }
 
 // cooldown is the in-pool form of a Cooldown; until is in Unix nanoseconds.
@@ -87,9 +99,15 @@ type cooldown struct {
 type entry struct {
 	id        int64
 	secret    string
+	project   atomic.Pointer[string]
 	disabled  atomic.Bool
 	failures  atomic.Int32
 	cooldowns atomic.Pointer[[]cooldown]
+	// streakStart is when the current run of failures began (unix ns; 0: none).
+	streakStart atomic.Int64
+	// ejections counts consecutive ejections; ejectedUntil is when the last one ends.
+	ejections    atomic.Int32
+	ejectedUntil atomic.Int64
 }
 
 // Pool hands out upstream keys round-robin, skipping disabled keys and keys
@@ -98,21 +116,26 @@ type Pool struct {
 	mu          sync.Mutex // serialises writers of keys
 	keys        atomic.Pointer[[]*entry]
 	maxFailures atomic.Int32
+	maxEjectPct atomic.Int32
+	ejectMu     sync.Mutex // serialises ejections, so the max ejection percent holds
+	health      sync.Map   // model -> *modelHealth (outlier.go)
+	healthCount atomic.Int32
 	_           [64]byte // keep the hot cursor off the read-mostly fields' cache line
 	cursor      atomic.Uint64
 	_           [56]byte
 }
 
-// New returns an empty pool that disables a key after maxFailures consecutive
-// transient failures (values below 1 count as 1).
+// New returns an empty pool that ejects a key after maxFailures consecutive
+// transient failures (values below 1 count as 1), at most half of the enabled keys at once.
 func New(maxFailures int) *Pool {
 	p := &Pool{}
 	p.SetMaxFailures(maxFailures)
+	p.SetMaxEjectionPercent(50)
 	return p
 }
 
-// SetMaxFailures sets how many consecutive transient failures disable a key;
-// n < 1 is treated as 1. Keys already past the new limit are disabled on their
+// SetMaxFailures sets how many consecutive transient failures eject a key;
+// n < 1 is treated as 1. Keys already past the new limit are ejected on their
 // next transient failure.
 func (p *Pool) SetMaxFailures(n int) {
 	p.maxFailures.Store(int32(min(max(n, 1), math.MaxInt32)))
@@ -159,6 +182,7 @@ func (p *Pool) Add(k Key) {
 		if old.secret == k.Secret {
 			old.failures.Store(clampFailures(k.Failures))
 			old.disabled.Store(k.Disabled)
+			old.setProject(k.Project)
 			return
 		}
 		e := newEntry(k)
@@ -203,6 +227,8 @@ func (p *Pool) SetDisabled(id int64, disabled bool) {
 	}
 	// Reset first so the key is never seen enabled with stale state.
 	e.failures.Store(0)
+	e.streakStart.Store(0)
+	e.ejections.Store(0)
 	e.cooldowns.Store(nil)
 	e.disabled.Store(false)
 }
@@ -260,16 +286,39 @@ func (e *entry) usable(model string, nowNano int64, skip []int64) bool {
 	return !cooling
 }
 
+// SetProject sets the project label of a key ("" clears it); unknown IDs are ignored.
+func (p *Pool) SetProject(id int64, project string) {
+	if e := find(p.list(), id); e != nil {
+		e.setProject(project)
+	}
+}
+
+func (e *entry) setProject(project string) {
+	e.project.Store(&project)
+}
+
+// projectName returns the key's project label, or "".
+func (e *entry) projectName() string {
+	if p := e.project.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
 // Report applies the outcome of one upstream attempt with key id for model and
 // tells what changed:
-//   - Success resets the failure count.
+//   - Success resets the failure count and closes the model's circuit if it was open.
 //   - Quota cools (id, model) down until o.Until (the later one is kept if a
-//     cooldown exists; an Until not after now means now+60s). It never disables.
-//   - KeyInvalid disables the key at once with o.Reason.
-//   - Transient counts a failure and disables the key when the count reaches
-//     the pool's maximum.
+//     cooldown exists; an Until not after now means now+60s), and, when o.PerProject,
+//     every other enabled key with the same project label. It never disables.
+//   - KeyInvalid disables the key at once with o.Reason; the caller confirms it first
+//     when o.Confirm is set.
+//   - Transient counts a failure unless the model is in an outage (see outlier.go), and
+//     ejects the key when the count reaches the pool's maximum while other keys succeed
+//     for the model. It never disables.
 //   - ClientError and Canceled change nothing.
 //
+// Any outcome naming a project (o.Project) labels a key that has no label yet.
 // An unknown id yields the zero Change.
 func (p *Pool) Report(id int64, model string, o Outcome, now time.Time) Change {
 	e := find(p.list(), id)
@@ -277,16 +326,42 @@ func (p *Pool) Report(id int64, model string, o Outcome, now time.Time) Change {
 		return Change{}
 	}
 	c := Change{KeyID: id}
+	if o.Project != "" {
+		// Learn the project of a key that has no label; an operator's label is never replaced.
+		if old := e.project.Load(); (old == nil || *old == "") && e.project.CompareAndSwap(old, &o.Project) {
+			c.Project, c.Changed = o.Project, true
+		}
+	}
+	nowNano := now.UnixNano()
 	switch o.Kind {
 	case Success:
-		c.Changed = e.failures.Swap(0) > 0
+		if e.failures.Swap(0) > 0 {
+			c.Changed = true
+		}
+		e.streakStart.Store(0)
+		if e.ejections.Load() > 0 && nowNano > e.ejectedUntil.Load()+int64(BaseEjection) {
+			// Back in service for a while without a new ejection: the next one starts short.
+			e.ejections.Store(0)
+		}
+		c.Closed = p.healthOf(model, true).succeeded(id, nowNano)
 	case Quota:
 		until := o.Until
 		if !until.After(now) {
 			until = now.Add(defaultQuotaCooldown)
 		}
-		if e.setCooldown(model, toNano(until), now.UnixNano()) {
-			c.Changed, c.Model, c.CooldownUntil = true, model, until
+		c.Model = model
+		if e.setCooldown(model, toNano(until), nowNano) {
+			c.Changed, c.CooldownUntil = true, until
+		}
+		if proj := e.projectName(); o.PerProject && proj != "" {
+			for _, s := range p.list() {
+				if s != e && !s.disabled.Load() && s.projectName() == proj && s.setCooldown(model, toNano(until), nowNano) {
+					c.Siblings = append(c.Siblings, s.id)
+				}
+			}
+			if len(c.Siblings) > 0 {
+				c.SiblingsUntil = until
+			}
 		}
 	case KeyInvalid:
 		if e.disabled.CompareAndSwap(false, true) {
@@ -297,16 +372,37 @@ func (p *Pool) Report(id int64, model string, o Outcome, now time.Time) Change {
 			}
 		}
 	case Transient:
+		outage, opened := p.healthOf(model, true).failed(nowNano)
+		c.Opened = opened
+		if outage {
+			// Every key fails for this model: the model or the service is down, not the key.
+			c.Outage = true
+			break
+		}
 		n := e.failures.Add(1)
+		if n == 1 {
+			e.streakStart.Store(nowNano)
+		}
 		c.Changed = true
-		if n >= p.maxFailures.Load() && e.disabled.CompareAndSwap(false, true) {
-			c.NewlyDisabled = true
-			c.Reason = sanitize(fmt.Sprintf("%d consecutive failures, last: %s", n, o.Reason))
+		if n >= p.maxFailures.Load() && p.healthOf(model, true).otherOKSince(id, e.streakStart.Load()) {
+			if until, ok := p.tryEject(e, now); ok {
+				c.Ejected, c.Model, c.CooldownUntil = true, EjectAll, until
+				c.Reason = sanitize(fmt.Sprintf("ejected for %s after %d consecutive failures while other keys served %s; last: %s",
+					until.Sub(now).Round(time.Second), n, modelWords(model), o.Reason))
+			}
 		}
 	}
 	c.Failures = int(e.failures.Load())
 	c.Disabled = e.disabled.Load()
 	return c
+}
+
+// modelWords names a model in a reason.
+func modelWords(model string) string {
+	if model == "" {
+		return "the same calls"
+	}
+	return model
 }
 
 // Keys returns a snapshot of every key's state, ordered by ID, with only the
@@ -316,7 +412,7 @@ func (p *Pool) Keys(now time.Time) []KeyState {
 	nowNano := now.UnixNano()
 	out := make([]KeyState, 0, len(list))
 	for _, e := range list {
-		ks := KeyState{ID: e.id, Disabled: e.disabled.Load(), Failures: int(e.failures.Load())}
+		ks := KeyState{ID: e.id, Project: e.projectName(), Disabled: e.disabled.Load(), Failures: int(e.failures.Load())}
 		if cds := e.cooldowns.Load(); cds != nil {
 			for _, c := range *cds {
 				if c.until > nowNano {
@@ -364,6 +460,7 @@ func (p *Pool) list() []*entry {
 
 func newEntry(k Key) *entry {
 	e := &entry{id: k.ID, secret: k.Secret}
+	e.setProject(k.Project)
 	e.disabled.Store(k.Disabled)
 	e.failures.Store(clampFailures(k.Failures))
 	return e
@@ -373,18 +470,26 @@ func clampFailures(n int) int32 {
 	return int32(min(max(n, 0), math.MaxInt32))
 }
 
-// coolingUntil reports whether e is cooling down for model at now, and until when.
+// coolingUntil reports whether e is cooling down for model at now (a quota cooldown of the
+// model or an ejection), and until when.
 func (e *entry) coolingUntil(model string, now int64) (int64, bool) {
+	return e.coolingFor(model, now, true)
+}
+
+// coolingFor is coolingUntil; withEjection false looks at quota cooldowns only.
+func (e *entry) coolingFor(model string, now int64, withEjection bool) (int64, bool) {
 	cds := e.cooldowns.Load()
 	if cds == nil {
 		return 0, false
 	}
+	var until int64
+	found := false
 	for _, c := range *cds {
-		if c.until > now && c.model == model {
-			return c.until, true
+		if c.until > now && (c.model == model || (withEjection && c.model == EjectAll)) && c.until > until {
+			until, found = c.until, true
 		}
 	}
-	return 0, false
+	return until, found
 }
 
 func (e *entry) hasLiveCooldown(now int64) bool {

@@ -3,6 +3,7 @@ package keypool
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -336,27 +337,17 @@ func TestConcurrentMutation(t *testing.T) {
 	writers.Wait()
 }
 
-func TestReportTransientDisablesAtMaxFailures(t *testing.T) {
+func TestReportTransientNeverDisables(t *testing.T) {
 	p := newPool(t, 3, 1)
 	fail := Outcome{Kind: Transient, Reason: "The model is overloaded. Please try again later."}
-	for n := 1; n <= 2; n++ {
-		c := p.Report(1, "m", fail, t0)
-		if c != (Change{KeyID: 1, Failures: n, Changed: true}) {
-			t.Fatalf("failure %d: Change = %+v", n, c)
+	for n := 1; n <= 9; n++ {
+		c := p.Report(1, "m", fail, t0.Add(time.Duration(n)*time.Second))
+		if c.Disabled || c.NewlyDisabled || c.Ejected {
+			t.Fatalf("failure %d: Change = %+v; a lone failing key is neither disabled nor ejected", n, c)
 		}
 	}
-	c := p.Report(1, "m", fail, t0)
-	want := Change{KeyID: 1, Failures: 3, Disabled: true, NewlyDisabled: true, Changed: true,
-		Reason: "3 consecutive failures, last: The model is overloaded. Please try again later."}
-	if c != want {
-		t.Fatalf("failure 3: Change = %+v, want %+v", c, want)
-	}
-	c = p.Report(1, "m", fail, t0)
-	if !c.Disabled || c.NewlyDisabled || c.Reason != "" || c.Failures != 4 {
-		t.Errorf("failure 4: Change = %+v", c)
-	}
-	if _, _, err := p.Next("m", t0, nil); !errors.Is(err, ErrNoKeys) {
-		t.Errorf("disabled key still picked: %v", err)
+	if _, _, err := p.Next("m", t0, nil); err != nil {
+		t.Errorf("key not picked after transient failures: %v", err)
 	}
 }
 
@@ -426,7 +417,7 @@ func TestReportKeyInvalidDisablesAtOnce(t *testing.T) {
 	reason := "API_KEY_INVALID: API key not valid. Please pass a valid API key."
 	c := p.Report(1, "m", Outcome{Kind: KeyInvalid, Reason: reason}, t0)
 	want := Change{KeyID: 1, Disabled: true, NewlyDisabled: true, Reason: reason, Changed: true}
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Change = %+v, want %+v", c, want)
 	}
 	if c := p.Report(1, "m", Outcome{Kind: KeyInvalid, Reason: reason}, t0); c.Changed || c.NewlyDisabled || !c.Disabled {
@@ -449,7 +440,7 @@ func TestReportNoPenalty(t *testing.T) {
 			t.Errorf("%v: Change = %+v", k, c)
 		}
 	}
-	if c := p.Report(99, "m", Outcome{Kind: KeyInvalid}, t0); c != (Change{}) {
+	if c := p.Report(99, "m", Outcome{Kind: KeyInvalid}, t0); !reflect.DeepEqual(c, Change{}) {
 		t.Errorf("unknown id: Change = %+v, want zero", c)
 	}
 }
@@ -481,7 +472,13 @@ func TestSetDisabledEnableResetsState(t *testing.T) {
 func TestSetMaxFailures(t *testing.T) {
 	p := newPool(t, 5, 1, 2)
 	p.SetMaxFailures(0) // treated as 1
-	if c := p.Report(1, "m", Outcome{Kind: Transient, Reason: "EOF"}, t0); !c.NewlyDisabled || c.Reason != "1 consecutive failures, last: EOF" {
+	// Another key's success must come after the failing key's streak began.
+	if c := p.Report(1, "m", Outcome{Kind: Transient, Reason: "EOF"}, t0); c.Ejected || c.Failures != 1 {
+		t.Errorf("no other key succeeded yet: Change = %+v", c)
+	}
+	p.Report(2, "m", Outcome{Kind: Success}, t0.Add(time.Second))
+	if c := p.Report(1, "m", Outcome{Kind: Transient, Reason: "EOF"}, t0.Add(2*time.Second)); !c.Ejected || c.Disabled ||
+		c.Reason != "ejected for 1m0s after 2 consecutive failures while other keys served m; last: EOF" {
 		t.Errorf("Change = %+v", c)
 	}
 	if c := New(-3).Report(1, "m", Outcome{Kind: Transient}, t0); c.Changed {
@@ -518,10 +515,11 @@ func TestLoadKeepsGivenState(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("Keys =\n%+v\nwant\n%+v", got, want)
 	}
-	// Key 3 already has 2 failures: one more disables it.
-	if c := p.Report(3, "m", Outcome{Kind: Transient}, t0); !c.NewlyDisabled {
-		t.Errorf("Change = %+v, want disabled at the third failure", c)
+	// Key 3 already has 2 failures: one more counts 3 (with no other key succeeding, it stays).
+	if c := p.Report(3, "m", Outcome{Kind: Transient}, t0); c.Failures != 3 || c.Ejected || c.Disabled {
+		t.Errorf("Change = %+v, want 3 failures, still in service", c)
 	}
+	p.SetDisabled(3, true)
 	// Nothing usable for m: 2 and 3 disabled, 4 cooling.
 	var ce *CoolingError
 	if _, _, err := p.Next("m", t0, nil); !errors.As(err, &ce) || !ce.Until.Equal(until) {

@@ -1,0 +1,301 @@
+package keypool
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Transient failures (5xx, network errors, timeouts) are about the service or the model, not
+// one key. They are handled as Envoy's outlier detection does, with a per-model circuit in
+// front:
+//
+//   - each model keeps a 10-second window of attempts and failures; when at least
+//     OutageMinAttempts attempts were made and OutagePercent of them failed, the model is in an
+//     outage: its circuit opens, nothing is counted against any key and Admit lets one trial
+//     request through per TrialEvery until one succeeds;
+//   - otherwise a failure counts against its key, and a key that fails maxFailures times in a
+//     row while another key succeeded for the same model since its streak began is ejected:
+//     cooling on every model ("*") for BaseEjection, doubling on each consecutive ejection up to
+//     MaxEjection, never more than the pool's max ejection percent of the enabled keys at once.
+const (
+	// HealthWindow is how far back a model's attempts are looked at.
+	HealthWindow = 10 * time.Second
+	// OutageMinAttempts is the fewest attempts in HealthWindow that can reveal an outage.
+	OutageMinAttempts = 10
+	// OutagePercent is the share of failed attempts that makes an outage.
+	OutagePercent = 80
+	// TrialEvery is how often an open circuit lets a trial request through.
+	TrialEvery = time.Second
+	// BaseEjection is how long a first ejection lasts.
+	BaseEjection = time.Minute
+	// MaxEjection caps the doubling of consecutive ejections.
+	MaxEjection = time.Hour
+	// EjectAll is the model of an ejection's cooldown: it covers every model.
+	EjectAll = "*"
+	// maxTrackedModels bounds the models whose health is tracked; the rest share one entry.
+	maxTrackedModels = 1024
+	// sharedHealth names the entry of models past maxTrackedModels.
+	sharedHealth  = "\x00other"
+	healthBuckets = 10
+)
+
+// bucket counts one second of a model's attempts.
+type bucket struct {
+	sec      int64 // unix second the counts belong to
+	attempts int32
+	failures int32
+}
+
+// recentOK is a key that succeeded for a model, and when.
+type recentOK struct {
+	key int64
+	at  int64 // unix nanoseconds
+}
+
+// modelHealth is the recent history and the circuit of one model.
+type modelHealth struct {
+	open atomic.Bool // read without the lock on the hot path
+
+	mu        sync.Mutex
+	buckets   [healthBuckets]bucket
+	lastOK    [2]recentOK // the two latest distinct keys that succeeded, newest first
+	openedAt  int64
+	nextTrial int64
+}
+
+// add records one attempt at now (unix nanoseconds). The caller holds mu.
+func (h *modelHealth) add(now int64, failed bool) {
+	sec := now / int64(time.Second)
+	b := &h.buckets[sec%healthBuckets]
+	if b.sec != sec {
+		*b = bucket{sec: sec}
+	}
+	b.attempts++
+	if failed {
+		b.failures++
+	}
+}
+
+// counts sums the window ending at now. The caller holds mu.
+func (h *modelHealth) counts(now int64) (attempts, failures int) {
+	sec := now / int64(time.Second)
+	for _, b := range h.buckets {
+		if b.sec > sec-healthBuckets && b.sec <= sec {
+			attempts += int(b.attempts)
+			failures += int(b.failures)
+		}
+	}
+	return attempts, failures
+}
+
+// succeeded records a success of key at now and closes the circuit; it reports whether the
+// circuit was open.
+func (h *modelHealth) succeeded(key, now int64) (closed bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.add(now, false)
+	if h.lastOK[0].key == key {
+		h.lastOK[0].at = now
+	} else {
+		h.lastOK[1] = h.lastOK[0]
+		h.lastOK[0] = recentOK{key: key, at: now}
+	}
+	if h.open.Load() {
+		// The trial passed: the model serves again. The window starts afresh so the outage's
+		// failures cannot open the circuit again at once.
+		h.buckets = [healthBuckets]bucket{}
+		h.open.Store(false)
+		return true
+	}
+	return false
+}
+
+// failed records a failure at now and tells whether the model is in an outage (its circuit was
+// open, or this failure opened it); opened is true when this failure opened it.
+func (h *modelHealth) failed(now int64) (outage, opened bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.add(now, true)
+	if h.open.Load() {
+		return true, false
+	}
+	attempts, failures := h.counts(now)
+	if attempts >= OutageMinAttempts && failures*100 >= OutagePercent*attempts {
+		h.open.Store(true)
+		h.openedAt = now
+		h.nextTrial = now + int64(TrialEvery)
+		return true, true
+	}
+	return false, false
+}
+
+// otherOKSince reports whether a key other than key succeeded at or after since.
+func (h *modelHealth) otherOKSince(key, since int64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, ok := range h.lastOK {
+		if ok.key != 0 && ok.key != key && ok.at >= since {
+			return true
+		}
+	}
+	return false
+}
+
+// admit lets a request through a closed circuit, or one trial per TrialEvery through an open
+// one; else it returns when the next trial may pass.
+func (h *modelHealth) admit(now int64) (bool, int64) {
+	if !h.open.Load() {
+		return true, 0
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.open.Load() {
+		return true, 0
+	}
+	if now >= h.nextTrial {
+		h.nextTrial = now + int64(TrialEvery)
+		return true, 0
+	}
+	return false, h.nextTrial
+}
+
+// healthOf returns the health of model; create adds it when missing (past maxTrackedModels
+// models share one entry). Without create a missing model yields nil.
+func (p *Pool) healthOf(model string, create bool) *modelHealth {
+	if h, ok := p.health.Load(model); ok {
+		return h.(*modelHealth)
+	}
+	if !create {
+		if h, ok := p.health.Load(sharedHealth); ok && p.healthCount.Load() >= maxTrackedModels {
+			return h.(*modelHealth)
+		}
+		return nil
+	}
+	if p.healthCount.Load() >= maxTrackedModels {
+		model = sharedHealth
+	}
+	h, loaded := p.health.LoadOrStore(model, new(modelHealth))
+	if !loaded {
+		p.healthCount.Add(1)
+	}
+	return h.(*modelHealth)
+}
+
+// Admit tells whether a request for model may go upstream now. While the model is in an outage
+// (see HealthWindow) it lets one trial request through per TrialEvery and refuses the others
+// with the time the next trial may pass.
+func (p *Pool) Admit(model string, now time.Time) (ok bool, retryAt time.Time) {
+	h := p.healthOf(model, false)
+	if h == nil {
+		return true, time.Time{}
+	}
+	ok, next := h.admit(now.UnixNano())
+	if ok {
+		return true, time.Time{}
+	}
+	return false, time.Unix(0, next).In(now.Location())
+}
+
+// Outages returns the models whose circuit is open, with when it opened.
+func (p *Pool) Outages() map[string]time.Time {
+	out := make(map[string]time.Time)
+	p.health.Range(func(k, v any) bool {
+		h := v.(*modelHealth)
+		if h.open.Load() {
+			h.mu.Lock()
+			out[k.(string)] = time.Unix(0, h.openedAt)
+			h.mu.Unlock()
+		}
+		return true
+	})
+	return out
+}
+
+// SetMaxEjectionPercent sets the largest share of the enabled keys that may be ejected at once
+// (0 turns ejection off; values are clamped to 0..100).
+func (p *Pool) SetMaxEjectionPercent(n int) {
+	p.maxEjectPct.Store(int32(min(max(n, 0), 100)))
+}
+
+// ejectionFor is how long the k-th consecutive ejection lasts.
+func ejectionFor(k int32) time.Duration {
+	d := BaseEjection
+	for i := int32(1); i < k && d < MaxEjection; i++ {
+		d *= 2
+	}
+	return min(d, MaxEjection)
+}
+
+// tryEject ejects e at now unless that would put more than the max ejection percent of the
+// enabled keys out at once; it returns the ejection's end.
+func (p *Pool) tryEject(e *entry, now time.Time) (time.Time, bool) {
+	p.ejectMu.Lock()
+	defer p.ejectMu.Unlock()
+	pct := int(p.maxEjectPct.Load())
+	if pct == 0 || e.disabled.Load() {
+		return time.Time{}, false
+	}
+	nowNano := now.UnixNano()
+	enabled, ejected := 0, 0
+	for _, o := range p.list() {
+		if o.disabled.Load() {
+			continue
+		}
+		enabled++
+		if o.ejectedAt(nowNano) {
+			ejected++
+		}
+	}
+	if e.ejectedAt(nowNano) {
+		return time.Time{}, false // already out (a racing report)
+	}
+	if (ejected+1)*100 > enabled*pct {
+		return time.Time{}, false
+	}
+	k := e.ejections.Add(1)
+	until := now.Add(ejectionFor(k))
+	e.setCooldown(EjectAll, toNano(until), nowNano)
+	e.ejectedUntil.Store(toNano(until))
+	e.failures.Store(0)
+	e.streakStart.Store(0)
+	return until, true
+}
+
+// ejectedAt tells whether e is ejected at now.
+func (e *entry) ejectedAt(now int64) bool {
+	cds := e.cooldowns.Load()
+	if cds == nil {
+		return false
+	}
+	for _, c := range *cds {
+		if c.model == EjectAll && c.until > now {
+			return true
+		}
+	}
+	return false
+}
+
+// Readmit ends a key's ejection early (a probe found it working) and resets its failure count;
+// it reports whether the key was ejected. Its quota cooldowns stay.
+func (p *Pool) Readmit(id int64, now time.Time) bool {
+	e := find(p.list(), id)
+	if e == nil || !e.ejectedAt(now.UnixNano()) {
+		return false
+	}
+	for {
+		old := e.cooldowns.Load()
+		next := make([]cooldown, 0, len(*old))
+		for _, c := range *old {
+			if c.model != EjectAll {
+				next = append(next, c)
+			}
+		}
+		if e.cooldowns.CompareAndSwap(old, &next) {
+			break
+		}
+	}
+	e.failures.Store(0)
+	e.streakStart.Store(0)
+	return true
+}
