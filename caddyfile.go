@@ -45,6 +45,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		upstream              <url>
 //		proxy                 <url>
 //		max_failures          <n>
+//		max_ejection_percent  <percent>
 //		max_retries           <n>
 //		max_request_body      <size>
 //		validation_model      <model>
@@ -103,23 +104,28 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				a.GoogleAPIKeys = append(a.GoogleAPIKeys, args...)
 			}
-		case "max_failures", "max_retries":
+		case "max_failures", "max_retries", "max_ejection_percent":
 			var v string
 			if !d.AllArgs(&v) {
 				return d.ArgErr()
 			}
 			lo, hi := int64(1), int64(1000)
-			if name == "max_retries" {
+			switch name {
+			case "max_retries":
 				lo, hi = 0, maxRetriesLimit
+			case "max_ejection_percent":
+				lo, hi = 0, 100
 			}
 			n, err := parseInt(v, lo, hi)
 			if err != nil {
 				return d.Errf("%s: %v", name, err)
 			}
-			if name == "max_failures" {
-				a.MaxFailures = int(n)
-			} else {
-				r := int(n)
+			switch r := int(n); name {
+			case "max_failures":
+				a.MaxFailures = r
+			case "max_ejection_percent":
+				a.MaxEjectionPercent = &r
+			default:
 				a.MaxRetries = &r
 			}
 		case "max_request_body":

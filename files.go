@@ -193,7 +193,7 @@ func (x *exchange) listKeyFiles(id int64, token string, pageSize int) ([]json.Ra
 	}
 	b = maskSecret(b, secret)
 	if resp.StatusCode >= 400 {
-		o := keypool.Classify(resp.StatusCode, b, time.Now())
+		o := x.confirm(id, secret, keypool.Classify(resp.StatusCode, b, time.Now()))
 		x.called(o.Kind, resp.StatusCode, took)
 		x.report(id, o, resp.StatusCode)
 		return nil, "", &upstreamError{status: resp.StatusCode, header: resp.Header, body: b, outcome: o}

@@ -76,8 +76,16 @@ type App struct {
 	Proxy string `json:"proxy,omitempty"`
 
 	// MaxFailures is the number of consecutive transient failures (5xx, network errors) after
-	// which a key is disabled (live setting). Must be at least 1. Default: 5.
+	// which a key is ejected: out of rotation for 1 minute, doubling on each consecutive
+	// ejection up to 1 hour, then back on its own. A key is ejected only while other keys
+	// succeed for the same model; when most attempts fail with every key (an outage), nothing
+	// is counted. Transient failures never disable a key (live setting). Must be at least 1.
+	// Default: 5.
 	MaxFailures int `json:"max_failures,omitempty"`
+
+	// MaxEjectionPercent is the largest share, in percent, of the enabled keys that may be
+	// ejected at once (live setting). 0 turns ejection off. Default: 50.
+	MaxEjectionPercent *int `json:"max_ejection_percent,omitempty"`
 
 	// MaxRetries is how many further attempts, each on another key, a failed call gets
 	// (live setting). 0 means no retry. Default: 3.
@@ -204,6 +212,9 @@ func (a *App) configSettings() map[string]string {
 	if a.MaxRetries != nil {
 		m[setMaxRetries] = strconv.Itoa(*a.MaxRetries)
 	}
+	if a.MaxEjectionPercent != nil {
+		m[setMaxEjectionPercent] = strconv.Itoa(*a.MaxEjectionPercent)
+	}
 	if a.MaxRequestBody != 0 {
 		m[setMaxBody] = strconv.FormatInt(a.MaxRequestBody, 10)
 	}
@@ -279,6 +290,7 @@ type core struct {
 	cancel     context.CancelFunc
 	bg         sync.WaitGroup
 	validation validationState // "validate every key" from the admin API (admin.go)
+	confirms   confirmations   // probes confirming key errors (confirm.go)
 	metrics    *metrics        // registered in every config's metrics registry (metrics.go)
 }
 
@@ -413,6 +425,7 @@ func (c *core) reloadSettings(ctx context.Context) error {
 	}
 	c.settings.Store(s)
 	c.pool.SetMaxFailures(s.maxFailures)
+	c.pool.SetMaxEjectionPercent(s.maxEjectionPercent)
 	if old := c.upstream.Load(); old == nil || old.proxy != s.proxy {
 		cl, err := newUpstreamClient(s.proxy)
 		if err != nil {
@@ -459,7 +472,7 @@ func (c *core) loadPool(ctx context.Context) error {
 	}
 	pk := make([]keypool.Key, len(keys))
 	for i, k := range keys {
-		pk[i] = keypool.Key{ID: k.ID, Secret: k.Secret, Disabled: k.Status == store.StatusDisabled, Failures: k.Failures}
+		pk[i] = keypool.Key{ID: k.ID, Secret: k.Secret, Project: k.Project, Disabled: k.Status == store.StatusDisabled, Failures: k.Failures}
 	}
 	if c.poolLoaded {
 		known := make(map[int64]bool, c.pool.Len())
@@ -507,13 +520,29 @@ func (c *core) Destruct() error {
 
 // persist writes what a pool report changed. It never blocks on the database.
 func (c *core) persist(ch keypool.Change, lastError string) {
+	if ch.Project != "" {
+		c.store.SaveKeyProject(ch.KeyID, ch.Project)
+		c.logger.Info("upstream key's project learned from an error answer", zap.Int64("key_id", ch.KeyID), zap.String("project", ch.Project))
+	}
+	for _, id := range ch.Siblings {
+		c.store.SaveCooldown(store.Cooldown{KeyID: id, Model: ch.Model, Until: ch.SiblingsUntil})
+	}
+	if len(ch.Siblings) > 0 {
+		c.logger.Info("per-project quota exhausted: the project's other keys cool down for the model too",
+			zap.Int64("key_id", ch.KeyID), zap.Int64s("siblings", ch.Siblings), zap.String("model", ch.Model),
+			zap.Time("until", ch.SiblingsUntil))
+	}
 	if !ch.Changed {
 		return
+	}
+	reason := ch.Reason
+	if ch.Ejected {
+		lastError, reason = ch.Reason, ""
 	}
 	c.store.SaveKeyState(store.KeyState{
 		KeyID:     ch.KeyID,
 		Disabled:  ch.Disabled,
-		Reason:    ch.Reason,
+		Reason:    reason,
 		Failures:  ch.Failures,
 		LastError: lastError,
 	})
@@ -522,6 +551,10 @@ func (c *core) persist(ch keypool.Change, lastError string) {
 	}
 	if ch.NewlyDisabled {
 		c.logger.Warn("upstream key disabled", zap.Int64("key_id", ch.KeyID), zap.String("reason", ch.Reason))
+	}
+	if ch.Ejected {
+		c.logger.Warn("upstream key ejected for a while: it failed again and again while other keys served",
+			zap.Int64("key_id", ch.KeyID), zap.Time("until", ch.CooldownUntil), zap.String("reason", ch.Reason))
 	}
 }
 

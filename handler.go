@@ -286,12 +286,20 @@ func requestModel(p, rawQuery string, body []byte, openAI bool) (model string, s
 }
 
 // proxy runs the attempt loop: pick a key, send, classify, and either answer the client or
-// retry on another key while nothing has been written yet.
+// retry on another key while nothing has been written yet. Quota and key errors are retried up
+// to max_retries times; a 5xx or network failure at most once (it is about the model or the
+// service, not the key), and not at all while the model is in an outage.
 func (x *exchange) proxy() {
 	c := x.core
+	if ok, retryAt := c.pool.Admit(x.model, time.Now()); !ok {
+		c.metrics.refused.Inc()
+		x.outage(retryAt)
+		return
+	}
 	var skipBuf [8]int64
 	skip := skipBuf[:0]
 	var last *upstreamError // the newest failed answer, returned if no retry is left
+	transientRetried := false
 	for {
 		now := time.Now()
 		id, secret, err := c.pool.Next(x.model, now, skip)
@@ -304,7 +312,7 @@ func (x *exchange) proxy() {
 			if errors.As(err, &ce) {
 				x.retryAfter(ce.Until, now)
 				x.fail(http.StatusTooManyRequests, "RESOURCE_EXHAUSTED",
-					"Every upstream key is cooling down for model "+ce.Model+" after quota errors; retry after "+ce.Until.UTC().Format(time.RFC3339)+".")
+					"Every upstream key is cooling down for model "+ce.Model+" (quota exhausted, or kept out after failures); retry after "+ce.Until.UTC().Format(time.RFC3339)+".")
 				return
 			}
 			x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "No upstream key is available: add or enable keys in the admin panel.")
@@ -321,6 +329,12 @@ func (x *exchange) proxy() {
 			return // the client is gone
 		}
 		last = fail
+		if fail.outcome.Kind == keypool.Transient {
+			if transientRetried || fail.outage {
+				retryable = false
+			}
+			transientRetried = true
+		}
 		if retryable && x.attempts <= x.set.maxRetries {
 			skip = append(skip, id)
 			continue
@@ -330,6 +344,19 @@ func (x *exchange) proxy() {
 	}
 }
 
+// outage answers a request the model's open circuit holds back: Google's own status for an
+// overloaded model, and when the next trial request may pass.
+func (x *exchange) outage(retryAt time.Time) {
+	now := time.Now()
+	x.retryAfter(retryAt, now)
+	what := "model " + x.model
+	if x.model == "" {
+		what = "this kind of call"
+	}
+	x.fail(http.StatusServiceUnavailable, "UNAVAILABLE",
+		"The upstream is failing for "+what+" with every key (an outage or overload at Google); the gateway holds requests back and lets a trial through every second. Please retry later.")
+}
+
 // upstreamError is a failed upstream answer, kept to be returned when no retry is left.
 type upstreamError struct {
 	status  int
@@ -337,6 +364,7 @@ type upstreamError struct {
 	body    []byte
 	reason  string // network failures have no body
 	outcome keypool.Outcome
+	outage  bool // the model is in an outage: no other key will do better
 }
 
 // attempt sends the request once with key id and accounts for it: metrics, the pool's report
@@ -355,8 +383,8 @@ func (x *exchange) attempt(id int64, secret string) (resp *http.Response, fail *
 			return nil, nil, false
 		}
 		x.attempted(o.Kind, 0, took)
-		x.report(id, o, 0)
-		return nil, &upstreamError{status: http.StatusBadGateway, reason: o.Reason}, true
+		ch := x.report(id, o, 0)
+		return nil, &upstreamError{status: http.StatusBadGateway, reason: o.Reason, outage: ch.Outage}, true
 	}
 	if resp.StatusCode < 400 {
 		x.attempted(keypool.Success, resp.StatusCode, took)
@@ -366,17 +394,42 @@ func (x *exchange) attempt(id int64, secret string) (resp *http.Response, fail *
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<10))
 	resp.Body.Close()
 	body = maskSecret(body, secret)
-	// Classify takes "You do not have permission to access the File …" for the client's error,
-	// not the key's; a key the upstream rejects (leaked, suspended) is still disabled.
 	o := keypool.Classify(resp.StatusCode, body, time.Now())
+	if o.Kind != keypool.Canceled && x.r.Context().Err() == nil {
+		o = x.confirm(id, secret, o)
+	}
 	if o.Kind == keypool.Canceled || x.r.Context().Err() != nil {
 		x.attempted(keypool.Canceled, resp.StatusCode, took)
 		x.clientGone()
 		return nil, nil, false
 	}
 	x.attempted(o.Kind, resp.StatusCode, took)
-	x.report(id, o, resp.StatusCode)
-	return nil, &upstreamError{status: resp.StatusCode, header: resp.Header, body: body, outcome: o}, o.Retryable()
+	ch := x.report(id, o, resp.StatusCode)
+	return nil, &upstreamError{status: resp.StatusCode, header: resp.Header, body: body, outcome: o, outage: ch.Outage}, o.Retryable()
+}
+
+// confirm checks an answer that condemns key id (o.Confirm) with one free probe of the key
+// before anything is done to it: if the key answers the probe, the answer was about the
+// request and goes back to the client as a client error; if the probe condemns it too, the
+// key is dead. When the probe says nothing either way, the key is left alone and the request
+// may go to another key. Other outcomes pass unchanged.
+func (x *exchange) confirm(id int64, secret string, o keypool.Outcome) keypool.Outcome {
+	if o.Kind != keypool.KeyInvalid || !o.Confirm {
+		return o
+	}
+	v := x.core.confirmKey(id, secret)
+	switch v.Kind {
+	case keypool.KeyInvalid:
+		o.Confirm = false // confirmed: report disables the key
+		if o.Project == "" {
+			o.Project = v.Project
+		}
+		return o
+	case keypool.Success, keypool.Quota:
+		return keypool.Outcome{Kind: keypool.ClientError, Reason: o.Reason, Project: o.Project}
+	default:
+		return keypool.Outcome{Kind: keypool.KeyInvalid, Confirm: true, Reason: o.Reason, Project: o.Project}
+	}
 }
 
 // clientGone marks the exchange as ended by the client.
@@ -386,18 +439,38 @@ func (x *exchange) clientGone() {
 }
 
 // report tells the pool how an attempt went, persists what changed and logs failed attempts.
-func (x *exchange) report(id int64, o keypool.Outcome, status int) {
+// A key error still waiting for confirmation (o.Confirm) changes nothing.
+func (x *exchange) report(id int64, o keypool.Outcome, status int) keypool.Change {
 	c := x.core
-	ch := c.pool.Report(id, x.model, o, time.Now())
-	c.persist(ch, o.Reason)
-	x.reported(ch)
+	var ch keypool.Change
+	if o.Kind != keypool.KeyInvalid || !o.Confirm {
+		ch = c.pool.Report(id, x.model, o, time.Now())
+		c.persist(ch, o.Reason)
+		x.reported(ch)
+		if ch.Opened {
+			c.logger.Warn("the upstream fails for this model with every key: holding requests back (one trial a second) until it recovers; no key is counted or ejected meanwhile",
+				zap.String("model", x.model), zap.String("last_error", o.Reason))
+		}
+		if ch.Closed {
+			c.logger.Info("the upstream serves this model again", zap.String("model", x.model))
+		}
+	}
 	// The client's own mistakes are in the request log; the error log (and a key's failed
 	// count) is for what went wrong upstream.
 	if o.Kind == keypool.Success || o.Kind == keypool.Canceled || o.Kind == keypool.ClientError {
-		return
+		return ch
 	}
 	if status == 0 {
 		status = http.StatusBadGateway
+	}
+	msg := o.Kind.String() + ": " + o.Reason
+	switch {
+	case o.Kind == keypool.KeyInvalid && o.Confirm:
+		msg = "key_invalid (not confirmed by a probe, key left in service): " + o.Reason
+	case ch.Outage:
+		msg = "transient (model outage, not counted against the key): " + o.Reason
+	case ch.Ejected:
+		msg = "transient: " + ch.Reason
 	}
 	c.store.LogError(store.ErrorLog{
 		Time:        time.Now(),
@@ -406,8 +479,9 @@ func (x *exchange) report(id int64, o keypool.Outcome, status int) {
 		Model:       x.model,
 		Path:        x.path,
 		Status:      status,
-		Message:     o.Kind.String() + ": " + o.Reason,
+		Message:     msg,
 	})
+	return ch
 }
 
 // writeUpstreamError returns the last upstream failure to the client with its real status and
@@ -415,6 +489,7 @@ func (x *exchange) report(id int64, o keypool.Outcome, status int) {
 func (x *exchange) writeUpstreamError(e *upstreamError) {
 	if e.outcome.Kind == keypool.KeyInvalid {
 		// Google's words ("API key not valid") would make the client think its own key is bad.
+		// (A key error the probe did not confirm reaches here only when no retry is left.)
 		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE",
 			"No upstream key could serve the request: the keys tried were rejected by the upstream ("+e.outcome.Reason+").")
 		return

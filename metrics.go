@@ -65,10 +65,16 @@ type metrics struct {
 	retries     prometheus.Counter
 	upstream429 *prometheus.CounterVec
 	cooldowns   *prometheus.CounterVec
-	tokens      *prometheus.CounterVec
-	latency     *prometheus.HistogramVec
-	ttfb        *prometheus.HistogramVec
-	state       stateCollector
+	ejections   prometheus.Counter
+	outages     prometheus.Counter
+	refused     prometheus.Counter
+	// confirmations counts the probes that confirm a key error, by verdict (dead, fine,
+	// no_verdict) and the answers taken from a recent verdict (remembered).
+	confirmations *prometheus.CounterVec
+	tokens        *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	ttfb          *prometheus.HistogramVec
+	state         stateCollector
 
 	attemptsBy [len(attemptOutcomes)]prometheus.Counter // by keypool.Kind
 
@@ -112,6 +118,15 @@ func newMetrics(c *core) *metrics {
 			"Upstream answers with status 429, by model.")), []string{"model"}),
 		cooldowns: prometheus.NewCounterVec(prometheus.CounterOpts(opts("cooldowns_started_total",
 			"Key cooldowns started or extended after quota errors, by model.")), []string{"model"}),
+		ejections: prometheus.NewCounter(prometheus.CounterOpts(opts("key_ejections_total",
+			"Keys taken out of rotation for a while after consecutive failures while other keys served."))),
+		outages: prometheus.NewCounter(prometheus.CounterOpts(opts("model_outages_total",
+			"Times a model's circuit opened because most attempts with every key failed."))),
+		refused: prometheus.NewCounter(prometheus.CounterOpts(opts("outage_refused_total",
+			"Client requests answered 503 at once because their model's circuit was open."))),
+		confirmations: prometheus.NewCounterVec(prometheus.CounterOpts(opts("key_error_probes_total",
+			"Probes confirming a key error before the key is disabled, by verdict (dead, fine, no_verdict; remembered: a recent fine verdict reused).")),
+			[]string{"verdict"}),
 		tokens: prometheus.NewCounterVec(prometheus.CounterOpts(opts("tokens_total",
 			"Tokens of successful answers as the upstream reported them, by model and type (prompt, candidates, thoughts, total).")),
 			[]string{"model", "type"}),
@@ -211,6 +226,7 @@ func (m *metrics) register(reg *prometheus.Registry) error {
 	}
 	for _, c := range []prometheus.Collector{
 		m.requests, m.attempts, m.retries, m.upstream429, m.cooldowns, m.tokens, m.latency, m.ttfb, m.state,
+		m.ejections, m.outages, m.refused, m.confirmations,
 	} {
 		if err := reg.Register(c); err != nil {
 			if are := (prometheus.AlreadyRegisteredError{}); errors.As(err, &are) {
@@ -304,8 +320,14 @@ func (x *exchange) called(kind keypool.Kind, status int, took time.Duration) {
 
 // reported records what a pool report changed.
 func (x *exchange) reported(ch keypool.Change) {
-	if !ch.CooldownUntil.IsZero() {
+	if !ch.CooldownUntil.IsZero() && !ch.Ejected {
 		x.modelMetrics().cooldowns.Inc()
+	}
+	if ch.Ejected {
+		x.core.metrics.ejections.Inc()
+	}
+	if ch.Opened {
+		x.core.metrics.outages.Inc()
 	}
 }
 

@@ -191,7 +191,7 @@ func (x *exchange) serveUploadChunk(id string) {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<10))
 		resp.Body.Close()
 		b = maskSecret(b, secret)
-		o := keypool.Classify(resp.StatusCode, b, time.Now())
+		o := x.confirm(sess.KeyID, secret, keypool.Classify(resp.StatusCode, b, time.Now()))
 		x.attempted(o.Kind, resp.StatusCode, took)
 		x.report(sess.KeyID, o, resp.StatusCode)
 		if o.Kind == keypool.KeyInvalid {

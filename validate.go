@@ -192,7 +192,7 @@ func (c *core) validateKeys(ctx context.Context, ids []int64, concurrency int, p
 // A key an operator disabled is never changed. st is the key's state in the pool.
 func (c *core) checkKey(ctx context.Context, k store.Key, st keypool.KeyState, s *settings) (ValidationResult, error) {
 	r := ValidationResult{KeyID: k.ID, Action: actionUnchanged}
-	status, body, err := c.probe(ctx, k.Secret, s)
+	status, body, err := c.probe(ctx, k.Secret, s, s.validationProbe)
 	now := time.Now()
 	var o keypool.Outcome
 	if err != nil {
@@ -217,6 +217,13 @@ func (c *core) checkKey(ctx context.Context, k store.Key, st keypool.KeyState, s
 			return r, nil
 		}
 		c.persist(c.pool.Report(k.ID, model, o, now), "")
+		if c.pool.Readmit(k.ID, now) {
+			// Ejected after failures, but it answers: back into rotation now.
+			c.store.SaveCooldown(store.Cooldown{KeyID: k.ID, Model: keypool.EjectAll, Until: now})
+			c.logger.Info("upstream key answers again, its ejection ended early", zap.Int64("key_id", k.ID))
+			r.Action = actionEnabled
+			return r, nil
+		}
 		r.Action = actionValid
 	case keypool.Quota:
 		if disabled {
@@ -252,9 +259,9 @@ func (c *core) checkKey(ctx context.Context, k store.Key, st keypool.KeyState, s
 	return r, nil
 }
 
-// probe sends the configured check for one key and returns the answer's status and (masked)
-// body; a round trip that fails or times out returns the error.
-func (c *core) probe(ctx context.Context, secret string, s *settings) (int, []byte, error) {
+// probe sends a check of the given kind (probeModels or probeGenerate) for one key and returns
+// the answer's status and (masked) body; a round trip that fails or times out returns the error.
+func (c *core) probe(ctx context.Context, secret string, s *settings, kind string) (int, []byte, error) {
 	timeout := c.probeTimeout
 	if timeout <= 0 {
 		timeout = defaultProbeTimeout
@@ -269,7 +276,7 @@ func (c *core) probe(ctx context.Context, secret string, s *settings) (int, []by
 	u.RawPath, u.RawQuery = "", ""
 	method := http.MethodGet
 	var body io.Reader = http.NoBody
-	if s.validationProbe == probeGenerate {
+	if kind == probeGenerate {
 		u.Path += "/v1beta/models/" + s.validationModel + ":generateContent"
 		method = http.MethodPost
 		body = bytes.NewReader(generateProbeBody(s.validationModel))
