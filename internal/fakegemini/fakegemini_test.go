@@ -977,3 +977,190 @@ func TestBatchesAreOwned(t *testing.T) {
 		t.Errorf("batch of an unknown file: %d %s", r.status, r.body)
 	}
 }
+
+// The attack on a text-matching classifier: a field named like a key error.
+const keyishName = "API key not valid. Please pass a valid API key."
+
+func TestUnknownTopLevelNamesAreRefused(t *testing.T) {
+	_, srv := start(t)
+	v1beta := srv.URL + "/v1beta/models/"
+	contents := `"contents":[{"parts":[{"text":"hi"}]}]`
+	embed := `"content":{"parts":[{"text":"hi"}]}`
+	endpoints := []struct {
+		name, url, known string // known: the body's known members, without braces
+		contentType      string
+	}{
+		{"generateContent", v1beta + "gemini-2.5-flash:generateContent", contents, "application/json; charset=UTF-8"},
+		{"streamSSE", v1beta + "gemini-2.5-flash:streamGenerateContent?alt=sse", contents, "text/event-stream"},
+		{"streamJSONArray", v1beta + "gemini-2.5-flash:streamGenerateContent", contents, "application/json; charset=UTF-8"},
+		{"countTokens", v1beta + "gemini-2.5-flash:countTokens", contents, "application/json; charset=UTF-8"},
+		{"embedContent", v1beta + "gemini-embedding-001:embedContent", embed, "application/json; charset=UTF-8"},
+		{"batchEmbedContents", v1beta + "gemini-embedding-001:batchEmbedContents",
+			`"requests":[{"model":"models/gemini-embedding-001",` + embed + `}]`, "application/json; charset=UTF-8"},
+	}
+	for _, ep := range endpoints {
+		t.Run(ep.name, func(t *testing.T) {
+			r := do(t, "POST", ep.url, `{`+ep.known+`,`+quote(keyishName)+`:1}`, "x-goog-api-key", keyA)
+			wantMsg := `Invalid JSON payload received. Unknown name "` + keyishName + `": Cannot find field.`
+			want := `{
+  "error": {
+    "code": 400,
+    "message": ` + quote(wantMsg) + `,
+    "status": "INVALID_ARGUMENT",
+    "details": [
+      {
+        "@type": "type.googleapis.com/google.rpc.BadRequest",
+        "fieldViolations": [
+          {
+            "description": ` + quote(wantMsg) + `
+          }
+        ]
+      }
+    ]
+  }
+}
+`
+			if r.status != 400 || string(r.body) != want {
+				t.Errorf("status %d, body:\n%s\nwant:\n%s", r.status, r.body, want)
+			}
+			if ct := r.header.Get("Content-Type"); ct != ep.contentType {
+				t.Errorf("Content-Type = %q, want %q", ct, ep.contentType)
+			}
+			if r := do(t, "POST", ep.url, `{`+ep.known+`}`, "x-goog-api-key", keyA); r.status != 200 {
+				t.Errorf("known names only: %d %s", r.status, r.body)
+			}
+		})
+	}
+
+	t.Run("NameQuotedAsSent", func(t *testing.T) {
+		// Every unknown name, once, in the order sent; quotes, backslashes and
+		// non-ASCII come back JSON-escaped by the encoder, never HTML-escaped.
+		body := `{"a\"b\\c":1,` + contents + `,"<é>":2,"a\"b\\c":3,"Contents":[]}`
+		r := do(t, "POST", endpoints[0].url, body, "x-goog-api-key", keyA)
+		e := decodeError(t, r.body)
+		names := []string{`a"b\c`, `<é>`, `Contents`}
+		var lines []string
+		for _, n := range names {
+			lines = append(lines, `Invalid JSON payload received. Unknown name "`+n+`": Cannot find field.`)
+		}
+		if r.status != 400 || e.Status != "INVALID_ARGUMENT" || e.Message != strings.Join(lines, "\n") {
+			t.Fatalf("got %d %+v", r.status, e)
+		}
+		fv, _ := e.Details[0]["fieldViolations"].([]any)
+		if len(e.Details) != 1 || e.Details[0]["@type"] != typeBadRequest || len(fv) != len(names) {
+			t.Fatalf("details = %v", e.Details)
+		}
+		for i, v := range fv {
+			if d := v.(map[string]any)["description"]; d != lines[i] {
+				t.Errorf("violation %d = %v, want %q", i, d, lines[i])
+			}
+		}
+		if !bytes.Contains(r.body, []byte(`Unknown name \"a\"b\\c\"`)) || !bytes.Contains(r.body, []byte(`"<é>`)) {
+			t.Errorf("names not escaped as the encoder does: %s", r.body)
+		}
+	})
+
+	t.Run("SnakeAndCamelNamesAreKnown", func(t *testing.T) {
+		gen := []string{
+			`{"contents":[],"systemInstruction":{"parts":[{"text":"s"}]},"tools":[],"toolConfig":{},"safetySettings":[],` +
+				`"generationConfig":{"temperature":1},"labels":{"a":"b"},"serviceTier":"standard","model":"models/gemini-2.5-flash"}`,
+			`{"contents":[],"system_instruction":{"parts":[{"text":"s"}]},"tool_config":{},"safety_settings":[],` +
+				`"generation_config":{"thinking_config":{"thinking_budget":0}},"service_tier":"standard"}`,
+		}
+		for _, b := range gen {
+			b = strings.Replace(b, `"contents":[]`, contents, 1)
+			if r := do(t, "POST", endpoints[0].url, b, "x-goog-api-key", keyA); r.status != 200 {
+				t.Errorf("%s: %d %s", b, r.status, r.body)
+			}
+		}
+		for _, b := range []string{
+			`{` + contents + `,"model":"models/gemini-2.5-flash"}`,
+			`{"generateContentRequest":{"model":"models/gemini-2.5-flash",` + contents + `}}`,
+			`{"generate_content_request":{"model":"models/gemini-2.5-flash",` + contents + `}}`,
+		} {
+			if r := do(t, "POST", endpoints[3].url, b, "x-goog-api-key", keyA); r.status != 200 {
+				t.Errorf("countTokens %s: %d %s", b, r.status, r.body)
+			}
+		}
+		for _, b := range []string{
+			`{"model":"models/gemini-embedding-001",` + embed + `,"taskType":"RETRIEVAL_DOCUMENT","title":"t","outputDimensionality":8}`,
+			`{` + embed + `,"task_type":"RETRIEVAL_QUERY","output_dimensionality":8}`,
+		} {
+			if r := do(t, "POST", endpoints[4].url, b, "x-goog-api-key", keyA); r.status != 200 {
+				t.Errorf("embedContent %s: %d %s", b, r.status, r.body)
+			}
+		}
+		// countTokens takes no generation config at the top level.
+		r := do(t, "POST", endpoints[3].url, `{`+contents+`,"generationConfig":{}}`, "x-goog-api-key", keyA)
+		if e := decodeError(t, r.body); r.status != 400 || !strings.Contains(e.Message, `Unknown name "generationConfig"`) {
+			t.Errorf("countTokens with generationConfig: %d %+v", r.status, e)
+		}
+	})
+
+	t.Run("SDKRequestsAreKnown", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		client := newSDK(t, srv.URL, keyA)
+		cfg := &genai.GenerateContentConfig{
+			SystemInstruction: genai.NewContentFromText("be brief", genai.RoleUser),
+			Temperature:       genai.Ptr[float32](0.5),
+			MaxOutputTokens:   64,
+			SafetySettings: []*genai.SafetySetting{{Category: genai.HarmCategoryHarassment,
+				Threshold: genai.HarmBlockThresholdBlockNone}},
+			Tools: []*genai.Tool{{FunctionDeclarations: []*genai.FunctionDeclaration{{Name: "f", Description: "d"}}}},
+			ToolConfig: &genai.ToolConfig{FunctionCallingConfig: &genai.FunctionCallingConfig{
+				Mode: genai.FunctionCallingConfigModeAuto}},
+			Labels:         map[string]string{"team": "a"},
+			ThinkingConfig: &genai.ThinkingConfig{ThinkingBudget: genai.Ptr[int32](0)},
+		}
+		if _, err := client.Models.GenerateContent(ctx, "gemini-2.5-flash", genai.Text("hi"), cfg); err != nil {
+			t.Errorf("GenerateContent with a full config: %v", err)
+		}
+		for _, err := range client.Models.GenerateContentStream(ctx, "gemini-2.5-flash", genai.Text("hi"), cfg) {
+			if err != nil {
+				t.Errorf("GenerateContentStream with a full config: %v", err)
+				break
+			}
+		}
+		ecfg := &genai.EmbedContentConfig{TaskType: "RETRIEVAL_DOCUMENT", Title: "doc", OutputDimensionality: genai.Ptr[int32](8)}
+		if _, err := client.Models.EmbedContent(ctx, "gemini-embedding-001", genai.Text("hi"), ecfg); err != nil {
+			t.Errorf("EmbedContent with a config: %v", err)
+		}
+		if _, err := client.Models.CountTokens(ctx, "gemini-2.5-flash", genai.Text("hi"), nil); err != nil {
+			t.Errorf("CountTokens: %v", err)
+		}
+		// An unknown name reaches the SDK as Google's APIError.
+		odd := genai.HTTPOptions{ExtraBody: map[string]any{keyishName: true}}
+		_, err := client.Models.GenerateContent(ctx, "gemini-2.5-flash", genai.Text("hi"), &genai.GenerateContentConfig{HTTPOptions: &odd})
+		var apiErr genai.APIError
+		if !errors.As(err, &apiErr) || apiErr.Code != 400 || apiErr.Status != "INVALID_ARGUMENT" ||
+			!strings.Contains(apiErr.Message, `Unknown name "`+keyishName+`"`) {
+			t.Errorf("extra body member: err = %v", err)
+		}
+	})
+
+	t.Run("OpenAIChatCompletions", func(t *testing.T) {
+		chat := srv.URL + "/v1beta/openai/chat/completions"
+		full := `{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hi"}],"stream":false,` +
+			`"temperature":0.2,"top_p":0.9,"n":1,"max_tokens":10,"max_completion_tokens":10,"stop":["x"],` +
+			`"tools":[],"tool_choice":"auto","response_format":{"type":"text"},"reasoning_effort":"low","seed":1,` +
+			`"presence_penalty":0,"frequency_penalty":0,"user":"u","logprobs":false,"top_logprobs":0,` +
+			`"parallel_tool_calls":true,"metadata":{},"modalities":["text"],"audio":null,"store":false,` +
+			`"service_tier":"auto","logit_bias":{},"extra_body":{"google":{}},"web_search_options":{},"prediction":null,` +
+			`"stream_options":{"include_usage":true}}`
+		if r := do(t, "POST", chat, full, "Authorization", "Bearer "+keyA); r.status != 200 {
+			t.Errorf("known OpenAI parameters: %d %s", r.status, r.body)
+		}
+		body := `{"model":"gemini-2.5-flash",` + quote(keyishName) + `:1,"messages":[{"role":"user","content":"hi"}]}`
+		r := do(t, "POST", chat, body, "Authorization", "Bearer "+keyA)
+		var wrapped []struct {
+			Error apiErrorJSON `json:"error"`
+		}
+		wantMsg := `Invalid JSON payload received. Unknown name "` + keyishName + `": Cannot find field.`
+		if err := json.Unmarshal(r.body, &wrapped); err != nil || r.status != 400 || len(wrapped) != 1 ||
+			wrapped[0].Error.Message != wantMsg || wrapped[0].Error.Status != "INVALID_ARGUMENT" ||
+			wrapped[0].Error.Details[0]["@type"] != typeBadRequest {
+			t.Errorf("unknown OpenAI parameter: %d %s", r.status, r.body)
+		}
+	})
+}

@@ -207,7 +207,8 @@ func paginate(x *exchange, total, def, max int, kind string) (start, end int, ne
 }
 
 // Request shapes. Google's JSON parser accepts both lowerCamel and
-// snake_case field names, so both are read.
+// snake_case field names, so both are read; top-level names it does not know
+// are refused (fields.go).
 
 type fileData struct {
 	FileURI      string `json:"fileUri"`
@@ -393,6 +394,9 @@ func (s *Server) generate(x *exchange, model modelInfo, id string, stream bool) 
 		x.fail(invalidJSONError())
 		return
 	}
+	if rejectUnknownNames(x, generateFields) {
+		return
+	}
 	if len(req.Contents) == 0 {
 		x.fail(badRequest("* GenerateContentRequest.contents: contents is not specified\n"))
 		return
@@ -448,6 +452,9 @@ func countTokens(x *exchange) {
 		x.fail(invalidJSONError())
 		return
 	}
+	if rejectUnknownNames(x, countTokensFields) {
+		return
+	}
 	n := req.promptWords()
 	for _, g := range []*generateRequest{req.GenerateContentRequest, req.GenerateContentRequestSnake} {
 		if g != nil {
@@ -495,6 +502,9 @@ func (s *Server) embed(x *exchange, model modelInfo, id string, batch bool) {
 			x.fail(invalidJSONError())
 			return
 		}
+		if rejectUnknownNames(x, batchEmbedFields) {
+			return
+		}
 		if len(b.Requests) == 0 {
 			x.fail(badRequest("* BatchEmbedContentsRequest.requests: requests is not specified\n"))
 			return
@@ -504,6 +514,9 @@ func (s *Server) embed(x *exchange, model modelInfo, id string, batch bool) {
 		var e embedRequest
 		if err := json.Unmarshal(x.body, &e); err != nil {
 			x.fail(invalidJSONError())
+			return
+		}
+		if rejectUnknownNames(x, embedFields) {
 			return
 		}
 		reqs = []embedRequest{e}

@@ -135,6 +135,9 @@ func (s *Server) chatCompletions(x *exchange) {
 		x.fail(invalidJSONError())
 		return
 	}
+	if rejectUnknownNames(x, chatFields) {
+		return
+	}
 	_, id, ok := resolveOpenAIModel(x, req.Model, "generateContent")
 	if !ok {
 		return
