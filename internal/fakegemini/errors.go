@@ -183,7 +183,7 @@ func invalidKeyError() *apiError {
 	}
 }
 
-func suspendedError(key string) *apiError {
+func suspendedError(key, project string) *apiError {
 	consumer := "api_key:" + maskKey(key)
 	return &apiError{
 		Code:    http.StatusForbidden,
@@ -193,7 +193,7 @@ func suspendedError(key string) *apiError {
 			Type: typeErrorInfo, Reason: "CONSUMER_SUSPENDED", Domain: "googleapis.com",
 			Metadata: map[string]string{
 				"service":       serviceName,
-				"consumer":      "projects/" + projectNumber(key),
+				"consumer":      "projects/" + project,
 				"containerInfo": consumer,
 			},
 		}},
@@ -208,14 +208,37 @@ func leakedError() *apiError {
 	}
 }
 
-func serviceBlockedError(key, method string) *apiError {
+// serviceDisabledError is the 403 of a project that has the Generative Language
+// API disabled (gemini-api.md §3.3): a Help link to the activation page, then an
+// ErrorInfo naming the project.
+func serviceDisabledError(project string) *apiError {
+	activation := "https://console.developers.google.com/apis/api/" + serviceName + "/overview?project=" + project
+	return &apiError{
+		Code: http.StatusForbidden,
+		Message: "Generative Language API has not been used in project " + project + " before or it is disabled. " +
+			"Enable it by visiting " + activation + " then retry. If you enabled this API recently, " +
+			"wait a few minutes for the action to propagate to our systems and retry.",
+		Status: "PERMISSION_DENIED",
+		Details: []any{
+			helpLinks{Type: typeHelp, Links: []helpLink{{Description: "Google developers console API activation", URL: activation}}},
+			errorInfo{Type: typeErrorInfo, Reason: "SERVICE_DISABLED", Domain: "googleapis.com",
+				Metadata: map[string]string{
+					"service":       serviceName,
+					"consumer":      "projects/" + project,
+					"activationUrl": activation,
+				}},
+		},
+	}
+}
+
+func serviceBlockedError(project, method string) *apiError {
 	msg := fmt.Sprintf("Requests to this API %s method %s are blocked.", serviceName, method)
 	return &apiError{
 		Code: http.StatusForbidden, Message: msg, Status: "PERMISSION_DENIED",
 		Details: []any{
 			errorInfo{Type: typeErrorInfo, Reason: "API_KEY_SERVICE_BLOCKED", Domain: "googleapis.com",
 				Metadata: map[string]string{
-					"consumer":   "projects/" + projectNumber(key),
+					"consumer":   "projects/" + project,
 					"service":    serviceName,
 					"apiName":    serviceName,
 					"methodName": method,

@@ -6,8 +6,11 @@
 // cached contents and batches that belong to the key that created them
 // (another key gets 403 PERMISSION_DENIED), and Google's pretty-printed error
 // envelopes. Each upstream key can be programmed to fail the way a real key
-// fails (invalid, suspended, leaked, quota exhausted, ...), and every request
-// is recorded so tests can assert what a proxy forwarded.
+// fails (invalid, suspended, leaked, quota exhausted, ...), keys can be grouped
+// into Cloud projects that share a state (a project's daily quota), and every
+// request is recorded so tests can assert what a proxy forwarded. Request
+// bodies with a top-level member Google does not know get Google's 400
+// `Unknown name "…": Cannot find field.`, the name quoted back verbatim.
 package fakegemini
 
 import (
@@ -22,15 +25,23 @@ import (
 	"time"
 )
 
-// KeyState programs how the fake answers for one upstream key (or, through
-// SetModelState, for every call on one model).
+// KeyState programs how the fake answers for one upstream key (SetKey,
+// SetDefault), for every key of one Cloud project (SetProjectState), or for
+// every call on one model or on all of them (SetModelState, SetOutage).
 //
-// Invalid, Suspended, Leaked, ServiceBlocked and Hang apply to every request
-// made with the key. QuotaMinute, QuotaDay, Prepay, Internal and Overloaded
-// apply only to generation calls (generateContent, streamGenerateContent,
-// embedContent, batchEmbedContents and the OpenAI-compatible chat completions
-// and embeddings), as with Google, where listing models and counting tokens
-// keep working on an exhausted key.
+// Invalid, Suspended, Leaked, ServiceDisabled, ServiceBlocked and Hang apply to
+// every request made with the key. QuotaMinute, QuotaDay, Prepay, Internal,
+// Overloaded and InvalidOnGenerate apply only to generation calls
+// (generateContent, streamGenerateContent, embedContent, batchEmbedContents and
+// the OpenAI-compatible chat completions and embeddings), as with Google, where
+// listing models and counting tokens keep working on an exhausted key.
+//
+// When several states could apply to a call, the key's own state (SetKey) comes
+// first, then its project's (SetProjectState), then the default (SetDefault,
+// only for keys never passed to SetKey), then, for generation calls only, the
+// model's (SetModelState) and the outage state (SetOutage). A key-wide state
+// found anywhere in that order wins over every generation state; OK never
+// hides a later state except the default.
 type KeyState string
 
 // The states a key or a model can be put in.
@@ -46,6 +57,17 @@ const (
 	Internal       KeyState = "internal"        // 500 INTERNAL
 	Overloaded     KeyState = "overloaded"      // 503 UNAVAILABLE "The model is overloaded. Please try again later."
 	Hang           KeyState = "hang"            // never answers until the request context ends
+
+	// ServiceDisabled is a project that has the Generative Language API
+	// disabled: 403 SERVICE_DISABLED "Generative Language API has not been used
+	// in project N before or it is disabled…", naming the project.
+	ServiceDisabled KeyState = "service_disabled"
+	// InvalidOnGenerate answers generation calls exactly as Invalid does (400
+	// INVALID_ARGUMENT, ErrorInfo API_KEY_INVALID) while every other call with
+	// the key (models.get, models.list, countTokens, files, ...) succeeds: Google
+	// refusing a key that is in fact fine, which a gateway should confirm with a
+	// free probe before it disables the key.
+	InvalidOnGenerate KeyState = "invalid_on_generate"
 )
 
 // Call is one request the fake received.
@@ -84,6 +106,10 @@ type Server struct {
 	caches       map[string]*storedCache
 	batches      map[string]*storedBatch
 
+	outage        KeyState            // generation state of every model without one of its own; "" for none
+	projects      map[string]string   // key -> Cloud project number set by SetProject
+	projectStates map[string]KeyState // project number -> state set by SetProjectState
+
 	openStreams atomic.Int64
 }
 
@@ -105,6 +131,9 @@ func New() *Server {
 		files:        make(map[string]*storedFile),
 		caches:       make(map[string]*storedCache),
 		batches:      make(map[string]*storedBatch),
+
+		projects:      make(map[string]string),
+		projectStates: make(map[string]KeyState),
 	}
 }
 
@@ -122,6 +151,68 @@ func (s *Server) SetDefault(st KeyState) {
 	s.defaultState = st
 }
 
+// SetProject puts key in the Cloud project with the given number (digits, e.g.
+// "111"): errors that name the consumer project (CONSUMER_SUSPENDED,
+// SERVICE_DISABLED, API_KEY_SERVICE_BLOCKED) say "projects/<number>", and the
+// key shares its project's state (SetProjectState). A key never put in a
+// project, or put in project "", has a project of its own whose number is
+// derived from the key (see ProjectOf).
+func (s *Server) SetProject(key, number string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if number == "" {
+		delete(s.projects, key)
+		return
+	}
+	s.projects[key] = number
+}
+
+// ProjectOf returns the Cloud project number of key: the one given to
+// SetProject, else a stable 12-digit number derived from the key.
+func (s *Server) ProjectOf(key string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.projectOfLocked(key)
+}
+
+func (s *Server) projectOfLocked(key string) string {
+	if p, ok := s.projects[key]; ok {
+		return p
+	}
+	return projectNumber(key)
+}
+
+// SetProjectState gives every key of the Cloud project number (see SetProject
+// and ProjectOf) the state st, as Google applies a project's quota, billing and
+// suspension to all of its keys: SetProjectState("111", QuotaDay) makes every
+// key of project 111 answer the daily 429 on generation calls while listing
+// models and counting tokens keep working, and keys of other projects are not
+// touched. A key's own state (SetKey) wins over its project's; st "" or OK
+// clears the project's state.
+func (s *Server) SetProjectState(number string, st KeyState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st == "" || st == OK {
+		delete(s.projectStates, number)
+		return
+	}
+	s.projectStates[number] = st
+}
+
+// SetOutage makes every generation call on every model that has no state of
+// its own (SetModelState) fail with st, for keys whose own, project and default
+// states let the call through: SetOutage(Overloaded) is Google answering 503
+// "The model is overloaded" to everybody, SetOutage(OK) (or "") the recovery.
+// st is one of the states SetModelState takes.
+func (s *Server) SetOutage(st KeyState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st == OK {
+		st = ""
+	}
+	s.outage = st
+}
+
 // SetRetryDelay sets the RetryInfo retryDelay text (a proto Duration such as
 // "30s" or "2.5s") that quota errors carry. An empty string restores "30s".
 func (s *Server) SetRetryDelay(d string) {
@@ -134,8 +225,9 @@ func (s *Server) SetRetryDelay(d string) {
 }
 
 // SetModelState makes every generation call on model fail with st for keys
-// whose own state is OK. st is one of Internal, Overloaded, QuotaMinute,
-// QuotaDay, Prepay or Hang; key-only states (Invalid, Suspended, Leaked,
+// whose own, project and default states let the call through. st is one of
+// Internal, Overloaded, QuotaMinute, QuotaDay, Prepay, InvalidOnGenerate or
+// Hang; key-only states (Invalid, Suspended, Leaked, ServiceDisabled,
 // ServiceBlocked) have no effect here. The model may be given with or without
 // its "models/" prefix. st "" or OK clears the model state.
 func (s *Server) SetModelState(model string, st KeyState) {
@@ -186,6 +278,48 @@ func (s *Server) Calls() []Call {
 	return out
 }
 
+// Count reports how many of the recorded calls match (all of them when match
+// is nil), e.g. fake.Count(Call.IsGeneration). match sees the recorded call
+// itself: it must not modify or keep its Header or Body.
+func (s *Server) Count(match func(Call) bool) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if match == nil {
+		return len(s.calls)
+	}
+	n := 0
+	for _, c := range s.calls {
+		if match(c) {
+			n++
+		}
+	}
+	return n
+}
+
+// IsGeneration reports whether c is a generation call, the calls that quota,
+// overload and InvalidOnGenerate apply to: generateContent,
+// streamGenerateContent, embedContent and batchEmbedContents on a model, and
+// the OpenAI-compatible chat completions and embeddings.
+func (c Call) IsGeneration() bool {
+	if c.Method != http.MethodPost {
+		return false
+	}
+	switch c.Path {
+	case "/v1beta/openai/chat/completions", "/v1beta/openai/embeddings":
+		return true
+	}
+	_, rest, ok := splitVersion(c.Path)
+	if !ok || !strings.HasPrefix(rest, "models/") {
+		return false
+	}
+	_, method, _ := strings.Cut(rest, ":")
+	switch method {
+	case "generateContent", "streamGenerateContent", "embedContent", "batchEmbedContents":
+		return true
+	}
+	return false
+}
+
 // Reset forgets the recorded calls. Key, model and stream settings, upload
 // sessions and files are kept.
 func (s *Server) Reset() {
@@ -199,22 +333,54 @@ func (s *Server) OpenStreams() int {
 	return int(s.openStreams.Load())
 }
 
-// stateFor returns the programmed state of key.
-func (s *Server) stateFor(key string) KeyState {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if st, ok := s.keys[key]; ok {
-		return st
+// keyStatesLocked returns the states that may govern a call made with key, in
+// precedence order: the key's own, its project's, the default (only for a key
+// never passed to SetKey). Unset ones are left out; OK may be in it.
+func (s *Server) keyStatesLocked(key string) []KeyState {
+	var out []KeyState
+	own, set := s.keys[key]
+	if set {
+		out = append(out, own)
 	}
-	return s.defaultState
+	if st, ok := s.projectStates[s.projectOfLocked(key)]; ok {
+		out = append(out, st)
+	}
+	if !set {
+		out = append(out, s.defaultState)
+	}
+	return out
 }
 
-// modelState returns the model-wide state of model, OK when none is set.
-func (s *Server) modelState(model string) KeyState {
+// authState returns the key-wide state that stops every call made with key
+// (Invalid, Suspended, Leaked, ServiceDisabled, ServiceBlocked, Hang), OK when
+// none does.
+func (s *Server) authState(key string) KeyState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, st := range s.keyStatesLocked(key) {
+		if isAuthState(st) {
+			return st
+		}
+	}
+	return OK
+}
+
+// generationState returns the state a generation call with key on model gets:
+// the first generation state of the key's own, project and default states,
+// else the model's, else the outage state; OK when none is set.
+func (s *Server) generationState(key, model string) KeyState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, st := range s.keyStatesLocked(key) {
+		if isGenerationState(st) {
+			return st
+		}
+	}
 	if st, ok := s.modelStates[model]; ok {
 		return st
+	}
+	if s.outage != "" {
+		return s.outage
 	}
 	return OK
 }
@@ -343,7 +509,7 @@ func setGoogleHeaders(h http.Header) {
 }
 
 // authenticate applies Google's credential rules and the key-wide states
-// (Invalid, Suspended, Leaked, ServiceBlocked, Hang). rpc names the method for
+// (Invalid, Suspended, Leaked, ServiceDisabled, ServiceBlocked, Hang). rpc names the method for
 // error metadata, e.g. "GenerativeService.GenerateContent". It reports whether
 // the request may go on; if not, the answer has been written.
 func (s *Server) authenticate(x *exchange, rpc string) bool {
@@ -356,15 +522,17 @@ func (s *Server) authenticate(x *exchange, rpc string) bool {
 		x.fail(unregisteredCallerError())
 		return false
 	}
-	switch s.stateFor(x.key) {
+	switch s.authState(x.key) {
 	case Invalid:
 		x.fail(invalidKeyError())
 	case Suspended:
-		x.fail(suspendedError(x.key))
+		x.fail(suspendedError(x.key, s.ProjectOf(x.key)))
 	case Leaked:
 		x.fail(leakedError())
+	case ServiceDisabled:
+		x.fail(serviceDisabledError(s.ProjectOf(x.key)))
 	case ServiceBlocked:
-		x.fail(serviceBlockedError(x.key, method))
+		x.fail(serviceBlockedError(s.ProjectOf(x.key), method))
 	case Hang:
 		<-x.r.Context().Done()
 	default:
@@ -373,15 +541,13 @@ func (s *Server) authenticate(x *exchange, rpc string) bool {
 	return false
 }
 
-// admitGeneration applies the generation-only states: the key's own, else the
-// model-wide one. It reports whether the request may go on; if not, the answer
-// has been written.
+// admitGeneration applies the generation-only states: the key's own, its
+// project's or the default, else the model-wide one, else the outage. It
+// reports whether the request may go on; if not, the answer has been written.
 func (s *Server) admitGeneration(x *exchange, model string) bool {
-	st := s.stateFor(x.key)
-	if !isGenerationState(st) {
-		st = s.modelState(model)
-	}
-	switch st {
+	switch s.generationState(x.key, model) {
+	case InvalidOnGenerate:
+		x.fail(invalidKeyError())
 	case QuotaMinute:
 		x.fail(quotaMinuteError(model, s.currentRetryDelay()))
 	case QuotaDay:
@@ -400,9 +566,19 @@ func (s *Server) admitGeneration(x *exchange, model string) bool {
 	return false
 }
 
+// isGenerationState reports whether st applies to generation calls only.
 func isGenerationState(st KeyState) bool {
 	switch st {
-	case QuotaMinute, QuotaDay, Prepay, Internal, Overloaded:
+	case QuotaMinute, QuotaDay, Prepay, Internal, Overloaded, InvalidOnGenerate:
+		return true
+	}
+	return false
+}
+
+// isAuthState reports whether st stops every call made with the key.
+func isAuthState(st KeyState) bool {
+	switch st {
+	case Invalid, Suspended, Leaked, ServiceDisabled, ServiceBlocked, Hang:
 		return true
 	}
 	return false

@@ -1164,3 +1164,241 @@ func TestUnknownTopLevelNamesAreRefused(t *testing.T) {
 		}
 	})
 }
+
+func TestInvalidOnGenerateRefusesOnlyGeneration(t *testing.T) {
+	fake, srv := start(t)
+	fake.SetKey(keyA, Invalid)
+	fake.SetKey(keyB, InvalidOnGenerate)
+	gen := srv.URL + "/v1beta/models/gemini-2.5-flash:generateContent"
+	invalid := do(t, "POST", gen, genBody("hi"), "x-goog-api-key", keyA)
+
+	for _, c := range []struct {
+		name, method, url, body, ct string
+		auth                        []string
+	}{
+		{"generateContent", "POST", gen, genBody("hi"), "application/json; charset=UTF-8", nil},
+		{"streamSSE", "POST", srv.URL + "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", genBody("hi"), "text/event-stream", nil},
+		{"streamJSONArray", "POST", srv.URL + "/v1/models/gemini-2.5-flash:streamGenerateContent", genBody("hi"), "application/json; charset=UTF-8", nil},
+		{"embedContent", "POST", srv.URL + "/v1beta/models/gemini-embedding-001:embedContent", `{"content":{"parts":[{"text":"x"}]}}`, "application/json; charset=UTF-8", nil},
+	} {
+		r := do(t, c.method, c.url, c.body, "x-goog-api-key", keyB)
+		if r.status != 400 || !bytes.Equal(r.body, invalid.body) || r.header.Get("Content-Type") != c.ct {
+			t.Errorf("%s: %d %q, body:\n%s\nwant the Invalid body:\n%s", c.name, r.status, r.header.Get("Content-Type"), r.body, invalid.body)
+		}
+	}
+	r := do(t, "POST", srv.URL+"/v1beta/openai/chat/completions", `{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hi"}]}`,
+		"Authorization", "Bearer "+keyB)
+	if want := encodeJSON([]errorEnvelope{{Error: invalidKeyError()}}, true); r.status != 400 || !bytes.Equal(r.body, want) {
+		t.Errorf("OpenAI chat: %d %s\nwant:\n%s", r.status, r.body, want)
+	}
+
+	// Everything but generation answers as for a good key; the gateway's probe among them.
+	for _, c := range []struct{ method, url, body string }{
+		{"GET", srv.URL + "/v1beta/models/gemini-2.5-flash", ""},
+		{"GET", srv.URL + "/v1beta/models?pageSize=1", ""},
+		{"POST", srv.URL + "/v1beta/models/gemini-2.5-flash:countTokens", genBody("hi")},
+		{"GET", srv.URL + "/v1beta/files", ""},
+		{"GET", srv.URL + "/v1beta/openai/models", ""},
+	} {
+		if r := do(t, c.method, c.url, c.body, "x-goog-api-key", keyB); r.status != 200 {
+			t.Errorf("%s %s: %d %s", c.method, c.url, r.status, r.body)
+		}
+		if r := do(t, c.method, c.url, c.body, "x-goog-api-key", keyA); r.status != 400 {
+			t.Errorf("Invalid key, %s %s: %d", c.method, c.url, r.status)
+		}
+	}
+	fake.SetKey(keyB, OK)
+	if r := do(t, "POST", gen, genBody("hi"), "x-goog-api-key", keyB); r.status != 200 {
+		t.Errorf("back to OK: %d", r.status)
+	}
+}
+
+func TestProjectsShareAState(t *testing.T) {
+	fake, srv := start(t)
+	const (
+		k1 = "AIzaSyTEST-project-111-aaaaaaaaaaaaaaaaaa"
+		k2 = "AIzaSyTEST-project-111-bbbbbbbbbbbbbbbbbb"
+		k3 = "AIzaSyTEST-project-222-cccccccccccccccccc"
+	)
+	fake.SetProject(k1, "111")
+	fake.SetProject(k2, "111")
+	fake.SetProject(k3, "222")
+	gen := func(key string) result {
+		return do(t, "POST", srv.URL+"/v1beta/models/gemini-2.5-flash:generateContent", genBody("hi"), "x-goog-api-key", key)
+	}
+	list := func(key string) int {
+		return do(t, "GET", srv.URL+"/v1beta/models?pageSize=1", "", "x-goog-api-key", key).status
+	}
+
+	if p := fake.ProjectOf(k1); p != "111" {
+		t.Errorf("ProjectOf(k1) = %q", p)
+	}
+	if p := fake.ProjectOf(keyA); len(p) != 12 || strings.Trim(p, "0123456789") != "" || p != fake.ProjectOf(keyA) || p == fake.ProjectOf(keyB) {
+		t.Errorf("derived project numbers: %q, %q", p, fake.ProjectOf(keyB))
+	}
+
+	t.Run("DailyQuotaOfOneProject", func(t *testing.T) {
+		fake.SetProjectState("111", QuotaDay)
+		defer fake.SetProjectState("111", OK)
+		for _, k := range []string{k1, k2} {
+			r := gen(k)
+			e := decodeError(t, r.body)
+			if r.status != 429 || e.Status != "RESOURCE_EXHAUSTED" || !bytes.Contains(r.body, []byte(perDayID)) ||
+				!strings.Contains(perDayID, "PerProject") {
+				t.Errorf("%s: %d %s", k, r.status, r.body)
+			}
+			if got := list(k); got != 200 {
+				t.Errorf("%s: models.list on an exhausted project: %d", k, got)
+			}
+		}
+		if r := gen(k3); r.status != 200 {
+			t.Errorf("project 222: %d %s", r.status, r.body)
+		}
+		if r := gen(keyA); r.status != 200 {
+			t.Errorf("a key of its own project: %d %s", r.status, r.body)
+		}
+		// A key's own OK does not hide its project's quota; its own states win.
+		fake.SetKey(k2, OK)
+		if r := gen(k2); r.status != 429 {
+			t.Errorf("explicit OK key of project 111: %d", r.status)
+		}
+		fake.SetKey(k2, Invalid)
+		if r := gen(k2); r.status != 400 {
+			t.Errorf("invalid key of project 111: %d", r.status)
+		}
+		fake.SetKey(k2, QuotaMinute)
+		if r := gen(k2); r.status != 429 || bytes.Contains(r.body, []byte(perDayID)) {
+			t.Errorf("own minute quota: %d %s", r.status, r.body)
+		}
+		fake.SetKey(k2, OK)
+		// The project's state wins over the default.
+		fake.SetDefault(Overloaded)
+		if r := gen(k1); r.status != 429 {
+			t.Errorf("project state under an Overloaded default: %d", r.status)
+		}
+		if r := gen(keyA); r.status != 503 {
+			t.Errorf("default state: %d", r.status)
+		}
+		fake.SetDefault(OK)
+	})
+	if r := gen(k1); r.status != 200 {
+		t.Errorf("project state cleared: %d %s", r.status, r.body)
+	}
+
+	t.Run("ConsumerNamesTheProject", func(t *testing.T) {
+		consumer := func(e apiErrorJSON) any {
+			for _, d := range e.Details {
+				if d["@type"] == typeErrorInfo {
+					return d["metadata"].(map[string]any)["consumer"]
+				}
+			}
+			return nil
+		}
+		for _, c := range []struct {
+			state  KeyState
+			reason string
+		}{
+			{Suspended, "CONSUMER_SUSPENDED"},
+			{ServiceBlocked, "API_KEY_SERVICE_BLOCKED"},
+			{ServiceDisabled, "SERVICE_DISABLED"},
+		} {
+			fake.SetProjectState("222", c.state)
+			r := gen(k3)
+			e := decodeError(t, r.body)
+			if r.status != 403 || e.Status != "PERMISSION_DENIED" || consumer(e) != "projects/222" ||
+				!bytes.Contains(r.body, []byte(`"reason": "`+c.reason+`"`)) {
+				t.Errorf("%s: %d %s", c.state, r.status, r.body)
+			}
+			if got := list(k3); got != 403 {
+				t.Errorf("%s stops models.list too: %d", c.state, got)
+			}
+			if r := gen(k1); r.status != 200 {
+				t.Errorf("%s of project 222 reached project 111: %d", c.state, r.status)
+			}
+			fake.SetProjectState("222", "")
+		}
+		fake.SetKey(k1, ServiceDisabled)
+		e := decodeError(t, gen(k1).body)
+		if want := "Generative Language API has not been used in project 111 before or it is disabled."; !strings.HasPrefix(e.Message, want) ||
+			consumer(e) != "projects/111" || e.Details[0]["@type"] != typeHelp {
+			t.Errorf("service disabled: %+v", e)
+		}
+		fake.SetKey(k1, Suspended)
+		if e := decodeError(t, gen(k1).body); consumer(e) != "projects/111" {
+			t.Errorf("suspended key of project 111: %+v", e)
+		}
+		fake.SetKey(keyA, Suspended)
+		if e := decodeError(t, gen(keyA).body); consumer(e) != "projects/"+fake.ProjectOf(keyA) {
+			t.Errorf("suspended key of its own project: %+v", e)
+		}
+	})
+}
+
+func TestOutageAndRecovery(t *testing.T) {
+	fake, srv := start(t)
+	gen := func(model, key string) int {
+		return do(t, "POST", srv.URL+"/v1beta/models/"+model+":generateContent", genBody("hi"), "x-goog-api-key", key).status
+	}
+	fake.SetKey(keyB, OK) // an explicit OK does not shield from an outage
+
+	fake.SetOutage(Overloaded)
+	fake.SetModelState("gemini-2.5-pro", Internal)
+	for _, k := range []string{keyA, keyB, "never-set-key"} {
+		if got := gen("gemini-2.5-flash", k); got != 503 {
+			t.Errorf("outage, %s: %d", k, got)
+		}
+		if got := gen("gemini-2.5-pro", k); got != 500 {
+			t.Errorf("a model's own state wins over the outage, %s: %d", k, got)
+		}
+	}
+	if r := do(t, "POST", srv.URL+"/v1beta/openai/chat/completions", `{"model":"gemini-2.0-flash","messages":[{"role":"user","content":"hi"}]}`,
+		"Authorization", "Bearer "+keyA); r.status != 503 || !strings.HasPrefix(string(r.body), "[") {
+		t.Errorf("OpenAI chat in an outage: %d %s", r.status, r.body)
+	}
+	if r := do(t, "GET", srv.URL+"/v1beta/models/gemini-2.5-flash", "", "x-goog-api-key", keyA); r.status != 200 {
+		t.Errorf("models.get in an outage: %d", r.status)
+	}
+	fake.SetKey(keyA, QuotaMinute)
+	if got := gen("gemini-2.5-flash", keyA); got != 429 {
+		t.Errorf("a key's own state wins over the outage: %d", got)
+	}
+	fake.SetKey(keyA, OK)
+	fake.SetOutage(OK)
+	fake.SetModelState("gemini-2.5-pro", OK)
+	for _, k := range []string{keyA, keyB} {
+		if got := gen("gemini-2.5-pro", k); got != 200 {
+			t.Errorf("recovered, %s: %d", k, got)
+		}
+	}
+
+	// SetDefault does the same for keys never passed to SetKey.
+	fake.SetDefault(Overloaded)
+	if a, c := gen("gemini-2.5-flash", "never-set-key"), gen("gemini-2.5-flash", keyB); a != 503 || c != 200 {
+		t.Errorf("Overloaded default: unset key %d, explicit OK key %d", a, c)
+	}
+	fake.SetDefault(OK)
+	if got := gen("gemini-2.5-flash", "never-set-key"); got != 200 {
+		t.Errorf("default back to OK: %d", got)
+	}
+
+	if n, all := fake.Count(Call.IsGeneration), fake.Count(nil); n != 13 || all != 14 {
+		t.Errorf("Count: %d generation calls of %d, want 13 of 14", n, all)
+	}
+	for _, c := range []struct {
+		method, path string
+		want         bool
+	}{
+		{"POST", "/v1beta/models/gemini-2.5-flash:generateContent", true},
+		{"POST", "/v1/models/gemini-2.5-flash:streamGenerateContent", true},
+		{"POST", "/v1alpha/models/gemini-embedding-001:batchEmbedContents", true},
+		{"POST", "/v1beta/openai/embeddings", true},
+		{"POST", "/v1beta/models/gemini-2.5-flash:countTokens", false},
+		{"GET", "/v1beta/models/gemini-2.5-flash", false},
+		{"POST", "/v1beta/models/gemini-2.5-flash:batchGenerateContent", false},
+		{"POST", "/upload/v1beta/files", false},
+	} {
+		if got := (Call{Method: c.method, Path: c.path}).IsGeneration(); got != c.want {
+			t.Errorf("IsGeneration(%s %s) = %v", c.method, c.path, got)
+		}
+	}
+}
