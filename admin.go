@@ -234,6 +234,7 @@ func (b adminBackend) Keys(ctx context.Context) ([]admin.Key, error) {
 		out[i] = admin.Key{
 			ID:             k.ID,
 			Masked:         maskKey(k.Secret),
+			Project:        k.Project,
 			Status:         k.status,
 			DisabledReason: k.DisabledReason,
 			ManualDisabled: k.ManualDisabled,
@@ -250,22 +251,88 @@ func (b adminBackend) Keys(ctx context.Context) ([]admin.Key, error) {
 	return out, nil
 }
 
-// AddKeys stores the keys and puts the new ones into the live pool at once.
+// AddKeys stores unlabelled keys as AddLabeledKeys does and returns how many were new.
 func (b adminBackend) AddKeys(ctx context.Context, secrets []string) (int, error) {
+	keys := make([]store.NewKey, len(secrets))
+	for i, s := range secrets {
+		keys[i] = store.NewKey{Secret: s}
+	}
+	added, _, err := b.AddLabeledKeys(ctx, keys)
+	return added, err
+}
+
+// AddLabeledKeys stores the keys with their project labels, gives the keys already in the pool
+// their new label at once, and puts the new keys (with their labels) into the live pool.
+func (b adminBackend) AddLabeledKeys(ctx context.Context, keys []store.NewKey) (added, relabeled int, err error) {
 	c := b.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	added, err := c.store.AddKeys(ctx, secrets)
+	res, err := c.addLabeledKeys(ctx, keys)
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(res.Relabeled) > 0 {
+		c.logger.Info("admin: upstream keys relabelled by an import", zap.Int("keys", len(res.Relabeled)))
+	}
+	if res.Added > 0 {
+		if err := c.loadPool(ctx); err != nil {
+			return res.Added, len(res.Relabeled), err
+		}
+		c.logger.Info("admin: upstream keys added", zap.Int("added", res.Added))
+	}
+	return res.Added, len(res.Relabeled), nil
+}
+
+// addLabeledKeys stores keys and hands the new label of each key already stored to the pool,
+// in one step with respect to other key changes (keysMu). New keys reach the pool by loadPool.
+func (c *core) addLabeledKeys(ctx context.Context, keys []store.NewKey) (store.AddResult, error) {
+	c.keysMu.Lock()
+	defer c.keysMu.Unlock()
+	res, err := c.store.AddLabeledKeys(ctx, keys)
+	if err != nil {
+		return store.AddResult{}, err
+	}
+	for _, r := range res.Relabeled {
+		c.pool.SetProject(r.KeyID, r.Project)
+	}
+	return res, nil
+}
+
+// SetKeysProject labels the keys with ids as an operator, in the store and the pool; an
+// unknown id changes nothing.
+func (b adminBackend) SetKeysProject(ctx context.Context, ids []int64, project string) (int, error) {
+	c := b.c
+	c.keysMu.Lock()
+	defer c.keysMu.Unlock()
+	keys, err := c.store.Keys(ctx)
 	if err != nil {
 		return 0, err
 	}
-	if added > 0 {
-		if err := c.loadPool(ctx); err != nil {
-			return added, err
-		}
-		c.logger.Info("admin: upstream keys added", zap.Int("added", added))
+	known := make(map[int64]bool, len(keys))
+	for _, k := range keys {
+		known[k.ID] = true
 	}
-	return added, nil
+	var missing []int64
+	for _, id := range ids {
+		if !known[id] {
+			known[id] = true // listed once
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return 0, &admin.UnknownKeysError{IDs: missing}
+	}
+	changed, err := c.store.SetKeysProject(ctx, ids, project)
+	if err != nil {
+		return 0, err
+	}
+	for _, id := range ids {
+		c.pool.SetProject(id, project)
+	}
+	c.logger.Info("admin: upstream keys' project label set", zap.Int("keys", len(ids)),
+		zap.Int64("changed", changed), zap.String("project", project))
+	return int(changed), nil
 }
 
 // DeleteKey deletes the key from the store, then from the pool.

@@ -25,10 +25,14 @@
 //	POST   P/api/logout               ends the caller's session
 //	GET    P/api/session              {"authenticated":true,"via":"cookie|bearer","expires_at"}
 //	GET    P/api/status               pool counts and log writer health
-//	GET    P/api/keys                 ?status=active|cooling|disabled&q=&page=1&page_size=50
+//	GET    P/api/keys                 ?status=active|cooling|disabled&project=&q=&page=1&page_size=50
 //	                                  -> {"keys":[Key],"total","page","page_size",
-//	                                      "counts":{"active","cooling","disabled"}}
-//	POST   P/api/keys                 {"keys":[...]} or {"text":"..."} -> {"added","duplicates","invalid"}
+//	                                      "counts":{"active","cooling","disabled"},
+//	                                      "projects":[{"project","keys"}],"unlabeled"}
+//	POST   P/api/keys                 {"keys":[...]} or {"text":"..."}
+//	                                  -> {"added","duplicates","invalid","relabeled"}
+//	PATCH  P/api/keys/{id}            {"project":"label"} ("" clears it) -> Key
+//	POST   P/api/keys/project         {"ids":[...],"project":"label"} -> {"changed"}
 //	DELETE P/api/keys/{id}            ?force=true -> {"deleted":id}; 409 if the key owns live
 //	                                  resources and force is not set
 //	POST   P/api/keys/{id}/enable     -> Key
@@ -77,6 +81,23 @@
 // "reason","action","until"}: result is what the upstream's answer means (success, quota,
 // key_invalid, transient, client_error, canceled), action what was done (enabled, valid,
 // disabled, cooling, unchanged).
+//
+// Project labels: Google's quota belongs to the Cloud project, not the key, so a key may carry
+// the label of its project ("project", "" when unknown): a per-project 429 on one key cools
+// down every enabled key with the same label. A label is at most 64 characters of A-Z, a-z,
+// 0-9 and . _ : - (see store.CheckProject); anything else is a 400 naming "project" and changes
+// nothing. PATCH P/api/keys/{id} sets one key's label, POST P/api/keys/project the label of
+// every key in "ids" (an unknown id is a 404 and changes nothing; "changed" counts the keys
+// whose label differs now). GET P/api/keys?project=name lists the keys with that label,
+// ?project= the unlabelled ones; "projects" lists every label in use with its number of keys,
+// "unlabeled" counts the keys without one (both over all keys, not only the page). The
+// gateway fills an empty label by itself from error answers that name the project; an
+// operator's label always wins. Pasted text (POST P/api/keys with "text", or an entry of
+// "keys") may label a key: a line of two words, a key and a label ("AIza… my-proj"), adds the
+// key with that label; such a line whose second word is no good label counts as invalid and
+// adds nothing (other lines are searched for keys as before, without labels). A key already
+// stored is not added again, but a label given with it becomes its label: "relabeled" counts
+// those keys.
 //
 // A key's "resources" is how many live resources created through the gateway (files, cached
 // contents, batches, tuned models; expired ones not counted) it owns. They belong to the
@@ -145,8 +166,15 @@ type Backend interface {
 
 	// Keys returns every upstream key with its live state, ordered by id.
 	Keys(ctx context.Context) ([]Key, error)
-	// AddKeys adds upstream keys to the store and the live pool; it returns how many were new.
-	AddKeys(ctx context.Context, secrets []string) (added int, err error)
+	// AddLabeledKeys adds upstream keys with their project labels (already checked with
+	// store.CheckProject) to the store and the live pool, as store.Store.AddLabeledKeys does:
+	// it returns how many were new, and how many already stored got a different label.
+	AddLabeledKeys(ctx context.Context, keys []store.NewKey) (added, relabeled int, err error)
+	// SetKeysProject makes project (already checked with store.CheckProject; "" clears it) the
+	// label of the keys with ids, in the store and the pool, as an operator's label. If an id
+	// is unknown it changes nothing and returns an *UnknownKeysError. changed is how many keys
+	// have a different label now.
+	SetKeysProject(ctx context.Context, ids []int64, project string) (changed int, err error)
 	// DeleteKey removes an upstream key from the store and the pool.
 	DeleteKey(ctx context.Context, id int64) error
 	// SetKeyEnabled enables or (as an operator) disables a key, in the store and the pool.
@@ -198,7 +226,8 @@ const (
 type Key struct {
 	ID             int64      `json:"id"`
 	Masked         string     `json:"masked"`
-	Status         string     `json:"status"` // KeyActive, KeyCooling or KeyDisabled
+	Project        string     `json:"project"` // Google Cloud project label, "" when unknown
+	Status         string     `json:"status"`  // KeyActive, KeyCooling or KeyDisabled
 	DisabledReason string     `json:"disabled_reason"`
 	ManualDisabled bool       `json:"manual_disabled"` // disabled by an operator
 	FailureCount   int        `json:"failure_count"`   // consecutive failures
@@ -213,7 +242,28 @@ type Key struct {
 	Resources int `json:"resources"`
 }
 
-// Cooldown keeps a key off one model until a time.
+// UnknownKeysError is a key change refused because some of its keys do not exist; nothing was
+// changed. It wraps store.ErrNotFound.
+type UnknownKeysError struct {
+	// IDs are the ids that named no key.
+	IDs []int64
+}
+
+// Error lists the unknown ids.
+func (e *UnknownKeysError) Error() string {
+	ids := make([]string, len(e.IDs))
+	for i, id := range e.IDs {
+		ids[i] = strconv.FormatInt(id, 10)
+	}
+	return "no key with id " + strings.Join(ids, ", ")
+}
+
+// Unwrap makes errors.Is(err, store.ErrNotFound) true.
+func (e *UnknownKeysError) Unwrap() error { return store.ErrNotFound }
+
+// Cooldown keeps a key off one model until a time. The model "*" covers every model: the key
+// is ejected (out of rotation after failing several times in a row while other keys worked),
+// and its last_error says why.
 type Cooldown struct {
 	Model string `json:"model"`
 	Until Time   `json:"until"`
@@ -369,7 +419,8 @@ func (h *Handler) routes() map[string][]route {
 		"keys":                     {{http.MethodGet, false, h.listKeys}, {http.MethodPost, false, h.addKeys}},
 		"keys/validate":            {{http.MethodGet, false, h.validationProgress}, {http.MethodPost, false, h.validateAll}},
 		"keys/export":              {{http.MethodPost, false, h.exportKeys}},
-		"keys/{id}":                {{http.MethodDelete, false, h.deleteKey}},
+		"keys/project":             {{http.MethodPost, false, h.setKeysProject}},
+		"keys/{id}":                {{http.MethodDelete, false, h.deleteKey}, {http.MethodPatch, false, h.patchKey}},
 		"keys/{id}/enable":         {{http.MethodPost, false, h.enableKey}},
 		"keys/{id}/disable":        {{http.MethodPost, false, h.disableKey}},
 		"keys/{id}/validate":       {{http.MethodPost, false, h.validateKey}},

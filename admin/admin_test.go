@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 func TestExtractKeys(t *testing.T) {
@@ -14,12 +16,39 @@ func TestExtractKeys(t *testing.T) {
 	text := "GEMINI_API_KEY=" + k1 + "\n  - \"" + k2 + "\",\n" + k1 + " again; " +
 		"short AIzaTooShort, long " + k1 + "x, embedded x" + k1 + "."
 	keys, repeats, invalid := extractKeys(text)
-	if !slices.Equal(keys, []string{k1, k2}) || repeats != 1 || invalid != 2 {
+	if !slices.Equal(keys, []store.NewKey{{Secret: k1}, {Secret: k2}}) || repeats != 1 || invalid != 2 {
 		t.Errorf("extractKeys = %q, %d repeats, %d invalid; want [k1 k2], 1, 2", keys, repeats, invalid)
 	}
 	keys, repeats, invalid = checkList([]string{" " + k1 + " ", k1, "nope", k2 + "x"})
-	if !slices.Equal(keys, []string{k1}) || repeats != 1 || invalid != 2 {
+	if !slices.Equal(keys, []store.NewKey{{Secret: k1}}) || repeats != 1 || invalid != 2 {
 		t.Errorf("checkList = %q, %d, %d", keys, repeats, invalid)
+	}
+}
+
+func TestExtractKeysWithProjects(t *testing.T) {
+	k := func(c string) string { return "AIza" + strings.Repeat(c, 35) }
+	text := strings.Join([]string{
+		k("a") + " proj-a",                     // labelled
+		"  " + k("b") + "\tproj_b.eu:1 ",       // tabs and padding
+		k("c"),                                 // no label
+		k("d") + " bad/label",                  // invalid line: nothing added
+		k("e") + " " + k("f"),                  // two keys, no label
+		k("g") + " two words",                  // free text: the key, no label
+		k("c") + " proj-c",                     // a repeat that labels the key
+		k("h") + " " + strings.Repeat("x", 65), // label too long: invalid
+	}, "\r\n")
+	keys, repeats, invalid := extractKeys(text)
+	want := []store.NewKey{
+		{Secret: k("a"), Project: "proj-a"}, {Secret: k("b"), Project: "proj_b.eu:1"},
+		{Secret: k("c"), Project: "proj-c"}, {Secret: k("e")}, {Secret: k("f")}, {Secret: k("g")},
+	}
+	if !slices.Equal(keys, want) || repeats != 1 || invalid != 2 {
+		t.Errorf("extractKeys = %+v, %d repeats, %d invalid; want %+v, 1, 2", keys, repeats, invalid, want)
+	}
+	keys, repeats, invalid = checkList([]string{k("a") + " proj-a", " " + k("b") + " ", k("a"), k("c") + " no good", k("d") + " a/b"})
+	want = []store.NewKey{{Secret: k("a"), Project: "proj-a"}, {Secret: k("b")}}
+	if !slices.Equal(keys, want) || repeats != 1 || invalid != 2 {
+		t.Errorf("checkList = %+v, %d, %d; want %+v, 1, 2", keys, repeats, invalid, want)
 	}
 }
 

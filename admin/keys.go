@@ -3,11 +3,15 @@ package admin
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // geminiKey is the shape of a Google API key: "AIza" and 35 more characters.
@@ -16,43 +20,93 @@ var geminiKey = regexp.MustCompile(`^AIza[0-9A-Za-z_-]{35}$`)
 // keyish splits pasted text into the runs of characters a key can hold.
 var keyish = regexp.MustCompile(`[0-9A-Za-z_-]+`)
 
-// extractKeys finds every Gemini key in text, in order of first appearance and without repeats.
-// A key must stand alone: it is not part of a longer run of key characters. invalid counts the
-// runs that start with "AIza" but are not a key (cut short, too long).
-func extractKeys(text string) (keys []string, repeats, invalid int) {
-	seen := make(map[string]bool)
-	for _, tok := range keyish.FindAllString(text, -1) {
-		switch {
-		case geminiKey.MatchString(tok):
-			if seen[tok] {
-				repeats++
-				continue
-			}
-			seen[tok] = true
-			keys = append(keys, tok)
-		case strings.HasPrefix(tok, "AIza"):
-			invalid++
-		}
-	}
-	return keys, repeats, invalid
+// keyList collects pasted keys in order of first appearance, counting repeats. A repeat that
+// comes with a label gives the key that label (the last one given wins).
+type keyList struct {
+	keys    []store.NewKey
+	at      map[string]int // index in keys by secret
+	repeats int
+	invalid int
 }
 
-// checkList takes the entries of {"keys":[...]}: each, trimmed, must be a Gemini key.
-func checkList(list []string) (keys []string, repeats, invalid int) {
-	seen := make(map[string]bool)
-	for _, k := range list {
-		k = strings.TrimSpace(k)
-		switch {
-		case !geminiKey.MatchString(k):
-			invalid++
-		case seen[k]:
-			repeats++
-		default:
-			seen[k] = true
-			keys = append(keys, k)
+func (l *keyList) add(secret, project string) {
+	if i, ok := l.at[secret]; ok {
+		l.repeats++
+		if project != "" {
+			l.keys[i].Project = project
+		}
+		return
+	}
+	if l.at == nil {
+		l.at = make(map[string]int)
+	}
+	l.at[secret] = len(l.keys)
+	l.keys = append(l.keys, store.NewKey{Secret: secret, Project: project})
+}
+
+// labeledLine reads a line of the form "<key> <label>": exactly two words, a Gemini key and
+// one that does not start like a key. ok is false for any other line; bad is true when the
+// second word is no good project label (store.CheckProject), so the line is invalid as a whole.
+func labeledLine(line string) (key, project string, ok, bad bool) {
+	f := strings.Fields(line)
+	if len(f) != 2 || !geminiKey.MatchString(f[0]) || strings.HasPrefix(f[1], "AIza") {
+		return "", "", false, false
+	}
+	if store.CheckProject(f[1]) != nil {
+		return "", "", true, true
+	}
+	return f[0], f[1], true, false
+}
+
+// extractKeys finds every Gemini key in text, in order of first appearance and without repeats.
+// A line "<key> <label>" (see labeledLine) gives the key a project label, or is invalid when
+// the label is bad. Elsewhere a key must stand alone: it is not part of a longer run of key
+// characters; other words are ignored. invalid counts the runs that start with "AIza" but are
+// not a key (cut short, too long) and the lines with a bad label.
+func extractKeys(text string) (keys []store.NewKey, repeats, invalid int) {
+	var l keyList
+	for _, line := range strings.Split(text, "\n") {
+		if key, project, ok, bad := labeledLine(line); ok {
+			if bad {
+				l.invalid++
+			} else {
+				l.add(key, project)
+			}
+			continue
+		}
+		for _, tok := range keyish.FindAllString(line, -1) {
+			switch {
+			case geminiKey.MatchString(tok):
+				l.add(tok, "")
+			case strings.HasPrefix(tok, "AIza"):
+				l.invalid++
+			}
 		}
 	}
-	return keys, repeats, invalid
+	return l.keys, l.repeats, l.invalid
+}
+
+// checkList takes the entries of {"keys":[...]}: each, trimmed, must be a Gemini key, or a
+// key, white space and a project label.
+func checkList(list []string) (keys []store.NewKey, repeats, invalid int) {
+	var l keyList
+	for _, k := range list {
+		k = strings.TrimSpace(k)
+		if geminiKey.MatchString(k) {
+			l.add(k, "")
+		} else if key, project, ok, bad := labeledLine(k); ok && !bad {
+			l.add(key, project)
+		} else {
+			l.invalid++
+		}
+	}
+	return l.keys, l.repeats, l.invalid
+}
+
+// projectCount is a project label in use and how many keys carry it.
+type projectCount struct {
+	Project string `json:"project"`
+	Keys    int    `json:"keys"`
 }
 
 // listKeys answers GET P/api/keys: keys with their live state, filtered and paged.
@@ -69,6 +123,13 @@ func (h *Handler) listKeys(w http.ResponseWriter, r *http.Request, _ *auth, _ in
 		badField(w, "status", "must be active, cooling or disabled")
 		return
 	}
+	// ?project=name: that label only; ?project= (empty): the unlabelled keys.
+	_, byProject := q["project"]
+	project := strings.TrimSpace(q.Get("project"))
+	if err := store.CheckProject(project); err != nil {
+		badField(w, "project", err.Error())
+		return
+	}
 	search := strings.ToLower(strings.TrimSpace(q.Get("q")))
 	keys, err := h.Backend.Keys(r.Context())
 	if err != nil {
@@ -76,10 +137,15 @@ func (h *Handler) listKeys(w http.ResponseWriter, r *http.Request, _ *auth, _ in
 		return
 	}
 	counts := map[string]int{KeyActive: 0, KeyCooling: 0, KeyDisabled: 0}
+	labels := make(map[string]int)
 	match := make([]Key, 0, len(keys))
 	for _, k := range keys {
 		counts[k.Status]++
+		labels[k.Project]++
 		if status != "" && status != "all" && k.Status != status {
+			continue
+		}
+		if byProject && k.Project != project {
 			continue
 		}
 		if search != "" && !keyMatches(k, search) {
@@ -87,6 +153,13 @@ func (h *Handler) listKeys(w http.ResponseWriter, r *http.Request, _ *auth, _ in
 		}
 		match = append(match, k)
 	}
+	projects := make([]projectCount, 0, len(labels))
+	for p, n := range labels {
+		if p != "" {
+			projects = append(projects, projectCount{p, n})
+		}
+	}
+	slices.SortFunc(projects, func(a, b projectCount) int { return strings.Compare(a.Project, b.Project) })
 	from := min((page-1)*size, len(match))
 	to := min(from+size, len(match))
 	writeJSON(w, http.StatusOK, map[string]any{
@@ -95,16 +168,18 @@ func (h *Handler) listKeys(w http.ResponseWriter, r *http.Request, _ *auth, _ in
 		"page":      page,
 		"page_size": size,
 		"counts":    counts,
+		"projects":  projects,
+		"unlabeled": labels[""],
 	})
 }
 
 // keyMatches reports whether the search text s (lower case) is in the key's id, masked form,
-// disabled reason or last error.
+// project label, disabled reason or last error.
 func keyMatches(k Key, s string) bool {
 	if strconv.FormatInt(k.ID, 10) == s {
 		return true
 	}
-	for _, v := range []string{k.Masked, k.DisabledReason, k.LastError} {
+	for _, v := range []string{k.Masked, k.Project, k.DisabledReason, k.LastError} {
 		if strings.Contains(strings.ToLower(v), s) {
 			return true
 		}
@@ -121,7 +196,7 @@ func (h *Handler) addKeys(w http.ResponseWriter, r *http.Request, _ *auth, _ int
 	if !readJSON(w, r, &body) {
 		return
 	}
-	var keys []string
+	var keys []store.NewKey
 	var repeats, invalid int
 	switch {
 	case body.Text != nil && body.Keys != nil:
@@ -135,10 +210,10 @@ func (h *Handler) addKeys(w http.ResponseWriter, r *http.Request, _ *auth, _ int
 		badField(w, "keys", "send keys (a list of keys) or text (any text holding keys)")
 		return
 	}
-	added := 0
+	added, relabeled := 0, 0
 	if len(keys) > 0 {
 		var err error
-		if added, err = h.Backend.AddKeys(r.Context(), keys); err != nil {
+		if added, relabeled, err = h.Backend.AddLabeledKeys(r.Context(), keys); err != nil {
 			writeBackendError(w, err)
 			return
 		}
@@ -147,7 +222,115 @@ func (h *Handler) addKeys(w http.ResponseWriter, r *http.Request, _ *auth, _ int
 		"added":      added,
 		"duplicates": repeats + len(keys) - added,
 		"invalid":    invalid,
+		"relabeled":  relabeled,
 	})
+}
+
+// readStrict decodes a JSON object body into v, refusing fields v does not have; on failure it
+// answers 400 naming the field when it can (415 for a body not declared as JSON) and returns
+// false. An empty body is an empty object.
+func readStrict(w http.ResponseWriter, r *http.Request, v any) bool {
+	raw, ok := readBody(w, r)
+	if !ok {
+		return false
+	}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		raw = []byte("{}")
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var ute *json.UnmarshalTypeError
+		if errors.As(err, &ute) && ute.Field != "" {
+			badField(w, ute.Field, "must be a JSON "+ute.Type.String())
+			return false
+		}
+		if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			badField(w, strings.Trim(name, `"`), "is not a field this request takes")
+			return false
+		}
+		writeError(w, http.StatusBadRequest, "INVALID_ARGUMENT", "The body must be a JSON object: "+err.Error())
+		return false
+	}
+	return true
+}
+
+// projectOf checks the "project" of a body: present, a string, a good label once trimmed. On
+// failure it answers 400 naming the field and returns false.
+func projectOf(w http.ResponseWriter, project *string) (string, bool) {
+	if project == nil {
+		badField(w, "project", `is required: the key's Google Cloud project label, or "" for none`)
+		return "", false
+	}
+	p := strings.TrimSpace(*project)
+	if err := store.CheckProject(p); err != nil {
+		badField(w, "project", err.Error())
+		return "", false
+	}
+	return p, true
+}
+
+// writeKeysError answers a failed key change: 404 naming the unknown ids, else as
+// writeBackendError.
+func writeKeysError(w http.ResponseWriter, err error) {
+	var uk *UnknownKeysError
+	if errors.As(err, &uk) {
+		writeError(w, http.StatusNotFound, "NOT_FOUND", "No key with id "+strings.TrimPrefix(uk.Error(), "no key with id ")+"; nothing was changed.")
+		return
+	}
+	writeBackendError(w, err)
+}
+
+// patchKey answers PATCH P/api/keys/{id} with {"project":"label"}: the key's project label
+// ("" clears it), as an operator's. It answers the key.
+func (h *Handler) patchKey(w http.ResponseWriter, r *http.Request, _ *auth, id int64) {
+	var body struct {
+		Project *string `json:"project"`
+	}
+	if !readStrict(w, r, &body) {
+		return
+	}
+	project, ok := projectOf(w, body.Project)
+	if !ok {
+		return
+	}
+	if _, err := h.Backend.SetKeysProject(r.Context(), []int64{id}, project); err != nil {
+		writeKeysError(w, err)
+		return
+	}
+	if k, ok := h.keyByID(w, r, id); ok {
+		writeJSON(w, http.StatusOK, k)
+	}
+}
+
+// setKeysProject answers POST P/api/keys/project with {"ids":[...],"project":"label"}: the
+// label of every key named ("" clears it). An unknown id changes nothing.
+func (h *Handler) setKeysProject(w http.ResponseWriter, r *http.Request, _ *auth, _ int64) {
+	var body struct {
+		IDs     []int64 `json:"ids"`
+		Project *string `json:"project"`
+	}
+	if !readStrict(w, r, &body) {
+		return
+	}
+	if len(body.IDs) == 0 {
+		badField(w, "ids", "must name at least one key")
+		return
+	}
+	if slices.ContainsFunc(body.IDs, func(id int64) bool { return id < 1 }) {
+		badField(w, "ids", "must hold key ids, whole numbers from 1")
+		return
+	}
+	project, ok := projectOf(w, body.Project)
+	if !ok {
+		return
+	}
+	changed, err := h.Backend.SetKeysProject(r.Context(), body.IDs, project)
+	if err != nil {
+		writeKeysError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"changed": changed})
 }
 
 // keyByID returns the key with id from the backend, answering 404 if it is gone.

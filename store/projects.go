@@ -64,9 +64,8 @@ type KeyProject struct {
 type AddResult struct {
 	// Added is how many keys were new.
 	Added int
-	// Labeled lists, in input order, every key whose label the call set: new keys added with
-	// a label and keys already stored whose label it changed.
-	Labeled []KeyProject
+	// Relabeled lists, in input order, the keys already stored whose label the call changed.
+	Relabeled []KeyProject
 }
 
 // AddLabeledKeys adds upstream keys with their project labels in one transaction, as an

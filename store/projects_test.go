@@ -124,10 +124,8 @@ func TestAddLabeledKeys(t *testing.T) {
 	if err != nil || res.Added != 3 {
 		t.Fatalf("AddLabeledKeys = %+v, %v; want 3 added", res, err)
 	}
-	keys, _ := s.Keys(ctx)
-	wantLabeled := []KeyProject{{keys[0].ID, "proj-a"}, {keys[2].ID, "proj-g"}}
-	if !slices.Equal(res.Labeled, wantLabeled) {
-		t.Errorf("Labeled = %+v, want %+v", res.Labeled, wantLabeled)
+	if len(res.Relabeled) != 0 {
+		t.Errorf("new keys reported as relabeled: %+v", res.Relabeled)
 	}
 	sameProjects(t, projects(t, s), map[string]string{"alpha": "proj-a", "beta": "", "gamma": "proj-g"})
 
@@ -142,10 +140,9 @@ func TestAddLabeledKeys(t *testing.T) {
 	if err != nil || res.Added != 1 {
 		t.Fatalf("second AddLabeledKeys = %+v, %v; want 1 added", res, err)
 	}
-	keys, _ = s.Keys(ctx)
-	wantLabeled = []KeyProject{{keys[1].ID, "proj-b"}, {keys[3].ID, "proj-b"}}
-	if !slices.Equal(res.Labeled, wantLabeled) {
-		t.Errorf("Labeled = %+v, want %+v", res.Labeled, wantLabeled)
+	keys, _ := s.Keys(ctx)
+	if want := []KeyProject{{keys[1].ID, "proj-b"}}; !slices.Equal(res.Relabeled, want) {
+		t.Errorf("Relabeled = %+v, want %+v", res.Relabeled, want)
 	}
 	sameProjects(t, projects(t, s), map[string]string{"alpha": "proj-a", "beta": "proj-b", "gamma": "proj-g", "delta": "proj-b"})
 

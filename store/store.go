@@ -252,13 +252,6 @@ func (s *Store) addKeys(ctx context.Context, keys []NewKey, fromConfig bool) (re
 		}
 		if n, _ := r.RowsAffected(); n > 0 {
 			res.Added++
-			if project != "" {
-				id, err := r.LastInsertId()
-				if err != nil {
-					return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
-				}
-				res.Labeled = append(res.Labeled, KeyProject{KeyID: id, Project: project})
-			}
 			continue
 		}
 		if project == "" {
@@ -270,7 +263,7 @@ func (s *Store) addKeys(ctx context.Context, keys []NewKey, fromConfig bool) (re
 		case err != nil:
 			return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
 		default:
-			res.Labeled = append(res.Labeled, KeyProject{KeyID: id, Project: project})
+			res.Relabeled = append(res.Relabeled, KeyProject{KeyID: id, Project: project})
 		}
 	}
 	if err := tx.Commit(); err != nil {
