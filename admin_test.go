@@ -823,10 +823,11 @@ func TestAdminSettings(t *testing.T) {
 	}
 
 	// A good update applies at once, without a reload, and is stored.
-	e.fake.SetDefault(fakegemini.Overloaded)
+	// (Quota errors: they are retried up to max_retries; a 5xx only once.)
+	e.fake.SetDefault(fakegemini.QuotaMinute)
 	e.fake.Reset()
-	if s := e.proxyCall(testAccessKey, "gemini-2.5-flash"); s != 503 {
-		t.Fatalf("overloaded upstream: %d", s)
+	if s := e.proxyCall(testAccessKey, "gemini-2.5-flash"); s != 429 {
+		t.Fatalf("exhausted upstream: %d", s)
 	}
 	if n := len(e.fake.Calls()); n != 3 {
 		t.Fatalf("%d upstream calls with max_retries 3 and 3 keys, want 3 (every key once)", n)
@@ -836,8 +837,9 @@ func TestAdminSettings(t *testing.T) {
 		t.Errorf("settings after the update %v", s)
 	}
 	e.fake.Reset()
-	if s := e.proxyCall(testAccessKey, "gemini-2.5-flash"); s != 503 {
-		t.Fatalf("overloaded upstream: %d", s)
+	// Another model: the keys cool down for flash only.
+	if s := e.proxyCall(testAccessKey, "gemini-2.5-pro"); s != 429 {
+		t.Fatalf("exhausted upstream: %d", s)
 	}
 	if n := len(e.fake.Calls()); n != 1 {
 		t.Errorf("%d upstream calls after max_retries 0, want 1", n)

@@ -205,13 +205,32 @@ func (e *proxyEnv) generate(model string) (*http.Response, []byte, []string) {
 	return resp, b, e.keysSince(before)
 }
 
-// keysSince returns the pool keys of the upstream calls after the first n.
+// keysSince returns the pool keys of the upstream calls after the first n, leaving out the
+// probes that confirm a key error (see probesSince).
 func (e *proxyEnv) keysSince(n int) []string {
 	var out []string
 	for _, c := range e.fake.Calls()[n:] {
-		out = append(out, c.Key)
+		if !isProbe(c) {
+			out = append(out, c.Key)
+		}
 	}
 	return out
+}
+
+// probesSince returns the keys of the confirming probes after the first n upstream calls.
+func (e *proxyEnv) probesSince(n int) []string {
+	var out []string
+	for _, c := range e.fake.Calls()[n:] {
+		if isProbe(c) {
+			out = append(out, c.Key)
+		}
+	}
+	return out
+}
+
+// isProbe tells a key probe (GET /v1beta/models/{model}) from the client's own calls.
+func isProbe(c fakegemini.Call) bool {
+	return c.Method == http.MethodGet && strings.HasPrefix(c.Path, "/v1beta/models/") && !strings.Contains(c.Path, ":")
 }
 
 // state returns the pool's runtime state of a key.
@@ -484,6 +503,9 @@ func TestProxyInvalidKeyIsDisabledAtOnce(t *testing.T) {
 	if n != 1 {
 		t.Errorf("the invalid key was called %d times, want exactly once", n)
 	}
+	if probes := e.probesSince(0); !slices.Equal(probes, []string{bad}) {
+		t.Errorf("confirming probes on %d keys, want one on the invalid key", len(probes))
+	}
 	if s := e.state(bad); !s.Disabled {
 		t.Errorf("pool state of the invalid key: %+v", s)
 	}
@@ -496,7 +518,7 @@ func TestProxyInvalidKeyIsDisabledAtOnce(t *testing.T) {
 	}
 }
 
-func TestProxyTransientFailuresDisableAtMaxFailures(t *testing.T) {
+func TestProxyTransientFailuresEjectAtMaxFailures(t *testing.T) {
 	const maxFailures = 3
 	e := newProxyEnv(t, 2, func(a *App) { a.MaxFailures = maxFailures })
 	bad := e.keys[0]
@@ -514,11 +536,15 @@ func TestProxyTransientFailuresDisableAtMaxFailures(t *testing.T) {
 			calls++
 		}
 		s := e.state(bad)
-		if s.Failures != calls {
-			t.Errorf("after %d failures the pool counts %d", calls, s.Failures)
+		if s.Disabled {
+			t.Fatalf("after %d failures: disabled; transient failures must never disable", calls)
 		}
-		if want := calls >= maxFailures; s.Disabled != want {
-			t.Fatalf("after %d failures (max %d): disabled = %v", calls, maxFailures, s.Disabled)
+		ejected := len(s.Cooldowns) == 1 && s.Cooldowns[0].Model == keypool.EjectAll
+		if want := calls >= maxFailures; ejected != want {
+			t.Fatalf("after %d failures (max %d): ejected = %v (%+v)", calls, maxFailures, ejected, s)
+		}
+		if !ejected && s.Failures != calls {
+			t.Errorf("after %d failures the pool counts %d", calls, s.Failures)
 		}
 	}
 	n := len(e.fake.Calls())
@@ -528,10 +554,16 @@ func TestProxyTransientFailuresDisableAtMaxFailures(t *testing.T) {
 		}
 	}
 	if used := e.keysSince(n); slices.Contains(used, bad) {
-		t.Errorf("the disabled key was used again: %v", used)
+		t.Errorf("the ejected key was used again: %v", used)
 	}
-	if sk := e.storedKey(bad); sk.Status != store.StatusDisabled || sk.Failures != maxFailures {
-		t.Errorf("stored: status %s failures %d", sk.Status, sk.Failures)
+	e.core.store.Flush()
+	sk := e.storedKey(bad)
+	if sk.Status != store.StatusActive || !strings.Contains(sk.LastError, "ejected for 1m0s after 3 consecutive failures") {
+		t.Errorf("stored: status %s last error %q", sk.Status, sk.LastError)
+	}
+	cds, err := e.core.store.Cooldowns(context.Background(), time.Now())
+	if err != nil || len(cds) != 1 || cds[0].KeyID != e.ids[bad] || cds[0].Model != keypool.EjectAll {
+		t.Errorf("stored cooldowns = %+v, %v; want the ejection", cds, err)
 	}
 }
 
@@ -561,14 +593,16 @@ func TestProxyClientErrorsAreNotRetried(t *testing.T) {
 	}
 }
 
+// A 5xx is about the model or the service: retried at most once on another key, whatever
+// max_retries says.
 func TestProxyAllKeysFailing(t *testing.T) {
 	for _, tc := range []struct {
 		maxRetries, calls int
 	}{
 		{0, 1},
 		{1, 2},
-		{2, 3},
-		{5, 3}, // bounded by the three keys
+		{2, 2},
+		{5, 2},
 	} {
 		t.Run(fmt.Sprintf("max_retries=%d", tc.maxRetries), func(t *testing.T) {
 			e := newProxyEnv(t, 3, func(a *App) { a.MaxRetries = intPtr(tc.maxRetries); a.MaxFailures = 10 })
@@ -599,9 +633,13 @@ func TestProxyAllKeysRejected(t *testing.T) {
 	for _, k := range e.keys {
 		e.fake.SetKey(k, fakegemini.Invalid)
 	}
+	before := len(e.fake.Calls())
 	resp, b, used := e.generate("gemini-2.5-flash")
 	if len(used) != 2 || used[0] == used[1] {
 		t.Errorf("upstream calls on keys %v, want each key once", used)
+	}
+	if probes := e.probesSince(before); len(probes) != 2 || probes[0] == probes[1] {
+		t.Errorf("confirming probes on %d keys, want one on each", len(probes))
 	}
 	// Not Google's "API key not valid": that would blame the client's own key.
 	g := decodeError(t, b)

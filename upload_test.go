@@ -153,7 +153,8 @@ func (u *echoKeyUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Goog-Upload-Control-Url", session)
 	h.Set("Location", session)
 	h.Set("X-Goog-Upload-Size-Received", "0")
-	if r.URL.Query().Get("upload_id") != "" && u.invalid.Load() {
+	// An invalid key fails its chunks and the gateway's confirming probe (GET …/models/…) alike.
+	if (r.URL.Query().Get("upload_id") != "" || strings.Contains(r.URL.Path, "/models/")) && u.invalid.Load() {
 		h.Set("X-Goog-Upload-Status", "final")
 		h.Set("Content-Type", "application/json; charset=UTF-8")
 		w.WriteHeader(http.StatusBadRequest)

@@ -237,9 +237,10 @@ func (c *core) checkKey(ctx context.Context, k store.Key, st keypool.KeyState, s
 		r.Action, r.Until = actionCooling, cooldownEnd(o, ch, st, model, now)
 	case keypool.KeyInvalid:
 		ch := c.pool.Report(k.ID, model, o, now)
-		if ch.Changed {
+		if ch.NewlyDisabled {
 			c.persist(ch, o.Reason) // logs the newly disabled key
 		} else {
+			c.persist(keypool.Change{KeyID: k.ID, Project: ch.Project}, "") // a learned project only
 			// Disabled already: record the upstream's current reason.
 			failures := st.Failures
 			if st.ID == 0 {

@@ -83,7 +83,7 @@ type Change struct {
 	Outage        bool   // the failure was not counted: the model is in an outage (circuit open)
 	Opened        bool   // this report opened the model's circuit
 	Closed        bool   // this report closed the model's circuit
-	Project       string // a project label learned from the answer (the key had none)
+	Project       string // a project label learned from the answer (the key had none); not counted in Changed
 	Changed       bool   // false when nothing needs persisting (e.g. Success on a key already at 0 failures)
 }
 
@@ -329,7 +329,7 @@ func (p *Pool) Report(id int64, model string, o Outcome, now time.Time) Change {
 	if o.Project != "" {
 		// Learn the project of a key that has no label; an operator's label is never replaced.
 		if old := e.project.Load(); (old == nil || *old == "") && e.project.CompareAndSwap(old, &o.Project) {
-			c.Project, c.Changed = o.Project, true
+			c.Project = o.Project // persisted on its own: Changed is about the key's state
 		}
 	}
 	nowNano := now.UnixNano()

