@@ -58,9 +58,9 @@
 //	GET    P/api/logs                 ?kind=request|error&page=&page_size=&model=&status=&key_id=&access_key_id=
 //	                                  -> {"items":[...],"total","page","page_size"}, newest first
 //
-// Settings (the gateway's live ones): upstream, proxy, max_failures, max_retries,
-// max_request_body, validation_model, validation_probe, validation_interval, timezone,
-// error_log_retention, request_log_retention. GET gives numbers as numbers and durations in
+// Settings (the gateway's live ones): upstream, proxy, max_failures, max_ejection_percent,
+// max_retries, max_request_body, validation_model, validation_probe, validation_interval,
+// timezone, error_log_retention, request_log_retention. GET gives numbers as numbers and durations in
 // caddy's syntax ("1h", "15d"); the proxy's password shows as "xxxxx", and sending that form
 // back keeps the stored one. PUT takes strings or numbers; a bad value, an unknown name or
 // another JSON type is a 400 naming each bad field, and then nothing is changed. upstream and

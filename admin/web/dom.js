@@ -86,6 +86,7 @@ const ICONS = {
   file: ['M14 3H6v18h12V7zM14 3v4h4'],
   inbox: ['M3 13h5l2 3h4l2-3h5', 'M5 5h14l2 8v6H3v-6z'],
   lock: ['M6 11h12v10H6zM8 11V7a4 4 0 0 1 8 0v4'],
+  tag: ['M3 12V4h8l10 10-8 8z', 'M7.5 7.5h.01'],
 };
 
 /** icon returns a stroke icon from the built-in set. */

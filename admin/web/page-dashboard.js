@@ -3,6 +3,7 @@
 import { get } from './api.js';
 import { h, clear, icon, button, fmtNum, fmtCompact, fmtPct, fmtAgo, emptyState, pick, toast } from './dom.js';
 import { drawTrend, drawDonut } from './chart.js';
+import { ejection, ejectedText } from './page-keys.js';
 
 const REFRESH_MS = 15000;
 const RANGES = [['24h', '24 hours'], ['7d', '7 days'], ['30d', '30 days']];
@@ -144,11 +145,13 @@ export async function render(view, ctx) {
     }
     attention.append(h('ul', { class: 'attention-list' }, list.slice(0, 8).map((k) => {
       const cds = k.cooldowns || [];
+      const ej = ejection(k);
       const why = k.status === 'disabled'
         ? (k.disabled_reason || k.last_error || 'disabled')
-        : cds.length ? `cooling on ${cds.map((c) => c.model).join(', ')}, ends ${fmtAgo(cds[0].until)}` : (k.last_error || 'cooling down');
+        : ej ? ejectedText(ej) + (k.last_error ? ': ' + k.last_error : '')
+          : cds.length ? `cooling on ${cds.map((c) => c.model).join(', ')}, ends ${fmtAgo(cds[0].until)}` : (k.last_error || 'cooling down');
       return h('li', null,
-        h('span', { class: 'badge badge-' + k.status }, k.status),
+        h('span', { class: 'badge badge-' + (ej ? 'ejected' : k.status) }, ej ? 'ejected' : k.status),
         h('a', { class: 'mono', href: '#/keys?id=' + encodeURIComponent(k.id) }, k.masked || '#' + k.id),
         h('span', { class: 'attention-why muted', title: why }, why));
     })));

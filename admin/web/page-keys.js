@@ -1,7 +1,9 @@
-// Upstream (Google) keys: list with search, status filter and paging; bulk actions; import by
-// pasting anything; export behind the admin key; per-key details; validate-all with progress.
+// Upstream (Google) keys: list with search, status and project filters and paging; bulk
+// actions; project labels per key and for a selection; import by pasting anything ("AIza…
+// project" lines label keys); export behind the admin key; per-key details; validate-all with
+// progress.
 import { api, get, post, del } from './api.js';
-import { h, clear, icon, button, toast, openModal, confirmDialog, fmtNum, fmtAgo, fmtTime, fmtPct, emptyState, pick, debounce } from './dom.js';
+import { h, clear, icon, button, toast, openModal, confirmDialog, fmtNum, fmtAgo, fmtTime, fmtPct, emptyState, pick, debounce, wall } from './dom.js';
 
 const STATUSES = [['', 'All'], ['active', 'Active'], ['cooling', 'Cooling'], ['disabled', 'Disabled']];
 const PAGE_SIZES = [25, 50, 100, 200];
@@ -9,6 +11,55 @@ const PAGE_SIZES = [25, 50, 100, 200];
 /** statusBadge shows a key status as a coloured badge. */
 export function statusBadge(status) {
   return h('span', { class: 'badge badge-' + (status || 'unknown') }, status || 'unknown');
+}
+
+/** EJECT_ALL is the model of an ejection's cooldown: it covers every model. */
+const EJECT_ALL = '*';
+
+/**
+ * ejection returns the cooldown of a key that is ejected (out of rotation for every model after
+ * failing several times in a row while other keys worked), or null.
+ */
+export function ejection(k) {
+  if (!k || k.status !== 'cooling') return null;
+  return (k.cooldowns || []).find((c) => c.model === EJECT_ALL) || null;
+}
+
+/** hhmm formats an API time as "14:03" on the gateway's clock. */
+function hhmm(t) {
+  const w = wall(t);
+  return w ? `${w.hh}:${w.mm}` : '—';
+}
+
+/** ejectedText says until when a key is ejected: "ejected until 14:03". */
+export function ejectedText(cd) {
+  return 'ejected until ' + hhmm(cd.until);
+}
+
+/** EJECTED_WHY explains an ejection when the key has no last error to show. */
+const EJECTED_WHY = 'Failed again and again while other keys worked: out of rotation for every model for a while.';
+
+/** ejectedBadge shows an ejected key, its reason (the last error) as the tooltip. */
+function ejectedBadge(k, cd) {
+  return h('span', { class: 'ejected', title: k.last_error || EJECTED_WHY },
+    h('span', { class: 'badge badge-ejected' }, 'ejected'),
+    h('span', { class: 'muted small cd-note ejected-until' }, ' until ', hhmm(cd.until)));
+}
+
+/** modelName shows a cooldown's model; "*" means every model. */
+function modelName(m) {
+  return m === EJECT_ALL ? 'every model (ejected)' : m;
+}
+
+// Project labels: what the server accepts (store.CheckProject).
+const PROJECT_RE = /^[A-Za-z0-9._:-]{0,64}$/;
+const PROJECT_RULE = 'Up to 64 letters, digits and . _ : -';
+
+/** projectChip shows a key's project label; onclick, if given, filters by it. */
+function projectChip(project, onclick) {
+  return onclick
+    ? h('button', { type: 'button', class: 'project-chip', title: 'Show the keys of project ' + project, onclick }, project)
+    : h('span', { class: 'project-chip' }, project);
 }
 
 /** ownedText says how many live resources a key owns, in words. */
@@ -66,6 +117,10 @@ function validationText(r) {
 export async function render(view, ctx) {
   const state = {
     status: ctx.params.get('status') || '',
+    // null: every project; '': keys without a label; else one label.
+    project: ctx.params.has('project') ? ctx.params.get('project') : null,
+    projects: [], // [{project, keys}] over every key
+    unlabeled: 0,
     q: '',
     page: 1,
     pageSize: Number(localStorage.getItem('synapse-keys-page-size')) || 50,
@@ -100,7 +155,32 @@ export async function render(view, ctx) {
       b.querySelector('.count').textContent = fmtNum(n);
     }
   }
-  const toolbar = h('div', { class: 'toolbar' }, h('div', { class: 'search' }, icon('search'), search), filter);
+  const ALL = ' all'; // neither can be a label: labels hold no spaces
+  const NONE = ' none';
+  const projectSel = h('select', { class: 'input input-sm project-filter', id: 'keys-project', 'aria-label': 'Project' });
+  projectSel.addEventListener('change', () => {
+    const v = projectSel.value;
+    setProject(v === ALL ? null : v === NONE ? '' : v);
+  });
+  function setProject(p) {
+    state.project = p;
+    state.page = 1;
+    drawProjects();
+    load();
+  }
+  function drawProjects() {
+    const opts = [[ALL, 'All projects'], [NONE, `No project (${fmtNum(state.unlabeled)})`]];
+    const known = state.projects.map((p) => p.project);
+    for (const p of state.projects) opts.push([p.project, `${p.project} (${fmtNum(p.keys)})`]);
+    if (state.project && !known.includes(state.project)) opts.push([state.project, `${state.project} (0)`]);
+    const cur = state.project === null ? ALL : state.project === '' ? NONE : state.project;
+    clear(projectSel).append(...opts.map(([v, l]) => h('option', { value: v, selected: v === cur }, l)));
+    projectSel.value = cur;
+    projectSel.classList.toggle('on', state.project !== null);
+  }
+  drawProjects();
+  const toolbar = h('div', { class: 'toolbar' }, h('div', { class: 'search' }, icon('search'), search),
+    h('div', { class: 'filters' }, projectSel, filter));
 
   const progress = h('div', { class: 'banner', hidden: true });
   const bulk = h('div', { class: 'bulkbar', hidden: true });
@@ -114,7 +194,9 @@ export async function render(view, ctx) {
     const my = ++seq;
     let data;
     try {
-      data = await get('keys', { status: state.status, page: state.page, page_size: state.pageSize, q: state.q || undefined });
+      // ?project= (empty) asks for the unlabelled keys; the client drops empty query values.
+      data = await get(state.project === '' ? 'keys?project=' : 'keys', { status: state.status, page: state.page, page_size: state.pageSize,
+        q: state.q || undefined, project: state.project || undefined });
     } catch (e) {
       if (e.status === 401 || my !== seq) return;
       clear(tableBox).append(emptyState('alert', 'Could not load keys', e.message));
@@ -128,6 +210,9 @@ export async function render(view, ctx) {
       return load();
     }
     drawCounts(data.counts);
+    state.projects = Array.isArray(data.projects) ? data.projects : [];
+    state.unlabeled = data.unlabeled || 0;
+    drawProjects();
     for (const id of [...state.selected]) if (!state.keys.some((k) => String(k.id) === id)) state.selected.delete(id);
     draw();
     if (state.openId) {
@@ -148,7 +233,7 @@ export async function render(view, ctx) {
   function visible() {
     const q = state.q.toLowerCase();
     if (!q) return state.keys;
-    return state.keys.filter((k) => [k.masked, k.last_error, k.disabled_reason, String(k.id), k.status]
+    return state.keys.filter((k) => [k.masked, k.project, k.last_error, k.disabled_reason, String(k.id), k.status]
       .some((v) => v && String(v).toLowerCase().includes(q)));
   }
 
@@ -156,11 +241,11 @@ export async function render(view, ctx) {
     const rows = visible();
     clear(tableBox);
     if (!rows.length) {
-      if (!state.keys.length && !state.status && !state.q) {
+      if (!state.keys.length && !state.status && !state.q && state.project === null) {
         tableBox.append(emptyState('key', 'No upstream keys yet', 'Add your Google AI Studio keys to start proxying. Paste them in any format.',
           button('Add keys', () => importKeys(), { iconName: 'plus', kind: 'primary' })));
       } else {
-        tableBox.append(emptyState('search', 'No keys match', 'Try another search or status filter.'));
+        tableBox.append(emptyState('search', 'No keys match', 'Try another search, status or project.'));
       }
       drawBulk();
       drawPager(0);
@@ -175,7 +260,7 @@ export async function render(view, ctx) {
     });
     const table = h('table', { class: 'table', id: 'keys-table' },
       h('thead', null, h('tr', null,
-        h('th', { class: 'col-check' }, all), h('th', null, 'Key'), h('th', null, 'Status'),
+        h('th', { class: 'col-check' }, all), h('th', null, 'Key'), h('th', { class: 'col-project hide-sm' }, 'Project'), h('th', null, 'Status'),
         h('th', { class: 'num' }, 'Requests'), h('th', { class: 'num hide-sm' }, 'Failures'),
         h('th', { class: 'num hide-sm', title: 'Live files, cached contents, batches and tuned models this key owns' }, 'Files'),
         h('th', { class: 'hide-lg' }, 'Last used'), h('th', { class: 'hide-md' }, 'Last error'), h('th', { class: 'col-actions' }, ''))),
@@ -193,15 +278,23 @@ export async function render(view, ctx) {
     const reqs = k.requests || 0;
     const fails = k.failures || 0;
     const cds = k.cooldowns || [];
-    const statusCell = h('td', null, statusBadge(k.status),
-      k.status === 'cooling' && cds.length ? h('span', { class: 'muted small cd-note' }, ' ', cds.length === 1 ? cds[0].model : cds.length + ' models') : null,
+    const ej = ejection(k);
+    const statusCell = h('td', null, ej ? ejectedBadge(k, ej) : statusBadge(k.status),
+      !ej && k.status === 'cooling' && cds.length ? h('span', { class: 'muted small cd-note' }, ' ', cds.length === 1 ? cds[0].model : cds.length + ' models') : null,
       k.status === 'disabled' && k.disabled_reason ? h('div', { class: 'muted small clip reason-clip', title: k.disabled_reason }, k.disabled_reason) : null);
+    const projectCell = h('td', { class: 'col-project hide-sm', dataset: { col: 'project' } },
+      h('div', { class: 'project-cell' },
+        k.project ? projectChip(k.project, () => setProject(k.project)) : h('span', { class: 'muted' }, '—'),
+        button('', () => editProject([k]), { iconName: 'tag', title: k.project ? 'Change the project' : 'Set the project', kind: 'icon', attrs: { class: 'btn btn-icon project-edit' } })));
     const toggle = k.status === 'disabled'
       ? button('', () => act([k], 'enable'), { iconName: 'play', title: 'Enable', kind: 'icon' })
       : button('', () => act([k], 'disable'), { iconName: 'pause', title: 'Disable', kind: 'icon' });
     return h('tr', { dataset: { id, status: k.status || '' }, class: state.selected.has(id) ? 'selected' : '' },
       h('td', { class: 'col-check' }, cb),
-      h('td', null, h('button', { type: 'button', class: 'linklike mono key-masked', onclick: () => details(k), title: 'Details' }, k.masked || '#' + id)),
+      h('td', null, h('button', { type: 'button', class: 'linklike mono key-masked', onclick: () => details(k), title: 'Details' }, k.masked || '#' + id),
+        // On a phone the project column is hidden: the label shows under the key.
+        k.project ? h('div', { class: 'show-sm project-sub' }, projectChip(k.project, () => setProject(k.project))) : null),
+      projectCell,
       statusCell,
       h('td', { class: 'num' }, fmtNum(reqs)),
       h('td', { class: 'num hide-sm' }, fmtNum(fails), reqs ? h('span', { class: 'muted small' }, ' ', fmtPct(fails / reqs)) : null),
@@ -228,6 +321,7 @@ export async function render(view, ctx) {
         button('Enable', () => act(sel, 'enable'), { iconName: 'play', kind: 'ghost', attrs: { dataset: { bulk: 'enable' } } }),
         button('Disable', () => act(sel, 'disable'), { iconName: 'pause', kind: 'ghost', attrs: { dataset: { bulk: 'disable' } } }),
         button('Validate', () => (sel.length === 1 ? act(sel, 'validate') : startRun(sel.map((k) => k.id))), { iconName: 'shield', kind: 'ghost', attrs: { dataset: { bulk: 'validate' } } }),
+        button('Project', () => editProject(sel), { iconName: 'tag', kind: 'ghost', attrs: { dataset: { bulk: 'project' } } }),
         button('Delete', () => remove(sel), { iconName: 'trash', kind: 'danger', attrs: { dataset: { bulk: 'delete' } } }),
         button('', () => { state.selected.clear(); draw(); }, { iconName: 'x', title: 'Clear selection', kind: 'icon' })));
   }
@@ -330,9 +424,63 @@ export async function render(view, ctx) {
     await load();
   }
 
+  /**
+   * editProject asks for the project label of one key or a selection and sets it; an empty
+   * label (or Remove) clears it. One key goes through PATCH keys/{id}, several through
+   * POST keys/project.
+   */
+  async function editProject(list) {
+    if (!list.length) return;
+    const labels = [...new Set(list.map((k) => k.project || ''))];
+    const same = labels.length === 1 ? labels[0] : '';
+    const input = h('input', { class: 'input mono', id: 'project-input', value: same, list: 'project-options', maxlength: '64',
+      spellcheck: 'false', autocomplete: 'off', placeholder: 'my-gcp-project' });
+    const options = h('datalist', { id: 'project-options' }, state.projects.map((p) => h('option', { value: p.project })));
+    const err = h('p', { class: 'field-error', id: 'project-error', hidden: true });
+    input.addEventListener('input', () => { err.hidden = true; input.classList.remove('invalid'); });
+    const what = list.length === 1 ? (list[0].masked || 'this key') : `${list.length} keys`;
+    const save = async (project) => {
+      project = project.trim();
+      if (!PROJECT_RE.test(project)) {
+        err.textContent = PROJECT_RULE + '.';
+        err.hidden = false;
+        input.classList.add('invalid');
+        input.focus();
+        return false;
+      }
+      try {
+        if (list.length === 1) await api(`keys/${encodeURIComponent(list[0].id)}`, { method: 'PATCH', body: { project } });
+        else await post('keys/project', { ids: list.map((k) => k.id), project });
+      } catch (e) {
+        if (e.status === 401) return true;
+        err.textContent = (e.fields && e.fields().project) || e.message;
+        err.hidden = false;
+        input.classList.add('invalid');
+        return false;
+      }
+      toast(project ? `${what}: project ${project}.` : `${what}: no project.`, 'ok');
+      await load();
+      return true;
+    };
+    await openModal({
+      title: list.length === 1 ? 'Project of the key' : `Project of ${list.length} keys`,
+      content: h('div', { class: 'stack' },
+        h('p', { class: 'muted' }, 'Google counts quota per Cloud project, not per key. When one key of a project runs out, the gateway rests every key with the same label.'),
+        labels.length > 1 ? h('p', { class: 'muted small' }, 'The selected keys have different projects now: ', labels.map((l) => l || 'none').join(', '), '.') : null,
+        h('label', { class: 'field' }, h('span', { class: 'field-label' }, 'Project'), input, options,
+          h('span', { class: 'field-help' }, PROJECT_RULE + '; leave empty for none.')),
+        err),
+      actions: [
+        labels.some((l) => l) ? { label: 'Remove', icon: 'x', attrs: { id: 'project-clear' }, onClick: () => save('') } : null,
+        { label: 'Cancel' },
+        { label: 'Save', kind: 'primary', primary: true, icon: 'check', attrs: { id: 'project-save' }, onClick: () => save(input.value) },
+      ].filter(Boolean),
+    });
+  }
+
   async function importKeys() {
     const ta = h('textarea', { class: 'input mono', rows: '9', id: 'import-text', spellcheck: 'false',
-      placeholder: 'AIzaSy…\nPaste a list, a .env file, JSON or a log excerpt: every Gemini key in it is found.' });
+      placeholder: 'AIzaSy… my-gcp-project\nAIzaSy…\nPaste a list, a .env file, JSON or a log excerpt: every Gemini key in it is found.' });
     const file = h('input', { type: 'file', accept: '.txt,.env,.json,.csv,text/*', class: 'file-input' });
     file.addEventListener('change', async () => {
       const f = file.files && file.files[0];
@@ -341,6 +489,8 @@ export async function render(view, ctx) {
     const result = h('div', { class: 'import-result', id: 'import-result', hidden: true });
     const content = h('div', { class: 'stack' },
       h('p', { class: 'muted' }, 'Every Gemini key (AIza…) in the text is found; keys already in the pool and malformed ones are skipped and counted.'),
+      h('p', { class: 'muted', id: 'import-projects-help' }, 'To label keys with their Google Cloud project, put one per line: ',
+        h('code', null, 'AIza… project-name'), '. A key already in the pool gets the label given with it.'),
       ta,
       h('label', { class: 'file-label' }, icon('upload'), h('span', null, 'or load a file'), file),
       result);
@@ -358,7 +508,8 @@ export async function render(view, ctx) {
             clear(result).append(
               h('div', { class: 'result-fig ok' }, h('b', { dataset: { result: 'added' } }, fmtNum(r.added || 0)), h('span', null, 'added')),
               h('div', { class: 'result-fig' }, h('b', { dataset: { result: 'duplicates' } }, fmtNum(r.duplicates || 0)), h('span', null, 'duplicates')),
-              h('div', { class: 'result-fig ' + (r.invalid ? 'bad' : '') }, h('b', { dataset: { result: 'invalid' } }, fmtNum(r.invalid || 0)), h('span', null, 'invalid')));
+              h('div', { class: 'result-fig ' + (r.invalid ? 'bad' : '') }, h('b', { dataset: { result: 'invalid' } }, fmtNum(r.invalid || 0)), h('span', null, 'invalid')),
+              r.relabeled ? h('div', { class: 'result-fig' }, h('b', { dataset: { result: 'relabeled' } }, fmtNum(r.relabeled)), h('span', null, 'labelled')) : null);
             result.hidden = false;
             ta.value = '';
             if (!r.added && !r.duplicates && !r.invalid) result.append(h('p', { class: 'muted small' }, 'No Gemini key was found in that text.'));
@@ -415,7 +566,11 @@ export async function render(view, ctx) {
     const dl = h('dl', { class: 'details' },
       h('dt', null, 'Key'), h('dd', { class: 'mono' }, k.masked || '—'),
       h('dt', null, 'ID'), h('dd', null, String(k.id)),
-      h('dt', null, 'Status'), h('dd', null, statusBadge(k.status)),
+      h('dt', null, 'Project'), h('dd', { id: 'key-project' }, k.project ? projectChip(k.project) : h('span', { class: 'muted' }, 'none')),
+      h('dt', null, 'Status'), h('dd', null, ejection(k) ? ejectedBadge(k, ejection(k)) : statusBadge(k.status)),
+      ejection(k) ? [
+        h('dt', null, 'Ejected until'), h('dd', { id: 'key-ejected' }, `${fmtTime(ejection(k).until)} · ${fmtAgo(ejection(k).until)}, for every model`),
+        h('dt', null, 'Ejected because'), h('dd', { id: 'key-ejected-why' }, k.last_error || EJECTED_WHY)] : null,
       k.disabled_reason ? [h('dt', null, 'Disabled because'), h('dd', null, k.disabled_reason)] : null,
       h('dt', null, 'Consecutive failures'), h('dd', null, fmtNum(k.failure_count || 0)),
       h('dt', null, 'Requests'), h('dd', null, fmtNum(k.requests || 0), ' (', fmtNum(k.failures || 0), ' failed)'),
@@ -426,7 +581,7 @@ export async function render(view, ctx) {
     const cdBox = cds.length
       ? h('table', { class: 'table table-compact' },
         h('thead', null, h('tr', null, h('th', null, 'Model'), h('th', null, 'Cooling until'), h('th', null, ''))),
-        h('tbody', null, cds.map((c) => h('tr', null, h('td', { class: 'mono' }, c.model), h('td', null, fmtTime(c.until)), h('td', { class: 'muted' }, fmtAgo(c.until))))))
+        h('tbody', null, cds.map((c) => h('tr', null, h('td', { class: c.model === EJECT_ALL ? '' : 'mono' }, modelName(c.model)), h('td', null, fmtTime(c.until)), h('td', { class: 'muted' }, fmtAgo(c.until))))))
       : h('p', { class: 'muted' }, 'No cooldowns running.');
     const content = h('div', { class: 'stack' }, dl,
       h('h3', { class: 'section-title' }, 'Cooldowns'), cdBox,
@@ -439,6 +594,7 @@ export async function render(view, ctx) {
       actions: [
         { label: 'Delete', kind: 'danger', icon: 'trash', value: 'delete' },
         { label: 'Logs', icon: 'list', value: 'logs' },
+        { label: 'Project', icon: 'tag', value: 'project' },
         { label: 'Validate', icon: 'shield', onClick: () => act([k], 'validate') },
         k.status === 'disabled'
           ? { label: 'Enable', icon: 'play', onClick: () => act([k], 'enable') }
@@ -447,6 +603,7 @@ export async function render(view, ctx) {
       ],
     });
     if (chosen === 'delete') await remove([k]);
+    if (chosen === 'project') await editProject([k]);
     if (chosen === 'logs') location.hash = '#/logs?key_id=' + encodeURIComponent(k.id);
   }
 

@@ -10,7 +10,8 @@ const GROUPS = [
     { name: 'max_request_body', label: 'Largest request body', help: 'Bigger requests are refused with 413.', type: 'number', min: 1, bytes: true },
   ] },
   { title: 'Reliability', icon: 'shield', fields: [
-    { name: 'max_failures', label: 'Failures to disable', help: 'Consecutive failures before a key is disabled (1–1000).', type: 'number', min: 1, max: 1000 },
+    { name: 'max_failures', label: 'Failures to eject', help: 'Consecutive failures (5xx, network) before a key is ejected for a while (1–1000); it is never disabled for them.', type: 'number', min: 1, max: 1000 },
+    { name: 'max_ejection_percent', label: 'Most keys ejected at once', help: 'Never more than this percent of the enabled keys are ejected together (0–100; 0 turns ejection off).', type: 'number', min: 0, max: 100 },
     { name: 'max_retries', label: 'Retries per request', help: 'Other keys tried after a failure (0–20).', type: 'number', min: 0, max: 20 },
   ] },
   { title: 'Validation', icon: 'check', fields: [
