@@ -10,7 +10,7 @@ export CGO_ENABLED := 1
 
 GO_SOURCES := $(shell find . -name '*.go' -not -path './bin/*' 2>/dev/null) $(shell find admin/web -type f) go.mod go.sum
 
-.PHONY: run build mock test vet unit e2e bench clean
+.PHONY: run build mock test vet unit e2e bench clean fuzz
 
 run:
 	./examples/run.sh
@@ -34,6 +34,14 @@ vet:
 test: vet bin/caddy
 	SYNAPSE_CADDY_BIN=$(CURDIR)/bin/caddy go test -race -count=1 -timeout 30m ./...
 	go test -run '^$$' -bench . -benchtime 1x ./keypool/ ./store/
+	$(MAKE) fuzz
+
+# The error classifier and the quota parser take Google's bytes (which quote the client's): each
+# fuzz target runs for a bounded time from its corpus of real error bodies (FUZZTIME=2m for longer).
+FUZZTIME ?= 15s
+fuzz:
+	go test -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZTIME) ./keypool/
+	go test -run '^$$' -fuzz '^FuzzQuota$$' -fuzztime $(FUZZTIME) ./keypool/
 
 clean:
 	rm -rf bin

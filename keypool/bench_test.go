@@ -57,3 +57,24 @@ func BenchmarkNextParallel(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReportSuccess is the pool's share of every successful request: Admit, Next and
+// the Success report (which feeds the model's outage window).
+func BenchmarkReportSuccess(b *testing.B) {
+	p := benchPool(1000)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if ok, _ := p.Admit("gemini-2.5-flash", t0); !ok {
+				b.Error("refused")
+				return
+			}
+			id, _, err := p.Next("gemini-2.5-flash", t0, nil)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			p.Report(id, "gemini-2.5-flash", Outcome{Kind: Success}, t0)
+		}
+	})
+}

@@ -281,12 +281,14 @@ func (ae *apiError) errorInfo() errorDetail {
 // (or a legacy RATE_LIMIT_EXCEEDED ErrorInfo's quota_limit) whose id says "PerProject".
 func (ae *apiError) perProject() bool {
 	for _, d := range ae.Details {
-		for _, v := range d.Violations {
-			if strings.Contains(v.QuotaID, "PerProject") {
-				return true
+		if strings.HasSuffix(d.Type, "google.rpc.QuotaFailure") {
+			for _, v := range d.Violations {
+				if strings.Contains(v.QuotaID, "PerProject") {
+					return true
+				}
 			}
 		}
-		if d.Reason == "RATE_LIMIT_EXCEEDED" {
+		if d.Reason == "RATE_LIMIT_EXCEEDED" && strings.HasSuffix(d.Type, "google.rpc.ErrorInfo") {
 			if limit, _ := d.Metadata["quota_limit"].(string); strings.Contains(limit, "PerProject") {
 				return true
 			}

@@ -117,10 +117,10 @@ type Pool struct {
 	keys        atomic.Pointer[[]*entry]
 	maxFailures atomic.Int32
 	maxEjectPct atomic.Int32
-	ejectMu     sync.Mutex // serialises ejections, so the max ejection percent holds
-	health      sync.Map   // model -> *modelHealth (outlier.go)
-	healthCount atomic.Int32
-	_           [64]byte // keep the hot cursor off the read-mostly fields' cache line
+	ejectMu     sync.Mutex                              // serialises ejections, so the max ejection percent holds
+	health      atomic.Pointer[map[string]*modelHealth] // copied on write (outlier.go)
+	healthMu    sync.Mutex                              // serialises writers of health
+	_           [64]byte                                // keep the hot cursor off the read-mostly fields' cache line
 	cursor      atomic.Uint64
 	_           [56]byte
 }
@@ -328,8 +328,11 @@ func (p *Pool) Report(id int64, model string, o Outcome, now time.Time) Change {
 	c := Change{KeyID: id}
 	if o.Project != "" {
 		// Learn the project of a key that has no label; an operator's label is never replaced.
-		if old := e.project.Load(); (old == nil || *old == "") && e.project.CompareAndSwap(old, &o.Project) {
-			c.Project = o.Project // persisted on its own: Changed is about the key's state
+		if old := e.project.Load(); old == nil || *old == "" {
+			learned := o.Project // a copy: taking o's address would move every Outcome to the heap
+			if e.project.CompareAndSwap(old, &learned) {
+				c.Project = learned // persisted on its own: Changed is about the key's state
+			}
 		}
 	}
 	nowNano := now.UnixNano()

@@ -40,50 +40,50 @@ const (
 	healthBuckets = 10
 )
 
-// bucket counts one second of a model's attempts.
+// bucket counts one second of a model's attempts. Its fields are updated with atomics: a
+// count that lands in a bucket as it turns over is lost, which the heuristic tolerates.
 type bucket struct {
-	sec      int64 // unix second the counts belong to
-	attempts int32
-	failures int32
+	sec      atomic.Int64 // unix second the counts belong to
+	attempts atomic.Int32
+	failures atomic.Int32
 }
 
-// recentOK is a key that succeeded for a model, and when.
-type recentOK struct {
-	key int64
-	at  int64 // unix nanoseconds
-}
-
-// modelHealth is the recent history and the circuit of one model.
+// modelHealth is the recent history and the circuit of one model. Successes touch only
+// atomics; failures and the circuit take mu.
 type modelHealth struct {
-	open atomic.Bool // read without the lock on the hot path
+	open    atomic.Bool
+	buckets [healthBuckets]bucket
+	// okKey/okAt are the latest key that succeeded and when; prevKey/prevAt the one before it
+	// that was another key.
+	okKey, okAt, prevKey, prevAt atomic.Int64
 
-	mu        sync.Mutex
-	buckets   [healthBuckets]bucket
-	lastOK    [2]recentOK // the two latest distinct keys that succeeded, newest first
+	mu        sync.Mutex // failures and the circuit
 	openedAt  int64
 	nextTrial int64
 }
 
-// add records one attempt at now (unix nanoseconds). The caller holds mu.
+// add records one attempt at now (unix nanoseconds).
 func (h *modelHealth) add(now int64, failed bool) {
 	sec := now / int64(time.Second)
 	b := &h.buckets[sec%healthBuckets]
-	if b.sec != sec {
-		*b = bucket{sec: sec}
+	if old := b.sec.Load(); old != sec && b.sec.CompareAndSwap(old, sec) {
+		b.attempts.Store(0)
+		b.failures.Store(0)
 	}
-	b.attempts++
+	b.attempts.Add(1)
 	if failed {
-		b.failures++
+		b.failures.Add(1)
 	}
 }
 
-// counts sums the window ending at now. The caller holds mu.
+// counts sums the window ending at now.
 func (h *modelHealth) counts(now int64) (attempts, failures int) {
 	sec := now / int64(time.Second)
-	for _, b := range h.buckets {
-		if b.sec > sec-healthBuckets && b.sec <= sec {
-			attempts += int(b.attempts)
-			failures += int(b.failures)
+	for i := range h.buckets {
+		b := &h.buckets[i]
+		if s := b.sec.Load(); s > sec-healthBuckets && s <= sec {
+			attempts += int(b.attempts.Load())
+			failures += int(b.failures.Load())
 		}
 	}
 	return attempts, failures
@@ -92,23 +92,30 @@ func (h *modelHealth) counts(now int64) (attempts, failures int) {
 // succeeded records a success of key at now and closes the circuit; it reports whether the
 // circuit was open.
 func (h *modelHealth) succeeded(key, now int64) (closed bool) {
+	h.add(now, false)
+	if last := h.okKey.Load(); last != key {
+		h.prevKey.Store(last)
+		h.prevAt.Store(h.okAt.Load())
+		h.okKey.Store(key)
+		h.okAt.Store(now)
+	} else if now-h.okAt.Load() > int64(time.Millisecond) {
+		h.okAt.Store(now) // a millisecond's precision is plenty, and spares the shared line a write
+	}
+	if !h.open.Load() {
+		return false
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.add(now, false)
-	if h.lastOK[0].key == key {
-		h.lastOK[0].at = now
-	} else {
-		h.lastOK[1] = h.lastOK[0]
-		h.lastOK[0] = recentOK{key: key, at: now}
+	if !h.open.Load() {
+		return false
 	}
-	if h.open.Load() {
-		// The trial passed: the model serves again. The window starts afresh so the outage's
-		// failures cannot open the circuit again at once.
-		h.buckets = [healthBuckets]bucket{}
-		h.open.Store(false)
-		return true
+	// The trial passed: the model serves again. The window starts afresh so the outage's
+	// failures cannot open the circuit again at once.
+	for i := range h.buckets {
+		h.buckets[i].sec.Store(0)
 	}
-	return false
+	h.open.Store(false)
+	return true
 }
 
 // failed records a failure at now and tells whether the model is in an outage (its circuit was
@@ -132,14 +139,11 @@ func (h *modelHealth) failed(now int64) (outage, opened bool) {
 
 // otherOKSince reports whether a key other than key succeeded at or after since.
 func (h *modelHealth) otherOKSince(key, since int64) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, ok := range h.lastOK {
-		if ok.key != 0 && ok.key != key && ok.at >= since {
-			return true
-		}
+	if k := h.okKey.Load(); k != 0 && k != key && h.okAt.Load() >= since {
+		return true
 	}
-	return false
+	k := h.prevKey.Load()
+	return k != 0 && k != key && h.prevAt.Load() >= since
 }
 
 // admit lets a request through a closed circuit, or one trial per TrialEvery through an open
@@ -161,25 +165,45 @@ func (h *modelHealth) admit(now int64) (bool, int64) {
 }
 
 // healthOf returns the health of model; create adds it when missing (past maxTrackedModels
-// models share one entry). Without create a missing model yields nil.
+// models share one entry). Without create a missing model yields nil. The map is copied on
+// write, so the lookup on the request path takes no lock and allocates nothing.
 func (p *Pool) healthOf(model string, create bool) *modelHealth {
-	if h, ok := p.health.Load(model); ok {
-		return h.(*modelHealth)
-	}
-	if !create {
-		if h, ok := p.health.Load(sharedHealth); ok && p.healthCount.Load() >= maxTrackedModels {
-			return h.(*modelHealth)
+	if m := p.health.Load(); m != nil {
+		if h := (*m)[model]; h != nil {
+			return h
 		}
+		if !create {
+			if len(*m) >= maxTrackedModels {
+				return (*m)[sharedHealth]
+			}
+			return nil
+		}
+	} else if !create {
 		return nil
 	}
-	if p.healthCount.Load() >= maxTrackedModels {
+	p.healthMu.Lock()
+	defer p.healthMu.Unlock()
+	var cur map[string]*modelHealth
+	if m := p.health.Load(); m != nil {
+		cur = *m
+	}
+	if h := cur[model]; h != nil {
+		return h
+	}
+	if len(cur) >= maxTrackedModels {
 		model = sharedHealth
+		if h := cur[model]; h != nil {
+			return h
+		}
 	}
-	h, loaded := p.health.LoadOrStore(model, new(modelHealth))
-	if !loaded {
-		p.healthCount.Add(1)
+	next := make(map[string]*modelHealth, len(cur)+1)
+	for k, v := range cur {
+		next[k] = v
 	}
-	return h.(*modelHealth)
+	h := new(modelHealth)
+	next[model] = h
+	p.health.Store(&next)
+	return h
 }
 
 // Admit tells whether a request for model may go upstream now. While the model is in an outage
@@ -200,15 +224,15 @@ func (p *Pool) Admit(model string, now time.Time) (ok bool, retryAt time.Time) {
 // Outages returns the models whose circuit is open, with when it opened.
 func (p *Pool) Outages() map[string]time.Time {
 	out := make(map[string]time.Time)
-	p.health.Range(func(k, v any) bool {
-		h := v.(*modelHealth)
-		if h.open.Load() {
-			h.mu.Lock()
-			out[k.(string)] = time.Unix(0, h.openedAt)
-			h.mu.Unlock()
+	if m := p.health.Load(); m != nil {
+		for model, h := range *m {
+			if h.open.Load() {
+				h.mu.Lock()
+				out[model] = time.Unix(0, h.openedAt)
+				h.mu.Unlock()
+			}
 		}
-		return true
-	})
+	}
 	return out
 }
 
