@@ -377,6 +377,14 @@ func (p *Pool) Report(id int64, model string, o Outcome, now time.Time) Change {
 	case Transient:
 		outage, opened := p.healthOf(model, true).failed(nowNano)
 		c.Opened = opened
+		if opened {
+			// The failures that led up to the outage were the outage's, not the keys': no key
+			// starts the recovery a failure or two from ejection.
+			for _, k := range p.list() {
+				k.failures.Store(0)
+				k.streakStart.Store(0)
+			}
+		}
 		if outage {
 			// Every key fails for this model: the model or the service is down, not the key.
 			c.Outage = true

@@ -322,3 +322,34 @@ func TestAdmitUnknownModel(t *testing.T) {
 		t.Errorf("Next = %v", err)
 	}
 }
+
+func TestAnOutageLeavesNoFailureBehind(t *testing.T) {
+	p := newPool(t, 5, 1, 2, 3)
+	now := t0
+	p.Report(1, "m", ok, now)
+	opened := false
+	for i := 0; i < 12 && !opened; i++ {
+		now = now.Add(10 * time.Millisecond)
+		id, _, _ := p.Next("m", now, nil)
+		opened = p.Report(id, "m", serverError, now).Opened
+	}
+	if !opened {
+		t.Fatal("the circuit did not open")
+	}
+	for _, ks := range p.Keys(now) {
+		if ks.Failures != 0 {
+			t.Errorf("key %d keeps %d failures of the outage", ks.ID, ks.Failures)
+		}
+	}
+	// Recovery, then key 1 fails alone: it takes the full max_failures to eject it.
+	now = now.Add(time.Second)
+	p.Report(2, "m", ok, now)
+	for n := 1; n <= 5; n++ {
+		now = now.Add(time.Millisecond)
+		p.Report(3, "m", ok, now)
+		c := p.Report(1, "m", serverError, now)
+		if c.Ejected != (n == 5) {
+			t.Fatalf("failure %d after the outage: %+v", n, c)
+		}
+	}
+}
