@@ -1,0 +1,63 @@
+package store
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func TestRecentLogsFilterAndOrder(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
+	ctx := context.Background()
+	t0 := time.UnixMilli(1_700_000_000_000).UTC()
+	for i := range 10 {
+		model := "gemini-2.5-flash"
+		if i%2 == 1 {
+			model = "gemini-2.5-pro"
+		}
+		s.LogRequest(RequestLog{Time: t0.Add(time.Duration(i) * time.Second), KeyID: int64(1 + i%3), Model: model, Status: 200 + i%2*229})
+		s.LogError(ErrorLog{Time: t0.Add(time.Duration(i) * time.Second), KeyID: int64(1 + i%3), Model: model, Status: 429 + i%2, Message: "e"})
+	}
+	want := RequestLog{
+		Time: t0.Add(time.Hour), AccessKeyID: 7, KeyID: 3, Method: "POST",
+		Path: "/v1beta/models/gemini-2.5-pro:streamGenerateContent", Model: "gemini-2.5-pro", Stream: true,
+		Status: 200, Attempts: 2, Latency: 1234567 * time.Microsecond, TTFB: 456 * time.Microsecond,
+		PromptTokens: 11, CandidatesTokens: 22, ThoughtsTokens: 33, TotalTokens: 66, Error: "first attempt: 429",
+	}
+	s.LogRequest(want)
+	s.Flush()
+
+	got, err := s.RecentRequests(ctx, LogQuery{Limit: 1})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("RecentRequests = %v, %v", got, err)
+	}
+	if got[0] != want {
+		t.Errorf("round trip:\n got %+v\nwant %+v", got[0], want)
+	}
+
+	got, err = s.RecentRequests(ctx, LogQuery{Model: "gemini-2.5-flash"})
+	if err != nil || len(got) != 5 {
+		t.Fatalf("by model: %d rows, %v", len(got), err)
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i].Model != "gemini-2.5-flash" || !got[i].Time.Before(got[i-1].Time) {
+			t.Errorf("row %d: %+v not newest first / wrong model", i, got[i])
+		}
+	}
+	got, _ = s.RecentRequests(ctx, LogQuery{KeyID: 1, Status: 200})
+	if len(got) != 2 { // i = 0, 6
+		t.Errorf("key 1, status 200: %d rows, want 2", len(got))
+	}
+	errs, err := s.RecentErrors(ctx, LogQuery{Status: 430, Limit: 3})
+	if err != nil || len(errs) != 3 {
+		t.Fatalf("RecentErrors = %v, %v", errs, err)
+	}
+	if errs[0].Time != t0.Add(9*time.Second) || errs[0].Model != "gemini-2.5-pro" || errs[0].Message != "e" {
+		t.Errorf("newest error = %+v", errs[0])
+	}
+	n, err := s.CountRequestLogs(ctx)
+	if err != nil || n != 11 {
+		t.Errorf("CountRequestLogs = %d, %v", n, err)
+	}
+}
