@@ -61,3 +61,56 @@ func TestRecentLogsFilterAndOrder(t *testing.T) {
 		t.Errorf("CountRequestLogs = %d, %v", n, err)
 	}
 }
+
+func TestLogPagingAndFilters(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
+	ctx := context.Background()
+	t0 := time.UnixMilli(1_750_000_000_000)
+	for i := range 25 {
+		insertRequest(t, s, t0.Add(time.Duration(i)*time.Second), []string{"a", "b"}[i%2], 200+i%2*300, int64(1+i%3), int64(1+i%5), 1)
+	}
+	q := LogQuery{Limit: 10, Offset: 10}
+	rows, err := s.RecentRequests(ctx, q)
+	if err != nil || len(rows) != 10 {
+		t.Fatalf("page 2 = %d rows, %v", len(rows), err)
+	}
+	// Newest first: row 24 is first on page 1, so page 2 starts with row 14.
+	if !rows[0].Time.Equal(t0.Add(14*time.Second)) || !rows[9].Time.Equal(t0.Add(5*time.Second)) {
+		t.Errorf("page 2 spans %v..%v", rows[0].Time, rows[9].Time)
+	}
+	if n, err := s.CountRequests(ctx, q); err != nil || n != 25 {
+		t.Errorf("count = %d, %v; want 25", n, err)
+	}
+	if rows, _ := s.RecentRequests(ctx, LogQuery{Limit: 10, Offset: 20}); len(rows) != 5 {
+		t.Errorf("last page has %d rows, want 5", len(rows))
+	}
+	f := LogQuery{Model: "b", Status: 500, KeyID: 2, AccessKeyID: 4}
+	n, err := s.CountRequests(ctx, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, _ = s.RecentRequests(ctx, f)
+	var want int64
+	for i := range 25 {
+		if i%2 == 1 && 1+i%3 == 2 && 1+i%5 == 4 {
+			want++
+		}
+	}
+	if n != want || int64(len(rows)) != want || want == 0 {
+		t.Fatalf("filtered: count %d, rows %d, want %d", n, len(rows), want)
+	}
+	for _, r := range rows {
+		if r.Model != "b" || r.Status != 500 || r.KeyID != 2 || r.AccessKeyID != 4 {
+			t.Errorf("row outside the filter: %+v", r)
+		}
+	}
+	s.LogError(ErrorLog{Time: t0, KeyID: 7, Model: "a", Status: 503, Message: "x"})
+	s.LogError(ErrorLog{Time: t0.Add(time.Second), KeyID: 8, Model: "a", Status: 503, Message: "y"})
+	s.Flush()
+	if n, _ := s.CountErrors(ctx, LogQuery{KeyID: 8}); n != 1 {
+		t.Errorf("error count for key 8 = %d", n)
+	}
+	if errs, _ := s.RecentErrors(ctx, LogQuery{Limit: 1, Offset: 1}); len(errs) != 1 || errs[0].Message != "x" {
+		t.Errorf("second error row = %+v", errs)
+	}
+}

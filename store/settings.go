@@ -72,3 +72,26 @@ func (s *Store) ApplyConfigSetting(ctx context.Context, name, value string) (app
 	}
 	return true, nil
 }
+
+// SetSettings records several admin-panel edits (see SetSetting) in one transaction: all of
+// them are stored or none.
+func (s *Store) SetSettings(ctx context.Context, values map[string]string) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: set settings: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	now := toMS(time.Now())
+	for name, value := range values {
+		if _, err := tx.ExecContext(ctx, `
+			INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?)
+			ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,
+			name, value, now); err != nil {
+			return fmt.Errorf("store: set setting %s: %w", name, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: set settings: %w", err)
+	}
+	return nil
+}

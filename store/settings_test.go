@@ -69,3 +69,28 @@ func TestSettingsNewerEditWins(t *testing.T) {
 		t.Errorf("settings = %v", m)
 	}
 }
+
+func TestSetSettingsIsAPanelEdit(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
+	ctx := context.Background()
+	if _, err := s.ApplyConfigSetting(ctx, "max_retries", "3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetSettings(ctx, map[string]string{"max_retries": "5", "timezone": "Europe/Berlin"}); err != nil {
+		t.Fatal(err)
+	}
+	all, err := s.Settings(ctx)
+	if err != nil || all["max_retries"] != "5" || all["timezone"] != "Europe/Berlin" {
+		t.Fatalf("settings = %v, %v", all, err)
+	}
+	// The same Caddyfile value again keeps the panel's edit; a new one wins.
+	if applied, _ := s.ApplyConfigSetting(ctx, "max_retries", "3"); applied {
+		t.Error("an unchanged Caddyfile value overrode the panel's edit")
+	}
+	if applied, _ := s.ApplyConfigSetting(ctx, "max_retries", "4"); !applied {
+		t.Error("a changed Caddyfile value did not win")
+	}
+	if all, _ := s.Settings(ctx); all["max_retries"] != "4" {
+		t.Errorf("max_retries = %q, want 4", all["max_retries"])
+	}
+}

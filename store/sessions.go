@@ -8,7 +8,6 @@ import (
 	"time"
 )
 
-// This file holds what only the admin API needs: sessions and batched setting edits.
 // Admin sessions are stored by the SHA-256 of their token, never the token itself, so a copy of
 // the database does not let anyone in.
 
@@ -53,27 +52,4 @@ func (s *Store) DeleteSessionsExcept(ctx context.Context, keep [32]byte) (int64,
 		return 0, fmt.Errorf("store: delete sessions: %w", err)
 	}
 	return res.RowsAffected()
-}
-
-// SetSettings records several admin-panel edits (see SetSetting) in one transaction: all of
-// them are stored or none.
-func (s *Store) SetSettings(ctx context.Context, values map[string]string) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("store: set settings: %w", err)
-	}
-	defer func() { _ = tx.Rollback() }()
-	now := toMS(time.Now())
-	for name, value := range values {
-		if _, err := tx.ExecContext(ctx, `
-			INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?)
-			ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,
-			name, value, now); err != nil {
-			return fmt.Errorf("store: set setting %s: %w", name, err)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("store: set settings: %w", err)
-	}
-	return nil
 }
