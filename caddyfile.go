@@ -2,6 +2,7 @@ package geminisynapse
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -9,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+	"github.com/geminisynapse/caddy-gemini-synapse/internal/gateway"
 )
 
 func init() {
@@ -76,24 +78,25 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				return d.ArgErr()
 			}
-			raw := map[string]string{}
 			switch name {
 			case "database":
 				a.Database = v
+				continue
 			case "admin_key":
 				a.AdminKey = v
+				continue
 			case "upstream":
-				a.Upstream, raw[setUpstream] = v, v
+				a.Upstream = v
 			case "proxy":
-				a.Proxy, raw[setProxy] = v, v
+				a.Proxy = v
 			case "validation_model":
-				a.ValidationModel, raw[setValidationModel] = v, v
+				a.ValidationModel = v
 			case "validation_probe":
-				a.ValidationProbe, raw[setValidationProbe] = v, v
+				a.ValidationProbe = v
 			case "timezone":
-				a.Timezone, raw[setTimezone] = v, v
+				a.Timezone = v
 			}
-			if _, err := parseSettings(raw); err != nil {
+			if err := gateway.CheckSetting(name, v); err != nil {
 				return d.Err(err.Error())
 			}
 		case "access_keys", "google_api_keys":
@@ -109,18 +112,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&v) {
 				return d.ArgErr()
 			}
-			lo, hi := int64(1), int64(1000)
-			switch name {
-			case "max_retries":
-				lo, hi = 0, maxRetriesLimit
-			case "max_ejection_percent":
-				lo, hi = 0, 100
+			if err := gateway.CheckSetting(name, v); err != nil {
+				return d.Err(err.Error())
 			}
-			n, err := parseInt(v, lo, hi)
-			if err != nil {
-				return d.Errf("%s: %v", name, err)
-			}
-			switch r := int(n); name {
+			n, _ := strconv.Atoi(strings.TrimSpace(v)) // checked just above
+			switch r := n; name {
 			case "max_failures":
 				a.MaxFailures = r
 			case "max_ejection_percent":
@@ -147,7 +143,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return d.Errf("%s: %v", name, err)
 			}
-			if _, err := parseSettings(map[string]string{name: v}); err != nil {
+			if err := gateway.CheckSetting(name, v); err != nil {
 				return d.Err(err.Error())
 			}
 			switch name {

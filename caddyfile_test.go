@@ -72,12 +72,14 @@ func TestGlobalOptionParsesEverySetting(t *testing.T) {
 		time.Duration(a.RequestLogRetention) != 90*24*time.Hour {
 		t.Errorf("validation/timezone/retention: %+v", a)
 	}
-	s, err := parseSettings(a.configSettings())
-	if err != nil {
+	cfg := a.config()
+	cfg.AdminKey = "" // a short one on purpose above; Provision refuses it (TestShortCaddyfileAdminKeyRefused)
+	if err := cfg.Check(); err != nil {
 		t.Fatal(err)
 	}
-	if s.upstream.String() != "http://127.0.0.1:9999" || s.maxRetries != 0 || s.maxFailures != 7 || s.timezone.String() != "Europe/Berlin" {
-		t.Errorf("settings from config: %+v", s)
+	if cfg.Upstream != a.Upstream || *cfg.MaxRetries != 0 || cfg.MaxFailures != 7 || cfg.Timezone != "Europe/Berlin" ||
+		cfg.ValidationInterval != 30*time.Minute || cfg.RequestLogRetention != 90*24*time.Hour {
+		t.Errorf("gateway config: %+v", cfg)
 	}
 }
 
@@ -86,6 +88,7 @@ func TestGlobalOptionRejectsBadInput(t *testing.T) {
 		{"gemini_synapse {\n\tbogus 1\n}", `unrecognized gemini_synapse option "bogus"`},
 		{"gemini_synapse {\n\tmax_failures 0\n}", "max_failures"},
 		{"gemini_synapse {\n\tmax_retries -1\n}", "max_retries"},
+		{"gemini_synapse {\n\tmax_ejection_percent 101\n}", "max_ejection_percent"},
 		{"gemini_synapse {\n\tmax_retries 2 3\n}", "wrong argument count"},
 		{"gemini_synapse {\n\tmax_request_body lots\n}", "max_request_body"},
 		{"gemini_synapse {\n\tupstream ftp://x\n}", "upstream"},
@@ -177,5 +180,15 @@ func TestAdapt(t *testing.T) {
 				t.Errorf("adapted JSON differs from %s.json:\n%s", golden, got)
 			}
 		})
+	}
+}
+
+func TestCaddyfileValidationProbe(t *testing.T) {
+	a, err := parseGlobal(t, "gemini_synapse {\n\tvalidation_probe generate\n}")
+	if err != nil || a.ValidationProbe != "generate" || a.config().ValidationProbe != "generate" {
+		t.Fatalf("parsed %+v, %v", a, err)
+	}
+	if _, err := parseGlobal(t, "gemini_synapse {\n\tvalidation_probe count\n}"); err == nil || !strings.Contains(err.Error(), "validation_probe") {
+		t.Errorf("a bad probe was accepted: %v", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
+	"github.com/geminisynapse/caddy-gemini-synapse/internal/gateway"
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 )
 
@@ -91,7 +92,7 @@ func TestReloadSharesOneCore(t *testing.T) {
 	}
 	first := currentCore(t, db)
 	until := time.Now().Add(time.Hour)
-	first.pool.Report(1, "gemini-2.5-flash", quota(until), time.Now())
+	first.Pool().Report(1, "gemini-2.5-flash", quota(until), time.Now())
 
 	for i := 0; i < 3; i++ {
 		if err := caddy.Load(caddyConfig(t, db, up.URL, addr, "k1", fmt.Sprintf("k-reload-%d", i)), true); err != nil {
@@ -105,7 +106,7 @@ func TestReloadSharesOneCore(t *testing.T) {
 		}
 	}
 	// The cooldown set before the reloads still holds, and the reloads' access keys work.
-	_, cooling, _ := first.pool.Counts(time.Now())
+	_, cooling, _ := first.Pool().Counts(time.Now())
 	if cooling != 1 {
 		t.Errorf("cooling keys after reloads: %d, want 1", cooling)
 	}
@@ -148,12 +149,12 @@ func TestReloadSharesOneCore(t *testing.T) {
 	}
 }
 
-func currentCore(t *testing.T, db string) *core {
+func currentCore(t *testing.T, db string) *gateway.Core {
 	t.Helper()
-	var c *core
+	var c *gateway.Core
 	cores.Range(func(key, value any) bool {
 		if key == db {
-			c = value.(*core)
+			c = value.(*gateway.Core)
 		}
 		return true
 	})

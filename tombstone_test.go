@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // TestDeletedCaddyfileKeysStayDeleted: a Caddyfile key (upstream or access) deleted in the
@@ -33,15 +34,11 @@ func TestDeletedCaddyfileKeysStayDeleted(t *testing.T) {
 	defer caddy.Stop()
 	ctx := context.Background()
 	c := currentCore(t, db)
-	b := adminBackend{c}
+	b := c.AdminBackend()
 	secrets := func() []string {
-		keys, err := c.store.Keys(ctx)
+		out, err := b.KeySecrets(ctx, "")
 		if err != nil {
 			t.Fatal(err)
-		}
-		var out []string
-		for _, k := range keys {
-			out = append(out, k.Secret)
 		}
 		return out
 	}
@@ -79,7 +76,7 @@ func TestDeletedCaddyfileKeysStayDeleted(t *testing.T) {
 		if got := secrets(); slices.Contains(got, deleted) || len(got) != 1 {
 			t.Errorf("%s: keys %q: the deleted key came back", when, got)
 		}
-		if n := currentCore(t, db).pool.Len(); n != 1 {
+		if n := currentCore(t, db).Pool().Len(); n != 1 {
 			t.Errorf("%s: %d keys in the pool, want 1", when, n)
 		}
 		if s := status("access-one"); s != http.StatusUnauthorized {
@@ -101,11 +98,11 @@ func TestDeletedCaddyfileKeysStayDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	c = currentCore(t, db)
-	b = adminBackend{c}
+	b = c.AdminBackend()
 	check("after a restart")
 
 	// Adding it again in the admin panel clears the tombstone; a reload keeps it.
-	if added, err := b.AddKeys(ctx, []string{deleted}); err != nil || added != 1 {
+	if added, _, err := b.AddLabeledKeys(ctx, []store.NewKey{{Secret: deleted}}); err != nil || added != 1 {
 		t.Fatalf("adding the deleted key again: %d, %v", added, err)
 	}
 	if err := caddy.Load(caddyConfig(t, db, up.URL, addr, "access-two"), true); err != nil {
@@ -114,7 +111,7 @@ func TestDeletedCaddyfileKeysStayDeleted(t *testing.T) {
 	if got := secrets(); len(got) != 2 || !slices.Contains(got, deleted) {
 		t.Errorf("keys after adding back and a reload: %q", got)
 	}
-	if n := currentCore(t, db).pool.Len(); n != 2 {
+	if n := currentCore(t, db).Pool().Len(); n != 2 {
 		t.Errorf("%d keys in the pool after adding back, want 2", n)
 	}
 }

@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
-	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
@@ -15,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/admin"
@@ -24,83 +21,8 @@ import (
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
-func init() {
-	caddy.RegisterModule(AdminHandler{})
-}
-
-// AdminHandler serves the admin panel and its JSON API under a path prefix and passes every
-// other request to the next handler. It shares the gemini_synapse app with the proxy handler.
-type AdminHandler struct {
-	// Prefix is the path the panel and API live under. Default: `/admin`.
-	Prefix string `json:"prefix,omitempty"`
-
-	core *core
-	api  *admin.Handler
-}
-
-// CaddyModule returns the Caddy module information.
-func (AdminHandler) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{
-		ID:  "http.handlers.gemini_synapse_admin",
-		New: func() caddy.Module { return new(AdminHandler) },
-	}
-}
-
-// Provision looks up the gemini_synapse app and builds the admin API on its core.
-func (m *AdminHandler) Provision(ctx caddy.Context) error {
-	if m.Prefix == "" {
-		m.Prefix = "/admin"
-	}
-	m.Prefix = strings.TrimSuffix(m.Prefix, "/")
-	app, err := ctx.App("gemini_synapse")
-	if err != nil {
-		return err
-	}
-	m.core = app.(*App).core
-	m.api = &admin.Handler{Prefix: m.Prefix, Backend: adminBackend{m.core}, ClientIP: caddyClientIP,
-		Throttle: &m.core.adminThrottle, Forwarded: caddyForwarded,
-	}
-	return nil
-}
-
-// caddyClientIP is the client address as caddy determined it: the connection's, or the one a
-// trusted proxy forwarded (the server's trusted_proxies and client_ip_headers).
-func caddyClientIP(r *http.Request) string {
-	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-	return ip
-}
-
-// caddyForwarded is the scheme and host the client used, from X-Forwarded-Proto and
-// X-Forwarded-Host, when caddy found the request came from a trusted proxy (the server's
-// trusted_proxies); "" each otherwise, so a client cannot claim HTTPS or another host itself.
-func caddyForwarded(r *http.Request) (proto, host string) {
-	if trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool); !trusted {
-		return "", ""
-	}
-	first := func(name string) string {
-		v, _, _ := strings.Cut(r.Header.Get(name), ",")
-		return strings.TrimSpace(v)
-	}
-	return strings.ToLower(first("X-Forwarded-Proto")), first("X-Forwarded-Host")
-}
-
-// ServeHTTP implements caddyhttp.MiddlewareHandler.
-func (m *AdminHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	p := r.URL.Path
-	if p != m.Prefix && !strings.HasPrefix(p, m.Prefix+"/") {
-		return next.ServeHTTP(w, r)
-	}
-	select {
-	case <-m.core.ready:
-	case <-r.Context().Done():
-		return nil
-	}
-	m.api.ServeHTTP(w, r)
-	return nil
-}
-
 // adminBackend gives the admin API what it needs from the core.
-type adminBackend struct{ c *core }
+type adminBackend struct{ c *Core }
 
 // adminTimeout bounds the store calls that have no request context.
 const adminTimeout = 5 * time.Second
@@ -174,7 +96,7 @@ type liveKey struct {
 
 // liveKeys returns every stored key with its live state. The pool knows best whether a key is
 // disabled or cooling (the store is written behind it); the store knows the rest.
-func (c *core) liveKeys(ctx context.Context) ([]liveKey, error) {
+func (c *Core) liveKeys(ctx context.Context) ([]liveKey, error) {
 	keys, err := c.store.Keys(ctx)
 	if err != nil {
 		return nil, err
@@ -285,7 +207,7 @@ func (b adminBackend) AddLabeledKeys(ctx context.Context, keys []store.NewKey) (
 
 // addLabeledKeys stores keys and hands the new label of each key already stored to the pool,
 // in one step with respect to other key changes (keysMu). New keys reach the pool by loadPool.
-func (c *core) addLabeledKeys(ctx context.Context, keys []store.NewKey) (store.AddResult, error) {
+func (c *Core) addLabeledKeys(ctx context.Context, keys []store.NewKey) (store.AddResult, error) {
 	c.keysMu.Lock()
 	defer c.keysMu.Unlock()
 	res, err := c.store.AddLabeledKeys(ctx, keys)
@@ -365,7 +287,7 @@ func (b adminBackend) SetKeyEnabled(ctx context.Context, id int64, enabled bool)
 }
 
 // disableKey takes a key out of service as an operator, in the store and the pool.
-func (c *core) disableKey(ctx context.Context, id int64) error {
+func (c *Core) disableKey(ctx context.Context, id int64) error {
 	c.keysMu.Lock()
 	defer c.keysMu.Unlock()
 	if err := c.store.SetKeyStatus(ctx, id, store.StatusDisabled, operatorDisabled, true); err != nil {
@@ -703,7 +625,5 @@ func (b adminBackend) ErrorLogs(ctx context.Context, q store.LogQuery) ([]store.
 
 // Interface guards
 var (
-	_ caddy.Provisioner           = (*AdminHandler)(nil)
-	_ caddyhttp.MiddlewareHandler = (*AdminHandler)(nil)
-	_ admin.Backend               = adminBackend{}
+	_ admin.Backend = adminBackend{}
 )

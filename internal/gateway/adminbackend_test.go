@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"bytes"
@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -46,7 +45,7 @@ func adminKeys(from, n int) []string {
 // pool key and the admin key (the export is the one answer allowed to hold pool keys).
 type adminEnv struct {
 	t    *testing.T
-	c    *core
+	c    *Core
 	api  *admin.Handler
 	fake *fakegemini.Server
 	url  string
@@ -64,15 +63,15 @@ func newAdminEnv(t *testing.T, nKeys int) *adminEnv {
 	up := httptest.NewServer(fake)
 	t.Cleanup(up.Close)
 	obs, logs := observer.New(zap.DebugLevel)
-	c := newCore(filepath.Join(t.TempDir(), "data.db"), zap.New(obs))
+	c := New(filepath.Join(t.TempDir(), "data.db"), zap.New(obs), Hooks{})
 	c.probeTimeout = 5 * time.Second
-	if err := c.open(); err != nil {
+	if err := c.Open(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Destruct() })
 	keys := adminKeys(0, nKeys)
-	app := &App{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: keys, Upstream: up.URL, AdminKey: testAdminKey}
-	if err := c.applyConfig(context.Background(), app); err != nil {
+	app := &Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: keys, Upstream: up.URL, AdminKey: testAdminKey}
+	if err := c.Apply(context.Background(), app); err != nil {
 		t.Fatal(err)
 	}
 	e := &adminEnv{t: t, c: c, fake: fake, logs: logs, now: time.Now(), secrets: append([]string{testAdminKey}, keys...)}
@@ -83,18 +82,7 @@ func newAdminEnv(t *testing.T, nKeys int) *adminEnv {
 		// Tests pose as several clients; caddy would give the forwarded address here.
 		ClientIP: func(r *http.Request) string { return r.Header.Get("X-Test-Client") },
 	}
-	am := &AdminHandler{Prefix: "/admin", core: c, api: e.api}
-	proxy := &Handler{core: c, logger: zap.NewNop()}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		am.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-			return proxy.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-				w.WriteHeader(http.StatusTeapot)
-				return nil
-			}))
-		}))
-	}))
-	t.Cleanup(srv.Close)
-	e.url = srv.URL
+	e.url = serveCore(t, c, e.api, "/admin")
 	t.Cleanup(e.assertNoSecretShown)
 	return e
 }
@@ -491,8 +479,8 @@ func TestAdminKeyChange(t *testing.T) {
 	e.client(http.Header{"Authorization": {"Bearer " + newKey}}).wantStatus(200, "GET", "/admin/api/keys", "")
 
 	// A reload with the same Caddyfile admin_key keeps the panel's key; a changed one wins.
-	app := &App{AccessKeys: []string{testAccessKey}, AdminKey: testAdminKey}
-	if err := e.c.applyConfig(context.Background(), app); err != nil {
+	app := &Config{AccessKeys: []string{testAccessKey}, AdminKey: testAdminKey}
+	if err := e.c.Apply(context.Background(), app); err != nil {
 		t.Fatal(err)
 	}
 	newOK, err1 := (adminBackend{e.c}).CheckAdminKey(newKey)
@@ -512,7 +500,7 @@ func TestAdminKeyChange(t *testing.T) {
 	d := e.login()
 	const rotated = "rotated-in-the-caddyfile-0123456789"
 	e.secret(rotated)
-	if err := e.c.applyConfig(context.Background(), &App{AccessKeys: []string{testAccessKey}, AdminKey: rotated}); err != nil {
+	if err := e.c.Apply(context.Background(), &Config{AccessKeys: []string{testAccessKey}, AdminKey: rotated}); err != nil {
 		t.Fatal(err)
 	}
 	d.wantError(401, "UNAUTHENTICATED", "GET", "/admin/api/keys", "")
@@ -857,10 +845,10 @@ func TestAdminSettings(t *testing.T) {
 	}
 	// A reload with the Caddyfile's unchanged value keeps the panel's edit.
 	zero := 3
-	if err := e.c.applyConfig(context.Background(), &App{MaxRetries: &zero, AdminKey: testAdminKey}); err != nil {
+	if err := e.c.Apply(context.Background(), &Config{MaxRetries: &zero, AdminKey: testAdminKey}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.c.applyConfig(context.Background(), &App{MaxRetries: &zero, AdminKey: testAdminKey}); err != nil {
+	if err := e.c.Apply(context.Background(), &Config{MaxRetries: &zero, AdminKey: testAdminKey}); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.c.settings.Load().maxRetries; got != 3 {
@@ -868,7 +856,7 @@ func TestAdminSettings(t *testing.T) {
 		t.Errorf("max_retries after a new Caddyfile value: %d, want 3", got)
 	}
 	b.wantStatus(200, "PUT", "/admin/api/settings", `{"max_retries":1}`)
-	if err := e.c.applyConfig(context.Background(), &App{MaxRetries: &zero, AdminKey: testAdminKey}); err != nil {
+	if err := e.c.Apply(context.Background(), &Config{MaxRetries: &zero, AdminKey: testAdminKey}); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.c.settings.Load().maxRetries; got != 1 {

@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"context"

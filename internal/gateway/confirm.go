@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"context"
@@ -37,7 +37,7 @@ type confirmCall struct {
 // the key: KeyInvalid confirms the key is dead; Success or Quota say the key works; anything
 // else (network, 5xx, timeout, shutdown) gives no verdict. The probe does not end when the
 // asking client goes away: other requests may be waiting for the same verdict.
-func (c *core) confirmKey(id int64, secret string) keypool.Outcome {
+func (c *Core) confirmKey(id int64, secret string) keypool.Outcome {
 	cf := &c.confirms
 	now := time.Now()
 	cf.mu.Lock()
@@ -82,7 +82,7 @@ func (c *core) confirmKey(id int64, secret string) keypool.Outcome {
 }
 
 // probeKey sends the free models probe with one key and classifies the answer.
-func (c *core) probeKey(ctx context.Context, id int64, secret string) keypool.Outcome {
+func (c *Core) probeKey(ctx context.Context, id int64, secret string) keypool.Outcome {
 	s := c.settings.Load()
 	status, body, err := c.probe(ctx, secret, s, probeModels)
 	var v keypool.Outcome

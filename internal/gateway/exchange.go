@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"bytes"
@@ -12,47 +12,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
-
-func init() {
-	caddy.RegisterModule(Handler{})
-}
-
-// Handler proxies Gemini API requests (`/v1/…`, `/v1beta/…`, `/v1alpha/…`, `/upload/…`,
-// including the OpenAI-compatible `/v1beta/openai/…`) to the upstream with a key from the pool
-// of the `gemini_synapse` app. Clients authenticate with an access key sent as
-// `x-goog-api-key`, `?key=` or `Authorization: Bearer`. Other paths go to the next handler.
-// Its settings live in the `gemini_synapse` app (the global option of the same name).
-type Handler struct {
-	core   *core
-	logger *zap.Logger
-}
-
-// CaddyModule returns the Caddy module information.
-func (Handler) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{
-		ID:  "http.handlers.gemini_synapse",
-		New: func() caddy.Module { return new(Handler) },
-	}
-}
-
-// Provision looks up the gemini_synapse app (configuring it with defaults if the config has no
-// global option for it) and keeps its shared core.
-func (h *Handler) Provision(ctx caddy.Context) error {
-	h.logger = ctx.Logger()
-	app, err := ctx.App("gemini_synapse")
-	if err != nil {
-		return err
-	}
-	h.core = app.(*App).core
-	return nil
-}
 
 // upstream paths the proxy serves; everything else goes to the next handler.
 var apiPrefixes = [...]string{"/v1/", "/v1beta/", "/v1alpha/", "/upload/"}
@@ -73,16 +37,17 @@ func apiPath(p string) (string, bool) {
 	return "", false
 }
 
-// ServeHTTP implements caddyhttp.MiddlewareHandler.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+// Serve answers a Gemini API request (`/v1/…`, `/v1beta/…`, `/v1alpha/…`, `/upload/…`) and
+// reports true; any other path it leaves alone and reports false, for the next handler. It waits
+// until the first configuration is applied.
+func (c *Core) Serve(w http.ResponseWriter, r *http.Request) bool {
 	p, ok := apiPath(r.URL.Path)
 	if !ok {
-		return next.ServeHTTP(w, r)
+		return false
 	}
-	c := h.core
 	if r.Method == http.MethodOptions {
 		writePreflight(w, r)
-		return nil
+		return true
 	}
 	if r.Header.Get("Origin") != "" {
 		hdr := w.Header()
@@ -92,11 +57,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	select {
 	case <-c.ready:
 	case <-r.Context().Done():
-		return nil
+		return true
 	}
 	x := exchange{core: c, w: w, r: r, path: p, start: time.Now()}
 	x.serve()
-	return nil
+	return true
 }
 
 const (
@@ -126,7 +91,7 @@ func writePreflight(w http.ResponseWriter, r *http.Request) {
 
 // exchange is one client request on its way through the proxy.
 type exchange struct {
-	core  *core
+	core  *Core
 	w     http.ResponseWriter
 	r     *http.Request
 	path  string
@@ -566,9 +531,3 @@ func (x *exchange) logRequest() {
 		Error:            x.errText,
 	})
 }
-
-// Interface guards
-var (
-	_ caddy.Provisioner           = (*Handler)(nil)
-	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
-)

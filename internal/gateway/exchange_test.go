@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"bytes"
@@ -13,7 +13,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
 )
 
@@ -124,19 +123,19 @@ func itoa(i int) string { b, _ := json.Marshal(i); return string(b) }
 type testGateway struct {
 	url  string
 	fake *fakegemini.Server
-	core *core
+	core *Core
 }
 
 const testAccessKey = "sk-test-access"
 
 var testPoolKeys = []string{"AIzaSyUNIT-pool-key-0001-aaaaaaaaaaaaaaaa", "AIzaSyUNIT-pool-key-0002-bbbbbbbbbbbbbbbb"}
 
-func newTestGateway(t *testing.T, configure func(*App)) *testGateway {
+func newTestGateway(t *testing.T, configure func(*Config)) *testGateway {
 	t.Helper()
 	fake := fakegemini.New()
 	up := httptest.NewServer(fake)
 	t.Cleanup(up.Close)
-	a := &App{
+	a := &Config{
 		AccessKeys:    []string{testAccessKey},
 		GoogleAPIKeys: testPoolKeys,
 		Upstream:      up.URL,
@@ -144,24 +143,15 @@ func newTestGateway(t *testing.T, configure func(*App)) *testGateway {
 	if configure != nil {
 		configure(a)
 	}
-	c := newCore(filepath.Join(t.TempDir(), "db", "data.db"), zap.NewNop())
-	if err := c.open(); err != nil {
+	c := New(filepath.Join(t.TempDir(), "db", "data.db"), zap.NewNop(), Hooks{})
+	if err := c.Open(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Destruct() })
-	if err := c.applyConfig(context.Background(), a); err != nil {
+	if err := c.Apply(context.Background(), a); err != nil {
 		t.Fatal(err)
 	}
-	h := &Handler{core: c, logger: zap.NewNop()}
-	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		w.WriteHeader(http.StatusTeapot)
-		return nil
-	})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeHTTP(w, r, next)
-	}))
-	t.Cleanup(srv.Close)
-	return &testGateway{url: srv.URL, fake: fake, core: c}
+	return &testGateway{url: serveCore(t, c, nil, ""), fake: fake, core: c}
 }
 
 func TestHeadersAndCredentialsAreSwapped(t *testing.T) {
@@ -265,7 +255,7 @@ func TestAuthErrorsUseGeminiEnvelope(t *testing.T) {
 }
 
 func TestBodyLimit(t *testing.T) {
-	g := newTestGateway(t, func(a *App) { a.MaxRequestBody = 1024 })
+	g := newTestGateway(t, func(a *Config) { a.MaxRequestBody = 1024 })
 	body := `{"contents":[{"parts":[{"text":"` + strings.Repeat("a", 2048) + `"}]}]}`
 	for _, chunked := range []bool{false, true} {
 		var r io.Reader = strings.NewReader(body)

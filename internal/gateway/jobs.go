@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"context"
@@ -53,7 +53,7 @@ type jobs struct {
 }
 
 // now is the time on the core's clock: the real one, or the fake one a test set.
-func (c *core) now() time.Time {
+func (c *Core) now() time.Time {
 	if c.clock != nil {
 		return c.clock.Now()
 	}
@@ -64,7 +64,7 @@ func (c *core) now() time.Time {
 // interval makes the next check one interval from now, a new timezone moves the daily retention
 // run to 03:00 there (through a new scheduler, the old one being shut down first). It is
 // called whenever the settings are reloaded, and does nothing when nothing changed.
-func (c *core) reschedule() error {
+func (c *Core) reschedule() error {
 	s := c.settings.Load()
 	j := &c.jobs
 	j.mu.Lock()
@@ -103,7 +103,7 @@ func (c *core) reschedule() error {
 }
 
 // newScheduler builds a scheduler in the settings' timezone with both jobs, not started.
-func (c *core) newScheduler(s *settings) (gocron.Scheduler, gocron.Job, error) {
+func (c *Core) newScheduler(s *settings) (gocron.Scheduler, gocron.Job, error) {
 	opts := []gocron.SchedulerOption{
 		gocron.WithLocation(s.timezone),
 		gocron.WithLogger(gocronLogger{c.logger.Named("scheduler")}),
@@ -131,18 +131,18 @@ func (c *core) newScheduler(s *settings) (gocron.Scheduler, gocron.Job, error) {
 
 // jobOptions are the options of both jobs. Where 03:00 does not exist on the day clocks go
 // forward, retention runs right after the jump.
-func (c *core) jobOptions(name string) []gocron.JobOption {
+func (c *Core) jobOptions(name string) []gocron.JobOption {
 	return []gocron.JobOption{
 		gocron.WithName(name),
 		gocron.WithDaylightSavingsTimePolicy(gocron.DaylightSavingsTimeRunAfterTransition),
 	}
 }
 
-func (c *core) validationTask() gocron.Task {
+func (c *Core) validationTask() gocron.Task {
 	return gocron.NewTask(c.exclusive(jobValidation, &c.jobs.validating, c.runValidation))
 }
 
-func (c *core) retentionTask() gocron.Task {
+func (c *Core) retentionTask() gocron.Task {
 	return gocron.NewTask(c.exclusive(jobRetention, &c.jobs.purging, c.runRetention))
 }
 
@@ -150,7 +150,7 @@ func (c *core) retentionTask() gocron.Task {
 // one is still going is skipped. (gocron's singleton mode does this too, but it reschedules a
 // run from a goroutine that races with the run's completion, so a daily run can fire twice
 // when the clock has not moved on, as with a fake clock or a coarse one.)
-func (c *core) exclusive(name string, busy *atomic.Bool, run func(context.Context)) func(context.Context) {
+func (c *Core) exclusive(name string, busy *atomic.Bool, run func(context.Context)) func(context.Context) {
 	return func(ctx context.Context) {
 		if !busy.CompareAndSwap(false, true) {
 			c.logger.Debug(msgJobSkipped, zap.String("job", name))
@@ -162,7 +162,7 @@ func (c *core) exclusive(name string, busy *atomic.Bool, run func(context.Contex
 }
 
 // startJobs starts the scheduler; only the first call does anything.
-func (c *core) startJobs() {
+func (c *Core) startJobs() {
 	j := &c.jobs
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -175,7 +175,7 @@ func (c *core) startJobs() {
 
 // stopJobs shuts the scheduler down for good, waiting for running jobs (whose contexts are
 // canceled) to return.
-func (c *core) stopJobs() error {
+func (c *Core) stopJobs() error {
 	j := &c.jobs
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -189,7 +189,7 @@ func (c *core) stopJobs() error {
 }
 
 // schedulerJobs returns the jobs of the running scheduler (for tests and status pages).
-func (c *core) schedulerJobs() []gocron.Job {
+func (c *Core) schedulerJobs() []gocron.Job {
 	j := &c.jobs
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -202,7 +202,7 @@ func (c *core) schedulerJobs() []gocron.Job {
 // runValidation is the scheduled key check: disabled keys (except those an operator disabled)
 // and keys cooling for a day are probed, and re-enabled, kept out or cooled as the upstream
 // answers.
-func (c *core) runValidation(ctx context.Context) {
+func (c *Core) runValidation(ctx context.Context) {
 	start := time.Now()
 	ids, err := c.keysToRecheck(ctx, start)
 	if err != nil {
@@ -234,7 +234,7 @@ func (c *core) runValidation(ctx context.Context) {
 // keysToRecheck lists the keys the scheduled validation checks: disabled ones, except those
 // an operator disabled by hand, and enabled ones with a cooldown reaching recheckCoolingFor
 // past now.
-func (c *core) keysToRecheck(ctx context.Context, now time.Time) ([]int64, error) {
+func (c *Core) keysToRecheck(ctx context.Context, now time.Time) ([]int64, error) {
 	keys, err := c.store.Keys(ctx)
 	if err != nil {
 		return nil, err
@@ -266,7 +266,7 @@ func (c *core) keysToRecheck(ctx context.Context, now time.Time) ([]int64, error
 // key-bound resources and upload sessions, and the request log's per-slot sums older than
 // store.UsageRetention or request_log_retention, whichever is longer. The store deletes in small batches, so the
 // proxy's log writer is never held up for long.
-func (c *core) runRetention(ctx context.Context) {
+func (c *Core) runRetention(ctx context.Context) {
 	s := c.settings.Load()
 	now := c.now()
 	reqs, err1 := c.store.PurgeRequestLogs(ctx, now.Add(-s.requestRetention))
@@ -287,3 +287,11 @@ func (c *core) runRetention(ctx context.Context) {
 		zap.Int64("cooldowns", cds),
 		zap.Int64("usage_slots", slots))
 }
+
+// gocronLogger routes gocron's messages to Caddy's logger.
+type gocronLogger struct{ l *zap.Logger }
+
+func (g gocronLogger) Debug(msg string, args ...any) { g.l.Sugar().Debugw(msg, args...) }
+func (g gocronLogger) Info(msg string, args ...any)  { g.l.Sugar().Infow(msg, args...) }
+func (g gocronLogger) Warn(msg string, args ...any)  { g.l.Sugar().Warnw(msg, args...) }
+func (g gocronLogger) Error(msg string, args ...any) { g.l.Sugar().Errorw(msg, args...) }

@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"context"
@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/go-co-op/gocron/v2"
 	"github.com/jonboulle/clockwork"
 	"go.uber.org/zap"
@@ -26,7 +24,7 @@ import (
 // jobsEnv is an opened and configured core on a real SQLite file, with the fake upstream on
 // loopback, the proxy handler in front of it, and the core's log captured.
 type jobsEnv struct {
-	c     *core
+	c     *Core
 	fake  *fakegemini.Server
 	up    *httptest.Server
 	proxy string // base URL of the proxy handler
@@ -40,7 +38,7 @@ type jobsSetup struct {
 	clock        *clockwork.FakeClock
 	probeTimeout time.Duration
 	wrap         func(http.Handler) http.Handler // wraps the fake upstream
-	configure    func(*App)
+	configure    func(*Config)
 }
 
 func newJobsEnv(t *testing.T, s jobsSetup) *jobsEnv {
@@ -53,31 +51,23 @@ func newJobsEnv(t *testing.T, s jobsSetup) *jobsEnv {
 	up := httptest.NewServer(h)
 	t.Cleanup(up.Close)
 	zc, logs := observer.New(zapcore.DebugLevel)
-	c := newCore(filepath.Join(t.TempDir(), "data.db"), zap.New(zc))
+	c := New(filepath.Join(t.TempDir(), "data.db"), zap.New(zc), Hooks{})
 	if s.clock != nil {
 		c.clock = s.clock
 	}
 	c.probeTimeout = s.probeTimeout
-	if err := c.open(); err != nil {
+	if err := c.Open(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Destruct() })
-	a := &App{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: s.keys, Upstream: up.URL}
+	a := &Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: s.keys, Upstream: up.URL}
 	if s.configure != nil {
 		s.configure(a)
 	}
-	if err := c.applyConfig(context.Background(), a); err != nil {
+	if err := c.Apply(context.Background(), a); err != nil {
 		t.Fatal(err)
 	}
-	hd := &Handler{core: c, logger: zap.NewNop()}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hd.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-			w.WriteHeader(http.StatusTeapot)
-			return nil
-		}))
-	}))
-	t.Cleanup(srv.Close)
-	return &jobsEnv{c: c, fake: fake, up: up, proxy: srv.URL, logs: logs, clock: s.clock, keys: s.keys}
+	return &jobsEnv{c: c, fake: fake, up: up, proxy: serveCore(t, c, nil, ""), logs: logs, clock: s.clock, keys: s.keys}
 }
 
 // count returns how many log entries have the message msg.
@@ -172,9 +162,9 @@ func TestRetentionRunsAtThreeLocalAcrossDST(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			loc := mustLoad(t, tc.tz)
 			clock := clockwork.NewFakeClockAt(time.Date(tc.start[0], time.Month(tc.start[1]), tc.start[2], 12, 0, 0, 0, loc))
-			e := newJobsEnv(t, jobsSetup{clock: clock, configure: func(a *App) {
+			e := newJobsEnv(t, jobsSetup{clock: clock, configure: func(a *Config) {
 				a.Timezone = tc.tz
-				a.ValidationInterval = caddy.Duration(1000 * time.Hour) // out of the way
+				a.ValidationInterval = time.Duration(1000 * time.Hour) // out of the way
 			}})
 			for i, want := range tc.want {
 				got := e.runNext(t, jobRetention)
@@ -193,10 +183,10 @@ func TestRetentionRunsAtThreeLocalAcrossDST(t *testing.T) {
 func TestRetentionJobPurgesOldRows(t *testing.T) {
 	loc := mustLoad(t, "Europe/Berlin")
 	clock := clockwork.NewFakeClockAt(time.Date(2026, 6, 10, 22, 0, 0, 0, loc))
-	e := newJobsEnv(t, jobsSetup{clock: clock, configure: func(a *App) {
+	e := newJobsEnv(t, jobsSetup{clock: clock, configure: func(a *Config) {
 		a.Timezone = "Europe/Berlin"
-		a.RequestLogRetention = caddy.Duration(7 * 24 * time.Hour)
-		a.ErrorLogRetention = caddy.Duration(2 * 24 * time.Hour)
+		a.RequestLogRetention = time.Duration(7 * 24 * time.Hour)
+		a.ErrorLogRetention = time.Duration(2 * 24 * time.Hour)
 	}})
 	runAt := time.Date(2026, 6, 11, 3, 0, 0, 0, loc)
 	st := e.c.store
@@ -266,8 +256,8 @@ func TestSettingsChangesReschedule(t *testing.T) {
 		t.Errorf("after the admin edit: validation next run %v, want %v", got, t0.Add(10*time.Minute))
 	}
 	// A Caddyfile reload with a new value.
-	reload := &App{AccessKeys: []string{testAccessKey}, Upstream: e.up.URL, ValidationInterval: caddy.Duration(20 * time.Minute)}
-	if err := c.applyConfig(ctx, reload); err != nil {
+	reload := &Config{AccessKeys: []string{testAccessKey}, Upstream: e.up.URL, ValidationInterval: time.Duration(20 * time.Minute)}
+	if err := c.Apply(ctx, reload); err != nil {
 		t.Fatal(err)
 	}
 	if got := nextRun(t, e.job(t, jobValidation)); !got.Equal(t0.Add(20 * time.Minute)) {
@@ -279,7 +269,7 @@ func TestSettingsChangesReschedule(t *testing.T) {
 
 	// A new timezone: 03:00 in New York is 07:00 UTC in June.
 	reload.Timezone = "America/New_York"
-	if err := c.applyConfig(ctx, reload); err != nil {
+	if err := c.Apply(ctx, reload); err != nil {
 		t.Fatal(err)
 	}
 	if c.jobs.sched == first {
@@ -310,7 +300,7 @@ func TestSettingsChangesReschedule(t *testing.T) {
 }
 
 // assertJobs checks that the running scheduler has exactly one job of each kind.
-func assertJobs(t *testing.T, c *core) {
+func assertJobs(t *testing.T, c *Core) {
 	t.Helper()
 	var names []string
 	for _, j := range c.schedulerJobs() {
@@ -332,8 +322,8 @@ func TestReloadsLeaveOneScheduler(t *testing.T) {
 	before := c.jobs.sched
 	assertJobs(t, c)
 	for i, tz := range []string{"", "", "Europe/Berlin", "Europe/Berlin", "Asia/Tokyo", "UTC"} {
-		a := &App{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: testPoolKeys, Upstream: e.up.URL, Timezone: tz}
-		if err := c.applyConfig(ctx, a); err != nil {
+		a := &Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: testPoolKeys, Upstream: e.up.URL, Timezone: tz}
+		if err := c.Apply(ctx, a); err != nil {
 			t.Fatal(err)
 		}
 		assertJobs(t, c)
@@ -374,7 +364,7 @@ func TestValidationJobNeverOverlaps(t *testing.T) {
 		keys:         testPoolKeys[:1],
 		clock:        clock,
 		probeTimeout: 700 * time.Millisecond,
-		configure:    func(a *App) { a.ValidationInterval = caddy.Duration(time.Minute) },
+		configure:    func(a *Config) { a.ValidationInterval = time.Duration(time.Minute) },
 	})
 	c := e.c
 	if err := c.store.SetKeyStatus(context.Background(), 1, store.StatusDisabled, "test", false); err != nil {

@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"context"
@@ -48,7 +48,7 @@ func TestDeleteDuringReloadStaysDeleted(t *testing.T) {
 			defer wg.Done()
 			for i := range 10 {
 				more := []string{fmt.Sprintf("AIzaSyRELOAD%03d%03d%s", round, i, strings.Repeat("n", 21))}
-				if err := e.c.applyConfig(ctx, &App{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: more, AdminKey: testAdminKey}); err != nil {
+				if err := e.c.Apply(ctx, &Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: more, AdminKey: testAdminKey}); err != nil {
 					t.Error(err)
 				}
 			}

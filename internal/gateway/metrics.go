@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"errors"
@@ -97,7 +97,7 @@ type modelMetrics struct {
 	ttfb        prometheus.Observer
 }
 
-func newMetrics(c *core) *metrics {
+func newMetrics(c *Core) *metrics {
 	opts := func(name, help string) prometheus.Opts {
 		return prometheus.Opts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help}
 	}
@@ -218,8 +218,13 @@ func modelLabel(model string) (string, bool) {
 	return model, true
 }
 
-// register adds the collectors to a config's registry. A registry that has them already (the
-// same core registered twice in one config) is fine.
+// RegisterMetrics adds the gateway's collectors to a config's registry. A registry that has
+// them already (the same core registered twice in one config) is fine.
+func (c *Core) RegisterMetrics(reg *prometheus.Registry) error {
+	return c.metrics.register(reg)
+}
+
+// register adds the collectors to reg.
 func (m *metrics) register(reg *prometheus.Registry) error {
 	if reg == nil {
 		return nil
@@ -249,7 +254,7 @@ var (
 )
 
 // stateCollector reads the key pool and the log writer when scraped.
-type stateCollector struct{ c *core }
+type stateCollector struct{ c *Core }
 
 // Describe implements prometheus.Collector.
 func (s stateCollector) Describe(ch chan<- *prometheus.Desc) {

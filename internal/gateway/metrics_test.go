@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"bufio"
@@ -230,7 +230,7 @@ func TestMetricsFollowTraffic(t *testing.T) {
 // TestModelLabelsAreBounded: model names are normalised and capped, so a client cannot grow
 // the label set without bound.
 func TestModelLabelsAreBounded(t *testing.T) {
-	m := newMetrics(&core{})
+	m := newMetrics(&Core{})
 	// admitted is the children of a name the upstream answered 2xx for.
 	admitted := func(name string) *modelMetrics {
 		mm, final := m.forModel(name, true)
@@ -322,7 +322,7 @@ func TestMadeUpModelsTakeNoLabelSlot(t *testing.T) {
 // TestMetricsRegisterAcrossReloads: a reload registers the same core's collectors in the new
 // config's registry (and twice in one is harmless); the counts carry over.
 func TestMetricsRegisterAcrossReloads(t *testing.T) {
-	m := newMetrics(&core{})
+	m := newMetrics(&Core{})
 	mm, _ := m.forModel("gemini-2.5-flash", true)
 	mm.requests[0].Inc()
 	first, second := prometheus.NewPedanticRegistry(), prometheus.NewPedanticRegistry()
@@ -344,7 +344,7 @@ func TestMetricsRegisterAcrossReloads(t *testing.T) {
 // TestMetricsHotPathDoesNotAllocate: what the proxy calls per request and per attempt only
 // adds to pre-resolved counters.
 func TestMetricsHotPathDoesNotAllocate(t *testing.T) {
-	c := &core{}
+	c := &Core{}
 	c.metrics = newMetrics(c)
 	x := &exchange{core: c, model: "gemini-2.5-flash", status: 200, attempts: 2,
 		ttfb: 120 * time.Millisecond, usage: usage{prompt: 3, candidates: 5, total: 8}}
@@ -364,7 +364,7 @@ func TestMetricsHotPathDoesNotAllocate(t *testing.T) {
 
 // BenchmarkMetricsPerRequest measures the metrics work of one request with a retry.
 func BenchmarkMetricsPerRequest(b *testing.B) {
-	c := &core{}
+	c := &Core{}
 	c.metrics = newMetrics(c)
 	x := &exchange{core: c, model: "gemini-2.5-flash", status: 200, attempts: 2,
 		ttfb: 120 * time.Millisecond, usage: usage{prompt: 3, candidates: 5, total: 8}}

@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"context"
@@ -32,7 +32,7 @@ type pendingOwners struct {
 
 // recordResources stores the owners of new resources, retrying a few times with a short
 // backoff; what still fails is kept pending (see pendingOwners).
-func (c *core) recordResources(ctx context.Context, rs []store.Resource) {
+func (c *Core) recordResources(ctx context.Context, rs []store.Resource) {
 	if len(rs) == 0 {
 		return
 	}
@@ -70,7 +70,7 @@ func (c *core) recordResources(ctx context.Context, rs []store.Resource) {
 }
 
 // retryPending writes pending records every interval until none is left or Destruct stops it.
-func (c *core) retryPending(every time.Duration) {
+func (c *Core) retryPending(every time.Duration) {
 	defer c.pending.wg.Done()
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -88,7 +88,7 @@ func (c *core) retryPending(every time.Duration) {
 
 // flushPending tries to write every pending record once. It reports true, with the background
 // retry marked as ended, when none is left.
-func (c *core) flushPending(ctx context.Context) (empty bool) {
+func (c *Core) flushPending(ctx context.Context) (empty bool) {
 	p := &c.pending
 	p.mu.Lock()
 	rs := make([]store.Resource, 0, len(p.rows))
@@ -147,7 +147,7 @@ func (p *pendingOwners) owners(names []string, now time.Time, owners map[string]
 
 // stopPending ends the background retry and makes one last try to write what is pending (for
 // Destruct, before the store closes).
-func (c *core) stopPending() {
+func (c *Core) stopPending() {
 	p := &c.pending
 	p.mu.Lock()
 	already := p.stopped

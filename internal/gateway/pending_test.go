@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"context"
@@ -65,13 +65,13 @@ func TestProxyOwnerKeptWhenTheStoreFails(t *testing.T) {
 // Destruct writes what is still pending before it closes the store.
 func TestDestructFlushesPendingOwners(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "data.db")
-	c := newCore(path, zap.NewNop())
-	if err := c.open(); err != nil {
+	c := New(path, zap.NewNop(), Hooks{})
+	if err := c.Open(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Destruct() })
 	ctx := context.Background()
-	if err := c.applyConfig(ctx, &App{GoogleAPIKeys: []string{"AIzaSyPENDINGTEST-0000000000000000000"}}); err != nil {
+	if err := c.Apply(ctx, &Config{GoogleAPIKeys: []string{"AIzaSyPENDINGTEST-0000000000000000000"}}); err != nil {
 		t.Fatal(err)
 	}
 	keys, err := c.store.Keys(ctx)

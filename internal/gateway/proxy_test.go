@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"bufio"
@@ -23,7 +23,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
@@ -52,31 +51,26 @@ func proxyKeys(n int) []string {
 	return out
 }
 
-func newProxyEnv(t *testing.T, nKeys int, configure func(*App)) *proxyEnv {
+func newProxyEnv(t *testing.T, nKeys int, configure func(*Config)) *proxyEnv {
 	t.Helper()
 	fake := fakegemini.New()
 	up := httptest.NewServer(fake)
 	t.Cleanup(up.Close)
 	keys := proxyKeys(nKeys)
-	a := &App{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: keys, Upstream: up.URL}
+	a := &Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: keys, Upstream: up.URL}
 	if configure != nil {
 		configure(a)
 	}
 	obs, logs := observer.New(zap.DebugLevel)
 	logger := zap.New(obs)
-	c := newCore(filepath.Join(t.TempDir(), "db", "data.db"), logger)
-	if err := c.open(); err != nil {
+	c := New(filepath.Join(t.TempDir(), "db", "data.db"), logger, Hooks{})
+	if err := c.Open(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Destruct() })
-	if err := c.applyConfig(context.Background(), a); err != nil {
+	if err := c.Apply(context.Background(), a); err != nil {
 		t.Fatal(err)
 	}
-	h := &Handler{core: c, logger: logger}
-	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		w.WriteHeader(http.StatusTeapot)
-		return nil
-	})
 	e := &proxyEnv{t: t, keys: keys, ids: map[string]int64{}, logs: logs, upstream: up.URL}
 	stored, err := c.store.Keys(context.Background())
 	if err != nil {
@@ -90,11 +84,7 @@ func newProxyEnv(t *testing.T, nKeys int, configure func(*App)) *proxyEnv {
 	}
 	// Runs after srv.Close (which waits for the handlers) and before Destruct.
 	t.Cleanup(e.assertNoSecretsStoredOrLogged)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeHTTP(w, r, next)
-	}))
-	t.Cleanup(srv.Close)
-	e.testGateway = &testGateway{url: srv.URL, fake: fake, core: c}
+	e.testGateway = &testGateway{url: serveCore(t, c, nil, ""), fake: fake, core: c}
 	return e
 }
 
@@ -485,7 +475,7 @@ func TestProxyAllKeysCooling(t *testing.T) {
 }
 
 func TestProxyInvalidKeyIsDisabledAtOnce(t *testing.T) {
-	e := newProxyEnv(t, 2, func(a *App) { a.MaxFailures = 5 })
+	e := newProxyEnv(t, 2, func(a *Config) { a.MaxFailures = 5 })
 	bad := e.keys[0]
 	e.fake.SetKey(bad, fakegemini.Invalid)
 	n := 0
@@ -520,7 +510,7 @@ func TestProxyInvalidKeyIsDisabledAtOnce(t *testing.T) {
 
 func TestProxyTransientFailuresEjectAtMaxFailures(t *testing.T) {
 	const maxFailures = 3
-	e := newProxyEnv(t, 2, func(a *App) { a.MaxFailures = maxFailures })
+	e := newProxyEnv(t, 2, func(a *Config) { a.MaxFailures = maxFailures })
 	bad := e.keys[0]
 	e.fake.SetKey(bad, fakegemini.Internal)
 	calls := 0
@@ -605,7 +595,7 @@ func TestProxyAllKeysFailing(t *testing.T) {
 		{5, 2},
 	} {
 		t.Run(fmt.Sprintf("max_retries=%d", tc.maxRetries), func(t *testing.T) {
-			e := newProxyEnv(t, 3, func(a *App) { a.MaxRetries = intPtr(tc.maxRetries); a.MaxFailures = 10 })
+			e := newProxyEnv(t, 3, func(a *Config) { a.MaxRetries = intPtr(tc.maxRetries); a.MaxFailures = 10 })
 			e.fake.SetDefault(fakegemini.Internal)
 			resp, b, used := e.generate("gemini-2.5-flash")
 			if len(used) != tc.calls {
@@ -1074,7 +1064,7 @@ func TestProxyMasksEchoedKeys(t *testing.T) {
 		fmt.Fprintf(w, `{"error":{"code":%d,"message":"nothing here for key %s","status":"%s"}}`, code, key, status)
 	}))
 	defer echo.Close()
-	e := newProxyEnv(t, 2, func(a *App) { a.Upstream = echo.URL; a.MaxRetries = intPtr(1) })
+	e := newProxyEnv(t, 2, func(a *Config) { a.Upstream = echo.URL; a.MaxRetries = intPtr(1) })
 	for _, model := range []string{"missing", "broken"} {
 		resp, b := e.do("POST", genPath(model), helloBody)
 		// e.do fails the test if a key is in b; the message itself must still be there.
@@ -1101,7 +1091,7 @@ func TestProxyMasksKeysInSuccessfulAnswers(t *testing.T) {
 			`{"error":{"code":403,"message":"Permission denied: Consumer 'api_key:%s' has been suspended.","status":"PERMISSION_DENIED"}}`+"\n", key)
 	}))
 	defer echo.Close()
-	e := newProxyEnv(t, 1, func(a *App) { a.Upstream = echo.URL })
+	e := newProxyEnv(t, 1, func(a *Config) { a.Upstream = echo.URL })
 	key := e.keys[0]
 	req, _ := http.NewRequest("POST", e.url+"/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", strings.NewReader(helloBody))
 	req.Header.Set("x-goog-api-key", testAccessKey)

@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"bytes"
@@ -382,7 +382,7 @@ func (x *exchange) proxyBound() {
 }
 
 // disabledReason returns the stored reason a key is disabled, or "".
-func (c *core) disabledReason(ctx context.Context, id int64) string {
+func (c *Core) disabledReason(ctx context.Context, id int64) string {
 	keys, err := c.store.Keys(ctx)
 	if err != nil {
 		return ""
@@ -554,13 +554,13 @@ func polledFiles(b []byte, keyID int64, now time.Time) []store.Resource {
 
 // ownedResourceCounts tells, per pool key that owns any, how many live resources created
 // through the gateway it owns: the admin panel shows it, and asks before deleting such a key.
-func (c *core) ownedResourceCounts(ctx context.Context) (map[int64]int, error) {
+func (c *Core) ownedResourceCounts(ctx context.Context) (map[int64]int, error) {
 	return c.store.OwnedResourceCounts(ctx, time.Now())
 }
 
 // purgeBound deletes the records of resources and upload sessions expired at now (for the
 // daily retention job).
-func (c *core) purgeBound(ctx context.Context, now time.Time) (resources, uploads int64, err error) {
+func (c *Core) purgeBound(ctx context.Context, now time.Time) (resources, uploads int64, err error) {
 	resources, err1 := c.store.PurgeResources(ctx, now)
 	uploads, err2 := c.store.PurgeUploadSessions(ctx, now)
 	return resources, uploads, errors.Join(err1, err2)

@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"context"
@@ -723,7 +723,7 @@ func fixedUpstream(t *testing.T) string {
 // gateway forget the resource: any access key could otherwise unbind anyone's file.
 func TestProxySubResourcePathsKeepTheParentsRecord(t *testing.T) {
 	up := fixedUpstream(t)
-	e := newProxyEnv(t, 2, func(a *App) { a.Upstream = up })
+	e := newProxyEnv(t, 2, func(a *Config) { a.Upstream = up })
 	ctx := context.Background()
 	owner := e.ids[e.keys[0]]
 	names := []string{"files/f1", "fileSearchStores/s1", "tunedModels/t1", "files/suspended", "files/gone"}
@@ -897,7 +897,7 @@ func TestProxyFilesListStopsAtAFailingKey(t *testing.T) {
 	up := &failingListUpstream{fake: fake}
 	srv := httptest.NewServer(up)
 	t.Cleanup(srv.Close)
-	e := newProxyEnv(t, 3, func(a *App) { a.Upstream = srv.URL })
+	e := newProxyEnv(t, 3, func(a *Config) { a.Upstream = srv.URL })
 	var all []string
 	for i := range 6 {
 		n, _ := e.upload(fmt.Sprintf("file %d", i), "", 100)
@@ -977,7 +977,7 @@ func TestProxyOpenAIFileUploadIsRecorded(t *testing.T) {
 	up := &openAIFilesUpstream{fake: fakegemini.New(), owner: map[string]string{}}
 	srv := httptest.NewServer(up)
 	t.Cleanup(srv.Close)
-	e := newProxyEnv(t, 3, func(a *App) { a.Upstream = srv.URL })
+	e := newProxyEnv(t, 3, func(a *Config) { a.Upstream = srv.URL })
 	for i := range 3 {
 		var body strings.Builder
 		mw := multipart.NewWriter(&body)
@@ -1042,7 +1042,7 @@ func TestProxyPolledOperationRecordsItsFiles(t *testing.T) {
 	fake := fakegemini.New()
 	srv := httptest.NewServer(finishedUpstream{fake})
 	t.Cleanup(srv.Close)
-	e := newProxyEnv(t, 3, func(a *App) { a.Upstream = srv.URL })
+	e := newProxyEnv(t, 3, func(a *Config) { a.Upstream = srv.URL })
 	ctx := context.Background()
 	owner := e.ids[e.keys[1]]
 	exp := time.Now().Add(time.Hour)

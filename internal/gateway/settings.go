@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"errors"
@@ -6,11 +6,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
 )
 
 // Names of the live settings as stored in the database.
@@ -147,7 +147,7 @@ func parseSettings(raw map[string]string) (*settings, error) {
 	}
 	for _, d := range durations {
 		if v, ok := raw[d.name]; ok {
-			if dur, err := caddy.ParseDuration(v); err != nil {
+			if dur, err := parseDuration(v); err != nil {
 				bad(d.name, err)
 			} else if dur < time.Minute {
 				bad(d.name, errors.New("must be at least 1m"))
@@ -244,4 +244,35 @@ func newUpstreamClient(proxy string) (*upstreamClient, error) {
 		t.Proxy = http.ProxyURL(u)
 	}
 	return &upstreamClient{proxy: proxy, transport: t}, nil
+}
+
+// isLiveSetting tells whether name is a live setting.
+func isLiveSetting(name string) bool { return slices.Contains(liveSettings, name) }
+
+// dayUnit matches a number of days in a duration, e.g. the "15d" of "15d12h".
+var dayUnit = regexp.MustCompile(`([0-9]+(?:\.[0-9]*)?|\.[0-9]+)d`)
+
+// parseDuration reads a duration as Caddy's configuration does: Go's syntax ("90s", "1h30m")
+// plus days ("15d", "1.5d", "2d12h").
+func parseDuration(s string) (time.Duration, error) {
+	if len(s) > 1024 {
+		return 0, fmt.Errorf("duration %.20q… is too long", s)
+	}
+	var bad error
+	hours := dayUnit.ReplaceAllStringFunc(s, func(d string) string {
+		f, err := strconv.ParseFloat(strings.TrimSuffix(d, "d"), 64)
+		if err != nil {
+			bad = err
+			return d
+		}
+		return strconv.FormatFloat(f*24, 'f', -1, 64) + "h"
+	})
+	if bad != nil {
+		return 0, fmt.Errorf("time: invalid duration %q", s)
+	}
+	d, err := time.ParseDuration(hours)
+	if err != nil {
+		return 0, fmt.Errorf("time: invalid duration %q", s)
+	}
+	return d, nil
 }

@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"context"
@@ -12,7 +12,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
@@ -49,14 +48,13 @@ func (x *exchange) publicBase() string {
 	scheme := "http"
 	if x.r.TLS != nil {
 		scheme = "https"
-	} else if trusted, _ := caddyhttp.GetVar(x.r.Context(), caddyhttp.TrustedProxyVarKey).(bool); trusted &&
-		strings.EqualFold(x.r.Header.Get("X-Forwarded-Proto"), "https") {
+	} else if x.core.hooks.trusted(x.r) && strings.EqualFold(x.r.Header.Get("X-Forwarded-Proto"), "https") {
 		// A proxy in the server's trusted_proxies ended TLS in front of caddy.
 		scheme = "https"
 	}
 	prefix := ""
-	if orig, ok := x.r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
-		op, cur := orig.URL.EscapedPath(), x.r.URL.EscapedPath()
+	if op := x.core.hooks.originalPath(x.r); op != "" {
+		cur := x.r.URL.EscapedPath()
 		if len(op) > len(cur) && strings.HasSuffix(op, cur) {
 			prefix = strings.TrimRight(op[:len(op)-len(cur)], "/")
 		}
@@ -226,7 +224,7 @@ func (x *exchange) serveUploadChunk(id string) {
 }
 
 // accessKeyUsable tells whether the access key with the given id exists and is enabled.
-func (c *core) accessKeyUsable(id int64) bool {
+func (c *Core) accessKeyUsable(id int64) bool {
 	m := c.accessKeyEnabled.Load()
 	return m != nil && (*m)[id]
 }

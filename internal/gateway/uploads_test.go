@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"context"
@@ -10,8 +10,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // startUpload starts a resumable upload through the gateway with the access key and returns
@@ -171,7 +169,7 @@ func newEchoKeyEnv(t *testing.T) (*proxyEnv, *echoKeyUpstream) {
 	up := &echoKeyUpstream{}
 	srv := httptest.NewServer(up)
 	t.Cleanup(srv.Close)
-	return newProxyEnv(t, 2, func(a *App) { a.Upstream = srv.URL }), up
+	return newProxyEnv(t, 2, func(a *Config) { a.Upstream = srv.URL }), up
 }
 
 // Upload URLs of start and chunk answers never carry a key= to the client, nor any pool key.
@@ -237,9 +235,9 @@ func TestPublicBaseScheme(t *testing.T) {
 		if tc.proto != "" {
 			r.Header.Set("X-Forwarded-Proto", tc.proto)
 		}
-		vars := map[string]any{caddyhttp.TrustedProxyVarKey: tc.trusted}
-		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, vars))
-		x := &exchange{r: r}
+		trusted := tc.trusted
+		c := &Core{hooks: Hooks{Trusted: func(*http.Request) bool { return trusted }}}
+		x := &exchange{core: c, r: r}
 		if got := x.publicBase(); got != tc.want {
 			t.Errorf("trusted=%v proto=%q: publicBase = %q, want %q", tc.trusted, tc.proto, got, tc.want)
 		}

@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"bytes"
@@ -75,7 +75,7 @@ type ValidationResult struct {
 // ValidationResult). Any key may be checked, one an operator disabled too, but such a key is
 // never changed. It fails when the key does not exist (store.ErrNotFound) or the verdict
 // cannot be stored.
-func (c *core) validateKey(ctx context.Context, id int64) (ValidationResult, error) {
+func (c *Core) validateKey(ctx context.Context, id int64) (ValidationResult, error) {
 	keys, err := c.store.Keys(ctx)
 	if err != nil {
 		return ValidationResult{KeyID: id}, err
@@ -95,7 +95,7 @@ func (c *core) validateKey(ctx context.Context, id int64) (ValidationResult, err
 // number done and the number to do; calls never overlap. When ctx ends, or when the upstream
 // has not answered many checks in a row, the keys not yet checked are reported "unchanged"
 // without a probe. It fails only if the keys cannot be read.
-func (c *core) validateKeys(ctx context.Context, ids []int64, concurrency int, progress func(done, total int)) ([]ValidationResult, error) {
+func (c *Core) validateKeys(ctx context.Context, ids []int64, concurrency int, progress func(done, total int)) ([]ValidationResult, error) {
 	if concurrency <= 0 {
 		concurrency = defaultValidationConcurrency
 	}
@@ -190,7 +190,7 @@ func (c *core) validateKeys(ctx context.Context, ids []int64, concurrency int, p
 //     it is logged.
 //
 // A key an operator disabled is never changed. st is the key's state in the pool.
-func (c *core) checkKey(ctx context.Context, k store.Key, st keypool.KeyState, s *settings) (ValidationResult, error) {
+func (c *Core) checkKey(ctx context.Context, k store.Key, st keypool.KeyState, s *settings) (ValidationResult, error) {
 	r := ValidationResult{KeyID: k.ID, Action: actionUnchanged}
 	status, body, err := c.probe(ctx, k.Secret, s, s.validationProbe)
 	now := time.Now()
@@ -262,7 +262,7 @@ func (c *core) checkKey(ctx context.Context, k store.Key, st keypool.KeyState, s
 
 // probe sends a check of the given kind (probeModels or probeGenerate) for one key and returns
 // the answer's status and (masked) body; a round trip that fails or times out returns the error.
-func (c *core) probe(ctx context.Context, secret string, s *settings, kind string) (int, []byte, error) {
+func (c *Core) probe(ctx context.Context, secret string, s *settings, kind string) (int, []byte, error) {
 	timeout := c.probeTimeout
 	if timeout <= 0 {
 		timeout = defaultProbeTimeout
@@ -314,7 +314,7 @@ func generateProbeBody(model string) []byte {
 
 // enableKey puts a key back into service: in the store (status active, failures reset,
 // cooldowns deleted), then in the pool (the same, in memory).
-func (c *core) enableKey(ctx context.Context, id int64) error {
+func (c *Core) enableKey(ctx context.Context, id int64) error {
 	c.keysMu.Lock()
 	defer c.keysMu.Unlock()
 	if err := c.store.SetKeyStatus(ctx, id, store.StatusActive, "", false); err != nil {
@@ -327,7 +327,7 @@ func (c *core) enableKey(ctx context.Context, id int64) error {
 // reviveKey puts a key that validation found working back into service, store then pool,
 // unless an operator disabled it by hand or deleted it while it was being checked; it reports
 // whether it did.
-func (c *core) reviveKey(ctx context.Context, id int64) (bool, error) {
+func (c *Core) reviveKey(ctx context.Context, id int64) (bool, error) {
 	c.keysMu.Lock()
 	defer c.keysMu.Unlock()
 	ok, err := c.store.ReviveKey(ctx, id)
@@ -365,7 +365,7 @@ const keyViewMaxAge = 2 * time.Second
 // keyView is a recent copy of the stored keys and of their state in the pool, read again when
 // older than keyViewMaxAge. It is safe for concurrent use.
 type keyView struct {
-	c      *core
+	c      *Core
 	mu     sync.Mutex
 	at     time.Time
 	keys   map[int64]store.Key
@@ -402,7 +402,7 @@ func (v *keyView) get(ctx context.Context, id int64) (k store.Key, st keypool.Ke
 }
 
 // poolStates returns the pool's state of every key at now, by id.
-func (c *core) poolStates(now time.Time) map[int64]keypool.KeyState {
+func (c *Core) poolStates(now time.Time) map[int64]keypool.KeyState {
 	list := c.pool.Keys(now)
 	m := make(map[int64]keypool.KeyState, len(list))
 	for _, st := range list {

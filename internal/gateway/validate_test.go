@@ -1,4 +1,4 @@
-package geminisynapse
+package gateway
 
 import (
 	"context"
@@ -31,7 +31,7 @@ func poolKeys(n int) []string {
 }
 
 // storedKey reads key id from the store, after the writer has written what it holds.
-func storedKey(t *testing.T, c *core, id int64) store.Key {
+func storedKey(t *testing.T, c *Core, id int64) store.Key {
 	t.Helper()
 	c.store.Flush()
 	keys, err := c.store.Keys(context.Background())
@@ -47,7 +47,7 @@ func storedKey(t *testing.T, c *core, id int64) store.Key {
 	return store.Key{}
 }
 
-func storedCooldowns(t *testing.T, c *core, id int64) []store.Cooldown {
+func storedCooldowns(t *testing.T, c *Core, id int64) []store.Cooldown {
 	t.Helper()
 	c.store.Flush()
 	all, err := c.store.Cooldowns(context.Background(), time.Now())
@@ -63,17 +63,17 @@ func storedCooldowns(t *testing.T, c *core, id int64) []store.Cooldown {
 	return out
 }
 
-func poolState(c *core, id int64) keypool.KeyState {
+func poolState(c *Core, id int64) keypool.KeyState {
 	return c.poolStates(time.Now())[id]
 }
 
 // report applies an outcome to a key the way the proxy does: pool first, then the store.
-func report(c *core, id int64, model string, o keypool.Outcome) {
+func report(c *Core, id int64, model string, o keypool.Outcome) {
 	c.persist(c.pool.Report(id, model, o, time.Now()), o.Reason)
 }
 
 // disableAuto disables a key the way the pool does after failures (not by an operator).
-func disableAuto(t *testing.T, c *core, id int64, reason string) {
+func disableAuto(t *testing.T, c *Core, id int64, reason string) {
 	t.Helper()
 	report(c, id, "", keypool.Outcome{Kind: keypool.KeyInvalid, Reason: reason})
 	if k := storedKey(t, c, id); k.Status != store.StatusDisabled || k.ManualDisabled {
@@ -241,7 +241,7 @@ func TestValidationKeepsDeadKeysOut(t *testing.T) {
 // probe, which cannot see quota, a valid key keeps its cooldowns.
 func TestValidationQuota(t *testing.T) {
 	keys := poolKeys(5)
-	e := newJobsEnv(t, jobsSetup{keys: keys, configure: func(a *App) { a.ValidationProbe = "generate" }})
+	e := newJobsEnv(t, jobsSetup{keys: keys, configure: func(a *Config) { a.ValidationProbe = "generate" }})
 	c := e.c
 	ctx := context.Background()
 	model := "gemini-2.5-flash"
@@ -527,11 +527,10 @@ func TestScheduledValidationChoosesKeys(t *testing.T) {
 }
 
 func TestValidationProbeSetting(t *testing.T) {
-	a, err := parseGlobal(t, "gemini_synapse {\n\tvalidation_probe generate\n}")
-	if err != nil || a.ValidationProbe != "generate" || a.configSettings()[setValidationProbe] != "generate" {
-		t.Fatalf("parsed %+v, %v", a, err)
+	if cfg := (&Config{ValidationProbe: "generate"}); cfg.Check() != nil || cfg.settings()[setValidationProbe] != "generate" {
+		t.Fatalf("config %+v: %v", cfg, cfg.Check())
 	}
-	if _, err := parseGlobal(t, "gemini_synapse {\n\tvalidation_probe count\n}"); err == nil || !strings.Contains(err.Error(), "validation_probe") {
+	if err := (&Config{ValidationProbe: "count"}).Check(); err == nil || !strings.Contains(err.Error(), "validation_probe") {
 		t.Errorf("a bad probe was accepted: %v", err)
 	}
 	for raw, want := range map[string]string{"": probeModels, "models": probeModels, " Generate ": probeGenerate, "bogus": probeModels} {

@@ -1,0 +1,222 @@
+// Package geminisynapse is a Caddy plugin that serves the Gemini API through a pool of upstream
+// Google keys: clients authenticate with an access key, the gateway swaps in a pooled key, retries
+// failed calls on other keys, cools keys down on quota errors, disables keys that are dead, and
+// streams answers back as they arrive.
+//
+// It registers the app `gemini_synapse` (configured with the global Caddyfile option of the same
+// name), the proxy handler `http.handlers.gemini_synapse` and the admin handler
+// `http.handlers.gemini_synapse_admin`. This package is the Caddy wiring only; the gateway itself
+// is internal/gateway.
+package geminisynapse
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/internal/gateway"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// cores holds one core per absolute database path. A core outlives config reloads: the new
+// config takes its reference before the old one releases its own.
+var cores = caddy.NewUsagePool()
+
+// App is the shared state of the Gemini gateway: one SQLite database, the key pool built from
+// it, the request-log writer and the scheduler. Both handlers of a config use it. Settings marked
+// "live" are stored in the database and may also be changed in the admin panel; the newer edit
+// wins (a value here is applied when it differs from the one seen at the previous start).
+type App struct {
+	// Database is the path of the SQLite file. Its directory is created if missing, the file
+	// with mode 0600. Default: `{caddy data dir}/gemini_synapse/data.db`.
+	Database string `json:"database,omitempty"`
+
+	// AdminKey is the secret of the admin panel and API. It is stored hashed. If none is
+	// configured anywhere, one is generated at first start and printed once in the log.
+	// It must be 16 to 512 characters without spaces. Accepts placeholders such as
+	// `{env.ADMIN_KEY}`.
+	AdminKey string `json:"admin_key,omitempty"`
+
+	// AccessKeys are the keys clients use to call the gateway; each entry may hold several
+	// separated by commas or spaces. They are added to the database if missing (stored as
+	// SHA-256 hashes) and never deleted from here; one deleted in the admin panel stays
+	// deleted (it is skipped, with a log line). Accepts placeholders.
+	AccessKeys []string `json:"access_keys,omitempty"`
+
+	// GoogleAPIKeys are upstream Gemini keys added to the pool at start and on reload if
+	// missing; removing one here does not delete it, and one deleted in the admin panel stays
+	// deleted until it is added there again (it is skipped, with a log line). Entries may be
+	// comma- or space-separated. Accepts placeholders.
+	GoogleAPIKeys []string `json:"google_api_keys,omitempty"`
+
+	// Upstream is the base URL of the Gemini API (live setting).
+	// Default: `https://generativelanguage.googleapis.com`.
+	Upstream string `json:"upstream,omitempty"`
+
+	// Proxy is an optional outbound proxy used to reach the upstream, as an `http://`,
+	// `https://` or `socks5://` URL (live setting). Default: none (direct).
+	Proxy string `json:"proxy,omitempty"`
+
+	// MaxFailures is the number of consecutive transient failures (5xx, network errors) after
+	// which a key is ejected: out of rotation for 1 minute, doubling on each consecutive
+	// ejection up to 1 hour, then back on its own. A key is ejected only while other keys
+	// succeed for the same model; when most attempts fail with every key (an outage), nothing
+	// is counted. Transient failures never disable a key (live setting). Must be at least 1.
+	// Default: 5.
+	MaxFailures int `json:"max_failures,omitempty"`
+
+	// MaxEjectionPercent is the largest share, in percent, of the enabled keys that may be
+	// ejected at once (live setting). 0 turns ejection off. Default: 50.
+	MaxEjectionPercent *int `json:"max_ejection_percent,omitempty"`
+
+	// MaxRetries is how many further attempts, each on another key, a failed call gets
+	// (live setting). 0 means no retry. Default: 3.
+	MaxRetries *int `json:"max_retries,omitempty"`
+
+	// MaxRequestBody is the largest request body accepted, in bytes; larger bodies get 413
+	// (live setting). Default: 32 MiB.
+	MaxRequestBody int64 `json:"max_request_body,omitempty"`
+
+	// ValidationModel is the model used to check keys (live setting).
+	// Default: `gemini-2.5-flash`.
+	ValidationModel string `json:"validation_model,omitempty"`
+
+	// ValidationInterval is how often disabled and cooling keys are re-checked (live setting).
+	// Default: 1h.
+	ValidationInterval caddy.Duration `json:"validation_interval,omitempty"`
+
+	// ValidationProbe is how keys are checked (live setting): `models` asks for the validation
+	// model's metadata, which is free and tells invalid, suspended and leaked keys from valid
+	// ones; `generate` sends a one-token generateContent, which also finds exhausted quota but
+	// spends a request of it. Default: `models`.
+	ValidationProbe string `json:"validation_probe,omitempty"`
+
+	// Timezone is the IANA time zone used for schedules and statistics (live setting).
+	// Default: `UTC`.
+	Timezone string `json:"timezone,omitempty"`
+
+	// ErrorLogRetention is how long rows of the error log are kept (live setting). Default: 15d.
+	ErrorLogRetention caddy.Duration `json:"error_log_retention,omitempty"`
+
+	// RequestLogRetention is how long rows of the request log are kept (live setting).
+	// Default: 30d.
+	RequestLogRetention caddy.Duration `json:"request_log_retention,omitempty"`
+
+	dbPath string
+	core   *gateway.Core
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "gemini_synapse",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision sets defaults, checks the settings and takes a reference to the shared core of the
+// database. It opens nothing: `caddy validate` provisions modules too.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	if !cgoEnabled {
+		return errors.New("gemini_synapse needs SQLite through cgo, but this caddy was built without it: rebuild with CGO_ENABLED=1")
+	}
+	repl := caddy.NewReplacer()
+	a.AdminKey = repl.ReplaceAll(a.AdminKey, "")
+	a.AccessKeys = splitKeys(repl, a.AccessKeys)
+	a.GoogleAPIKeys = splitKeys(repl, a.GoogleAPIKeys)
+	if err := a.config().Check(); err != nil {
+		return err
+	}
+
+	db := a.Database
+	if db == "" {
+		db = filepath.Join(caddy.AppDataDir(), "gemini_synapse", "data.db")
+	}
+	abs, err := filepath.Abs(db)
+	if err != nil {
+		return fmt.Errorf("database path %q: %v", db, err)
+	}
+	a.dbPath = abs
+	val, _, err := cores.LoadOrNew(abs, func() (caddy.Destructor, error) {
+		return gateway.New(abs, a.logger, caddyHooks), nil
+	})
+	if err != nil {
+		return err
+	}
+	a.core = val.(*gateway.Core)
+	return a.core.RegisterMetrics(ctx.GetMetricsRegistry())
+}
+
+// Start opens the database (once per core), applies this config's keys and settings, and
+// starts the scheduler (once per core).
+func (a *App) Start() error {
+	if err := a.core.Open(); err != nil {
+		return err
+	}
+	return a.core.Apply(context.Background(), a.config())
+}
+
+// Stop implements caddy.App. The core stays up for the next config; Cleanup releases it.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases this config's reference to the core; the last release closes it.
+func (a *App) Cleanup() error {
+	if a.core == nil {
+		return nil
+	}
+	a.core = nil
+	_, err := cores.Delete(a.dbPath)
+	return err
+}
+
+// config is what this config asks of the gateway.
+func (a *App) config() *gateway.Config {
+	return &gateway.Config{
+		AdminKey:            a.AdminKey,
+		AccessKeys:          a.AccessKeys,
+		GoogleAPIKeys:       a.GoogleAPIKeys,
+		Upstream:            a.Upstream,
+		Proxy:               a.Proxy,
+		MaxFailures:         a.MaxFailures,
+		MaxEjectionPercent:  a.MaxEjectionPercent,
+		MaxRetries:          a.MaxRetries,
+		MaxRequestBody:      a.MaxRequestBody,
+		ValidationModel:     a.ValidationModel,
+		ValidationInterval:  time.Duration(a.ValidationInterval),
+		ValidationProbe:     a.ValidationProbe,
+		Timezone:            a.Timezone,
+		ErrorLogRetention:   time.Duration(a.ErrorLogRetention),
+		RequestLogRetention: time.Duration(a.RequestLogRetention),
+	}
+}
+
+// splitKeys resolves placeholders and splits entries on commas and white space.
+func splitKeys(repl *caddy.Replacer, in []string) []string {
+	var out []string
+	for _, v := range in {
+		v = repl.ReplaceAll(v, "")
+		out = append(out, strings.FieldsFunc(v, func(r rune) bool {
+			return r == ',' || r == ' ' || r == '\t' || r == '\n' || r == '\r'
+		})...)
+	}
+	return out
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+	_ caddy.Destructor   = (*gateway.Core)(nil)
+)

@@ -1,0 +1,95 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/admin"
+)
+
+// Config is what one server configuration asks of the gateway: the secrets it adds and the
+// live settings it sets (a zero value leaves a setting as it is). Placeholders are resolved and
+// key lists split before it gets here.
+type Config struct {
+	AdminKey      string   // "" keeps the stored one (or generates one at first start)
+	AccessKeys    []string // added to the store if missing
+	GoogleAPIKeys []string // added to the pool if missing
+
+	Upstream            string
+	Proxy               string
+	MaxFailures         int
+	MaxEjectionPercent  *int
+	MaxRetries          *int
+	MaxRequestBody      int64
+	ValidationModel     string
+	ValidationInterval  time.Duration
+	ValidationProbe     string
+	Timezone            string
+	ErrorLogRetention   time.Duration
+	RequestLogRetention time.Duration
+}
+
+// Check tells what is wrong with the configuration's values, each by its setting's name, the
+// way the admin API would refuse them.
+func (cfg *Config) Check() error {
+	var errs []error
+	if cfg.AdminKey != "" {
+		// The same rules as a key set in the panel: a short admin key is guessable.
+		if why := admin.AdminKeyProblem(cfg.AdminKey); why != "" {
+			errs = append(errs, fmt.Errorf("admin_key: %s (leave it out to have one generated)", why))
+		}
+	}
+	if _, err := parseSettings(cfg.settings()); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// CheckSetting checks one live setting's value as the admin API and the Caddyfile do; the error
+// names the setting.
+func CheckSetting(name, value string) error {
+	if !isLiveSetting(name) {
+		return fmt.Errorf("%s: not a setting", name)
+	}
+	_, err := parseSettings(map[string]string{name: value})
+	return err
+}
+
+// settings returns the live settings the configuration sets, as stored text.
+func (cfg *Config) settings() map[string]string {
+	m := make(map[string]string)
+	put := func(name, v string) {
+		if v != "" {
+			m[name] = v
+		}
+	}
+	putDuration := func(name string, d time.Duration) {
+		if d != 0 {
+			m[name] = d.String()
+		}
+	}
+	putInt := func(name string, n *int) {
+		if n != nil {
+			m[name] = strconv.Itoa(*n)
+		}
+	}
+	put(setUpstream, cfg.Upstream)
+	put(setProxy, cfg.Proxy)
+	if cfg.MaxFailures != 0 {
+		m[setMaxFailures] = strconv.Itoa(cfg.MaxFailures)
+	}
+	putInt(setMaxEjectionPercent, cfg.MaxEjectionPercent)
+	putInt(setMaxRetries, cfg.MaxRetries)
+	if cfg.MaxRequestBody != 0 {
+		m[setMaxBody] = strconv.FormatInt(cfg.MaxRequestBody, 10)
+	}
+	put(setValidationModel, cfg.ValidationModel)
+	putDuration(setValidationInterval, cfg.ValidationInterval)
+	put(setValidationProbe, cfg.ValidationProbe)
+	put(setTimezone, cfg.Timezone)
+	putDuration(setErrorRetention, cfg.ErrorLogRetention)
+	putDuration(setRequestRetention, cfg.RequestLogRetention)
+	return m
+}
