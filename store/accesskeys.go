@@ -32,25 +32,28 @@ func (s *Store) AddAccessKey(ctx context.Context, secret, label string) (int64, 
 	if secret == "" {
 		return 0, errors.New("store: empty access key")
 	}
-	h := HashSecret(secret)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("store: add access key: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	res, err := tx.ExecContext(ctx, `INSERT INTO access_keys (hash, label, created_at) VALUES (?, ?, ?)`,
-		h[:], label, toMS(time.Now()))
-	if err != nil {
-		if isUniqueViolation(err) {
-			return 0, ErrDuplicate
+	var id int64
+	// Added by hand (not from the config): a tombstone from an earlier delete no longer applies.
+	_, err = insertSecrets(ctx, tx, tombAccessKey, []string{secret}, false, func(_ int, _ string, h [32]byte) error {
+		res, err := tx.ExecContext(ctx, `INSERT INTO access_keys (hash, label, created_at) VALUES (?, ?, ?)`,
+			h[:], label, toMS(time.Now()))
+		if err != nil {
+			if isUniqueViolation(err) {
+				return ErrDuplicate
+			}
+			return err
 		}
-		return 0, fmt.Errorf("store: add access key: %w", err)
+		id, err = res.LastInsertId()
+		return err
+	})
+	if errors.Is(err, ErrDuplicate) {
+		return 0, ErrDuplicate
 	}
-	// Added by hand: a tombstone from an earlier delete no longer applies.
-	if err := clearTombstone(ctx, tx, tombAccessKey, h); err != nil {
-		return 0, fmt.Errorf("store: add access key: %w", err)
-	}
-	id, err := res.LastInsertId()
 	if err != nil {
 		return 0, fmt.Errorf("store: add access key: %w", err)
 	}
@@ -75,26 +78,17 @@ func (s *Store) EnsureAccessKeys(ctx context.Context, secrets []string, label st
 		return 0, 0, fmt.Errorf("store: ensure access keys: %w", err)
 	}
 	now := toMS(time.Now())
-	for _, secret := range secrets {
-		secret = strings.TrimSpace(secret)
-		if secret == "" {
-			continue
-		}
-		h := HashSecret(secret)
-		dead, err := tombstoned(ctx, tx, tombAccessKey, h)
-		if err != nil {
-			return 0, 0, fmt.Errorf("store: ensure access keys: %w", err)
-		}
-		if dead {
-			skipped++
-			continue
-		}
+	skipped, err = insertSecrets(ctx, tx, tombAccessKey, secrets, true, func(_ int, _ string, h [32]byte) error {
 		res, err := stmt.ExecContext(ctx, h[:], label, now)
 		if err != nil {
-			return 0, 0, fmt.Errorf("store: ensure access keys: %w", err)
+			return err
 		}
 		n, _ := res.RowsAffected()
 		added += int(n)
+		return nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("store: ensure access keys: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return 0, 0, fmt.Errorf("store: ensure access keys: %w", err)

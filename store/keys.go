@@ -58,8 +58,8 @@ func newKeys(secrets []string) []NewKey {
 }
 
 // addKeys adds keys in one transaction. From the config, a tombstoned secret is skipped (and
-// counted); else its tombstone is cleared. A non-empty label of a key already stored replaces
-// its label. Labels are checked before anything is written.
+// counted); else its tombstone is cleared (see insertSecrets). A non-empty label of a key
+// already stored replaces its label. Labels are checked before anything is written.
 func (s *Store) addKeys(ctx context.Context, keys []NewKey, fromConfig bool) (res AddResult, skipped int, err error) {
 	for i := range keys {
 		if err := CheckProject(strings.TrimSpace(keys[i].Project)); err != nil {
@@ -80,43 +80,35 @@ func (s *Store) addKeys(ctx context.Context, keys []NewKey, fromConfig bool) (re
 		return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
 	}
 	now := toMS(time.Now())
-	for _, k := range keys {
-		secret, project := strings.TrimSpace(k.Secret), strings.TrimSpace(k.Project)
-		if secret == "" {
-			continue
-		}
-		h := HashSecret(secret)
-		if fromConfig {
-			dead, err := tombstoned(ctx, tx, tombKey, h)
-			if err != nil {
-				return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
-			}
-			if dead {
-				skipped++
-				continue
-			}
-		} else if err := clearTombstone(ctx, tx, tombKey, h); err != nil {
-			return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
-		}
+	secrets := make([]string, len(keys))
+	for i, k := range keys {
+		secrets[i] = k.Secret
+	}
+	skipped, err = insertSecrets(ctx, tx, tombKey, secrets, fromConfig, func(i int, secret string, _ [32]byte) error {
+		project := strings.TrimSpace(keys[i].Project)
 		r, err := stmt.ExecContext(ctx, secret, project, now)
 		if err != nil {
-			return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
+			return err
 		}
 		if n, _ := r.RowsAffected(); n > 0 {
 			res.Added++
-			continue
+			return nil
 		}
 		if project == "" {
-			continue // already stored; no label given, so its own stays
+			return nil // already stored; no label given, so its own stays
 		}
 		var id int64
 		switch err := relabel.QueryRowContext(ctx, project, secret, project).Scan(&id); {
 		case errors.Is(err, sql.ErrNoRows): // it has this label already
 		case err != nil:
-			return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
+			return err
 		default:
 			res.Relabeled = append(res.Relabeled, KeyProject{KeyID: id, Project: project})
 		}
+		return nil
+	})
+	if err != nil {
+		return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return AddResult{}, 0, fmt.Errorf("store: add keys: %w", err)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 
@@ -53,5 +54,42 @@ func TestTombstones(t *testing.T) {
 	}
 	if keys, _ := s.Keys(ctx); len(keys) != 3 {
 		t.Errorf("%d keys, want key-a, key-b and key-c", len(keys))
+	}
+}
+
+// TestTombstoneOfATrimmedSecret: a deletion is kept by the secret trimmed of white space, so
+// the config's copy with spaces around it is skipped too, for both kinds; blank secrets are
+// neither added nor counted as skipped.
+func TestTombstoneOfATrimmedSecret(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, filepath.Join(t.TempDir(), "data.db"), zap.NewNop(), nil)
+	if added, err := s.AddKeys(ctx, []string{"  key-a\t"}); err != nil || added != 1 {
+		t.Fatalf("AddKeys = %d, %v", added, err)
+	}
+	if _, err := s.AddAccessKey(ctx, " acc-a ", "panel"); err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := s.Keys(ctx)
+	aks, _ := s.AccessKeys(ctx)
+	if err := s.DeleteKey(ctx, keys[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteAccessKey(ctx, aks[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if added, skipped, err := s.AddConfigKeys(ctx, []string{"key-a ", " ", ""}); err != nil || added != 0 || skipped != 1 {
+		t.Errorf("AddConfigKeys = %d added, %d skipped, %v; want 0, 1", added, skipped, err)
+	}
+	if added, skipped, err := s.EnsureAccessKeys(ctx, []string{"\nacc-a", "  "}, "Caddyfile"); err != nil || added != 0 || skipped != 1 {
+		t.Errorf("EnsureAccessKeys = %d added, %d skipped, %v; want 0, 1", added, skipped, err)
+	}
+	if _, err := s.AddAccessKey(ctx, "acc-a", "panel"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddAccessKey(ctx, "acc-a ", "again"); !errors.Is(err, ErrDuplicate) {
+		t.Errorf("second AddAccessKey = %v, want ErrDuplicate", err)
+	}
+	if added, skipped, err := s.EnsureAccessKeys(ctx, []string{"acc-a"}, "Caddyfile"); err != nil || added != 0 || skipped != 0 {
+		t.Errorf("EnsureAccessKeys after an explicit add = %d added, %d skipped, %v; want 0, 0", added, skipped, err)
 	}
 }
