@@ -138,3 +138,67 @@ func TestStatsBoundsOnUsageSlots(t *testing.T) {
 		}
 	}
 }
+
+func mustZone(t *testing.T, name string) *time.Location {
+	t.Helper()
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loc
+}
+
+// TestStatsBoundsFollowTheLocalCalendar checks bucket bounds across a DST change: days start
+// at local midnight (the day clocks go back has 25 hours), hours on the local hour.
+func TestStatsBoundsFollowTheLocalCalendar(t *testing.T) {
+	berlin := mustZone(t, "Europe/Berlin")
+	// 2025-10-26: clocks go back from 03:00 to 02:00 in Berlin.
+	now := time.Date(2025, 10, 28, 15, 40, 0, 0, berlin)
+	days := statsBounds(statsRanges["30d"], now, berlin)
+	if len(days) != 31 {
+		t.Fatalf("%d bounds for 30 days", len(days))
+	}
+	for i, b := range days {
+		if l := b.In(berlin); l.Hour() != 0 || l.Minute() != 0 {
+			t.Errorf("day bound %d is %v, not local midnight", i, l)
+		}
+	}
+	if last := days[30]; !last.Equal(time.Date(2025, 10, 29, 0, 0, 0, 0, berlin)) {
+		t.Errorf("last bound %v, want the next local midnight", last)
+	}
+	long := 0
+	for i := 1; i < len(days); i++ {
+		if d := days[i].Sub(days[i-1]); d == 25*time.Hour {
+			long++
+		} else if d != 24*time.Hour {
+			t.Errorf("day %d lasts %v", i, d)
+		}
+	}
+	if long != 1 {
+		t.Errorf("%d days of 25 h, want 1 (the DST change)", long)
+	}
+
+	hours := statsBounds(statsRanges["24h"], now, berlin)
+	if len(hours) != 25 || !hours[24].Equal(time.Date(2025, 10, 28, 16, 0, 0, 0, berlin)) {
+		t.Fatalf("hour bounds: %d, last %v", len(hours), hours[len(hours)-1])
+	}
+	for i := 1; i < len(hours); i++ {
+		if hours[i].Sub(hours[i-1]) != time.Hour {
+			t.Errorf("hour bucket %d lasts %v", i, hours[i].Sub(hours[i-1]))
+		}
+	}
+	// Six-hour blocks start at 00, 06, 12 or 18 local, India's half-hour offset included.
+	kolkata := mustZone(t, "Asia/Kolkata")
+	six := statsBounds(statsRanges["7d"], now, kolkata)
+	if len(six) != 29 {
+		t.Fatalf("%d bounds for 7 days", len(six))
+	}
+	for _, b := range six {
+		if l := b.In(kolkata); l.Hour()%6 != 0 || l.Minute() != 0 {
+			t.Errorf("six-hour bound %v is not on a block start", l)
+		}
+	}
+	if !six[27].Before(now) || six[28].Before(now) {
+		t.Errorf("the last block [%v, %v) does not hold now", six[27], six[28])
+	}
+}
