@@ -5,16 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"path"
 	"strconv"
 	"strings"
 	"time"
 
-	"go.uber.org/zap"
-
-	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
@@ -88,6 +84,10 @@ func writePreflight(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("Access-Control-Max-Age", "3600")
 	w.WriteHeader(http.StatusNoContent)
 }
+
+// statusClientClosed is the status logged for a request whose client went away before its
+// answer (nginx's 499); it is never sent.
+const statusClientClosed = 499
 
 // exchange is one client request on its way through the proxy.
 type exchange struct {
@@ -201,7 +201,7 @@ func (x *exchange) readBody() bool {
 		if errors.As(err, &mbe) {
 			x.tooLarge(limit)
 		} else if x.r.Context().Err() != nil {
-			x.status = 499
+			x.status = statusClientClosed
 			x.errText = "client closed the request while sending its body"
 		} else {
 			x.fail(http.StatusBadRequest, "INVALID_ARGUMENT", "The request body could not be read: "+err.Error())
@@ -250,266 +250,10 @@ func requestModel(p, rawQuery string, body []byte, openAI bool) (model string, s
 	return rest, method == "streamGenerateContent"
 }
 
-// proxy runs the attempt loop: pick a key, send, classify, and either answer the client or
-// retry on another key while nothing has been written yet. Quota and key errors are retried up
-// to max_retries times; a 5xx or network failure at most once (it is about the model or the
-// service, not the key), and not at all while the model is in an outage.
-func (x *exchange) proxy() {
-	c := x.core
-	if ok, retryAt := c.pool.Admit(x.model, time.Now()); !ok {
-		c.metrics.refused.Inc()
-		x.outage(retryAt)
-		return
-	}
-	var skipBuf [8]int64
-	skip := skipBuf[:0]
-	var last *upstreamError // the newest failed answer, returned if no retry is left
-	transientRetried := false
-	for {
-		now := time.Now()
-		id, secret, err := c.pool.Next(x.model, now, skip)
-		if err != nil {
-			if last != nil {
-				x.writeUpstreamError(last)
-				return
-			}
-			var ce *keypool.CoolingError
-			if errors.As(err, &ce) {
-				x.retryAfter(ce.Until, now)
-				x.fail(http.StatusTooManyRequests, "RESOURCE_EXHAUSTED",
-					"Every upstream key is cooling down for model "+ce.Model+" (quota exhausted, or kept out after failures); retry after "+ce.Until.UTC().Format(time.RFC3339)+".")
-				return
-			}
-			x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "No upstream key is available: add or enable keys in the admin panel.")
-			return
-		}
-		x.attempts++
-		x.keyID = id
-		resp, fail, retryable := x.attempt(id, secret)
-		if resp != nil {
-			x.answer(resp, secret) // resources.go: records what the answer creates
-			return
-		}
-		if fail == nil {
-			return // the client is gone
-		}
-		last = fail
-		if fail.outcome.Kind == keypool.Transient {
-			if transientRetried || fail.outage {
-				retryable = false
-			}
-			transientRetried = true
-		}
-		if retryable && x.attempts <= x.set.maxRetries {
-			skip = append(skip, id)
-			continue
-		}
-		x.writeUpstreamError(last)
-		return
-	}
-}
-
-// outage answers a request the model's open circuit holds back: Google's own status for an
-// overloaded model, and when the next trial request may pass.
-func (x *exchange) outage(retryAt time.Time) {
-	now := time.Now()
-	x.retryAfter(retryAt, now)
-	what := "model " + x.model
-	if x.model == "" {
-		what = "this kind of call"
-	}
-	x.fail(http.StatusServiceUnavailable, "UNAVAILABLE",
-		"The upstream is failing for "+what+" with every key (an outage or overload at Google); the gateway holds requests back and lets a trial through every second. Please retry later.")
-}
-
-// upstreamError is a failed upstream answer, kept to be returned when no retry is left.
-type upstreamError struct {
-	status  int
-	header  http.Header
-	body    []byte
-	reason  string // network failures have no body
-	outcome keypool.Outcome
-	outage  bool // the model is in an outage: no other key will do better
-}
-
-// attempt sends the request once with key id and accounts for it: metrics, the pool's report
-// and the failure's masking. It returns the answer when the upstream took the request (status
-// below 400); else the failure to answer with, and whether another key may succeed where this
-// one failed. Both are nil when the client is gone (the exchange is then marked 499).
-func (x *exchange) attempt(id int64, secret string) (resp *http.Response, fail *upstreamError, retryable bool) {
-	sent := time.Now()
-	resp, err := x.send(secret)
-	took := time.Since(sent)
-	if err != nil {
-		o := keypool.ClassifyError(err)
-		if o.Kind == keypool.Canceled || x.r.Context().Err() != nil {
-			x.attempted(keypool.Canceled, 0, took)
-			x.clientGone()
-			return nil, nil, false
-		}
-		x.attempted(o.Kind, 0, took)
-		ch := x.report(id, o, 0)
-		return nil, &upstreamError{status: http.StatusBadGateway, reason: o.Reason, outage: ch.Outage}, true
-	}
-	if resp.StatusCode < 400 {
-		x.attempted(keypool.Success, resp.StatusCode, took)
-		x.report(id, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
-		return resp, nil, false
-	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<10))
-	resp.Body.Close()
-	body = maskSecret(body, secret)
-	o := keypool.Classify(resp.StatusCode, body, time.Now())
-	if o.Kind != keypool.Canceled && x.r.Context().Err() == nil {
-		o = x.confirm(id, secret, o)
-	}
-	if o.Kind == keypool.Canceled || x.r.Context().Err() != nil {
-		x.attempted(keypool.Canceled, resp.StatusCode, took)
-		x.clientGone()
-		return nil, nil, false
-	}
-	x.attempted(o.Kind, resp.StatusCode, took)
-	ch := x.report(id, o, resp.StatusCode)
-	return nil, &upstreamError{status: resp.StatusCode, header: resp.Header, body: body, outcome: o, outage: ch.Outage}, o.Retryable()
-}
-
-// confirm checks an answer that condemns key id (o.Confirm) with one free probe of the key
-// before anything is done to it: if the key answers the probe, the answer was about the
-// request and goes back to the client as a client error; if the probe condemns it too, the
-// key is dead. When the probe says nothing either way, the key is left alone and the request
-// may go to another key. Other outcomes pass unchanged.
-func (x *exchange) confirm(id int64, secret string, o keypool.Outcome) keypool.Outcome {
-	if o.Kind != keypool.KeyInvalid || !o.Confirm {
-		return o
-	}
-	v := x.core.confirmKey(id, secret)
-	switch v.Kind {
-	case keypool.KeyInvalid:
-		o.Confirm = false // confirmed: report disables the key
-		if o.Project == "" {
-			o.Project = v.Project
-		}
-		return o
-	case keypool.Success, keypool.Quota:
-		return keypool.Outcome{Kind: keypool.ClientError, Reason: o.Reason, Project: o.Project}
-	default:
-		return keypool.Outcome{Kind: keypool.KeyInvalid, Confirm: true, Reason: o.Reason, Project: o.Project}
-	}
-}
-
-// clientGone marks the exchange as ended by the client.
-func (x *exchange) clientGone() {
-	x.status = 499
-	x.errText = "client closed the request"
-}
-
-// report tells the pool how an attempt went, persists what changed and logs failed attempts.
-// A key error still waiting for confirmation (o.Confirm) changes nothing.
-func (x *exchange) report(id int64, o keypool.Outcome, status int) keypool.Change {
-	c := x.core
-	var ch keypool.Change
-	if o.Kind != keypool.KeyInvalid || !o.Confirm {
-		ch = c.pool.Report(id, x.model, o, time.Now())
-		c.persist(ch, o.Reason)
-		x.reported(ch)
-		if ch.Opened {
-			c.logger.Warn("the upstream fails for this model with every key: holding requests back (one trial a second) until it recovers; no key is counted or ejected meanwhile",
-				zap.String("model", x.model), zap.String("last_error", o.Reason))
-		}
-		if ch.Closed {
-			c.logger.Info("the upstream serves this model again", zap.String("model", x.model))
-		}
-	}
-	// The client's own mistakes are in the request log; the error log (and a key's failed
-	// count) is for what went wrong upstream.
-	if o.Kind == keypool.Success || o.Kind == keypool.Canceled || o.Kind == keypool.ClientError {
-		return ch
-	}
-	if status == 0 {
-		status = http.StatusBadGateway
-	}
-	msg := o.Kind.String() + ": " + o.Reason
-	switch {
-	case o.Kind == keypool.KeyInvalid && o.Confirm:
-		msg = "key_invalid (not confirmed by a probe, key left in service): " + o.Reason
-	case ch.Outage:
-		msg = "transient (model outage, not counted against the key): " + o.Reason
-	case ch.Ejected:
-		msg = "transient: " + ch.Reason
-	}
-	c.store.LogError(store.ErrorLog{
-		Time:        time.Now(),
-		KeyID:       id,
-		AccessKeyID: x.access,
-		Model:       x.model,
-		Path:        x.path,
-		Status:      status,
-		Message:     msg,
-	})
-	return ch
-}
-
-// writeUpstreamError returns the last upstream failure to the client with its real status and
-// Gemini envelope (the pool key masked out).
-func (x *exchange) writeUpstreamError(e *upstreamError) {
-	if e.outcome.Kind == keypool.KeyInvalid {
-		// Google's words ("API key not valid") would make the client think its own key is bad.
-		// (A key error the probe did not confirm reaches here only when no retry is left.)
-		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE",
-			"No upstream key could serve the request: the keys tried were rejected by the upstream ("+e.outcome.Reason+").")
-		return
-	}
-	if e.body == nil {
-		x.fail(e.status, "UNAVAILABLE", "The upstream could not be reached: "+e.reason)
-		return
-	}
-	hdr := x.w.Header()
-	ct := e.header.Get("Content-Type")
-	if ct == "" {
-		ct = "application/json; charset=UTF-8"
-	}
-	hdr.Set("Content-Type", ct)
-	hdr.Set("Content-Length", strconv.Itoa(len(e.body)))
-	if e.outcome.Kind == keypool.Quota && !e.outcome.Until.IsZero() {
-		x.retryAfter(e.outcome.Until, time.Now())
-	}
-	x.status = e.status
-	x.errText = e.outcome.Reason
-	x.w.WriteHeader(e.status)
-	x.w.Write(e.body)
-}
-
-func (x *exchange) retryAfter(until, now time.Time) {
-	secs := int64((until.Sub(now) + time.Second - 1) / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
-	x.w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-}
-
-// fail answers with Google's error envelope.
-func (x *exchange) fail(code int, status, msg string) {
-	x.status = code
-	x.errText = msg
-	writeError(x.w, code, status, msg)
-}
-
-// writeError writes {"error":{"code","message","status"}} as Google does.
-func writeError(w http.ResponseWriter, code int, status, msg string) {
-	b, _ := json.Marshal(map[string]any{"error": map[string]any{"code": code, "message": msg, "status": status}})
-	b = append(b, '\n')
-	hdr := w.Header()
-	hdr.Set("Content-Type", "application/json; charset=UTF-8")
-	hdr.Set("Content-Length", strconv.Itoa(len(b)))
-	hdr.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(code)
-	w.Write(b)
-}
-
 // logRequest queues the exchange's request-log row; it never waits on the database.
 func (x *exchange) logRequest() {
 	if x.status == 0 {
-		x.status = 499
+		x.status = statusClientClosed
 	}
 	x.recordRequest()
 	x.core.store.LogRequest(store.RequestLog{

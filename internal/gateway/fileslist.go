@@ -12,7 +12,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
@@ -26,6 +25,8 @@ import (
 const (
 	defaultFilesPageSize = 10  // Google's default for files.list
 	maxFilesPageSize     = 100 // Google's maximum
+	// maxFilesPageBytes bounds one upstream page read: 100 files' metadata is far less.
+	maxFilesPageBytes = 64 << 20
 )
 
 // isFileList reports whether p is files.list.
@@ -134,6 +135,9 @@ func (x *exchange) listFiles() {
 			token = upNext
 		}
 	}
+	if x.status == statusClientClosed {
+		return // nobody to answer
+	}
 	if failed != nil && len(out) == 0 {
 		x.writeUpstreamError(failed)
 		return
@@ -159,47 +163,31 @@ func (x *exchange) listKeyFiles(id int64, token string, pageSize int) ([]json.Ra
 	if err != nil {
 		return nil, "", nil
 	}
-	u := *x.set.upstream
-	u.Path += x.path
-	u.RawPath = ""
 	qv := url.Values{}
 	qv.Set("pageSize", strconv.Itoa(min(max(pageSize, 1), maxFilesPageSize)))
 	if token != "" {
 		qv.Set("pageToken", token)
 	}
-	u.RawQuery = qv.Encode()
-	req, err := http.NewRequestWithContext(x.r.Context(), http.MethodGet, u.String(), nil)
+	req, err := http.NewRequestWithContext(x.r.Context(), http.MethodGet, upstreamURL(x.set.upstream, x.path, qv.Encode()), nil)
 	if err != nil {
 		return nil, "", &upstreamError{status: http.StatusBadGateway, reason: err.Error()}
 	}
 	req.Header.Set("X-Goog-Api-Key", secret)
 	req.Header.Set("User-Agent", "")
 	x.attempts++
-	sent := time.Now()
-	resp, err := c.upstream.Load().transport.RoundTrip(req)
-	took := time.Since(sent)
-	if err != nil {
-		o := keypool.ClassifyError(err)
-		x.called(o.Kind, 0, took) // one page of one key's files, not a retry
-		if o.Kind != keypool.Canceled {
-			x.report(id, o, 0)
-		}
-		return nil, "", &upstreamError{status: http.StatusBadGateway, reason: o.Reason}
+	resp, fail := x.roundTrip(id, secret, req, countCall) // one page of one key's files, not a retry
+	if fail != nil {
+		return nil, "", fail
+	}
+	if resp == nil {
+		return nil, "", &upstreamError{status: statusClientClosed, reason: x.errText} // the client is gone
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxFilesPageBytes))
 	if err != nil {
 		return nil, "", &upstreamError{status: http.StatusBadGateway, reason: "reading the upstream answer: " + err.Error()}
 	}
 	b = maskSecret(b, secret)
-	if resp.StatusCode >= 400 {
-		o := x.confirm(id, secret, keypool.Classify(resp.StatusCode, b, time.Now()))
-		x.called(o.Kind, resp.StatusCode, took)
-		x.report(id, o, resp.StatusCode)
-		return nil, "", &upstreamError{status: resp.StatusCode, header: resp.Header, body: b, outcome: o}
-	}
-	x.called(keypool.Success, resp.StatusCode, took)
-	x.report(id, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
 	var page struct {
 		Files         []json.RawMessage `json:"files"`
 		NextPageToken string            `json:"nextPageToken"`

@@ -5,9 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/textproto"
-	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,128 +13,6 @@ import (
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
-
-// send makes one upstream attempt with the given pool key. The upstream URL is always the
-// configured base plus the cleaned API path, so no request can leave for another host.
-func (x *exchange) send(secret string) (*http.Response, error) {
-	u := *x.set.upstream
-	u.Path += x.path
-	u.RawPath = ""
-	u.RawQuery = stripKeyParam(x.r.URL.RawQuery)
-	var body io.Reader = http.NoBody
-	if len(x.body) > 0 {
-		body = bytes.NewReader(x.body)
-	}
-	req, err := http.NewRequestWithContext(x.r.Context(), x.r.Method, u.String(), body)
-	if err != nil {
-		return nil, err
-	}
-	copyRequestHeaders(req.Header, x.r.Header)
-	if x.openAI {
-		req.Header.Set("Authorization", "Bearer "+secret)
-	} else {
-		req.Header.Set("X-Goog-Api-Key", secret)
-	}
-	return x.core.upstream.Load().transport.RoundTrip(req)
-}
-
-// stripKeyParam removes every `key` (and Live's `access_token`) parameter from a raw query,
-// keeping the others byte for byte.
-func stripKeyParam(raw string) string {
-	if !hasKeyParam(raw) {
-		return raw
-	}
-	var b strings.Builder
-	for part := range strings.SplitSeq(raw, "&") {
-		name, _, _ := strings.Cut(part, "=")
-		if n, err := urlUnescape(name); err == nil && (n == "key" || n == "access_token") {
-			continue
-		}
-		if b.Len() > 0 {
-			b.WriteByte('&')
-		}
-		b.WriteString(part)
-	}
-	return b.String()
-}
-
-// hasKeyParam is a cheap test that a raw query may carry a credential (also percent-encoded).
-func hasKeyParam(raw string) bool {
-	return strings.Contains(raw, "key=") || strings.Contains(raw, "access_token=") || strings.Contains(raw, "%")
-}
-
-func urlUnescape(s string) (string, error) {
-	if !strings.ContainsAny(s, "%+") {
-		return s, nil
-	}
-	return url.QueryUnescape(s)
-}
-
-// Request headers that never go upstream: hop-by-hop ones, the client's credentials and
-// identity, and Accept-Encoding (the transport asks for gzip itself and decodes it, so the
-// usage tap sees plain bytes).
-var dropRequestHeaders = map[string]bool{
-	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
-	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
-	"Authorization": true, "X-Goog-Api-Key": true, "X-Goog-User-Project": true, "Cookie": true,
-	"Forwarded": true, "X-Real-Ip": true, "Origin": true, "Referer": true, "Via": true,
-	"Accept-Encoding": true, "Content-Length": true, "Host": true,
-}
-
-// Response headers that never reach the client.
-var dropResponseHeaders = map[string]bool{
-	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
-	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
-	"Alt-Svc": true, "Content-Length": true, "Set-Cookie": true,
-}
-
-func copyRequestHeaders(dst, src http.Header) {
-	named := connectionHeaders(src)
-	for k, vv := range src {
-		if dropRequestHeaders[k] || strings.HasPrefix(k, "X-Forwarded-") || named[k] {
-			continue
-		}
-		dst[k] = append([]string(nil), vv...)
-	}
-	if _, ok := dst["User-Agent"]; !ok {
-		dst["User-Agent"] = []string{""} // keep Go from adding its own
-	}
-}
-
-// copyResponseHeaders copies the upstream's headers for the client, with the pool key
-// (secret) redacted wherever the upstream echoed it.
-func copyResponseHeaders(dst, src http.Header, secret string) {
-	named := connectionHeaders(src)
-	for k, vv := range src {
-		if dropResponseHeaders[k] || named[k] {
-			continue
-		}
-		for i, v := range vv {
-			if secret != "" && strings.Contains(v, secret) {
-				vv = slices.Clone(vv)
-				vv[i] = strings.ReplaceAll(v, secret, redacted(secret))
-			}
-		}
-		dst[k] = vv
-	}
-}
-
-// connectionHeaders returns the header names listed in Connection (hop-by-hop by RFC 9110).
-func connectionHeaders(h http.Header) map[string]bool {
-	vv := h["Connection"]
-	if len(vv) == 0 {
-		return nil
-	}
-	m := make(map[string]bool)
-	for _, v := range vv {
-		for f := range strings.SplitSeq(v, ",") {
-			if f = strings.TrimSpace(f); f != "" {
-				m[textproto.CanonicalMIMEHeaderKey(f)] = true
-			}
-		}
-	}
-	return m
-}
 
 // Read sizes of the copy loop: a unary answer is read in 8 KiB, a stream in 4 KiB (an event
 // is far smaller, and a buffer is held as long as its stream is open).
@@ -412,4 +287,18 @@ func partialKeySuffix(b, secret []byte) int {
 		}
 	}
 	return 0
+}
+
+// writeRaw returns an upstream answer already read into b (masked), with its status and
+// headers: upload errors may be plain text, and their X-Goog-Upload-* headers matter.
+func (x *exchange) writeRaw(resp *http.Response, b []byte, secret, reason string) {
+	hdr := x.w.Header()
+	copyResponseHeaders(hdr, resp.Header, secret)
+	hdr.Set("Content-Length", strconv.Itoa(len(b)))
+	x.status = resp.StatusCode
+	if resp.StatusCode >= 400 {
+		x.errText = reason
+	}
+	x.w.WriteHeader(resp.StatusCode)
+	x.w.Write(b)
 }

@@ -143,18 +143,15 @@ func (x *exchange) serveUploadChunk(id string) {
 		return
 	}
 
-	u := *x.set.upstream
 	p, q, _ := strings.Cut(sess.UpstreamURI, "?")
-	u.RawPath = ""
 	if dp, err := url.PathUnescape(p); err == nil {
-		u.Path += dp
+		p = dp
 	}
-	u.RawQuery = q
 	var body io.Reader = x.r.Body
 	if x.r.Body == nil || x.r.ContentLength == 0 {
 		body = http.NoBody
 	}
-	req, err := http.NewRequestWithContext(ctx, x.r.Method, u.String(), body)
+	req, err := http.NewRequestWithContext(ctx, x.r.Method, upstreamURL(x.set.upstream, p, q), body)
 	if err != nil {
 		x.fail(http.StatusBadRequest, "INVALID_ARGUMENT", "Bad upload request: "+err.Error())
 		return
@@ -166,50 +163,35 @@ func (x *exchange) serveUploadChunk(id string) {
 	copyRequestHeaders(req.Header, x.r.Header)
 	req.Header.Set("X-Goog-Api-Key", secret)
 	x.attempts = 1
-	sent := time.Now()
-	resp, err := c.upstream.Load().transport.RoundTrip(req)
-	took := time.Since(sent)
-	if err != nil {
-		o := keypool.ClassifyError(err)
-		if o.Kind == keypool.Canceled || ctx.Err() != nil {
-			x.attempted(keypool.Canceled, 0, took)
-			x.status = 499
-			x.errText = "client closed the upload request"
-			return
-		}
-		x.attempted(o.Kind, 0, took)
-		x.report(sess.KeyID, o, 0)
-		// No upload status: SDKs retry the same chunk, which is right after a network failure.
-		x.fail(http.StatusBadGateway, "UNAVAILABLE", "The upstream could not be reached: "+o.Reason)
+	resp, fail := x.roundTrip(sess.KeyID, secret, req, countAttempt)
+	switch {
+	case resp == nil && fail == nil:
+		x.errText = "client closed the upload request"
 		return
-	}
-	x.rewriteUploadURLs(resp.Header)
-	status := resp.Header.Get("X-Goog-Upload-Status")
-	if resp.StatusCode >= 400 {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 256<<10))
-		resp.Body.Close()
-		b = maskSecret(b, secret)
-		o := x.confirm(sess.KeyID, secret, keypool.Classify(resp.StatusCode, b, time.Now()))
-		x.attempted(o.Kind, resp.StatusCode, took)
-		x.report(sess.KeyID, o, resp.StatusCode)
-		if o.Kind == keypool.KeyInvalid {
+	case fail != nil && fail.body == nil:
+		// No upload status: SDKs retry the same chunk, which is right after a network failure.
+		x.fail(http.StatusBadGateway, "UNAVAILABLE", "The upstream could not be reached: "+fail.reason)
+		return
+	case fail != nil:
+		x.rewriteUploadURLs(fail.header)
+		if fail.outcome.Kind == keypool.KeyInvalid {
 			// Google's "API key not valid" would make the client think its access key is bad:
 			// answer as the normal path does, keeping the upload headers the SDK acts on.
 			up := http.Header{}
-			for name, vv := range resp.Header {
+			for name, vv := range fail.header {
 				if strings.HasPrefix(name, "X-Goog-Upload-") {
 					up[name] = vv
 				}
 			}
 			copyResponseHeaders(x.w.Header(), up, secret)
-			x.writeUpstreamError(&upstreamError{status: resp.StatusCode, outcome: o})
+			x.writeUpstreamError(&upstreamError{status: fail.status, outcome: fail.outcome})
 			return
 		}
-		x.writeRaw(resp, b, secret, o.Reason)
+		x.writeRaw(&http.Response{StatusCode: fail.status, Header: fail.header}, fail.body, secret, fail.outcome.Reason)
 		return
 	}
-	x.attempted(keypool.Success, resp.StatusCode, took)
-	x.report(sess.KeyID, keypool.Outcome{Kind: keypool.Success}, resp.StatusCode)
+	x.rewriteUploadURLs(resp.Header)
+	status := resp.Header.Get("X-Goog-Upload-Status")
 	if strings.Contains(strings.ToLower(x.r.Header.Get("X-Goog-Upload-Command")), "cancel") {
 		if err := c.store.DeleteUploadSession(context.WithoutCancel(ctx), id); err != nil {
 			c.logger.Warn("forgetting a cancelled upload session", zap.Error(err))
@@ -257,20 +239,6 @@ func (x *exchange) rewriteUploadURLs(h http.Header) {
 		}
 		h.Set(name, x.publicBase()+x.uploadURI(u))
 	}
-}
-
-// writeRaw returns an upstream answer already read into b (masked), with its status and
-// headers: upload errors may be plain text, and their X-Goog-Upload-* headers matter.
-func (x *exchange) writeRaw(resp *http.Response, b []byte, secret, reason string) {
-	hdr := x.w.Header()
-	copyResponseHeaders(hdr, resp.Header, secret)
-	hdr.Set("Content-Length", strconv.Itoa(len(b)))
-	x.status = resp.StatusCode
-	if resp.StatusCode >= 400 {
-		x.errText = reason
-	}
-	x.w.WriteHeader(resp.StatusCode)
-	x.w.Write(b)
 }
 
 // keyUnusable says why a bound key cannot serve, for error messages.

@@ -33,8 +33,6 @@ const (
 	defaultValidationConcurrency = 4
 	// defaultProbeTimeout bounds one check, answer included.
 	defaultProbeTimeout = 20 * time.Second
-	// maxProbeBody is how much of a probe's answer is read.
-	maxProbeBody = 64 << 10
 	// unreachableAfter is the least number of checks in a row without an answer after which a
 	// batch stops probing: the upstream is down, not the keys.
 	unreachableAfter = 10
@@ -273,18 +271,13 @@ func (c *Core) probe(ctx context.Context, secret string, s *settings, kind strin
 	if cl == nil {
 		return 0, nil, errors.New("the upstream client is not set up yet")
 	}
-	u := *s.upstream
-	u.RawPath, u.RawQuery = "", ""
-	method := http.MethodGet
+	method, path := http.MethodGet, "/v1beta/models/"+s.validationModel
 	var body io.Reader = http.NoBody
 	if kind == probeGenerate {
-		u.Path += "/v1beta/models/" + s.validationModel + ":generateContent"
-		method = http.MethodPost
+		method, path = http.MethodPost, path+":generateContent"
 		body = bytes.NewReader(generateProbeBody(s.validationModel))
-	} else {
-		u.Path += "/v1beta/models/" + s.validationModel
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	req, err := http.NewRequestWithContext(ctx, method, upstreamURL(s.upstream, path, ""), body)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -292,14 +285,14 @@ func (c *Core) probe(ctx context.Context, secret string, s *settings, kind strin
 	if method == http.MethodPost {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := cl.transport.RoundTrip(req)
+	resp, b, err := c.call(req, secret)
 	if err != nil {
 		return 0, nil, err
 	}
-	defer resp.Body.Close()
-	// A body cut short still leaves the status, which is what the verdict rests on.
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxProbeBody))
-	return resp.StatusCode, maskSecret(b, secret), nil
+	if b == nil {
+		resp.Body.Close() // a success: its status is the verdict
+	}
+	return resp.StatusCode, b, nil
 }
 
 // generateProbeBody is the smallest generation request: one output token, and no thinking on
