@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/admin"
@@ -59,21 +58,10 @@ type adminEnv struct {
 
 func newAdminEnv(t *testing.T, nKeys int) *adminEnv {
 	t.Helper()
-	fake := fakegemini.New()
-	up := httptest.NewServer(fake)
-	t.Cleanup(up.Close)
-	obs, logs := observer.New(zap.DebugLevel)
-	c := New(filepath.Join(t.TempDir(), "data.db"), zap.New(obs), Hooks{})
-	c.probeTimeout = 5 * time.Second
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Destruct() })
 	keys := adminKeys(0, nKeys)
-	app := &Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: keys, Upstream: up.URL, AdminKey: testAdminKey}
-	if err := c.Apply(context.Background(), app); err != nil {
-		t.Fatal(err)
-	}
+	tc := startCore(t, coreSetup{probeTimeout: 5 * time.Second},
+		&Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: keys, AdminKey: testAdminKey})
+	c, fake, logs := tc.c, tc.fake, tc.logs
 	e := &adminEnv{t: t, c: c, fake: fake, logs: logs, now: time.Now(), secrets: append([]string{testAdminKey}, keys...)}
 	e.api = &admin.Handler{
 		Prefix:  "/admin",

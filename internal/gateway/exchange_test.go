@@ -2,16 +2,11 @@ package gateway
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
-
-	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
 )
@@ -132,26 +127,12 @@ var testPoolKeys = []string{"AIzaSyUNIT-pool-key-0001-aaaaaaaaaaaaaaaa", "AIzaSy
 
 func newTestGateway(t *testing.T, configure func(*Config)) *testGateway {
 	t.Helper()
-	fake := fakegemini.New()
-	up := httptest.NewServer(fake)
-	t.Cleanup(up.Close)
-	a := &Config{
-		AccessKeys:    []string{testAccessKey},
-		GoogleAPIKeys: testPoolKeys,
-		Upstream:      up.URL,
-	}
+	a := &Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: testPoolKeys}
 	if configure != nil {
 		configure(a)
 	}
-	c := New(filepath.Join(t.TempDir(), "db", "data.db"), zap.NewNop(), Hooks{})
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Destruct() })
-	if err := c.Apply(context.Background(), a); err != nil {
-		t.Fatal(err)
-	}
-	return &testGateway{url: serveCore(t, c, nil, ""), fake: fake, core: c}
+	tc := startCore(t, coreSetup{}, a)
+	return &testGateway{url: serveCore(t, tc.c, nil, ""), fake: tc.fake, core: tc.c}
 }
 
 func TestHeadersAndCredentialsAreSwapped(t *testing.T) {

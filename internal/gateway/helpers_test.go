@@ -1,13 +1,19 @@
 package gateway
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
+	"github.com/jonboulle/clockwork"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // teapot stands for the next handler of the server: what the gateway leaves alone gets 418.
@@ -46,4 +52,65 @@ func filterStacks(all string) string {
 		}
 	}
 	return strings.Join(out, "\n\n")
+}
+
+// coreSetup is what a test asks of the core it starts; the zero value is a core on a fresh
+// database in front of a fresh fake upstream.
+type coreSetup struct {
+	wrap         func(http.Handler) http.Handler // wraps the fake upstream
+	upstream     http.Handler                    // another upstream instead of the fake
+	clock        *clockwork.FakeClock            // drives the scheduler; nil: the real clock
+	probeTimeout time.Duration
+	path         string // the database file; "" for a new one
+}
+
+// testCore is a started core with its fake upstream and its log lines.
+type testCore struct {
+	c    *Core
+	fake *fakegemini.Server
+	up   *httptest.Server
+	logs *observer.ObservedLogs
+}
+
+// startCore opens a core as a server would and applies cfg (its Upstream defaults to the
+// fake's). The core and the upstream stop with the test. It is the one setup every test of
+// the package builds on.
+func startCore(t testing.TB, s coreSetup, cfg *Config) testCore {
+	t.Helper()
+	tc := testCore{fake: fakegemini.New()}
+	var h http.Handler = tc.fake
+	if s.upstream != nil {
+		h = s.upstream
+	}
+	if s.wrap != nil {
+		h = s.wrap(h)
+	}
+	tc.up = httptest.NewServer(h)
+	t.Cleanup(tc.up.Close)
+	obs, logs := observer.New(zap.DebugLevel)
+	tc.logs = logs
+	path := s.path
+	if path == "" {
+		path = filepath.Join(t.TempDir(), "db", "data.db")
+	}
+	c := New(path, zap.New(obs), Hooks{})
+	if s.clock != nil {
+		c.clock = s.clock
+	}
+	c.probeTimeout = s.probeTimeout
+	if err := c.Open(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Destruct() })
+	if cfg == nil {
+		cfg = &Config{}
+	}
+	if cfg.Upstream == "" {
+		cfg.Upstream = tc.up.URL
+	}
+	if err := c.Apply(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	tc.c = c
+	return tc
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -13,8 +12,6 @@ import (
 
 	"github.com/go-co-op/gocron/v2"
 	"github.com/jonboulle/clockwork"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
@@ -43,31 +40,12 @@ type jobsSetup struct {
 
 func newJobsEnv(t *testing.T, s jobsSetup) *jobsEnv {
 	t.Helper()
-	fake := fakegemini.New()
-	var h http.Handler = fake
-	if s.wrap != nil {
-		h = s.wrap(h)
-	}
-	up := httptest.NewServer(h)
-	t.Cleanup(up.Close)
-	zc, logs := observer.New(zapcore.DebugLevel)
-	c := New(filepath.Join(t.TempDir(), "data.db"), zap.New(zc), Hooks{})
-	if s.clock != nil {
-		c.clock = s.clock
-	}
-	c.probeTimeout = s.probeTimeout
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Destruct() })
-	a := &Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: s.keys, Upstream: up.URL}
+	a := &Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: s.keys}
 	if s.configure != nil {
 		s.configure(a)
 	}
-	if err := c.Apply(context.Background(), a); err != nil {
-		t.Fatal(err)
-	}
-	return &jobsEnv{c: c, fake: fake, up: up, proxy: serveCore(t, c, nil, ""), logs: logs, clock: s.clock, keys: s.keys}
+	tc := startCore(t, coreSetup{wrap: s.wrap, clock: s.clock, probeTimeout: s.probeTimeout}, a)
+	return &jobsEnv{c: tc.c, fake: tc.fake, up: tc.up, proxy: serveCore(t, tc.c, nil, ""), logs: tc.logs, clock: s.clock, keys: s.keys}
 }
 
 // count returns how many log entries have the message msg.

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
@@ -65,15 +63,8 @@ func TestProxyOwnerKeptWhenTheStoreFails(t *testing.T) {
 // Destruct writes what is still pending before it closes the store.
 func TestDestructFlushesPendingOwners(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "data.db")
-	c := New(path, zap.NewNop(), Hooks{})
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Destruct() })
+	c := startCore(t, coreSetup{path: path}, &Config{GoogleAPIKeys: []string{"AIzaSyPENDINGTEST-0000000000000000000"}}).c
 	ctx := context.Background()
-	if err := c.Apply(ctx, &Config{GoogleAPIKeys: []string{"AIzaSyPENDINGTEST-0000000000000000000"}}); err != nil {
-		t.Fatal(err)
-	}
 	keys, err := c.store.Keys(ctx)
 	if err != nil || len(keys) != 1 {
 		t.Fatalf("keys: %v %v", keys, err)

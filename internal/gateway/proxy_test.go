@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -20,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
@@ -53,25 +51,14 @@ func proxyKeys(n int) []string {
 
 func newProxyEnv(t *testing.T, nKeys int, configure func(*Config)) *proxyEnv {
 	t.Helper()
-	fake := fakegemini.New()
-	up := httptest.NewServer(fake)
-	t.Cleanup(up.Close)
 	keys := proxyKeys(nKeys)
-	a := &Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: keys, Upstream: up.URL}
+	a := &Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: keys}
 	if configure != nil {
 		configure(a)
 	}
-	obs, logs := observer.New(zap.DebugLevel)
-	logger := zap.New(obs)
-	c := New(filepath.Join(t.TempDir(), "db", "data.db"), logger, Hooks{})
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Destruct() })
-	if err := c.Apply(context.Background(), a); err != nil {
-		t.Fatal(err)
-	}
-	e := &proxyEnv{t: t, keys: keys, ids: map[string]int64{}, logs: logs, upstream: up.URL}
+	tc := startCore(t, coreSetup{}, a)
+	c, fake := tc.c, tc.fake
+	e := &proxyEnv{t: t, keys: keys, ids: map[string]int64{}, logs: tc.logs, upstream: tc.up.URL}
 	stored, err := c.store.Keys(context.Background())
 	if err != nil {
 		t.Fatal(err)
