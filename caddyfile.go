@@ -1,6 +1,7 @@
 package geminisynapse
 
 import (
+	"math"
 	"strconv"
 	"strings"
 
@@ -130,7 +131,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			n, err := humanize.ParseBytes(v)
-			if err != nil || n == 0 || n > 1<<40 {
+			if err != nil || n == 0 || n > math.MaxInt64 || gateway.CheckSetting(name, strconv.FormatUint(n, 10)) != nil {
 				return d.Errf("max_request_body: %q is not a size such as 32MiB", v)
 			}
 			a.MaxRequestBody = int64(n)

@@ -85,6 +85,9 @@ func writePreflight(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// maxBodyPrealloc is the most a request body's buffer is sized ahead from its Content-Length.
+const maxBodyPrealloc = 1 << 20
+
 // statusClientClosed is the status logged for a request whose client went away before its
 // answer (nginx's 499); it is never sent.
 const statusClientClosed = 499
@@ -193,7 +196,7 @@ func (x *exchange) readBody() bool {
 	if n := x.r.ContentLength; n > 0 {
 		// +1: room for the EOF read. Capped: memory follows the bytes that actually arrive,
 		// not a Content-Length a client may never send.
-		buf.Grow(int(min(n, 1<<20)) + 1)
+		buf.Grow(int(min(n, maxBodyPrealloc)) + 1)
 	}
 	_, err := buf.ReadFrom(http.MaxBytesReader(x.w, x.r.Body, limit))
 	if err != nil {

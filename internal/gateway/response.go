@@ -16,9 +16,14 @@ import (
 
 // Read sizes of the copy loop: a unary answer is read in 8 KiB, a stream in 4 KiB (an event
 // is far smaller, and a buffer is held as long as its stream is open).
+const (
+	copyReadSize   = 8 << 10
+	streamReadSize = 4 << 10
+)
+
 var (
-	copyPool   = sync.Pool{New: func() any { b := make([]byte, 8<<10); return &b }}
-	streamPool = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
+	copyPool   = sync.Pool{New: func() any { b := make([]byte, copyReadSize); return &b }}
+	streamPool = sync.Pool{New: func() any { b := make([]byte, streamReadSize); return &b }}
 )
 var tailPool = sync.Pool{New: func() any { return new(tail) }}
 

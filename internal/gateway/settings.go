@@ -36,6 +36,7 @@ const (
 	defaultMaxEjectionPercent = 50
 	defaultMaxRetries         = 3
 	defaultMaxBody            = 32 << 20
+	maxBodyLimit              = 1 << 40 // the largest max_request_body accepted (1 TiB)
 	defaultValidationModel    = "gemini-2.5-flash"
 	defaultValidationInterval = time.Hour
 	defaultValidationProbe    = probeModels
@@ -116,7 +117,7 @@ func parseSettings(raw map[string]string) (*settings, error) {
 		}
 	}
 	if v, ok := raw[setMaxBody]; ok {
-		if n, err := parseInt(v, 1, 1<<40); err != nil {
+		if n, err := parseInt(v, 1, maxBodyLimit); err != nil {
 			bad(setMaxBody, err)
 		} else {
 			s.maxBody = n
