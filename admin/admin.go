@@ -328,6 +328,9 @@ const (
 	loginFailuresAllowed = 5
 	// maxBody bounds the JSON bodies the API reads (pasted text with thousands of keys fits).
 	maxBody = 4 << 20
+	// statusClientClosed is the status of an answer to a client that went away first
+	// (nginx's 499); the client never sees it.
+	statusClientClosed = 499
 )
 
 // Handler serves the admin panel and API under Prefix (for example "/admin"). Set the
@@ -538,7 +541,7 @@ func writeBackendError(w http.ResponseWriter, err error) {
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, "NOT_FOUND", "No such item; it may have been deleted.")
 	case errors.Is(err, context.Canceled):
-		writeError(w, 499, "CANCELLED", "The request was canceled.")
+		writeError(w, statusClientClosed, "CANCELLED", "The request was canceled.")
 	default:
 		writeError(w, http.StatusInternalServerError, "INTERNAL", "The gateway failed: "+err.Error())
 	}

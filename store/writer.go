@@ -13,6 +13,10 @@ import (
 	"go.uber.org/zap"
 )
 
+// statusClientClosed is the status the gateway logs for a request whose client went away
+// before its answer (nginx's 499).
+const statusClientClosed = 499
+
 // RequestLog is one client request, written asynchronously by LogRequest.
 type RequestLog struct {
 	Time        time.Time
@@ -579,7 +583,7 @@ func (w *writer) commitTx() (err error) {
 			w.slotUse[k] = u
 			// A failed final attempt has its own error row, which counts it; only an attempt
 			// that got an answer (or was cut short by the client) counts here.
-			if e.keyID != 0 && (e.status < 400 || e.status == 499) {
+			if e.keyID != 0 && (e.status < 400 || e.status == statusClientClosed) {
 				u := w.keyUsage[e.keyID]
 				u.requests++
 				u.lastUsed = max(u.lastUsed, e.time)
