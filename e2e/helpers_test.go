@@ -219,11 +219,22 @@ func caddyEnv(dir string) []string {
 	)
 }
 
-// Start runs caddy on the current Caddyfile and waits until it is ready.
+// Start runs caddy on the current Caddyfile and waits until it is ready. If the first start
+// finds a port taken (another process bound it between freePort and caddy), it moves to new
+// ports and tries again, a few times.
 func (g *gateway) Start() {
 	g.t.Helper()
-	g.startProcess()
-	g.waitReady()
+	for try := 1; ; try++ {
+		g.startProcess()
+		if g.waitReady(g.runs == 1 && try < 4) {
+			return
+		}
+		g.t.Logf("a port was taken before caddy bound it; retrying on other ports")
+		g.runs = 0
+		g.adminPort, g.sitePort = freePort(g.t), freePort(g.t)
+		g.URL = fmt.Sprintf("http://127.0.0.1:%d", g.sitePort)
+		g.writeConfig(g.cfg)
+	}
 }
 
 // startProcess runs caddy on the current Caddyfile without waiting for it.
@@ -250,8 +261,10 @@ func (g *gateway) startProcess() {
 	}()
 }
 
-// waitReady waits until caddy has started every app and the site port answers.
-func (g *gateway) waitReady() {
+// waitReady waits until caddy has started every app and the site port answers. When
+// bindRetry is set and caddy exits because a port is taken, it reports false instead of
+// failing the test.
+func (g *gateway) waitReady(bindRetry bool) bool {
 	g.t.Helper()
 	deadline := time.Now().Add(readyTimeout)
 	probe := &http.Client{Timeout: time.Second}
@@ -259,6 +272,9 @@ func (g *gateway) waitReady() {
 		select {
 		case <-g.exited:
 			g.cmd = nil
+			if bindRetry && strings.Contains(g.output.String(), "address already in use") {
+				return false
+			}
 			g.t.Fatalf("caddy exited before it was ready: %v\n%s", g.waitErr, g.output.String())
 		default:
 		}
@@ -269,7 +285,7 @@ func (g *gateway) waitReady() {
 		if err == nil {
 			resp.Body.Close()
 			if started {
-				return
+				return true
 			}
 		}
 		if time.Now().After(deadline) {
