@@ -82,20 +82,38 @@ type Resource struct {
 
 // AddResources records resources (replacing the owner and expiry of names already stored).
 func (s *Store) AddResources(ctx context.Context, rs ...Resource) error {
+	return s.addResources(ctx, "add resources", `
+		INSERT INTO resources (name, kind, key_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, key_id = excluded.key_id,
+			expires_at = excluded.expires_at`, nil, rs)
+}
+
+// AddNewResources records the resources whose name has no owner at now: a name already
+// stored keeps its owner and expiry unless its row had expired at now, when it is replaced
+// whole. It is for names the gateway only infers (the files a polled batch or operation
+// names), which must never take a known resource away from its owner.
+func (s *Store) AddNewResources(ctx context.Context, now time.Time, rs ...Resource) error {
+	return s.addResources(ctx, "add new resources", `
+		INSERT INTO resources (name, kind, key_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, key_id = excluded.key_id,
+			created_at = excluded.created_at, expires_at = excluded.expires_at
+		WHERE resources.expires_at > 0 AND resources.expires_at <= ?`, []any{toMS(now)}, rs)
+}
+
+// addResources runs the insert q (with its five values, then extra) for each of rs in one
+// transaction; what names the operation in errors.
+func (s *Store) addResources(ctx context.Context, what, q string, extra []any, rs []Resource) error {
 	if len(rs) == 0 {
 		return nil
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("store: add resources: %w", err)
+		return fmt.Errorf("store: %s: %w", what, err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	stmt, err := tx.PrepareContext(ctx, `
-		INSERT INTO resources (name, kind, key_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, key_id = excluded.key_id,
-			expires_at = excluded.expires_at`)
+	stmt, err := tx.PrepareContext(ctx, q)
 	if err != nil {
-		return fmt.Errorf("store: add resources: %w", err)
+		return fmt.Errorf("store: %s: %w", what, err)
 	}
 	defer stmt.Close()
 	for _, r := range rs {
@@ -107,12 +125,13 @@ func (s *Store) AddResources(ctx context.Context, rs ...Resource) error {
 		if created.IsZero() {
 			created = time.Now()
 		}
-		if _, err := stmt.ExecContext(ctx, r.Name, kind, r.KeyID, toMS(created), toMS(r.ExpiresAt)); err != nil {
-			return fmt.Errorf("store: add resources: %w", err)
+		args := append([]any{r.Name, kind, r.KeyID, toMS(created), toMS(r.ExpiresAt)}, extra...)
+		if _, err := stmt.ExecContext(ctx, args...); err != nil {
+			return fmt.Errorf("store: %s: %w", what, err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("store: add resources: %w", err)
+		return fmt.Errorf("store: %s: %w", what, err)
 	}
 	return nil
 }

@@ -408,7 +408,7 @@ func (x *exchange) answer(resp *http.Response, secret string) {
 	case x.creates:
 		x.copyCreated(resp, secret)
 	case x.polls:
-		x.copyRecording(resp, secret, polledMax, polledFiles)
+		x.copyRecording(resp, secret, polledMax, polledFiles, x.core.recordPolled)
 	default:
 		x.copyResponse(resp, secret)
 	}
@@ -447,11 +447,13 @@ const polledMax = 1 << 20
 // the key that got it, and only then sends it: a client that uses the new resource at once
 // must find it recorded.
 func (x *exchange) copyCreated(resp *http.Response, secret string) {
-	x.copyRecording(resp, secret, createdMax, createdResources)
+	x.copyRecording(resp, secret, createdMax, createdResources, x.core.recordResources)
 }
 
-// copyRecording is copyCreated with the size limit and the finder of resources to record.
-func (x *exchange) copyRecording(resp *http.Response, secret string, limit int, find func([]byte, int64, time.Time) []store.Resource) {
+// copyRecording is copyCreated with the size limit, the finder of resources to record and the
+// way to record them.
+func (x *exchange) copyRecording(resp *http.Response, secret string, limit int,
+	find func([]byte, int64, time.Time) []store.Resource, record func(context.Context, []store.Resource)) {
 	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
 	if err != nil || len(b) > limit {
 		// Not a small JSON answer after all: send what was read and stream the rest.
@@ -464,7 +466,7 @@ func (x *exchange) copyRecording(resp *http.Response, secret string, limit int, 
 	}
 	resp.Body.Close()
 	b = maskSecret(b, secret)
-	x.core.recordResources(context.WithoutCancel(x.r.Context()), find(b, x.keyID, time.Now()))
+	record(context.WithoutCancel(x.r.Context()), find(b, x.keyID, time.Now()))
 	t := tailPool.Get().(*tail)
 	t.reset()
 	t.write(b)
@@ -538,18 +540,122 @@ func createdResources(b []byte, keyID int64, now time.Time) []store.Resource {
 	return out
 }
 
-// polledFiles finds the files a finished operation or batch names (a video's
-// response.generateVideoResponse.generatedSamples[].video.uri, a batch's responsesFile):
-// they were made in the project of the key that polled it.
+// polledOutput is where a batch names the file of its results: the wire's
+// metadata.output.responsesFile and response.responsesFile, and the SDKs' output.responsesFile
+// and dest.fileName.
+type polledOutput struct {
+	ResponsesFile string `json:"responsesFile"`
+	FileName      string `json:"fileName"`
+}
+
+// polledVideo is one generated video of a finished operation.
+type polledVideo struct {
+	Video struct {
+		URI string `json:"uri"`
+	} `json:"video"`
+}
+
+// polledAnswer holds the documented fields of a finished batch or operation that name files
+// its owner's project made, and nothing else: a batch's inlinedResponses are generated content
+// and the client's own metadata, in which a model or a client can write any file's name.
+type polledAnswer struct {
+	Metadata struct {
+		Output polledOutput `json:"output"`
+	} `json:"metadata"`
+	Response struct {
+		polledOutput
+		GenerateVideoResponse struct {
+			GeneratedSamples []polledVideo `json:"generatedSamples"`
+			GeneratedVideos  []polledVideo `json:"generatedVideos"`
+		} `json:"generateVideoResponse"`
+		GeneratedSamples []polledVideo `json:"generatedSamples"`
+		GeneratedVideos  []polledVideo `json:"generatedVideos"`
+	} `json:"response"`
+	Output polledOutput `json:"output"`
+	Dest   polledOutput `json:"dest"`
+}
+
+// polledFiles finds the files a finished operation or batch names in the fields Google
+// documents for them (see polledAnswer): a batch's responsesFile, a video's
+// response.generateVideoResponse.generatedSamples[].video.uri (generatedVideos[] in the SDKs'
+// shape). They were made in the project of the key that polled it. Strings anywhere else,
+// such as a model's output, are never read.
 func polledFiles(b []byte, keyID int64, now time.Time) []store.Resource {
-	names, _ := bodyReferences(b)
-	var out []store.Resource
-	for _, n := range names {
-		if strings.HasPrefix(n, "files/") {
-			out = append(out, store.Resource{Name: n, Kind: "files", KeyID: keyID, CreatedAt: now, ExpiresAt: now.Add(defaultLifetimes["files"])})
+	var a polledAnswer
+	// A value of an unexpected type leaves the other fields decoded; invalid JSON none.
+	if err := json.Unmarshal(b, &a); err != nil {
+		if _, ok := errors.AsType[*json.SyntaxError](err); ok {
+			return nil
 		}
 	}
+	refs := []string{a.Metadata.Output.ResponsesFile, a.Metadata.Output.FileName, a.Response.ResponsesFile,
+		a.Response.FileName, a.Output.ResponsesFile, a.Output.FileName, a.Dest.ResponsesFile, a.Dest.FileName}
+	for _, vs := range [][]polledVideo{a.Response.GenerateVideoResponse.GeneratedSamples,
+		a.Response.GenerateVideoResponse.GeneratedVideos, a.Response.GeneratedSamples, a.Response.GeneratedVideos} {
+		for _, v := range vs {
+			refs = append(refs, v.Video.URI)
+		}
+	}
+	var out []store.Resource
+	for _, ref := range refs {
+		n := fileRef(ref)
+		if n == "" || slices.ContainsFunc(out, func(r store.Resource) bool { return r.Name == n }) {
+			continue
+		}
+		out = append(out, store.Resource{Name: n, Kind: "files", KeyID: keyID, CreatedAt: now, ExpiresAt: now.Add(defaultLifetimes["files"])})
+	}
 	return out
+}
+
+// fileRef returns the file a reference names exactly ("files/abc", or its URI, with a
+// ":download" method and a query allowed), or "" for anything else, a file's sub-path included.
+func fileRef(ref string) string {
+	n := resourceName(ref)
+	if !strings.HasPrefix(n, "files/") || strings.Count(n, "/") != 1 {
+		return ""
+	}
+	s := ref
+	if i := strings.IndexAny(s, "?#"); i >= 0 {
+		s = s[:i]
+	}
+	last := strings.LastIndexByte(s, '/')
+	if i := strings.IndexByte(s[last+1:], ':'); i >= 0 {
+		s = s[:last+1+i]
+	}
+	if s != n && !strings.HasSuffix(s, "/"+n) {
+		return ""
+	}
+	return n
+}
+
+// recordPolled records the owners of the files a polled batch or operation names, except
+// where an owner is known (in the store, unless expired, or pending): a poll only infers what
+// it records, so it never takes a resource from its owner. A record the store does not take is
+// dropped with a warning, not kept pending: the next poll tries again.
+func (c *Core) recordPolled(ctx context.Context, rs []store.Resource) {
+	if len(rs) == 0 {
+		return
+	}
+	now := time.Now()
+	names := make([]string, len(rs))
+	for i, r := range rs {
+		names[i] = r.Name
+	}
+	known := make(map[string]int64)
+	c.pending.owners(names, now, known)
+	rs = slices.DeleteFunc(slices.Clone(rs), func(r store.Resource) bool { _, ok := known[r.Name]; return ok })
+	if len(rs) == 0 {
+		return
+	}
+	var err error
+	for _, wait := range recordBackoff {
+		time.Sleep(wait)
+		if err = c.store.AddNewResources(ctx, now, rs...); err == nil {
+			return
+		}
+	}
+	c.logger.Warn("recording the files a polled batch or operation made failed; the next poll tries again",
+		zap.Strings("names", names), zap.Error(err))
 }
 
 // ownedResourceCounts tells, per pool key that owns any, how many live resources created

@@ -1,0 +1,66 @@
+package store
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// AddNewResources records unknown names and names whose row expired, and leaves a live
+// owner (and its expiry) alone, while AddResources replaces it.
+func TestAddNewResourcesKeepsKnownOwners(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, filepath.Join(t.TempDir(), "r.db"), nil, nil)
+	if _, err := s.AddKeys(ctx, []string{"key-a", "key-b"}); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := s.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := keys[0].ID, keys[1].ID
+	now := time.Now()
+	live, forever := now.Add(time.Hour), time.Time{}
+	if err := s.AddResources(ctx,
+		Resource{Name: "files/live", KeyID: a, ExpiresAt: live},
+		Resource{Name: "tunedModels/forever", KeyID: a, ExpiresAt: forever},
+		Resource{Name: "files/expired", KeyID: a, CreatedAt: now.Add(-3 * time.Hour), ExpiresAt: now.Add(-time.Hour)},
+	); err != nil {
+		t.Fatal(err)
+	}
+	later := now.Add(48 * time.Hour)
+	if err := s.AddNewResources(ctx, now,
+		Resource{Name: "files/live", KeyID: b, ExpiresAt: later},
+		Resource{Name: "tunedModels/forever", KeyID: b, ExpiresAt: later},
+		Resource{Name: "files/expired", KeyID: b, CreatedAt: now, ExpiresAt: later},
+		Resource{Name: "files/new", KeyID: b, ExpiresAt: later},
+	); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"files/live", "tunedModels/forever", "files/expired", "files/new"}
+	owners, err := s.ResourceOwners(ctx, names, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"files/live": a, "tunedModels/forever": a, "files/expired": b, "files/new": b}
+	for _, n := range names {
+		if owners[n] != want[n] {
+			t.Errorf("%s owned by %d, want %d", n, owners[n], want[n])
+		}
+	}
+	// The live row kept its expiry: gone after it, not after the rejected one.
+	if owners, err := s.ResourceOwners(ctx, []string{"files/live"}, live.Add(time.Minute)); err != nil || len(owners) != 0 {
+		t.Errorf("files/live after its own expiry: %v, %v", owners, err)
+	}
+	if err := s.AddNewResources(ctx, now); err != nil {
+		t.Errorf("no resources: %v", err)
+	}
+	// AddResources still replaces.
+	if err := s.AddResources(ctx, Resource{Name: "files/live", KeyID: b, ExpiresAt: later}); err != nil {
+		t.Fatal(err)
+	}
+	if owners, err := s.ResourceOwners(ctx, []string{"files/live"}, now); err != nil || owners["files/live"] != b {
+		t.Errorf("AddResources did not replace: %v, %v", owners, err)
+	}
+}
