@@ -72,8 +72,8 @@ const (
 // failure is unlikely to heal and must not stall logging forever.
 const maxAttempts = 10
 
-// LogRequest queues r for writing and returns at once. If the queue is full the row is dropped
-// and counted (see Dropped).
+// LogRequest queues r for writing and returns at once. If the queue is full, or the store is
+// closed, the row is dropped, counted (see Dropped) and a warning logged (at most once a second).
 func (s *Store) LogRequest(r RequestLog) {
 	s.w.enqueue(entry{
 		kind:        kindRequest,
@@ -149,8 +149,8 @@ func (s *Store) Flush() {
 	}
 }
 
-// Dropped returns how many log rows were dropped so far because the queue was full (or, after
-// repeated non-transient database errors, could not be written).
+// Dropped returns how many log rows were dropped so far because the queue was full, the store
+// was closed, or (after repeated non-transient database errors) they could not be written.
 func (s *Store) Dropped() uint64 { return s.w.dropped.Load() }
 
 // Written returns how many log rows (request and error rows) were committed so far.
@@ -211,13 +211,15 @@ type writer struct {
 	gate  chan struct{} // non-nil when started paused; closed by resume
 
 	closed   atomic.Bool
+	closeMu  sync.RWMutex // read-held while a row is queued, held by close to set closed
 	stopOnce sync.Once
 	gateOnce sync.Once
 
-	dropped   atomic.Uint64
-	written   atomic.Uint64 // log rows committed
-	lastWarn  atomic.Int64  // unix nanoseconds of the last "dropped" warning
-	failedTxs atomic.Uint64 // failed batch attempts
+	dropped        atomic.Uint64
+	written        atomic.Uint64 // log rows committed
+	lastWarn       atomic.Int64  // unix nanoseconds of the last "queue full" warning
+	lastClosedWarn atomic.Int64  // unix nanoseconds of the last "store closed" warning
+	failedTxs      atomic.Uint64 // failed batch attempts
 
 	// commitMu is held while a batch transaction runs; exclude takes it so an operator's
 	// write cannot be overtaken by older pool state.
@@ -272,19 +274,31 @@ func newWriter(db *sql.DB, logger *zap.Logger, o options) *writer {
 	return w
 }
 
+// enqueue queues e, or drops and counts it when the queue is full or the store is closed.
+// closeMu makes closing and queueing exclusive, so a row is either queued before close (and
+// written by drain) or refused after it, never left in the queue unseen.
 func (w *writer) enqueue(e entry) {
+	w.closeMu.RLock()
+	defer w.closeMu.RUnlock()
 	if w.closed.Load() {
+		w.drop(&w.lastClosedWarn, "log store closed, dropping rows")
 		return
 	}
 	select {
 	case w.queue <- e:
 	default:
-		n := w.dropped.Add(1)
-		now := time.Now().UnixNano()
-		last := w.lastWarn.Load()
-		if now-last >= int64(time.Second) && w.lastWarn.CompareAndSwap(last, now) {
-			w.logger.Warn("log queue full, dropping rows", zap.Uint64("dropped_total", n))
-		}
+		w.drop(&w.lastWarn, "log queue full, dropping rows")
+	}
+}
+
+// drop counts one dropped row and warns with msg, at most once a second per last (the unix
+// nanoseconds of that warning's previous time).
+func (w *writer) drop(last *atomic.Int64, msg string) {
+	n := w.dropped.Add(1)
+	now := time.Now().UnixNano()
+	prev := last.Load()
+	if now-prev >= int64(time.Second) && last.CompareAndSwap(prev, now) {
+		w.logger.Warn(msg, zap.Uint64("dropped_total", n))
 	}
 }
 
@@ -304,7 +318,9 @@ func (w *writer) resume() {
 
 // close writes everything queued and stops the goroutine.
 func (w *writer) close() {
+	w.closeMu.Lock()
 	w.closed.Store(true)
+	w.closeMu.Unlock()
 	w.stopOnce.Do(func() { close(w.stop) })
 	<-w.done
 }
@@ -402,7 +418,8 @@ func (w *writer) run() {
 	}
 }
 
-// drain writes whatever is left in the queue; new rows are refused once closed is set.
+// drain writes whatever is left in the queue; rows logged once closed is set are dropped and
+// counted by enqueue.
 func (w *writer) drain() {
 	for {
 		select {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -398,4 +399,63 @@ func BenchmarkLogRequest(b *testing.B) {
 		b.Fatalf("dropped %d rows", d)
 	}
 	b.ReportMetric(float64(rowsPerOp*b.N)/elapsed.Seconds(), "rows/s")
+}
+
+// TestRowsAfterCloseAreCounted: a row logged after Close cannot be written; it is counted as
+// dropped (as a row the full queue refused is) and a warning says so, at most once a second.
+func TestRowsAfterCloseAreCounted(t *testing.T) {
+	core, logs := observer.New(zapcore.WarnLevel)
+	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), zap.New(core), nil)
+	s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Dropped(); got != 0 {
+		t.Fatalf("Dropped() = %d before any row after Close", got)
+	}
+	for range 5 {
+		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+	}
+	s.LogError(ErrorLog{Time: time.Now(), Status: 500})
+	if got := s.Dropped(); got != 6 {
+		t.Errorf("Dropped() = %d after 6 rows logged to a closed store, want 6", got)
+	}
+	if got := s.Written(); got != 1 {
+		t.Errorf("Written() = %d, want 1", got)
+	}
+	warns := logs.FilterMessage("log store closed, dropping rows").All()
+	if len(warns) != 1 {
+		t.Fatalf("%d warnings for a burst of rows after Close, want 1", len(warns))
+	}
+	if got := warns[0].ContextMap()["dropped_total"]; got != uint64(1) {
+		t.Errorf("dropped_total = %v, want 1", got)
+	}
+}
+
+// TestLoggingDuringCloseLosesNothingUncounted: rows logged by many goroutines while the store
+// closes are each either written or counted as dropped, none silently lost.
+func TestLoggingDuringCloseLosesNothingUncounted(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), zap.NewNop(), nil)
+	const loggers, rows = 8, 2000
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range loggers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for range rows {
+				s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+			}
+		}()
+	}
+	close(start)
+	time.Sleep(time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if w, d := s.Written(), s.Dropped(); w+d != loggers*rows {
+		t.Errorf("written %d + dropped %d = %d, want %d rows accounted for", w, d, w+d, loggers*rows)
+	}
 }
