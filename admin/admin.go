@@ -10,14 +10,16 @@
 // {"expires_at"}. Every other P/api/* route needs that cookie or Authorization: Bearer
 // <admin key>, else 401. A wrong admin key (at login, as a Bearer token, at export, at a
 // guarded settings change or as the current key of PUT P/api/admin-key) counts as a failure
-// of the client's network (its IPv4 address, or its IPv6 /64); after a few failures in a row
-// that network gets 429 with Retry-After, even with the right key, for a time that doubles
-// with every further failure (at most 15 min). Each try is reserved before the key is
-// checked, so parallel requests get no more tries than sequential ones. A cookie-authenticated
-// request other than GET or HEAD, and every login and logout, is refused with 403 when its
-// Origin is not the site itself (the Host, or the X-Forwarded-Host of a trusted proxy) or
-// Sec-Fetch-Site says cross-site. GET P/api/session tells whether the caller is signed in
-// ({"authenticated","via","expires_at"}).
+// of the client's network (its IPv4 address, or its IPv6 /64 and the /56 around it); after a
+// few failures in a row (5 for an address or a /64, 20 for a /56) that network gets 429 with
+// Retry-After, even with the right key, for a time that doubles with every further failure
+// (at most 15 min). Each try is reserved before the key is checked, so parallel requests get
+// no more tries than sequential ones: a try past the allowance waits for those in flight,
+// and only wrong keys count, so parallel calls with the right key are all served. A
+// cookie-authenticated request other than GET or HEAD, and every login and logout, is refused
+// with 403 when its Origin is not the site itself (the Host, or the X-Forwarded-Host of a
+// trusted proxy) or Sec-Fetch-Site says cross-site. GET P/api/session tells whether the
+// caller is signed in ({"authenticated","via","expires_at"}).
 //
 // # Routes
 //
@@ -323,8 +325,8 @@ func (t Time) MarshalJSON() ([]byte, error) {
 // Defaults of a Handler.
 const (
 	DefaultSessionTTL = 12 * time.Hour
-	// loginFailuresAllowed is how many wrong admin keys in a row an IP may send before it is
-	// locked out.
+	// loginFailuresAllowed is how many wrong admin keys in a row an IP (or IPv6 /64) may send
+	// before it is locked out.
 	loginFailuresAllowed = 5
 	// maxBody bounds the JSON bodies the API reads (pasted text with thousands of keys fits).
 	maxBody = 4 << 20

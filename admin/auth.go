@@ -16,21 +16,6 @@ import (
 // SessionCookie is the name of the session cookie.
 const SessionCookie = "gs_admin_session"
 
-// Login throttling.
-const (
-	// firstLockout is the lockout after loginFailuresAllowed failures; it doubles with every
-	// further failure, up to maxLockout.
-	firstLockout = 30 * time.Second
-	maxLockout   = 15 * time.Minute
-	// forgetFailuresAfter is how long after its last failure an IP starts with a clean slate.
-	forgetFailuresAfter = time.Hour
-	// sweepAt is the number of tracked IPs above which forgotten ones are dropped;
-	// maxTracked bounds the map even under a spread-out attack (the oldest records go first
-	// in no particular order: an evicted IP merely starts again with a clean slate).
-	sweepAt    = 10000
-	maxTracked = 100000
-)
-
 // Admin key rules (for PUT P/api/admin-key).
 const (
 	minAdminKeyLen = 16
@@ -52,13 +37,14 @@ func (h *Handler) throttle() *Throttle {
 	return &h.ownThrottle
 }
 
-// tryKey checks an admin key sent by the client, as one throttled attempt of its network. If
-// the network may not try now it answers 429 with Retry-After and returns answered true;
+// tryKey checks an admin key sent by the client, as one throttled attempt of its network
+// (waiting, while the request lasts, for the network's tries in flight). If the network may
+// not try now it answers 429 with Retry-After and returns answered true;
 // otherwise it returns whether the key is right (a wrong one counts against the network).
 func (h *Handler) tryKey(w http.ResponseWriter, r *http.Request, key string) (right, answered bool) {
 	ip := h.clientIP(r)
 	t := h.throttle()
-	if d, ok := t.begin(ip, h.now()); !ok {
+	if d, ok := t.acquire(r.Context(), ip, h.now); !ok {
 		secs := int(math.Ceil(d.Seconds()))
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
 		writeError(w, http.StatusTooManyRequests, "RESOURCE_EXHAUSTED",
