@@ -88,9 +88,10 @@ type upstreamError struct {
 	status  int
 	header  http.Header
 	body    []byte
-	reason  string // network failures have no body
+	reason  string // network failures have no body; never shown to the client (see unreachable)
 	outcome keypool.Outcome
 	outage  bool // the model is in an outage: no other key will do better
+	logged  bool // the error log has the failure already
 }
 
 // attempt sends the client's request once with key id. It returns the answer when the
@@ -139,8 +140,9 @@ func (x *exchange) roundTrip(id int64, secret string, req *http.Request, count i
 			return nil, nil
 		}
 		record(o.Kind, 0, took)
+		x.requestID() // the client is told this id, and the error-log row holds it
 		ch := x.report(id, o, 0)
-		return nil, &upstreamError{status: http.StatusBadGateway, reason: o.Reason, outage: ch.Outage}
+		return nil, &upstreamError{status: http.StatusBadGateway, reason: o.Reason, outage: ch.Outage, logged: true}
 	}
 	if body == nil {
 		record(keypool.Success, resp.StatusCode, took)
@@ -225,14 +227,23 @@ func (x *exchange) report(id int64, o keypool.Outcome, status int) keypool.Chang
 	case ch.Ejected:
 		msg = "transient: " + ch.Reason
 	}
-	c.store.LogError(store.ErrorLog{
+	x.logError(id, status, msg)
+	return ch
+}
+
+// logError queues an error-log row about the exchange. Once the exchange has a request id
+// (a client was told one), the row's message starts with it, so that the row can be found.
+func (x *exchange) logError(keyID int64, status int, msg string) {
+	if x.reqID != "" {
+		msg = "request " + x.reqID + ": " + msg
+	}
+	x.core.store.LogError(store.ErrorLog{
 		Time:        time.Now(),
-		KeyID:       id,
+		KeyID:       keyID,
 		AccessKeyID: x.access,
 		Model:       x.model,
 		Path:        x.path,
 		Status:      status,
 		Message:     msg,
 	})
-	return ch
 }

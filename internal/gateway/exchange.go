@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -41,6 +43,9 @@ func (c *Core) Serve(w http.ResponseWriter, r *http.Request) bool {
 	if !ok {
 		return false
 	}
+	// No answer of the API is meant to be sniffed into something a browser runs (guardAnswer
+	// sees to upstream answers that say otherwise).
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	if r.Method == http.MethodOptions {
 		writePreflight(w, r)
 		return true
@@ -99,6 +104,11 @@ type exchange struct {
 	r     *http.Request
 	path  string
 	start time.Time
+	reqID string // the request id told to the client with a failure whose cause stays in the error log
+
+	// rejected says why the request was refused before it was authenticated: such a request
+	// writes no request-log row, it is counted (metrics.go)
+	rejected rejectReason
 
 	set      *settings
 	access   int64
@@ -118,9 +128,10 @@ type exchange struct {
 	bound // key-bound resources (resources.go)
 }
 
-// serve runs the whole exchange and writes exactly one request-log row at the end.
+// serve runs the whole exchange and writes exactly one request-log row at the end, unless the
+// request was refused for want of a valid credential.
 func (x *exchange) serve() {
-	defer x.logRequest()
+	defer x.finish()
 	x.set = x.core.settings.Load()
 	if id := uploadSessionID(x.path, x.r.URL.RawQuery); id != "" {
 		x.serveUploadChunk(id) // upload.go: streamed to the session's key, never retried
@@ -140,28 +151,58 @@ func (x *exchange) serve() {
 	x.proxy()
 }
 
+// finish ends the exchange: a request refused for want of a valid credential is counted and
+// sampled into a warning (anyone can send those, as many as they like: rows of them would
+// crowd real ones out of the log queue and stay for the retention period); any other writes
+// its request-log row. Both count in requests_total.
+func (x *exchange) finish() {
+	if x.rejected == rejectNone {
+		x.logRequest()
+		return
+	}
+	x.recordRequest()
+	x.core.metrics.noteRejected(x.core, x.rejected, x.r, time.Now())
+}
+
+// reject refuses a request that has no valid credential.
+func (x *exchange) reject(why rejectReason, code int, status, msg string) {
+	x.rejected = why
+	x.fail(code, status, msg)
+}
+
 // authenticate checks the access key. Keys are looked up by their SHA-256 digest, never
 // compared as text: the time a lookup takes depends only on the digest, which tells an
 // attacker nothing about the key that produced it.
 func (x *exchange) authenticate() bool {
 	cred := credential(x.r)
 	if cred == "" {
-		x.fail(http.StatusUnauthorized, "UNAUTHENTICATED", "Missing access key: send it as the x-goog-api-key header, the key query parameter or Authorization: Bearer.")
+		x.reject(rejectMissingKey, http.StatusUnauthorized, "UNAUTHENTICATED", "Missing access key: send it as the x-goog-api-key header, the key query parameter or Authorization: Bearer.")
 		return false
 	}
 	sum := sha256.Sum256([]byte(cred))
 	keys := *x.core.accessKeys.Load()
 	k, found := keys[sum]
 	if !found {
-		x.fail(http.StatusUnauthorized, "UNAUTHENTICATED", "Access key not valid. Please pass a valid access key for this gateway.")
+		x.reject(rejectWrongKey, http.StatusUnauthorized, "UNAUTHENTICATED", "Access key not valid. Please pass a valid access key for this gateway.")
+		return false
+	}
+	if !k.enabled {
+		x.reject(rejectDisabledKey, http.StatusForbidden, "PERMISSION_DENIED", "This access key is disabled.")
 		return false
 	}
 	x.access = k.id
-	if !k.enabled {
-		x.fail(http.StatusForbidden, "PERMISSION_DENIED", "This access key is disabled.")
-		return false
-	}
 	return true
+}
+
+// requestID returns the exchange's request id, made on first use: 12 random hex digits, told
+// to a client whose failure's cause stays in the error log, at the head of that row.
+func (x *exchange) requestID() string {
+	if x.reqID == "" {
+		var b [6]byte
+		rand.Read(b[:])
+		x.reqID = hex.EncodeToString(b[:])
+	}
+	return x.reqID
 }
 
 // credential returns the client's access key from x-goog-api-key, ?key= or a Bearer token.

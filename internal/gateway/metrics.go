@@ -3,12 +3,14 @@ package gateway
 import (
 	"errors"
 	"maps"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 )
@@ -71,12 +73,17 @@ type metrics struct {
 	// confirmations counts the probes that confirm a key error, by verdict (dead, fine,
 	// no_verdict) and the answers taken from a recent verdict (remembered).
 	confirmations *prometheus.CounterVec
-	tokens        *prometheus.CounterVec
-	latency       *prometheus.HistogramVec
-	ttfb          *prometheus.HistogramVec
-	state         stateCollector
+	// rejected counts requests refused for want of a valid credential, by reason; they
+	// write no request-log row (exchange.finish).
+	rejected *prometheus.CounterVec
+	tokens   *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	ttfb     *prometheus.HistogramVec
+	state    stateCollector
 
 	attemptsBy [len(attemptOutcomes)]prometheus.Counter // by keypool.Kind
+	rejectedBy [numRejectReasons]prometheus.Counter     // by rejectReason
+	rejections [numRejectReasons]rejectionSample        // the sampled warnings, by rejectReason
 
 	mu     sync.Mutex                               // serialises adding a model
 	models atomic.Pointer[map[string]*modelMetrics] // copy on write
@@ -127,6 +134,9 @@ func newMetrics(c *Core) *metrics {
 		confirmations: prometheus.NewCounterVec(prometheus.CounterOpts(opts("key_error_probes_total",
 			"Probes confirming a key error before the key is disabled, by verdict (dead, fine, no_verdict; remembered: a recent fine verdict reused).")),
 			[]string{"verdict"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts(opts("rejected_total",
+			"Client requests refused for want of a valid credential (they write no request-log row), by reason (missing_key, wrong_key, disabled_key, unknown_upload_session).")),
+			[]string{"reason"}),
 		tokens: prometheus.NewCounterVec(prometheus.CounterOpts(opts("tokens_total",
 			"Tokens of successful answers as the upstream reported them, by model and type (prompt, candidates, thoughts, total).")),
 			[]string{"model", "type"}),
@@ -140,6 +150,9 @@ func newMetrics(c *Core) *metrics {
 	}
 	for i, k := range attemptOutcomes {
 		m.attemptsBy[i] = m.attempts.WithLabelValues(k.String())
+	}
+	for r := rejectNone + 1; r < numRejectReasons; r++ {
+		m.rejectedBy[r] = m.rejected.WithLabelValues(rejectReasons[r])
 	}
 	empty := map[string]*modelMetrics{}
 	m.models.Store(&empty)
@@ -231,7 +244,7 @@ func (m *metrics) register(reg *prometheus.Registry) error {
 	}
 	for _, c := range []prometheus.Collector{
 		m.requests, m.attempts, m.retries, m.upstream429, m.cooldowns, m.tokens, m.latency, m.ttfb, m.state,
-		m.ejections, m.outages, m.refused, m.confirmations,
+		m.ejections, m.outages, m.refused, m.confirmations, m.rejected,
 	} {
 		if err := reg.Register(c); err != nil {
 			if are := (prometheus.AlreadyRegisteredError{}); errors.As(err, &are) {
@@ -357,4 +370,60 @@ func (x *exchange) recordRequest() {
 	if u.total > 0 {
 		mm.total.Add(float64(u.total))
 	}
+}
+
+// rejectReason is why a request was refused before it was authenticated; the zero value is
+// an authenticated request (or one not decided yet).
+type rejectReason uint8
+
+// The reasons, values of the reason label of rejected_total (rejectReasons).
+const (
+	rejectNone          rejectReason = iota
+	rejectMissingKey                 // no access key at all
+	rejectWrongKey                   // an access key the gateway does not know
+	rejectDisabledKey                // a disabled access key (or an upload session started by one)
+	rejectUnknownUpload              // an upload chunk without a key, for a session the gateway does not know
+	numRejectReasons
+)
+
+var rejectReasons = [numRejectReasons]string{"", "missing_key", "wrong_key", "disabled_key", "unknown_upload_session"}
+
+// rejectedLogEvery is the least time between two warnings about refused requests of one reason.
+const rejectedLogEvery = 10 * time.Second
+
+// rejectedLogMessage is the sampled warning about refused requests.
+const rejectedLogMessage = "client requests refused for want of a valid access key (at most one line per reason every 10s; count is the number since the last line)"
+
+// rejectionSample is the sampling state of one reason's warning.
+type rejectionSample struct {
+	last  atomic.Int64 // when the last line was written, Unix nanoseconds; 0 before the first
+	count atomic.Int64 // refusals not yet in a line
+}
+
+// noteRejected counts a refused request r and writes a warning unless one for the same reason
+// was written less than rejectedLogEvery before now. The line says how many refusals it stands
+// for, and the client address of this one when the server knows it (Hooks.ClientIP); never a
+// key or a path. A flood costs a few atomic operations per request and one line per interval.
+func (m *metrics) noteRejected(c *Core, why rejectReason, r *http.Request, now time.Time) {
+	if why == rejectNone || why >= numRejectReasons {
+		return
+	}
+	m.rejectedBy[why].Inc()
+	s := &m.rejections[why]
+	s.count.Add(1)
+	t := now.UnixNano()
+	last := s.last.Load()
+	if last != 0 && t-last < int64(rejectedLogEvery) || !s.last.CompareAndSwap(last, t) {
+		return
+	}
+	fields := []zap.Field{zap.String("reason", rejectReasons[why]), zap.Int64("count", s.count.Swap(0))}
+	if last != 0 {
+		fields = append(fields, zap.Duration("since_last", time.Duration(t-last)))
+	}
+	if c.hooks.ClientIP != nil {
+		if ip := c.hooks.ClientIP(r); ip != "" {
+			fields = append(fields, zap.String("client_ip", ip))
+		}
+	}
+	c.logger.Warn(rejectedLogMessage, fields...)
 }

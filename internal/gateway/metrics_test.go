@@ -152,11 +152,10 @@ func TestMetricsFollowTraffic(t *testing.T) {
 	}
 	okFlash(b)
 
-	// A client the gateway turns away (no model known yet), and a model name that is not a
-	// label value (the upstream answers 404, a client error).
+	// A client the gateway turns away (no model known yet, and no request-log row), and a
+	// model name that is not a label value (the upstream answers 404, a client error).
 	req, _ := http.NewRequest("POST", e.url+genPath(flash), strings.NewReader(helloBody))
 	req.Header.Set("x-goog-api-key", "not-an-access-key")
-	e.made.Add(1)
 	r, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -170,7 +169,7 @@ func TestMetricsFollowTraffic(t *testing.T) {
 	}
 
 	rows, errs := e.requests(), e.errorRows()
-	if want := flashOK + 3; len(rows) != want {
+	if want := flashOK + 2; len(rows) != want {
 		t.Fatalf("%d request rows, want %d", len(rows), want)
 	}
 	if len(errs) != 1 {
@@ -181,6 +180,8 @@ func TestMetricsFollowTraffic(t *testing.T) {
 		`caddy_gemini_synapse_requests_total{model="gemini-2.5-flash",status_class="2xx"}`: float64(flashOK),
 		`caddy_gemini_synapse_requests_total{model="gemini-2.5-pro",status_class="2xx"}`:   1,
 		`caddy_gemini_synapse_requests_total{model="none",status_class="4xx"}`:             1,
+		`caddy_gemini_synapse_rejected_total{reason="wrong_key"}`:                          1,
+		`caddy_gemini_synapse_rejected_total{reason="missing_key"}`:                        0,
 		`caddy_gemini_synapse_requests_total{model="other",status_class="4xx"}`:            1,
 		`caddy_gemini_synapse_requests_total{model="gemini-2.5-flash",status_class="4xx"}`: 0,
 		`caddy_gemini_synapse_upstream_attempts_total{outcome="success"}`:                  float64(flashOK + 1),

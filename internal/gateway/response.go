@@ -37,6 +37,7 @@ func (x *exchange) copyResponse(resp *http.Response, secret string) {
 	if resp.ContentLength >= 0 && !resp.Uncompressed {
 		hdr.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}
+	guardAnswer(hdr)
 	ct := resp.Header.Get("Content-Type")
 	flush := x.stream || resp.ContentLength < 0 || strings.HasPrefix(ct, "text/event-stream")
 	x.status = resp.StatusCode
@@ -300,10 +301,34 @@ func (x *exchange) writeRaw(resp *http.Response, b []byte, secret, reason string
 	hdr := x.w.Header()
 	copyResponseHeaders(hdr, resp.Header, secret)
 	hdr.Set("Content-Length", strconv.Itoa(len(b)))
+	guardAnswer(hdr)
 	x.status = resp.StatusCode
 	if resp.StatusCode >= 400 {
 		x.errText = reason
 	}
 	x.w.WriteHeader(resp.StatusCode)
 	x.w.Write(b)
+}
+
+// guardAnswer sets, on an upstream answer's headers, what keeps it from running script in the
+// gateway's origin, which the admin panel may share: nosniff always (also over an upstream's
+// own value), and a sandbox for what is neither JSON nor an event stream (a file download, an
+// HTML error page, an answer with no type that a browser would sniff). Headers only: nothing
+// is buffered or delayed.
+func guardAnswer(h http.Header) {
+	h.Set("X-Content-Type-Options", "nosniff")
+	if !scriptless(h.Get("Content-Type")) {
+		h.Set("Content-Security-Policy", "sandbox")
+	}
+}
+
+// scriptless tells the media types the API answers with (JSON, and server-sent events) from
+// the rest.
+func scriptless(contentType string) bool {
+	mt, _, _ := strings.Cut(contentType, ";")
+	mt = strings.TrimSpace(mt)
+	const app, suffix = "application/", "+json"
+	return strings.EqualFold(mt, "application/json") || strings.EqualFold(mt, "text/event-stream") ||
+		len(mt) > len(app)+len(suffix) && strings.EqualFold(mt[:len(app)], app) &&
+			strings.EqualFold(mt[len(mt)-len(suffix):], suffix)
 }

@@ -89,8 +89,11 @@ func (x *exchange) bindUploadSession(resp *http.Response) bool {
 				CreatedAt: now, ExpiresAt: now.Add(uploadSessionTTL),
 			})
 			if err != nil {
+				// The store's error may name the database file: it goes to the error log.
 				resp.Body.Close()
-				x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "The upload session could not be recorded; try again. ("+err.Error()+")")
+				rid := x.requestID()
+				x.logError(x.keyID, http.StatusServiceUnavailable, "recording the upload session: "+err.Error())
+				x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "The upload session could not be recorded; try again (request id "+rid+"; the gateway's error log has the details).")
 				return false
 			}
 			done[id] = true
@@ -106,24 +109,31 @@ func (x *exchange) bindUploadSession(resp *http.Response) bool {
 func (x *exchange) serveUploadChunk(id string) {
 	c := x.core
 	ctx := x.r.Context()
-	// The session id is the credential; a key, when sent, must still be a valid one.
+	// The session id is the credential; a key, when sent, must still be a valid one (a wrong
+	// one is refused as anywhere else, with no request-log row).
 	if credential(x.r) != "" && !x.authenticate() {
 		return
 	}
+	byKey := x.access != 0
 	sess, err := c.store.UploadSessionByID(ctx, id, time.Now())
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			// A final status stops SDKs from retrying a chunk that can never succeed; a store
-			// error is transient, and the SDK may retry it.
+			// error is transient, and the SDK may retry it. Without a key, an unknown session
+			// id is a wrong credential.
 			x.w.Header().Set("X-Goog-Upload-Status", "final")
-			x.fail(http.StatusNotFound, "NOT_FOUND",
-				"Unknown upload session: this gateway did not start it, or it has expired. Start the upload again through the gateway.")
+			const msg = "Unknown upload session: this gateway did not start it, or it has expired. Start the upload again through the gateway."
+			if !byKey {
+				x.reject(rejectUnknownUpload, http.StatusNotFound, "NOT_FOUND", msg)
+				return
+			}
+			x.fail(http.StatusNotFound, "NOT_FOUND", msg)
 			return
 		}
 		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "The upload session could not be looked up; try again.")
 		return
 	}
-	if x.access == 0 {
+	if !byKey {
 		x.access = sess.AccessKeyID
 	}
 	x.keyID = sess.KeyID
@@ -131,8 +141,12 @@ func (x *exchange) serveUploadChunk(id string) {
 	// than that key, which may have been disabled or deleted since.
 	if !c.accessKeyUsable(sess.AccessKeyID) {
 		x.w.Header().Set("X-Goog-Upload-Status", "final")
-		x.fail(http.StatusForbidden, "PERMISSION_DENIED",
-			"The access key that started this upload session is disabled or no longer exists; the upload cannot continue.")
+		const msg = "The access key that started this upload session is disabled or no longer exists; the upload cannot continue."
+		if !byKey {
+			x.reject(rejectDisabledKey, http.StatusForbidden, "PERMISSION_DENIED", msg)
+			return
+		}
+		x.fail(http.StatusForbidden, "PERMISSION_DENIED", msg)
 		return
 	}
 	secret, err := c.pool.Get(sess.KeyID, "", time.Now())
@@ -153,7 +167,8 @@ func (x *exchange) serveUploadChunk(id string) {
 	}
 	req, err := http.NewRequestWithContext(ctx, x.r.Method, upstreamURL(x.set.upstream, p, q), body)
 	if err != nil {
-		x.fail(http.StatusBadRequest, "INVALID_ARGUMENT", "Bad upload request: "+err.Error())
+		// The error quotes the upstream URL.
+		x.unreachable(&upstreamError{status: http.StatusBadGateway, reason: "building the upload request: " + err.Error()})
 		return
 	}
 	req.ContentLength = x.r.ContentLength
@@ -170,7 +185,7 @@ func (x *exchange) serveUploadChunk(id string) {
 		return
 	case fail != nil && fail.body == nil:
 		// No upload status: SDKs retry the same chunk, which is right after a network failure.
-		x.fail(http.StatusBadGateway, "UNAVAILABLE", "The upstream could not be reached: "+fail.reason)
+		x.unreachable(fail)
 		return
 	case fail != nil:
 		x.rewriteUploadURLs(fail.header)

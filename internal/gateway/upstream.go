@@ -98,8 +98,34 @@ var dropRequestHeaders = map[string]bool{
 	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
 	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
 	"Authorization": true, "X-Goog-Api-Key": true, "X-Goog-User-Project": true, "Cookie": true,
-	"Forwarded": true, "X-Real-Ip": true, "Origin": true, "Referer": true, "Via": true,
-	"Accept-Encoding": true, "Content-Length": true, "Host": true,
+	"Origin": true, "Referer": true, "Accept-Encoding": true, "Content-Length": true, "Host": true,
+
+	// The client's address, and the proxies and CDNs it came through, as they write them (more
+	// under dropRequestPrefixes). Google learns the gateway's address, nothing of its clients.
+	"Forwarded": true, "X-Forwarded": true, "Via": true, "X-Real-Ip": true, "True-Client-Ip": true,
+	"Client-Ip": true, "X-Client-Ip": true, "X-Cluster-Client-Ip": true, "X-Original-Forwarded-For": true,
+	"X-Originating-Ip": true, "X-Remote-Ip": true, "X-Remote-Addr": true, "X-Proxyuser-Ip": true,
+	"Wl-Proxy-Client-Ip": true, "Proxy-Client-Ip": true, "Cdn-Loop": true,
+}
+
+// dropRequestPrefixes start request headers that never go upstream: the forwarding headers,
+// and every header of the CDNs and platforms whose names carry a client's address, country or
+// request path (Cloudflare's Cf-Connecting-Ip, Cf-Ipcountry, Cf-Ray, Cf-Visitor…).
+var dropRequestPrefixes = [...]string{
+	"X-Forwarded-", "Cf-", "Fastly-", "Akamai-", "Fly-", "X-Azure-", "X-Envoy-", "X-Appengine-", "X-Vercel-",
+}
+
+// dropRequestHeader tells whether the request header named k (canonical) stays home.
+func dropRequestHeader(k string) bool {
+	if dropRequestHeaders[k] {
+		return true
+	}
+	for _, p := range dropRequestPrefixes {
+		if strings.HasPrefix(k, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // Response headers that never reach the client.
@@ -112,7 +138,7 @@ var dropResponseHeaders = map[string]bool{
 func copyRequestHeaders(dst, src http.Header) {
 	named := connectionHeaders(src)
 	for k, vv := range src {
-		if dropRequestHeaders[k] || strings.HasPrefix(k, "X-Forwarded-") || named[k] {
+		if dropRequestHeader(k) || named[k] {
 			continue
 		}
 		dst[k] = append([]string(nil), vv...)
