@@ -484,3 +484,21 @@ func httptestRequest() *http.Request {
 	r.RemoteAddr = "192.0.2.1:1234"
 	return r
 }
+
+// A bound resource's owner disabled for a reason that names its project: the client gets the
+// reason code, never the project number (the admin side keeps the text).
+func TestBoundOwnerDisabledReasonIsGeneric(t *testing.T) {
+	e := newProxyEnv(t, 2, nil)
+	name, _ := e.upload("0123456789", "", 100)
+	calls := e.fake.Calls()
+	owner := e.ids[calls[len(calls)-1].Key]
+	reason := "SERVICE_DISABLED: Generative Language API has not been used in project 123456789012 before"
+	if err := e.core.store.SetKeyStatus(context.Background(), owner, store.StatusDisabled, reason, false); err != nil {
+		t.Fatal(err)
+	}
+	e.core.pool.SetDisabled(owner, true)
+	resp, b := e.do("GET", "/v1beta/"+name, "")
+	if resp.StatusCode != 503 || strings.Contains(string(b), "123456789012") || !strings.Contains(string(b), "(SERVICE_DISABLED)") {
+		t.Errorf("%d %s", resp.StatusCode, b)
+	}
+}

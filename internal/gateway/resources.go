@@ -353,7 +353,8 @@ func (x *exchange) proxyBound() {
 			return
 		}
 		if errors.Is(err, keypool.ErrKeyDisabled) {
-			if r := c.disabledReason(x.r.Context(), x.owner); r != "" {
+			// Google's text can name the key's project: the client gets the reason code only.
+			if r := publicKeyReason(c.disabledReason(x.r.Context(), x.owner)); r != "" {
 				what += " (" + r + ")"
 			}
 		}

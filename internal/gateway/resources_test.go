@@ -336,7 +336,7 @@ func TestProxyOwnerUnusable(t *testing.T) {
 	}
 
 	// Disabled (by an operator, as the admin API does): 503 with the reason.
-	if err := e.core.store.SetKeyStatus(ctx, owner, store.StatusDisabled, "operator says no", true); err != nil {
+	if err := e.core.store.SetKeyStatus(ctx, owner, store.StatusDisabled, operatorDisabled, true); err != nil {
 		t.Fatal(err)
 	}
 	e.core.pool.SetDisabled(owner, true)
@@ -344,7 +344,7 @@ func TestProxyOwnerUnusable(t *testing.T) {
 	resp, b = e.do("POST", genPath("gemini-2.5-pro"), fileBody(name))
 	g = decodeError(t, b)
 	if resp.StatusCode != 503 || g.Error.Status != "UNAVAILABLE" || !strings.Contains(g.Error.Message, "disabled") ||
-		!strings.Contains(g.Error.Message, "operator says no") {
+		!strings.Contains(g.Error.Message, operatorDisabled) {
 		t.Errorf("owner disabled: %d %s", resp.StatusCode, b)
 	}
 	if len(e.fake.Calls()) != n {
