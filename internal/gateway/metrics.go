@@ -263,7 +263,7 @@ var (
 	rowsWrittenDesc = prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "log_rows_written_total"),
 		"Request- and error-log rows committed to the database.", nil, nil)
 	rowsDroppedDesc = prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "log_rows_dropped_total"),
-		"Request- and error-log rows dropped because the queue was full or the database kept failing.", nil, nil)
+		"Request- and error-log rows dropped because the queue was full, the database kept failing or the store was already closed.", nil, nil)
 )
 
 // stateCollector reads the key pool and the log writer when scraped.
