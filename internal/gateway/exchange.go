@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
+	"os"
 	"path"
 	"strconv"
 	"strings"
@@ -242,13 +244,23 @@ func (x *exchange) readBody() bool {
 	_, err := buf.ReadFrom(http.MaxBytesReader(x.w, x.r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		var ne net.Error
+		switch {
+		case errors.As(err, &mbe):
 			x.tooLarge(limit)
-		} else if x.r.Context().Err() != nil {
+		case errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
+			// The server's read timeout cut a body that came too slowly: the client is still
+			// there and gets an answer (the server cancels the request's context on such an
+			// error, so this comes before the check for a client that went away).
+			x.fail(http.StatusRequestTimeout, "DEADLINE_EXCEEDED", "The request body did not arrive in time.")
+			x.errText = "request body too slow: " + err.Error()
+		case x.r.Context().Err() != nil:
 			x.status = statusClientClosed
 			x.errText = "client closed the request while sending its body"
-		} else {
-			x.fail(http.StatusBadRequest, "INVALID_ARGUMENT", "The request body could not be read: "+err.Error())
+		default:
+			// The cause can name local sockets: it goes to the log, not to the client.
+			x.fail(http.StatusBadRequest, "INVALID_ARGUMENT", "The request body could not be read.")
+			x.errText = "request body unreadable: " + err.Error()
 		}
 		return false
 	}

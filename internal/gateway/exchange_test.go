@@ -48,6 +48,9 @@ func TestStripKeyParam(t *testing.T) {
 		"%6Bey=abc&alt=sse":           "alt=sse",
 		"access_token=x&monkey=1":     "monkey=1",
 		"apikey=1&key=2&key=3&$alt=j": "apikey=1&$alt=j",
+		"key&alt=sse":                 "alt=sse", // a bare key parameter (found by the abuse suite)
+		"alt=sse&key":                 "alt=sse",
+		"access_token":                "",
 	} {
 		if got := stripKeyParam(in); got != want {
 			t.Errorf("stripKeyParam(%q) = %q, want %q", in, got, want)

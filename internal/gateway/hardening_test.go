@@ -8,13 +8,17 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -500,5 +504,54 @@ func TestBoundOwnerDisabledReasonIsGeneric(t *testing.T) {
 	resp, b := e.do("GET", "/v1beta/"+name, "")
 	if resp.StatusCode != 503 || strings.Contains(string(b), "123456789012") || !strings.Contains(string(b), "(SERVICE_DISABLED)") {
 		t.Errorf("%d %s", resp.StatusCode, b)
+	}
+}
+
+// slowBody fails as a body cut by the server's read timeout does.
+type slowBody struct{ sent bool }
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		return copy(p, `{"contents":`), nil
+	}
+	return 0, fmt.Errorf("read tcp 127.0.0.1:8008->127.0.0.1:51234: %w", os.ErrDeadlineExceeded)
+}
+
+func (b *slowBody) Close() error { return nil }
+
+// A body the server's timeout cut gets Google's envelope (408), not an empty 200, and no
+// socket address reaches the client; any other unreadable body gets a generic 400.
+func TestSlowOrBrokenBodiesGetAnAnswer(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		body   io.ReadCloser
+		status int
+	}{
+		{"timeout", &slowBody{}, http.StatusRequestTimeout},
+		{"broken", io.NopCloser(io.MultiReader(strings.NewReader("{"), iotest.ErrReader(errors.New("read tcp 10.0.0.5:3128: connection reset")))), http.StatusBadRequest},
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/v1beta/models/gemini-2.5-flash:generateContent", nil)
+		if tc.status == http.StatusRequestTimeout {
+			// The server cancels the request's context when its read timeout fires.
+			ctx, cancel := context.WithCancel(r.Context())
+			cancel()
+			r = r.WithContext(ctx)
+		}
+		r.Body = tc.body
+		r.ContentLength = -1
+		w := httptest.NewRecorder()
+		s, _ := parseSettings(nil)
+		x := &exchange{w: w, r: r, set: s}
+		if x.readBody() {
+			t.Fatalf("%s: body read", tc.name)
+		}
+		if w.Code != tc.status || !strings.Contains(w.Body.String(), `"error"`) || strings.Contains(w.Body.String(), "127.0.0.1") ||
+			strings.Contains(w.Body.String(), "10.0.0.5") {
+			t.Errorf("%s: %d %s", tc.name, w.Code, w.Body.String())
+		}
+		if !strings.Contains(x.errText, "read tcp") {
+			t.Errorf("%s: the log row lost the cause: %q", tc.name, x.errText)
+		}
 	}
 }

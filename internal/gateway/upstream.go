@@ -81,7 +81,8 @@ func stripKeyParam(raw string) string {
 
 // hasKeyParam is a cheap test that a raw query may carry a credential (also percent-encoded).
 func hasKeyParam(raw string) bool {
-	return strings.Contains(raw, "key=") || strings.Contains(raw, "access_token=") || strings.Contains(raw, "%")
+	// "key" and not "key=": a bare `?key` is a key parameter too.
+	return strings.Contains(raw, "key") || strings.Contains(raw, "access_token") || strings.Contains(raw, "%")
 }
 
 func urlUnescape(s string) (string, error) {
