@@ -1086,10 +1086,9 @@ func TestAbuseGarbageRequests(t *testing.T) {
 	assertCleanUpstream(t, checked, pool, accessKey)
 	t.Logf("upstream: %d calls, %d of them marked as authenticated requests", len(calls), marked)
 	if bareKeys > 0 {
-		// stripKeyParam looks for "key=" or a '%' before it parses the query, so a bare `key`
-		// (no '=', no value) goes upstream as sent: it carries no credential, but Google reads
-		// it as an empty key parameter next to the pool key's header.
-		t.Logf("FINDING: %d upstream calls kept a bare `key` query parameter (no value) the client sent", bareKeys)
+		// A bare `key` (no '=', no value) carries no credential, but Google would read it as an
+		// empty key parameter next to the pool key's header.
+		t.Errorf("%d upstream calls kept a bare `key` query parameter (no value) the client sent", bareKeys)
 	}
 	if marked == 0 {
 		t.Errorf("no upstream call carries the %s marker: the check for unauthenticated calls proves nothing", abuseMarker)
