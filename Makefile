@@ -41,8 +41,10 @@ test: vet bin/caddy
 # (about 80 s in all), `make fuzz FUZZTIME=2m` longer. Each package's fuzzing test binary is
 # built once (as `go test -fuzz` would build it, each time) and run in the package's
 # directory, with go's own fuzz cache, so a failing input lands in its testdata/fuzz and
-# `go test` replays it from then on.
+# `go test` replays it from then on. Minimizing each new input is capped (FUZZMINIMIZETIME):
+# go's default of 60 s, spent on a large seed's every new input, stalls a short run.
 FUZZTIME ?= 5s
+FUZZMINIMIZETIME ?= 2s
 FUZZ_TARGETS = $(shell grep -rHo --include='*_test.go' --exclude-dir=bin --exclude-dir=.git '^func Fuzz[A-Za-z0-9_]*' . | \
 	sed -E 's|^\./||; s|^(([^:]*)/)?[^/:]*:func |\2:|; s|^:|.:|' | sort)
 FUZZ_PKGS = $(sort $(foreach t,$(FUZZ_TARGETS),$(firstword $(subst :, ,$(t)))))
@@ -56,7 +58,7 @@ fuzz:
 		pkg=$${t%%:*}; name=$${t##*:}; imp="$(MODULE)/$$pkg"; [ "$$pkg" != . ] || imp="$(MODULE)"; \
 		echo "== $$name (./$$pkg, $(FUZZTIME))"; \
 		(cd $$pkg && "$(CURDIR)/bin/fuzz/$$(echo $$pkg | tr / _).test" -test.run '^$$' -test.fuzz "^$$name$$" \
-			-test.fuzztime $(FUZZTIME) -test.fuzzcachedir "$$cache/$$imp" -test.paniconexit0); \
+			-test.fuzztime $(FUZZTIME) -test.fuzzcachedir "$$cache/$$imp" -test.fuzzminimizetime $(FUZZMINIMIZETIME) -test.paniconexit0); \
 	done
 
 clean:
