@@ -591,6 +591,16 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 		writeError(w, http.StatusBadRequest, "INVALID_ARGUMENT", "The body must be a JSON object: "+err.Error())
 		return false
 	}
+	return onlyOneValue(w, dec)
+}
+
+// onlyOneValue answers 400 and returns false when the body holds more than the JSON value just
+// decoded from dec (white space aside): `{"label":"a"} garbage` is not a request.
+func onlyOneValue(w http.ResponseWriter, dec *json.Decoder) bool {
+	if _, err := dec.Token(); err != io.EOF {
+		writeError(w, http.StatusBadRequest, "INVALID_ARGUMENT", "The body must hold one JSON object and nothing after it.")
+		return false
+	}
 	return true
 }
 

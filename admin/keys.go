@@ -252,7 +252,7 @@ func readStrict(w http.ResponseWriter, r *http.Request, v any) bool {
 		writeError(w, http.StatusBadRequest, "INVALID_ARGUMENT", "The body must be a JSON object: "+err.Error())
 		return false
 	}
-	return true
+	return onlyOneValue(w, dec)
 }
 
 // projectOf checks the "project" of a body: present, a string, a good label once trimmed. On

@@ -277,12 +277,17 @@ func (x *exchange) tooLarge(limit int64) {
 func requestModel(p, rawQuery string, body []byte, openAI bool) (model string, stream bool) {
 	if openAI {
 		if len(body) > 0 {
-			var b struct {
-				Model  string `json:"model"`
-				Stream bool   `json:"stream"`
-			}
+			// The members named exactly "model" and "stream": encoding/json would also take
+			// "MODEL" or "Model", and a client could then have its call counted for another
+			// model than the one Google serves.
+			var b map[string]json.RawMessage
 			if json.Unmarshal(body, &b) == nil {
-				return strings.TrimPrefix(b.Model, "models/"), b.Stream
+				var model string
+				var stream bool
+				// A missing member, or one of another type, reads as its zero value.
+				_ = json.Unmarshal(b["model"], &model)
+				_ = json.Unmarshal(b["stream"], &stream)
+				return strings.TrimPrefix(model, "models/"), stream
 			}
 		}
 		return "", false

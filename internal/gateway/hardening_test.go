@@ -555,3 +555,25 @@ func TestSlowOrBrokenBodiesGetAnAnswer(t *testing.T) {
 		}
 	}
 }
+
+// What the fuzz suite's authors found by hand, each pinned here.
+func TestParsersFoundByTheFuzzSuite(t *testing.T) {
+	// A JSON escape must not hide a key-bound reference (F1).
+	for _, body := range []string{
+		`{"cachedContent":"cachedContents\/abc"}`,
+		`{"contents":[{"parts":[{"fileData":{"fileUri":"\u0066iles/abc"}}]}]}`,
+	} {
+		names, _ := bodyReferences([]byte(body))
+		if len(names) != 1 || (names[0] != "cachedContents/abc" && names[0] != "files/abc") {
+			t.Errorf("bodyReferences(%s) = %v", body, names)
+		}
+	}
+	// Only the member named exactly "model" names the model (F2).
+	if m, s := requestModel("/v1beta/openai/chat/completions", "", []byte(`{"model":"gemini-2.5-pro","MODEL":"gemini-2.5-flash","stream":true}`), true); m != "gemini-2.5-pro" || !s {
+		t.Errorf("requestModel = %q, %v", m, s)
+	}
+	// An escaped upload_id is an upload id (F3).
+	if id := uploadSessionID("/upload/v1beta/files", "upload%5Fid=abc&upload_protocol=resumable"); id != "abc" {
+		t.Errorf("uploadSessionID = %q", id)
+	}
+}

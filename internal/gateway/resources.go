@@ -159,15 +159,23 @@ func ownerNames(name string) []string {
 // name a handful; the cap bounds the work (and the SQL lookup) a crafted 32 MiB body can cause.
 const maxReferences = 64
 
+// JSON escapes that can spell a marker's letters or its slash.
+var (
+	escapedSlash = []byte(`\/`)
+	escapedRune  = []byte(`\u`)
+)
+
 // bodyReferences returns the distinct key-bound resource names a JSON request body mentions in
 // any string value except prompt text (fileData.fileUri, cachedContent, a batch's
 // inputConfig.fileName, the OpenAI-compatible input_file_id and extra_body cached_content,
 // fileSearch store names, a tunedModels/… model, …). It stops with tooMany once the body names
 // more than maxReferences.
 func bodyReferences(body []byte) (names []string, tooMany bool) {
-	found := false
+	// A JSON escape ("\/", "\u0066") can hide a marker from the byte search: bodies with one
+	// are always scanned.
+	found := bytes.Contains(body, escapedSlash) || bytes.Contains(body, escapedRune)
 	for _, m := range refMarkers {
-		if bytes.Contains(body, m) {
+		if found || bytes.Contains(body, m) {
 			found = true
 			break
 		}

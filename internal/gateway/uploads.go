@@ -33,7 +33,7 @@ var uploadHeaders = [...]string{"X-Goog-Upload-Url", "X-Goog-Upload-Control-Url"
 // uploadSessionID returns the upload_id of a command on an upload session, or "" when the
 // request is something else (a start, or not an upload).
 func uploadSessionID(p, rawQuery string) string {
-	if !strings.HasPrefix(p, "/upload/") || !strings.Contains(rawQuery, "upload_id=") {
+	if !strings.HasPrefix(p, "/upload/") || (!strings.Contains(rawQuery, "upload_id=") && !strings.Contains(rawQuery, "%")) {
 		return ""
 	}
 	q, _ := url.ParseQuery(rawQuery)
