@@ -121,13 +121,8 @@ func (x *exchange) serveUploadChunk(id string) {
 			// A final status stops SDKs from retrying a chunk that can never succeed; a store
 			// error is transient, and the SDK may retry it. Without a key, an unknown session
 			// id is a wrong credential.
-			x.w.Header().Set("X-Goog-Upload-Status", "final")
-			const msg = "Unknown upload session: this gateway did not start it, or it has expired. Start the upload again through the gateway."
-			if !byKey {
-				x.reject(rejectUnknownUpload, http.StatusNotFound, "NOT_FOUND", msg)
-				return
-			}
-			x.fail(http.StatusNotFound, "NOT_FOUND", msg)
+			x.refuseChunk(byKey, rejectUnknownUpload, http.StatusNotFound, "NOT_FOUND",
+				"Unknown upload session: this gateway did not start it, or it has expired. Start the upload again through the gateway.")
 			return
 		}
 		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "The upload session could not be looked up; try again.")
@@ -140,13 +135,8 @@ func (x *exchange) serveUploadChunk(id string) {
 	// The session id stands for the access key that started the session: it is worth no more
 	// than that key, which may have been disabled or deleted since.
 	if !c.accessKeyUsable(sess.AccessKeyID) {
-		x.w.Header().Set("X-Goog-Upload-Status", "final")
-		const msg = "The access key that started this upload session is disabled or no longer exists; the upload cannot continue."
-		if !byKey {
-			x.reject(rejectDisabledKey, http.StatusForbidden, "PERMISSION_DENIED", msg)
-			return
-		}
-		x.fail(http.StatusForbidden, "PERMISSION_DENIED", msg)
+		x.refuseChunk(byKey, rejectDisabledKey, http.StatusForbidden, "PERMISSION_DENIED",
+			"The access key that started this upload session is disabled or no longer exists; the upload cannot continue.")
 		return
 	}
 	secret, err := c.pool.Get(sess.KeyID, "", time.Now())
@@ -218,6 +208,18 @@ func (x *exchange) serveUploadChunk(id string) {
 		return
 	}
 	x.copyResponse(resp, secret)
+}
+
+// refuseChunk answers an upload command that can never go on, with a final upload status so
+// SDKs stop retrying it. Without a key the session id was the credential: the refusal then
+// counts as a rejected request (no log row), as a wrong key does.
+func (x *exchange) refuseChunk(byKey bool, why rejectReason, code int, status, msg string) {
+	x.w.Header().Set("X-Goog-Upload-Status", "final")
+	if !byKey {
+		x.reject(why, code, status, msg)
+		return
+	}
+	x.fail(code, status, msg)
 }
 
 // accessKeyUsable tells whether the access key with the given id exists and is enabled.
