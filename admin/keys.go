@@ -14,11 +14,42 @@ import (
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
-// geminiKey is the shape of a Google API key: "AIza" and 35 more characters.
-var geminiKey = regexp.MustCompile(`^AIza[0-9A-Za-z_-]{35}$`)
+// geminiKey is the shape of a Google API key: a standard key ("AIza" and 35 more characters)
+// or an authorization key ("AQ." and at least 20 more, dots included), the form of every new
+// AI Studio key.
+var geminiKey = regexp.MustCompile(`^(?:AIza[0-9A-Za-z_-]{35}|AQ\.[0-9A-Za-z_.-]{20,512})$`)
 
-// keyish splits pasted text into the runs of characters a key can hold.
+// keyish splits pasted text into the runs of characters a standard key can hold.
 var keyish = regexp.MustCompile(`[0-9A-Za-z_-]+`)
+
+// authKeyish finds the authorization keys of a line: "AQ." not inside a longer word, then key
+// characters, dots included but not at the end (a sentence's full stop is not part of a key).
+var authKeyish = regexp.MustCompile(`(?:^|[^0-9A-Za-z_.-])(AQ\.[0-9A-Za-z_.-]*[0-9A-Za-z_-])`)
+
+// keyTokens returns the runs of a line that may be keys, in order: words of key characters,
+// and authorization keys (which hold dots).
+func keyTokens(line string) []string {
+	toks := keyish.FindAllString(line, -1)
+	if !strings.Contains(line, "AQ.") {
+		return toks
+	}
+	var out []string
+	for _, t := range toks {
+		if t != "AQ" { // the start of an authorization key, found whole below
+			out = append(out, t)
+		}
+	}
+	for _, m := range authKeyish.FindAllStringSubmatch(line, -1) {
+		out = append(out, m[1])
+	}
+	return out
+}
+
+// keyPrefix tells whether a word starts like a key (and so is no project label, and counts as
+// a malformed key when it is not one).
+func keyPrefix(w string) bool {
+	return strings.HasPrefix(w, "AIza") || strings.HasPrefix(w, "AQ.")
+}
 
 // keyList collects pasted keys in order of first appearance, counting repeats. A repeat that
 // comes with a label gives the key that label (the last one given wins).
@@ -49,7 +80,7 @@ func (l *keyList) add(secret, project string) {
 // second word is no good project label (store.CheckProject), so the line is invalid as a whole.
 func labeledLine(line string) (key, project string, ok, bad bool) {
 	f := strings.Fields(line)
-	if len(f) != 2 || !geminiKey.MatchString(f[0]) || strings.HasPrefix(f[1], "AIza") {
+	if len(f) != 2 || !geminiKey.MatchString(f[0]) || keyPrefix(f[1]) {
 		return "", "", false, false
 	}
 	if store.CheckProject(f[1]) != nil {
@@ -61,8 +92,8 @@ func labeledLine(line string) (key, project string, ok, bad bool) {
 // extractKeys finds every Gemini key in text, in order of first appearance and without repeats.
 // A line "<key> <label>" (see labeledLine) gives the key a project label, or is invalid when
 // the label is bad. Elsewhere a key must stand alone: it is not part of a longer run of key
-// characters; other words are ignored. invalid counts the runs that start with "AIza" but are
-// not a key (cut short, too long) and the lines with a bad label.
+// characters; other words are ignored. invalid counts the runs that start like a key ("AIza",
+// "AQ.") but are not one (cut short, too long) and the lines with a bad label.
 func extractKeys(text string) (keys []store.NewKey, repeats, invalid int) {
 	var l keyList
 	for _, line := range strings.Split(text, "\n") {
@@ -74,11 +105,11 @@ func extractKeys(text string) (keys []store.NewKey, repeats, invalid int) {
 			}
 			continue
 		}
-		for _, tok := range keyish.FindAllString(line, -1) {
+		for _, tok := range keyTokens(line) {
 			switch {
 			case geminiKey.MatchString(tok):
 				l.add(tok, "")
-			case strings.HasPrefix(tok, "AIza"):
+			case keyPrefix(tok):
 				l.invalid++
 			}
 		}

@@ -56,7 +56,7 @@ func FuzzExtractKeys(f *testing.F) {
 				}
 				continue
 			}
-			for _, tok := range keyish.FindAllString(line, -1) {
+			for _, tok := range keyTokens(line) {
 				if geminiKey.MatchString(tok) {
 					accepted++
 					if !seen[tok] {

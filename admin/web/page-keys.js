@@ -488,7 +488,7 @@ export async function render(view, ctx) {
     });
     const result = h('div', { class: 'import-result', id: 'import-result', hidden: true });
     const content = h('div', { class: 'stack' },
-      h('p', { class: 'muted' }, 'Every Gemini key (AIza…) in the text is found; keys already in the pool and malformed ones are skipped and counted.'),
+      h('p', { class: 'muted' }, 'Every Gemini key (AIza… or AQ.…) in the text is found; keys already in the pool and malformed ones are skipped and counted.'),
       h('p', { class: 'muted', id: 'import-projects-help' }, 'To label keys with their Google Cloud project, put one per line: ',
         h('code', null, 'AIza… project-name'), '. A key already in the pool gets the label given with it.'),
       ta,
