@@ -25,113 +25,15 @@ import (
 // "Unknown name" that quotes a client's field named like a key error, native, wrapped in a
 // JSON array (the OpenAI-compatible form) and as SSE text.
 
-// The real bodies of gemini-api.md §3.3, verbatim (keys redacted as there).
+// The real bodies of gemini-api.md §3.3 that classify_test.go has no copy of, verbatim;
+// the others are classify_test.go's body constants.
 const (
-	seedInvalidKey = `{
-  "error": {
-    "code": 400,
-    "message": "API key not valid. Please pass a valid API key.",
-    "status": "INVALID_ARGUMENT",
-    "details": [
-      {
-        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-        "reason": "API_KEY_INVALID",
-        "domain": "googleapis.com",
-        "metadata": { "service": "generativelanguage.googleapis.com" }
-      },
-      {
-        "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
-        "locale": "en-US",
-        "message": "API key not valid. Please pass a valid API key."
-      }
-    ]
-  }
-}`
-	seedSuspended = `{
-  "error": {
-    "code": 403,
-    "message": "Permission denied: Consumer 'api_key:AIzaSy…' has been suspended.",
-    "status": "PERMISSION_DENIED",
-    "details": [
-      {
-        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-        "reason": "CONSUMER_SUSPENDED",
-        "domain": "googleapis.com",
-        "metadata": { "service": "generativelanguage.googleapis.com", "consumer": "projects/578829824020",
-                      "containerInfo": "api_key:AIzaSy…" }
-      }
-    ]
-  }
-}`
-	seedLeaked          = `{ "error": { "code": 403, "message": "Your API key was reported as leaked. Please use another API key.", "status": "PERMISSION_DENIED" } }`
-	seedServiceDisabled = `{
-  "error": {
-    "code": 403,
-    "message": "Generative Language API has not been used in project 411082643095 before or it is disabled. Enable it by visiting https://console.developers.google.com/apis/api/generativelanguage.googleapis.com/overview?project=411082643095 then retry. If you enabled this API recently, wait a few minutes for the action to propagate to our systems and retry.",
-    "status": "PERMISSION_DENIED",
-    "details": [
-      { "@type": "type.googleapis.com/google.rpc.Help", "links": [ { "description": "Google developers console API activation", "url": "https://console.developers.google.com/apis/api/generativelanguage.googleapis.com/overview?project=411082643095" } ] },
-      { "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SERVICE_DISABLED", "domain": "googleapis.com",
-        "metadata": { "service": "generativelanguage.googleapis.com", "consumer": "projects/411082643095" } }
-    ]
-  }
-}`
-	seedServiceBlocked = `{
-  "error": {
-    "code": 403,
-    "message": "Requests to this API generativelanguage.googleapis.com method google.ai.generativelanguage.v1beta.GenerativeService.StreamGenerateContent are blocked.",
-    "status": "PERMISSION_DENIED",
-    "details": [
-      { "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_SERVICE_BLOCKED", "domain": "googleapis.com",
-        "metadata": { "consumer": "projects/177838813423", "service": "generativelanguage.googleapis.com",
-                      "apiName": "generativelanguage.googleapis.com",
-                      "methodName": "google.ai.generativelanguage.v1beta.GenerativeService.StreamGenerateContent" } },
-      { "@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": "Requests to this API … are blocked." }
-    ]
-  }
-}`
-	seedTokenQuota = `{
-  "error": {
-    "code": 429,
-    "message": "You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.",
-    "status": "RESOURCE_EXHAUSTED",
-    "details": [
-      {
-        "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-        "violations": [
-          {
-            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count",
-            "quotaId": "GenerateContentInputTokensPerModelPerMinute-FreeTier",
-            "quotaDimensions": { "location": "global", "model": "gemini-2.5-flash" },
-            "quotaValue": "250000"
-          }
-        ]
-      },
-      { "@type": "type.googleapis.com/google.rpc.Help",
-        "links": [ { "description": "Learn more about Gemini API quotas", "url": "https://ai.google.dev/gemini-api/docs/rate-limits" } ] },
-      { "@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "26s" }
-    ]
-  }
-}`
-	// §3.3 describes this one in words: three violations, per day first, and retryDelay 47s.
 	seedMultiViolation = `{"error":{"code":429,"message":"You exceeded your current quota, please check your plan and billing details.","status":"RESOURCE_EXHAUSTED","details":[` +
 		`{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[` +
 		`{"quotaMetric":"generativelanguage.googleapis.com/generate_content_free_tier_requests","quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier","quotaDimensions":{"location":"global","model":"gemini-2.0-flash"},"quotaValue":"200"},` +
 		`{"quotaMetric":"generativelanguage.googleapis.com/generate_content_free_tier_requests","quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier","quotaDimensions":{"location":"global","model":"gemini-2.0-flash"},"quotaValue":"15"},` +
 		`{"quotaMetric":"generativelanguage.googleapis.com/generate_content_free_tier_input_token_count","quotaId":"GenerateContentInputTokensPerModelPerMinute-FreeTier","quotaDimensions":{"location":"global","model":"gemini-2.0-flash"},"quotaValue":"1000000"}]},` +
 		`{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"47s"}]}}`
-	// §3.3's newer message variant, in its envelope.
-	seedLimitZeroMessage = `{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"You exceeded your current quota, … To monitor your current usage, head to: https://ai.dev/rate-limit.\n` +
-		`* Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_input_token_count, limit: 0, model: gemini-2.5-pro\n` +
-		`* Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, limit: 0, model: gemini-2.5-pro\n` +
-		`Please retry in 24.077635839s."}}`
-	seedPrepay        = `{ "error": { "code": 402, "message": "Your prepayment credits are depleted. Please go to AI Studio at https://ai.studio/projects to manage your project and billing. Learn more at https://ai.google.dev/gemini-api/docs/billing#prepay.", "status": "RESOURCE_EXHAUSTED" } }`
-	seedModelNotFound = `{ "error": { "code": 404, "message": "models/gemini-2.0-pro is not found for API version v1beta, or is not supported for generateContent. Call ListModels to see the list of available models and their supported methods.", "status": "NOT_FOUND" } }`
-	seedOverloaded    = `{ "error": { "code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE" } }`
-	seedInternal      = `{ "error": { "code": 500, "message": "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting", "status": "INTERNAL" } }`
-	seedRegion        = `{ "error": { "code": 400, "message": "User location is not supported for the API use.", "status": "FAILED_PRECONDITION" } }`
-	seedUnregistered  = `{ "error": { "code": 403, "message": "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.", "status": "PERMISSION_DENIED" } }`
-	// A legacy 429 (§3.2) and the js-genai rewrapping of a stream error (§3.1).
 	seedLegacyQuota = `{"error":{"code":429,"message":"Quota exceeded for quota metric 'Generate Content API requests per minute'","status":"RESOURCE_EXHAUSTED","details":[` +
 		`{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"RATE_LIMIT_EXCEEDED","domain":"googleapis.com","metadata":{"quota_metric":"generativelanguage.googleapis.com/generate_content_requests","quota_limit":"GenerateContentRequestsPerMinutePerProjectPerRegion","quota_limit_value":"60","consumer":"projects/123456","service":"generativelanguage.googleapis.com"}}]}}`
 )
@@ -141,10 +43,10 @@ var googleSeeds = []struct {
 	status int
 	body   string
 }{
-	{400, seedInvalidKey}, {403, seedSuspended}, {403, seedLeaked}, {403, seedServiceDisabled},
-	{403, seedServiceBlocked}, {429, seedTokenQuota}, {429, seedMultiViolation}, {429, seedLimitZeroMessage},
-	{402, seedPrepay}, {404, seedModelNotFound}, {503, seedOverloaded}, {500, seedInternal},
-	{400, seedRegion}, {403, seedUnregistered}, {429, seedLegacyQuota},
+	{400, bodyInvalidKey}, {403, bodySuspended}, {403, bodyLeaked}, {403, bodyServiceDisabled},
+	{403, bodyServiceBlocked}, {429, bodyPerMinute}, {429, seedMultiViolation}, {429, bodyLimitZeroMessage},
+	{402, bodyPrepay}, {404, bodyModelNotFound}, {503, bodyOverloaded}, {500, bodyInternal},
+	{400, bodyRegion}, {403, bodyUnregistered}, {429, seedLegacyQuota},
 }
 
 // fuzzAttackPhrases are key-error words a client can name a body field with, for Google to
@@ -281,14 +183,14 @@ func FuzzClassify(f *testing.F) {
 		}
 	}
 	// The fixed key messages on the "wrong" statuses, and a few odd ones.
-	f.Add(400, []byte(seedLeaked))
-	f.Add(401, []byte(seedLeaked))
+	f.Add(400, []byte(bodyLeaked))
+	f.Add(401, []byte(bodyLeaked))
 	f.Add(403, []byte(`Your API key was reported as leaked. Please use another API key.`))
 	f.Add(403, []byte("<html><body>403 Forbidden</body></html>"))
-	f.Add(200, []byte(seedInvalidKey))
+	f.Add(200, []byte(bodyInvalidKey))
 	f.Add(0, []byte(""))
-	f.Add(-1, []byte(seedInvalidKey))
-	f.Add(999, []byte(seedInvalidKey))
+	f.Add(-1, []byte(bodyInvalidKey))
+	f.Add(999, []byte(bodyInvalidKey))
 	f.Fuzz(func(t *testing.T, status int, body []byte) {
 		checkClassify(t, status, body, fuzzNow)
 	})

@@ -2,7 +2,6 @@ package keypool
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -638,39 +637,15 @@ func TestKindString(t *testing.T) {
 	}
 }
 
-// attackPhrases are Google's key-error words a client can put in a request (as a field name)
-// for Google to quote back in a 400.
-var attackPhrases = []string{
-	"API key not valid. Please pass a valid API key.",
-	"API key expired. Please renew the API key.",
-	"API Key not found. Please pass a valid API key.",
-	"Your API key was reported as leaked. Please use another API key.",
-	"Permission denied: Consumer 'api_key:AIzaSyA1b2' has been suspended.",
-	"Generative Language API has not been used in project 123456 before or it is disabled",
-	"API_KEY_INVALID",
-	"CONSUMER_SUSPENDED",
-	"projects/123456",
-}
-
-// unknownFieldBody is Google's answer to a body field it does not know.
-func unknownFieldBody(name string) string {
-	q, _ := json.Marshal(`Invalid JSON payload received. Unknown name "` + name + `": Cannot find field.`)
-	return `{"error":{"code":400,"message":` + string(q) + `,"status":"INVALID_ARGUMENT","details":[` +
-		`{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"description":` + string(q) + `}]}]}}`
-}
-
 func TestClientWordsNeverCondemnAKey(t *testing.T) {
-	for _, phrase := range attackPhrases {
-		body := unknownFieldBody(phrase)
-		for name, b := range map[string]string{
-			"native": body,
-			"openai": "[" + body + "]",
-			"sse":    "data: " + body + "\n\n",
-		} {
+	// Every form a gateway can see Google's "Unknown name" 400 in (native, pretty, the
+	// OpenAI-compatible array, SSE, js-genai's rewrap): see attackBodies.
+	for _, phrase := range fuzzAttackPhrases {
+		for _, b := range attackBodies(phrase) {
 			for _, status := range []int{400, 401, 403, 404} {
 				got := Classify(status, []byte(b), classifyNow)
 				if got.Kind != ClientError || got.Confirm || got.Project != "" || got.Retryable() {
-					t.Errorf("%s %d with %q: %+v, want a client error", name, status, phrase, got)
+					t.Errorf("%d with %q: %+v, want a client error", status, phrase, got)
 				}
 			}
 		}
