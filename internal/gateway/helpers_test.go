@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -113,4 +114,21 @@ func startCore(t testing.TB, s coreSetup, cfg *Config) testCore {
 	}
 	tc.c = c
 	return tc
+}
+
+// cannedPolls is the fake upstream, except that a GET of a path in answers gets that answer:
+// a finished batch or operation as Google answers its poll.
+type cannedPolls struct {
+	fake    *fakegemini.Server
+	answers map[string]string
+}
+
+func (u cannedPolls) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, ok := u.answers[r.URL.Path]
+	if r.Method != http.MethodGet || !ok {
+		u.fake.ServeHTTP(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json; charset=UTF-8")
+	io.WriteString(w, body)
 }

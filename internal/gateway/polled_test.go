@@ -2,8 +2,6 @@ package gateway
 
 import (
 	"context"
-	"io"
-	"net/http"
 	"net/http/httptest"
 	"slices"
 	"testing"
@@ -40,25 +38,12 @@ var polledAnswers = map[string]string{
 		`"generateVideoResponse":{"generatedSamples":[{"video":{"uri":"https://generativelanguage.googleapis.com/v1beta/files/known-vid:download?alt=media"}}]}}}`,
 }
 
-// polledUpstream answers the polls of polledAnswers and leaves the rest to the fake.
-type polledUpstream struct{ fake *fakegemini.Server }
-
-func (u polledUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, ok := polledAnswers[r.URL.Path]
-	if r.Method != http.MethodGet || !ok {
-		u.fake.ServeHTTP(w, r)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json; charset=UTF-8")
-	io.WriteString(w, body)
-}
-
 // Polling a batch or operation records only the files its documented fields name
 // (responsesFile, a video's URI), and never rebinds a file whose owner is known: a model's
 // output, or a client's metadata echoed in the answer, cannot steal another key's file.
 func TestProxyPolledFilesOnlyDocumentedAndNeverRebound(t *testing.T) {
 	fake := fakegemini.New()
-	srv := httptest.NewServer(polledUpstream{fake})
+	srv := httptest.NewServer(cannedPolls{fake, polledAnswers})
 	t.Cleanup(srv.Close)
 	e := newProxyEnv(t, 3, func(a *Config) { a.Upstream = srv.URL })
 	ctx := context.Background()

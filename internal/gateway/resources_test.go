@@ -1009,38 +1009,23 @@ func TestProxyOpenAIFileUploadIsRecorded(t *testing.T) {
 	}
 }
 
-// finishedUpstream is the fake upstream, except that a GET of the operation or batch below
-// answers as Google does once it is done, naming the files it made.
-type finishedUpstream struct{ fake *fakegemini.Server }
-
-func (u finishedUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var body string
-	switch {
-	case r.Method != http.MethodGet:
-	case r.URL.Path == "/v1beta/models/veo-3.0-generate-001/operations/op1":
-		body = `{"name":"models/veo-3.0-generate-001/operations/op1","done":true,"response":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse",` +
-			`"generateVideoResponse":{"generatedSamples":[{"video":{"uri":"https://generativelanguage.googleapis.com/v1beta/files/vid1:download?alt=media"}}]},` +
-			`"generatedVideos":[{"video":{"uri":"https://generativelanguage.googleapis.com/v1beta/files/vid2:download?alt=media"}}]}}`
-	case r.URL.Path == "/v1beta/batches/b1":
-		body = `{"name":"batches/b1","done":true,"metadata":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch","name":"batches/b1",` +
-			`"state":"BATCH_STATE_SUCCEEDED","output":{"responsesFile":"files/batch-out1"}},` +
-			`"response":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput","responsesFile":"files/batch-out1"}}`
-	case r.URL.Path == "/v1beta/batches/big":
-		body = `{"name":"batches/big","done":true,"response":{"responsesFile":"files/big-out","inlinedResponses":{"pad":"` + strings.Repeat("x", 1<<20) + `"}}}`
-	}
-	if body == "" {
-		u.fake.ServeHTTP(w, r)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json; charset=UTF-8")
-	io.WriteString(w, body)
+// finishedAnswers are the operation and batches below as Google answers their poll once done,
+// naming the files they made.
+var finishedAnswers = map[string]string{
+	"/v1beta/models/veo-3.0-generate-001/operations/op1": `{"name":"models/veo-3.0-generate-001/operations/op1","done":true,"response":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse",` +
+		`"generateVideoResponse":{"generatedSamples":[{"video":{"uri":"https://generativelanguage.googleapis.com/v1beta/files/vid1:download?alt=media"}}]},` +
+		`"generatedVideos":[{"video":{"uri":"https://generativelanguage.googleapis.com/v1beta/files/vid2:download?alt=media"}}]}}`,
+	"/v1beta/batches/b1": `{"name":"batches/b1","done":true,"metadata":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch","name":"batches/b1",` +
+		`"state":"BATCH_STATE_SUCCEEDED","output":{"responsesFile":"files/batch-out1"}},` +
+		`"response":{"@type":"type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput","responsesFile":"files/batch-out1"}}`,
+	"/v1beta/batches/big": `{"name":"batches/big","done":true,"response":{"responsesFile":"files/big-out","inlinedResponses":{"pad":"` + strings.Repeat("x", 1<<20) + `"}}}`,
 }
 
 // The owner polling a finished operation or batch learns the files it made: they belong to
 // its key, and later requests that name them go there.
 func TestProxyPolledOperationRecordsItsFiles(t *testing.T) {
 	fake := fakegemini.New()
-	srv := httptest.NewServer(finishedUpstream{fake})
+	srv := httptest.NewServer(cannedPolls{fake, finishedAnswers})
 	t.Cleanup(srv.Close)
 	e := newProxyEnv(t, 3, func(a *Config) { a.Upstream = srv.URL })
 	ctx := context.Background()
