@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -11,15 +10,8 @@ import (
 // owner (and its expiry) alone, while AddResources replaces it.
 func TestAddNewResourcesKeepsKnownOwners(t *testing.T) {
 	ctx := context.Background()
-	s := openTest(t, filepath.Join(t.TempDir(), "r.db"), nil, nil)
-	if _, err := s.AddKeys(ctx, []string{"key-a", "key-b"}); err != nil {
-		t.Fatal(err)
-	}
-	keys, err := s.Keys(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := keys[0].ID, keys[1].ID
+	s, ids := storeWithKeys(t, "key-a", "key-b")
+	a, b := ids[0], ids[1]
 	now := time.Now()
 	live, forever := now.Add(time.Hour), time.Time{}
 	if err := s.AddResources(ctx,

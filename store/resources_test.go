@@ -11,15 +11,8 @@ import (
 
 func TestUploadSessionsAndResources(t *testing.T) {
 	ctx := context.Background()
-	s := openTest(t, filepath.Join(t.TempDir(), "r.db"), nil, nil)
-	if _, err := s.AddKeys(ctx, []string{"key-a", "key-b"}); err != nil {
-		t.Fatal(err)
-	}
-	keys, err := s.Keys(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := keys[0].ID, keys[1].ID
+	s, ids := storeWithKeys(t, "key-a", "key-b")
+	a, b := ids[0], ids[1]
 	now := time.Now()
 
 	// Upload sessions: found while live, gone once expired, cancelled or purged.
@@ -91,23 +84,36 @@ func TestUploadSessionsAndResources(t *testing.T) {
 // A lookup of more names than SQLite binds in one statement still answers (in chunks).
 func TestResourceOwnersManyNames(t *testing.T) {
 	ctx := context.Background()
-	s := openTest(t, filepath.Join(t.TempDir(), "r.db"), nil, nil)
-	if _, err := s.AddKeys(ctx, []string{"key-a"}); err != nil {
-		t.Fatal(err)
-	}
-	keys, err := s.Keys(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, ids := storeWithKeys(t, "key-a")
 	var names []string
 	for i := range 40000 {
 		names = append(names, fmt.Sprintf("files/f%d", i))
 	}
-	if err := s.AddResources(ctx, Resource{Name: names[39999], KeyID: keys[0].ID}, Resource{Name: names[0], KeyID: keys[0].ID}); err != nil {
+	if err := s.AddResources(ctx, Resource{Name: names[39999], KeyID: ids[0]}, Resource{Name: names[0], KeyID: ids[0]}); err != nil {
 		t.Fatal(err)
 	}
 	owners, err := s.ResourceOwners(ctx, names, time.Now())
-	if err != nil || len(owners) != 2 || owners[names[39999]] != keys[0].ID || owners[names[0]] != keys[0].ID {
+	if err != nil || len(owners) != 2 || owners[names[39999]] != ids[0] || owners[names[0]] != ids[0] {
 		t.Fatalf("owners of 40000 names: %v, %v", owners, err)
 	}
+}
+
+// storeWithKeys opens a store in a new file holding the given upstream keys, and returns it
+// with their ids in the same order.
+func storeWithKeys(t *testing.T, secrets ...string) (*Store, []int64) {
+	t.Helper()
+	ctx := context.Background()
+	s := openTest(t, filepath.Join(t.TempDir(), "r.db"), nil, nil)
+	if _, err := s.AddKeys(ctx, secrets); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := s.Keys(ctx)
+	if err != nil || len(keys) != len(secrets) {
+		t.Fatalf("keys %v, %v", keys, err)
+	}
+	ids := make([]int64, len(keys))
+	for i, k := range keys {
+		ids[i] = k.ID
+	}
+	return s, ids
 }
