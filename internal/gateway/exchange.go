@@ -273,6 +273,16 @@ func (x *exchange) tooLarge(limit int64) {
 		"Request payload size exceeds the limit: "+strconv.FormatInt(limit, 10)+" bytes.")
 }
 
+// bodyMember is a top-level member of a request body, kept as a slice of the body itself: the
+// body outlives every use, so the member's bytes (a whole conversation) are not copied.
+type bodyMember []byte
+
+// UnmarshalJSON keeps the slice encoding/json hands over, which is part of the input.
+func (m *bodyMember) UnmarshalJSON(b []byte) error {
+	*m = b
+	return nil
+}
+
 // requestModel finds the model a request is for, and whether it streams.
 func requestModel(p, rawQuery string, body []byte, openAI bool) (model string, stream bool) {
 	if openAI {
@@ -280,13 +290,13 @@ func requestModel(p, rawQuery string, body []byte, openAI bool) (model string, s
 			// The members named exactly "model" and "stream": encoding/json would also take
 			// "MODEL" or "Model", and a client could then have its call counted for another
 			// model than the one Google serves.
-			var b map[string]json.RawMessage
+			var b map[string]bodyMember
 			if json.Unmarshal(body, &b) == nil {
 				var model string
 				var stream bool
 				// A missing member, or one of another type, reads as its zero value.
-				_ = json.Unmarshal(b["model"], &model)
-				_ = json.Unmarshal(b["stream"], &stream)
+				_ = json.Unmarshal([]byte(b["model"]), &model)
+				_ = json.Unmarshal([]byte(b["stream"]), &stream)
 				return strings.TrimPrefix(model, "models/"), stream
 			}
 		}
