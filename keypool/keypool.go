@@ -342,7 +342,7 @@ func (p *Pool) Report(id int64, model string, o Outcome, now time.Time) Change {
 			c.Changed = true
 		}
 		e.streakStart.Store(0)
-		if e.ejections.Load() > 0 && nowNano > e.ejectedUntil.Load()+int64(BaseEjection) {
+		if e.ejections.Load() > 0 && nowNano > e.ejectedUntil.Load()+int64(baseEjection) {
 			// Back in service for a while without a new ejection: the next one starts short.
 			e.ejections.Store(0)
 		}

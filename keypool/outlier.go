@@ -11,33 +11,33 @@ import (
 // front:
 //
 //   - each model keeps a 10-second window of attempts and failures; when at least
-//     OutageMinAttempts attempts were made and OutagePercent of them failed, the model is in an
+//     outageMinAttempts attempts were made and outagePercent of them failed, the model is in an
 //     outage: its circuit opens, nothing is counted against any key and Admit lets one trial
-//     request through per TrialEvery until one succeeds;
+//     request through per trialEvery until one succeeds;
 //   - otherwise a failure counts against its key, and a key that fails maxFailures times in a
 //     row while another key succeeded for the same model since its streak began is ejected:
-//     cooling on every model ("*") for BaseEjection, doubling on each consecutive ejection up to
-//     MaxEjection, never more than the pool's max ejection percent of the enabled keys at once.
+//     cooling on every model ("*") for baseEjection, doubling on each consecutive ejection up to
+//     maxEjection, never more than the pool's max ejection percent of the enabled keys at once.
 const (
-	// HealthWindow is how far back a model's attempts are looked at.
-	HealthWindow = 10 * time.Second
-	// OutageMinAttempts is the fewest attempts in HealthWindow that can reveal an outage.
-	OutageMinAttempts = 10
-	// OutagePercent is the share of failed attempts that makes an outage.
-	OutagePercent = 80
-	// TrialEvery is how often an open circuit lets a trial request through.
-	TrialEvery = time.Second
-	// BaseEjection is how long a first ejection lasts.
-	BaseEjection = time.Minute
-	// MaxEjection caps the doubling of consecutive ejections.
-	MaxEjection = time.Hour
+	// healthWindow is how far back a model's attempts are looked at.
+	healthWindow = 10 * time.Second
+	// outageMinAttempts is the fewest attempts in healthWindow that can reveal an outage.
+	outageMinAttempts = 10
+	// outagePercent is the share of failed attempts that makes an outage.
+	outagePercent = 80
+	// trialEvery is how often an open circuit lets a trial request through.
+	trialEvery = time.Second
+	// baseEjection is how long a first ejection lasts.
+	baseEjection = time.Minute
+	// maxEjection caps the doubling of consecutive ejections.
+	maxEjection = time.Hour
 	// EjectAll is the model of an ejection's cooldown: it covers every model.
 	EjectAll = "*"
 	// maxTrackedModels bounds the models whose health is tracked; the rest share one entry.
 	maxTrackedModels = 1024
 	// sharedHealth names the entry of models past maxTrackedModels.
 	sharedHealth  = "\x00other"
-	healthBuckets = 10
+	healthBuckets = int64(healthWindow / time.Second) // one bucket a second
 )
 
 // bucket counts one second of a model's attempts. Its fields are updated with atomics: a
@@ -58,7 +58,6 @@ type modelHealth struct {
 	okKey, okAt, prevKey, prevAt atomic.Int64
 
 	mu        sync.Mutex // failures and the circuit
-	openedAt  int64
 	nextTrial int64
 }
 
@@ -128,10 +127,9 @@ func (h *modelHealth) failed(now int64) (outage, opened bool) {
 		return true, false
 	}
 	attempts, failures := h.counts(now)
-	if attempts >= OutageMinAttempts && failures*100 >= OutagePercent*attempts {
+	if attempts >= outageMinAttempts && failures*100 >= outagePercent*attempts {
 		h.open.Store(true)
-		h.openedAt = now
-		h.nextTrial = now + int64(TrialEvery)
+		h.nextTrial = now + int64(trialEvery)
 		return true, true
 	}
 	return false, false
@@ -146,7 +144,7 @@ func (h *modelHealth) otherOKSince(key, since int64) bool {
 	return k != 0 && k != key && h.prevAt.Load() >= since
 }
 
-// admit lets a request through a closed circuit, or one trial per TrialEvery through an open
+// admit lets a request through a closed circuit, or one trial per trialEvery through an open
 // one; else it returns when the next trial may pass.
 func (h *modelHealth) admit(now int64) (bool, int64) {
 	if !h.open.Load() {
@@ -158,7 +156,7 @@ func (h *modelHealth) admit(now int64) (bool, int64) {
 		return true, 0
 	}
 	if now >= h.nextTrial {
-		h.nextTrial = now + int64(TrialEvery)
+		h.nextTrial = now + int64(trialEvery)
 		return true, 0
 	}
 	return false, h.nextTrial
@@ -207,7 +205,7 @@ func (p *Pool) healthOf(model string, create bool) *modelHealth {
 }
 
 // Admit tells whether a request for model may go upstream now. While the model is in an outage
-// (see HealthWindow) it lets one trial request through per TrialEvery and refuses the others
+// (see healthWindow) it lets one trial request through per trialEvery and refuses the others
 // with the time the next trial may pass.
 func (p *Pool) Admit(model string, now time.Time) (ok bool, retryAt time.Time) {
 	h := p.healthOf(model, false)
@@ -221,21 +219,6 @@ func (p *Pool) Admit(model string, now time.Time) (ok bool, retryAt time.Time) {
 	return false, time.Unix(0, next).In(now.Location())
 }
 
-// Outages returns the models whose circuit is open, with when it opened.
-func (p *Pool) Outages() map[string]time.Time {
-	out := make(map[string]time.Time)
-	if m := p.health.Load(); m != nil {
-		for model, h := range *m {
-			if h.open.Load() {
-				h.mu.Lock()
-				out[model] = time.Unix(0, h.openedAt)
-				h.mu.Unlock()
-			}
-		}
-	}
-	return out
-}
-
 // SetMaxEjectionPercent sets the largest share of the enabled keys that may be ejected at once
 // (0 turns ejection off; values are clamped to 0..100).
 func (p *Pool) SetMaxEjectionPercent(n int) {
@@ -244,11 +227,11 @@ func (p *Pool) SetMaxEjectionPercent(n int) {
 
 // ejectionFor is how long the k-th consecutive ejection lasts.
 func ejectionFor(k int32) time.Duration {
-	d := BaseEjection
-	for i := int32(1); i < k && d < MaxEjection; i++ {
+	d := baseEjection
+	for i := int32(1); i < k && d < maxEjection; i++ {
 		d *= 2
 	}
-	return min(d, MaxEjection)
+	return min(d, maxEjection)
 }
 
 // tryEject ejects e at now unless that would put more than the max ejection percent of the
