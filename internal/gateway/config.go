@@ -7,14 +7,19 @@ import (
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/admin"
+	"github.com/geminisynapse/caddy-gemini-synapse/tenant"
 )
 
 // Config is what one server configuration asks of the gateway: the secrets it adds and the
 // live settings it sets (a zero value leaves a setting as it is). Placeholders are resolved and
 // key lists split before it gets here.
 type Config struct {
-	AdminKey      string   // "" keeps the stored one (or generates one at first start)
-	AccessKeys    []string // added to the store if missing
+	AdminKey   string   // "" keeps the stored one (or generates one at first start)
+	AccessKeys []string // added to the store if missing
+	// PolicyKeys are the Caddyfile's `access_key <label> <key> {policy}` entries: added if
+	// missing; a label or policy changed in the Caddyfile since it was last applied replaces the
+	// stored one (an edit in the panel stays until then).
+	PolicyKeys    []AccessKeyConfig
 	GoogleAPIKeys []string // added to the pool if missing
 
 	Upstream            string
@@ -31,6 +36,13 @@ type Config struct {
 	RequestLogRetention time.Duration
 }
 
+// AccessKeyConfig is an access key declared with its policy in the Caddyfile.
+type AccessKeyConfig struct {
+	Label  string
+	Key    string
+	Policy tenant.Policy
+}
+
 // Check tells what is wrong with the configuration's values, each by its setting's name, the
 // way the admin API would refuse them.
 func (cfg *Config) Check() error {
@@ -39,6 +51,14 @@ func (cfg *Config) Check() error {
 		// The same rules as a key set in the panel: a short admin key is guessable.
 		if why := admin.AdminKeyProblem(cfg.AdminKey); why != "" {
 			errs = append(errs, fmt.Errorf("admin_key: %s (leave it out to have one generated)", why))
+		}
+	}
+	for i, k := range cfg.PolicyKeys {
+		if k.Key == "" {
+			errs = append(errs, fmt.Errorf("access_key %q: the key is empty", k.Label))
+		}
+		if err := k.Policy.Check(); err != nil {
+			errs = append(errs, fmt.Errorf("access_key %q (#%d): %w", k.Label, i+1, err))
 		}
 	}
 	if _, err := parseSettings(cfg.settings()); err != nil {
