@@ -177,10 +177,13 @@ type accessKeyEdit struct {
 	policy tenant.Policy
 }
 
-// apply returns p with the fields the edit sets replaced; p is not changed.
+// apply returns p with the fields the edit sets replaced; p is not changed. A token budget
+// given without a period keeps the period of p's budget (daily when p has none).
 func (e accessKeyEdit) apply(p tenant.Policy) tenant.Policy {
 	p.Models = slices.Clone(p.Models)
+	period := tenant.Daily
 	if p.TokenBudget != nil {
+		period = p.TokenBudget.Period
 		b := *p.TokenBudget
 		p.TokenBudget = &b
 	}
@@ -195,7 +198,14 @@ func (e accessKeyEdit) apply(p tenant.Policy) tenant.Policy {
 		case fieldTPM:
 			p.TPM = e.policy.TPM
 		case fieldTokenBudget:
-			p.TokenBudget = e.policy.TokenBudget
+			p.TokenBudget = nil
+			if b := e.policy.TokenBudget; b != nil {
+				nb := *b
+				if nb.Period == "" {
+					nb.Period = period
+				}
+				p.TokenBudget = &nb
+			}
 		case fieldConcurrency:
 			p.Concurrency = e.policy.Concurrency
 		case fieldExpiresAt:
@@ -335,7 +345,7 @@ func modelsValue(v json.RawMessage) ([]string, string) {
 // countValue reads a limit: a whole number, or a count such as "200k" (null, 0 or "": no
 // limit). The range is tenant.Policy.Check's to judge.
 func countValue(v json.RawMessage) (int64, string) {
-	const why = `must be a whole number, or a count such as "200k" (0 or null: no limit)`
+	const why = `must be a whole number, or a count such as "200k" (0, empty or null: no limit)`
 	switch {
 	case isNull(v):
 		return 0, ""
@@ -361,8 +371,9 @@ func countValue(v json.RawMessage) (int64, string) {
 }
 
 // budgetValue reads a token budget: {"limit","period"} (the limit a number or a count such as
-// "10M", the period daily by default), or a text such as "10M daily"; null or a limit of 0 is
-// none. The limit's range and the period are tenant.Policy.Check's to judge.
+// "10M"), or a text such as "10M daily"; null or a limit of 0 is none. Without a period the
+// Period is "" (see accessKeyEdit.apply). The limit's range and the period are
+// tenant.Policy.Check's to judge.
 func budgetValue(v json.RawMessage) (*tenant.Budget, string) {
 	const why = `must be {"limit": 10000000 or "10M", "period": "daily", "weekly" or "monthly"}, "10M daily", or null`
 	var limit json.RawMessage
@@ -410,9 +421,6 @@ func budgetValue(v json.RawMessage) (*tenant.Budget, string) {
 	}
 	if n == 0 {
 		return nil, ""
-	}
-	if period == "" {
-		period = tenant.Daily
 	}
 	return &tenant.Budget{Limit: n, Period: period}, ""
 }

@@ -93,8 +93,9 @@
 // "models" (a list of globs such as "gemini-2.5-flash*", or one string of globs separated by
 // spaces or commas; empty or null: every model), "rpm", "rpd", "tpm" and "concurrency" (whole
 // numbers, or counts such as "200k"; 0 or null: no limit), "token_budget" ({"limit","period"}
-// with a limit such as 10000000 or "10M" and a period daily, weekly or monthly (default daily),
-// or the text "10M daily"; null or a limit of 0: none), "expires_at" (RFC 3339; null or "":
+// with a limit such as 10000000 or "10M" and a period daily, weekly or monthly (default: the
+// period the key's budget has, else daily), or the text "10M daily"; null or a limit of 0:
+// none), "expires_at" (RFC 3339; null or "":
 // never) and "shared" (true lets the key reach resources the gateway did not create). A field
 // of another name or type, or a bad value, is a 400 naming each bad field, and then nothing is
 // created or changed; so is an expires_at in the past when creating (a PATCH may set one, to

@@ -250,6 +250,15 @@ func TestContractAccessKeyPatch(t *testing.T) {
 		asJSON(m["token_budget"]) != `{"limit":5000,"period":"daily"}` {
 		t.Errorf("after clearing the expiry: %v", m)
 	}
+	// A budget without a period keeps the period the key's budget has.
+	if m := b.ok(200, "PATCH", path, `{"token_budget":{"limit":"7k"}}`); asJSON(m["token_budget"]) != `{"limit":7000,"period":"daily"}` {
+		t.Errorf("after a budget without a period: %v", m["token_budget"])
+	}
+	b.ok(200, "PATCH", path, `{"token_budget":{"limit":"7k","period":"monthly"}}`)
+	if m := b.ok(200, "PATCH", path, `{"token_budget":"8k"}`); asJSON(m["token_budget"]) != `{"limit":8000,"period":"monthly"}` {
+		t.Errorf("after a budget without a period: %v", m["token_budget"])
+	}
+	b.ok(200, "PATCH", path, `{"token_budget":"5k daily"}`)
 	// The Caddyfile's key takes a policy too.
 	if m := b.ok(200, "PATCH", "/admin/api/access-keys/1", `{"rpd":100}`); m["rpd"] != 100.0 || m["label"] != "Caddyfile" {
 		t.Errorf("Caddyfile key after PATCH: %v", m)
