@@ -1,0 +1,347 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/internal/pgtest"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+func countRequests(t testing.TB, s *Store) int64 {
+	t.Helper()
+	n, err := s.CountRequestLogs(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func addKeys(t testing.TB, s *Store, secrets ...string) []Key {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := s.AddKeys(ctx, secrets); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := s.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+func TestCloseWritesEverythingQueued(t *testing.T) {
+	path := pgtest.URL(t)
+	s, err := Open(context.Background(), path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10000 {
+		s.LogRequest(RequestLog{Time: time.Now(), Model: "m", Status: 200, Attempts: 1, Path: fmt.Sprint("/p/", i)})
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Dropped() != 0 {
+		t.Fatalf("dropped %d rows", s.Dropped())
+	}
+	if s.Written() != 10000 {
+		t.Fatalf("Written() = %d, want 10000", s.Written())
+	}
+	s.LogRequest(RequestLog{}) // after Close: ignored, no panic
+	s.Flush()                  // after Close: returns
+
+	s = openTest(t, path, nil, nil)
+	if n := countRequests(t, s); n != 10000 {
+		t.Fatalf("%d rows after Close, want 10000", n)
+	}
+}
+
+func TestFlushCommitsWhatCameBefore(t *testing.T) {
+	// With an hour-long batch interval only Flush makes rows visible early.
+	s := openTest(t, pgtest.URL(t), nil, func(o *options) { o.interval = time.Hour })
+	for range 3 {
+		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+	}
+	s.LogError(ErrorLog{Time: time.Now(), Status: 500})
+	time.Sleep(50 * time.Millisecond)
+	if n := countRequests(t, s); n != 0 {
+		t.Fatalf("%d rows visible before Flush with an hour-long interval", n)
+	}
+	s.Flush()
+	if n := countRequests(t, s); n != 3 {
+		t.Fatalf("%d rows after Flush, want 3", n)
+	}
+	errs, err := s.RecentErrors(context.Background(), LogQuery{})
+	if err != nil || len(errs) != 1 {
+		t.Fatalf("errors after Flush = %v, %v", errs, err)
+	}
+	s.Flush() // nothing pending: returns
+}
+
+func TestKeyStatesAreCoalesced(t *testing.T) {
+	s := openTest(t, pgtest.URL(t), nil, func(o *options) { o.paused = true })
+	keys := addKeys(t, s, "a", "b")
+	a, b := keys[0].ID, keys[1].ID
+	for i := range 100 {
+		s.SaveKeyState(KeyState{KeyID: a, Disabled: i%2 == 1, Reason: fmt.Sprint("reason ", i), Failures: i, LastError: fmt.Sprint("error ", i)})
+	}
+	s.SaveKeyState(KeyState{KeyID: b, Disabled: false, Reason: "ignored when enabled", Failures: 1, LastError: "503"})
+	s.w.stateMu.Lock()
+	pending := len(s.w.states)
+	s.w.stateMu.Unlock()
+	if pending != 2 {
+		t.Errorf("%d pending states, want 2 (one per key)", pending)
+	}
+	s.w.resume()
+	s.Flush()
+
+	keys, _ = s.Keys(context.Background())
+	if k := keys[0]; k.Status != StatusDisabled || k.DisabledReason != "reason 99" || k.Failures != 99 || k.LastError != "error 99" || k.ManualDisabled {
+		t.Errorf("key a = %+v, want the 100th state", k)
+	}
+	if k := keys[1]; k.Status != StatusActive || k.DisabledReason != "" || k.Failures != 1 || k.LastError != "503" {
+		t.Errorf("key b = %+v", k)
+	}
+
+	// The pool re-enables a key it had disabled itself; the reason goes.
+	s.SaveKeyState(KeyState{KeyID: a, Disabled: false, Reason: "stale", Failures: 0})
+	s.Flush()
+	keys, _ = s.Keys(context.Background())
+	if k := keys[0]; k.Status != StatusActive || k.DisabledReason != "" || k.Failures != 0 {
+		t.Errorf("key a after re-enable = %+v", k)
+	}
+}
+
+func TestManualDisableIsNotOverwrittenByThePool(t *testing.T) {
+	s := openTest(t, pgtest.URL(t), nil, func(o *options) { o.paused = true })
+	ctx := context.Background()
+	keys := addKeys(t, s, "a", "b")
+	a, b := keys[0].ID, keys[1].ID
+
+	// Pool state saved before an operator's decision and not yet written does not undo it.
+	s.SaveKeyState(KeyState{KeyID: b, Disabled: true, Reason: "invalid key", Failures: 3})
+	s.SaveCooldown(Cooldown{KeyID: b, Model: "m", Until: time.Now().Add(time.Hour)})
+	if err := s.SetKeyStatus(ctx, b, StatusActive, "", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetKeyStatus(ctx, a, StatusDisabled, "operator", true); err != nil {
+		t.Fatal(err)
+	}
+	s.w.resume()
+	// Pool state saved after it: counters move, status and reason stay.
+	s.SaveKeyState(KeyState{KeyID: a, Disabled: false, Failures: 2, LastError: "timeout"})
+	s.Flush()
+
+	keys, _ = s.Keys(ctx)
+	if k := keys[0]; k.Status != StatusDisabled || k.DisabledReason != "operator" || !k.ManualDisabled || k.Failures != 2 || k.LastError != "timeout" {
+		t.Errorf("manually disabled key = %+v", k)
+	}
+	if k := keys[1]; k.Status != StatusActive || k.Failures != 0 {
+		t.Errorf("key enabled by the operator = %+v", k)
+	}
+	if cds, _ := s.Cooldowns(ctx, time.Now()); len(cds) != 0 {
+		t.Errorf("cooldowns of the enabled key = %+v", cds)
+	}
+}
+
+func TestUsageCountersAreAggregated(t *testing.T) {
+	s := openTest(t, pgtest.URL(t), nil, nil)
+	ctx := context.Background()
+	keys := addKeys(t, s, "a", "b", "c")
+	a, b := keys[0].ID, keys[1].ID
+	ak, err := s.AddAccessKey(ctx, "client", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.UnixMilli(1_700_000_000_000)
+
+	// One request tried b twice (both failed) then succeeded on a; two more succeeded on a; one
+	// had no upstream key at all.
+	s.LogError(ErrorLog{Time: t0, KeyID: b, AccessKeyID: ak, Status: 429})
+	s.LogError(ErrorLog{Time: t0.Add(time.Second), KeyID: b, AccessKeyID: ak, Status: 500})
+	s.LogRequest(RequestLog{Time: t0.Add(5 * time.Second), KeyID: a, AccessKeyID: ak, Status: 200, Attempts: 3})
+	s.LogRequest(RequestLog{Time: t0.Add(3 * time.Second), KeyID: a, Status: 200, Attempts: 1})
+	s.LogRequest(RequestLog{Time: t0.Add(2 * time.Second), KeyID: a, Status: 200, Attempts: 1})
+	s.LogRequest(RequestLog{Time: t0.Add(9 * time.Second), AccessKeyID: ak, Status: 401})
+	s.Flush()
+	// A later batch adds up; an older time does not move last_used_at back.
+	s.LogRequest(RequestLog{Time: t0, KeyID: a, Status: 200, Attempts: 1})
+	s.Flush()
+
+	keys, _ = s.Keys(ctx)
+	check := func(k Key, requests, failed int64, last time.Time) {
+		t.Helper()
+		if k.Requests != requests || k.FailedRequests != failed || !k.LastUsedAt.Equal(last) {
+			t.Errorf("key %d: requests=%d failed=%d last=%v, want %d %d %v", k.ID, k.Requests, k.FailedRequests, k.LastUsedAt, requests, failed, last)
+		}
+	}
+	check(keys[0], 4, 0, t0.Add(5*time.Second))
+	check(keys[1], 2, 2, t0.Add(time.Second))
+	check(keys[2], 0, 0, time.Time{})
+	list, _ := s.AccessKeys(ctx)
+	if !list[0].LastUsedAt.Equal(t0.Add(9 * time.Second)) {
+		t.Errorf("access key last used %v, want %v", list[0].LastUsedAt, t0.Add(9*time.Second))
+	}
+}
+
+func TestCooldownsPersist(t *testing.T) {
+	path := pgtest.URL(t)
+	s, err := Open(context.Background(), path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := addKeys(t, s, "a", "b")
+	a, b := keys[0].ID, keys[1].ID
+	now := time.UnixMilli(time.Now().UnixMilli())
+	s.SaveCooldown(Cooldown{KeyID: a, Model: "gemini-2.5-pro", Until: now.Add(time.Hour)})
+	s.SaveCooldown(Cooldown{KeyID: a, Model: "gemini-2.5-flash", Until: now.Add(-time.Minute)}) // over
+	s.SaveCooldown(Cooldown{KeyID: b, Model: "gemini-2.5-pro", Until: now.Add(time.Minute)})
+	s.SaveCooldown(Cooldown{KeyID: b, Model: "gemini-2.5-pro", Until: now.Add(2 * time.Hour)}) // newer wins
+	s.SaveCooldown(Cooldown{KeyID: 9999, Model: "gemini-2.5-pro", Until: now.Add(time.Hour)})  // deleted key
+	s.LogRequest(RequestLog{Time: now, KeyID: a, Status: 200})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openTest(t, path, nil, nil)
+	cds, err := s.Cooldowns(context.Background(), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Cooldown{
+		{KeyID: a, Model: "gemini-2.5-pro", Until: now.Add(time.Hour)},
+		{KeyID: b, Model: "gemini-2.5-pro", Until: now.Add(2 * time.Hour)},
+	}
+	if len(cds) != len(want) {
+		t.Fatalf("cooldowns = %+v, want %+v", cds, want)
+	}
+	for i := range want {
+		if cds[i].KeyID != want[i].KeyID || cds[i].Model != want[i].Model || !cds[i].Until.Equal(want[i].Until) {
+			t.Errorf("cooldown %d = %+v, want %+v", i, cds[i], want[i])
+		}
+	}
+	if n := countRequests(t, s); n != 1 {
+		t.Errorf("the batch with a deleted key's cooldown lost its log row: %d rows", n)
+	}
+}
+
+func TestFullQueueDropsAndCounts(t *testing.T) {
+	core, logs := observer.New(zapcore.WarnLevel)
+	path := pgtest.URL(t)
+	s := openTest(t, path, zap.New(core), func(o *options) {
+		o.queueSize = 4
+		o.paused = true
+	})
+	for range 10 {
+		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+	}
+	if got := s.Dropped(); got != 6 {
+		t.Fatalf("Dropped() = %d, want 6", got)
+	}
+	warns := logs.FilterMessage("log queue full, dropping rows").All()
+	if len(warns) != 1 {
+		t.Fatalf("%d drop warnings in a burst, want 1", len(warns))
+	}
+	if got := warns[0].ContextMap()["dropped_total"]; got != uint64(1) {
+		t.Errorf("dropped_total = %v, want 1", got)
+	}
+	s.w.resume()
+	s.Flush()
+	if n := countRequests(t, s); n != 4 {
+		t.Fatalf("%d rows written, want the 4 queued", n)
+	}
+	if got := s.Written(); got != 4 {
+		t.Errorf("Written() = %d, want 4 (dropped rows are not written)", got)
+	}
+	s.LogError(ErrorLog{Time: time.Now(), Status: 500})
+	s.Flush()
+	if got := s.Written(); got != 5 {
+		t.Errorf("Written() = %d after an error row, want 5", got)
+	}
+}
+
+func TestLongTextIsTruncatedOnRuneBoundary(t *testing.T) {
+	s := openTest(t, pgtest.URL(t), nil, nil)
+	long := strings.Repeat("é", 3000) // 2 bytes each
+	s.LogRequest(RequestLog{Time: time.Now(), Path: "/" + long, Error: "x" + long})
+	s.LogError(ErrorLog{Time: time.Now(), Message: long})
+	s.Flush()
+	ctx := context.Background()
+	reqs, _ := s.RecentRequests(ctx, LogQuery{})
+	errs, _ := s.RecentErrors(ctx, LogQuery{})
+	if len(reqs) != 1 || len(errs) != 1 {
+		t.Fatalf("rows: %d requests, %d errors", len(reqs), len(errs))
+	}
+	for _, text := range []string{reqs[0].Path, reqs[0].Error, errs[0].Message} {
+		if len(text) > 1000 || len(text) < 998 || !utf8.ValidString(text) {
+			t.Errorf("stored %d bytes, valid UTF-8 %v", len(text), utf8.ValidString(text))
+		}
+	}
+}
+
+// TestRowsAfterCloseAreCounted: a row logged after Close cannot be written; it is counted as
+// dropped (as a row the full queue refused is) and a warning says so, at most once a second.
+func TestRowsAfterCloseAreCounted(t *testing.T) {
+	core, logs := observer.New(zapcore.WarnLevel)
+	s := openTest(t, pgtest.URL(t), zap.New(core), nil)
+	s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Dropped(); got != 0 {
+		t.Fatalf("Dropped() = %d before any row after Close", got)
+	}
+	for range 5 {
+		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+	}
+	s.LogError(ErrorLog{Time: time.Now(), Status: 500})
+	if got := s.Dropped(); got != 6 {
+		t.Errorf("Dropped() = %d after 6 rows logged to a closed store, want 6", got)
+	}
+	if got := s.Written(); got != 1 {
+		t.Errorf("Written() = %d, want 1", got)
+	}
+	warns := logs.FilterMessage("log store closed, dropping rows").All()
+	if len(warns) != 1 {
+		t.Fatalf("%d warnings for a burst of rows after Close, want 1", len(warns))
+	}
+	if got := warns[0].ContextMap()["dropped_total"]; got != uint64(1) {
+		t.Errorf("dropped_total = %v, want 1", got)
+	}
+}
+
+// TestLoggingDuringCloseLosesNothingUncounted: rows logged by many goroutines while the store
+// closes are each either written or counted as dropped, none silently lost.
+func TestLoggingDuringCloseLosesNothingUncounted(t *testing.T) {
+	s := openTest(t, pgtest.URL(t), zap.NewNop(), nil)
+	const loggers, rows = 8, 2000
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range loggers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for range rows {
+				s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+			}
+		}()
+	}
+	close(start)
+	time.Sleep(time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if w, d := s.Written(), s.Dropped(); w+d != loggers*rows {
+		t.Errorf("written %d + dropped %d = %d, want %d rows accounted for", w, d, w+d, loggers*rows)
+	}
+}
