@@ -20,14 +20,14 @@ func TestAccessKeysAreStoredOnlyAsHashes(t *testing.T) {
 	}
 	const secret1, secret2 = "sk-client-one-0123456789abcdef", "sk-client-two-fedcba9876543210"
 
-	id, err := s.AddAccessKey(ctx, secret1, "alice")
+	id, err := s.AddAccessKey(ctx, secret1, "alice", "")
 	if err != nil || id == 0 {
 		t.Fatalf("AddAccessKey = %d, %v", id, err)
 	}
-	if _, err := s.AddAccessKey(ctx, " "+secret1+" ", "again"); !errors.Is(err, ErrDuplicate) {
+	if _, err := s.AddAccessKey(ctx, " "+secret1+" ", "again", ""); !errors.Is(err, ErrDuplicate) {
 		t.Errorf("duplicate AddAccessKey = %v, want ErrDuplicate", err)
 	}
-	if _, err := s.AddAccessKey(ctx, " ", "blank"); err == nil {
+	if _, err := s.AddAccessKey(ctx, " ", "blank", ""); err == nil {
 		t.Error("empty access key accepted")
 	}
 	added, _, err := s.EnsureAccessKeys(ctx, []string{secret1, "", secret2, secret2}, "caddyfile")

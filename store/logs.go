@@ -86,7 +86,7 @@ func (s *Store) RecentRequests(ctx context.Context, q LogQuery) ([]RequestLog, e
 	args = append(args, q.page()...)
 	rows, err := s.db.QueryContext(ctx, `
 		SELECT time, access_key_id, key_id, method, path, model, stream, status, attempts, latency_us,
-		       ttfb_us, prompt_tokens, candidates_tokens, thoughts_tokens, total_tokens, error
+		       ttfb_us, prompt_tokens, candidates_tokens, thoughts_tokens, total_tokens, error, limit_hit
 		FROM request_logs `+where+` ORDER BY time DESC, id DESC LIMIT ? OFFSET ?`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: recent requests: %w", err)
@@ -98,7 +98,7 @@ func (s *Store) RecentRequests(ctx context.Context, q LogQuery) ([]RequestLog, e
 		var t, latency, ttfb int64
 		if err := rows.Scan(&t, &r.AccessKeyID, &r.KeyID, &r.Method, &r.Path, &r.Model, &r.Stream,
 			&r.Status, &r.Attempts, &latency, &ttfb, &r.PromptTokens, &r.CandidatesTokens,
-			&r.ThoughtsTokens, &r.TotalTokens, &r.Error); err != nil {
+			&r.ThoughtsTokens, &r.TotalTokens, &r.Error, &r.LimitHit); err != nil {
 			return nil, fmt.Errorf("store: recent requests: %w", err)
 		}
 		r.Time = fromMS(t)

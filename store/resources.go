@@ -73,34 +73,43 @@ func (s *Store) PurgeUploadSessions(ctx context.Context, now time.Time) (int64, 
 // Resource is a Gemini resource created through the gateway and owned by the Google project of
 // one pool key.
 type Resource struct {
-	Name      string // e.g. "files/abc", "cachedContents/xyz", "batches/123"
-	Kind      string // the first segment of the name: "files", "cachedContents", ...
-	KeyID     int64  // the owning pool key
-	CreatedAt time.Time
-	ExpiresAt time.Time // zero when it does not expire (or Google did not say)
+	Name        string // e.g. "files/abc", "cachedContents/xyz", "batches/123"
+	Kind        string // the first segment of the name: "files", "cachedContents", ...
+	KeyID       int64  // the owning pool key
+	AccessKeyID int64  // the access key that created it, 0 when none did (see Owner)
+	CreatedAt   time.Time
+	ExpiresAt   time.Time // zero when it does not expire (or Google did not say)
 }
 
-// AddResources records resources (replacing the owner and expiry of names already stored).
+// Owner is who owns a stored resource: the pool key whose Google project holds it, and the
+// access key that created it. AccessKeyID is 0 when no access key did: the resource was made
+// outside the gateway, or recorded before resources kept their access key (schema step 6).
+type Owner struct {
+	KeyID       int64
+	AccessKeyID int64
+}
+
+// AddResources records resources (replacing the owners and expiry of names already stored).
 func (s *Store) AddResources(ctx context.Context, rs ...Resource) error {
 	return s.addResources(ctx, "add resources", `
-		INSERT INTO resources (name, kind, key_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
+		INSERT INTO resources (name, kind, key_id, access_key_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)
 		ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, key_id = excluded.key_id,
-			expires_at = excluded.expires_at`, nil, rs)
+			access_key_id = excluded.access_key_id, expires_at = excluded.expires_at`, nil, rs)
 }
 
 // AddNewResources records the resources whose name has no owner at now: a name already
-// stored keeps its owner and expiry unless its row had expired at now, when it is replaced
+// stored keeps its owners and expiry unless its row had expired at now, when it is replaced
 // whole. It is for names the gateway only infers (the files a polled batch or operation
 // names), which must never take a known resource away from its owner.
 func (s *Store) AddNewResources(ctx context.Context, now time.Time, rs ...Resource) error {
 	return s.addResources(ctx, "add new resources", `
-		INSERT INTO resources (name, kind, key_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
+		INSERT INTO resources (name, kind, key_id, access_key_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)
 		ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, key_id = excluded.key_id,
-			created_at = excluded.created_at, expires_at = excluded.expires_at
+			access_key_id = excluded.access_key_id, created_at = excluded.created_at, expires_at = excluded.expires_at
 		WHERE resources.expires_at > 0 AND resources.expires_at <= ?`, []any{toMS(now)}, rs)
 }
 
-// addResources runs the insert q (with its five values, then extra) for each of rs in one
+// addResources runs the insert q (with its six values, then extra) for each of rs in one
 // transaction; what names the operation in errors.
 func (s *Store) addResources(ctx context.Context, what, q string, extra []any, rs []Resource) error {
 	if len(rs) == 0 {
@@ -125,7 +134,7 @@ func (s *Store) addResources(ctx context.Context, what, q string, extra []any, r
 		if created.IsZero() {
 			created = time.Now()
 		}
-		args := append([]any{r.Name, kind, r.KeyID, toMS(created), toMS(r.ExpiresAt)}, extra...)
+		args := append([]any{r.Name, kind, r.KeyID, r.AccessKeyID, toMS(created), toMS(r.ExpiresAt)}, extra...)
 		if _, err := stmt.ExecContext(ctx, args...); err != nil {
 			return fmt.Errorf("store: %s: %w", what, err)
 		}
@@ -140,10 +149,10 @@ func (s *Store) addResources(ctx context.Context, what, q string, extra []any, r
 // parameters (999 in builds before 3.32).
 const ownersChunk = 500
 
-// ResourceOwners returns the owning key of each of names that is stored and not expired at
-// now. Names not stored are absent from the map.
-func (s *Store) ResourceOwners(ctx context.Context, names []string, now time.Time) (map[string]int64, error) {
-	out := make(map[string]int64, len(names))
+// ResourceOwners returns the owners of each of names that is stored and not expired at now.
+// Names not stored are absent from the map.
+func (s *Store) ResourceOwners(ctx context.Context, names []string, now time.Time) (map[string]Owner, error) {
+	out := make(map[string]Owner, len(names))
 	for len(names) > 0 {
 		n := min(len(names), ownersChunk)
 		if err := s.resourceOwners(ctx, names[:n], now, out); err != nil {
@@ -154,13 +163,13 @@ func (s *Store) ResourceOwners(ctx context.Context, names []string, now time.Tim
 	return out, nil
 }
 
-func (s *Store) resourceOwners(ctx context.Context, names []string, now time.Time, out map[string]int64) error {
+func (s *Store) resourceOwners(ctx context.Context, names []string, now time.Time, out map[string]Owner) error {
 	args := make([]any, 0, len(names)+1)
 	args = append(args, toMS(now))
 	for _, n := range names {
 		args = append(args, n)
 	}
-	q := `SELECT name, key_id FROM resources WHERE (expires_at = 0 OR expires_at > ?) AND name IN (?` +
+	q := `SELECT name, key_id, access_key_id FROM resources WHERE (expires_at = 0 OR expires_at > ?) AND name IN (?` +
 		strings.Repeat(", ?", len(names)-1) + `)`
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
@@ -169,11 +178,11 @@ func (s *Store) resourceOwners(ctx context.Context, names []string, now time.Tim
 	defer rows.Close()
 	for rows.Next() {
 		var name string
-		var id int64
-		if err := rows.Scan(&name, &id); err != nil {
+		var o Owner
+		if err := rows.Scan(&name, &o.KeyID, &o.AccessKeyID); err != nil {
 			return fmt.Errorf("store: resource owners: %w", err)
 		}
-		out[name] = id
+		out[name] = o
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("store: resource owners: %w", err)

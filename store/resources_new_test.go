@@ -7,7 +7,7 @@ import (
 )
 
 // AddNewResources records unknown names and names whose row expired, and leaves a live
-// owner (and its expiry) alone, while AddResources replaces it.
+// owner (pool key, access key and expiry) alone, while AddResources replaces it.
 func TestAddNewResourcesKeepsKnownOwners(t *testing.T) {
 	ctx := context.Background()
 	s, ids := storeWithKeys(t, "key-a", "key-b")
@@ -15,18 +15,18 @@ func TestAddNewResourcesKeepsKnownOwners(t *testing.T) {
 	now := time.Now()
 	live, forever := now.Add(time.Hour), time.Time{}
 	if err := s.AddResources(ctx,
-		Resource{Name: "files/live", KeyID: a, ExpiresAt: live},
+		Resource{Name: "files/live", KeyID: a, AccessKeyID: 11, ExpiresAt: live},
 		Resource{Name: "tunedModels/forever", KeyID: a, ExpiresAt: forever},
-		Resource{Name: "files/expired", KeyID: a, CreatedAt: now.Add(-3 * time.Hour), ExpiresAt: now.Add(-time.Hour)},
+		Resource{Name: "files/expired", KeyID: a, AccessKeyID: 11, CreatedAt: now.Add(-3 * time.Hour), ExpiresAt: now.Add(-time.Hour)},
 	); err != nil {
 		t.Fatal(err)
 	}
 	later := now.Add(48 * time.Hour)
 	if err := s.AddNewResources(ctx, now,
-		Resource{Name: "files/live", KeyID: b, ExpiresAt: later},
-		Resource{Name: "tunedModels/forever", KeyID: b, ExpiresAt: later},
-		Resource{Name: "files/expired", KeyID: b, CreatedAt: now, ExpiresAt: later},
-		Resource{Name: "files/new", KeyID: b, ExpiresAt: later},
+		Resource{Name: "files/live", KeyID: b, AccessKeyID: 22, ExpiresAt: later},
+		Resource{Name: "tunedModels/forever", KeyID: b, AccessKeyID: 22, ExpiresAt: later},
+		Resource{Name: "files/expired", KeyID: b, AccessKeyID: 22, CreatedAt: now, ExpiresAt: later},
+		Resource{Name: "files/new", KeyID: b, AccessKeyID: 22, ExpiresAt: later},
 	); err != nil {
 		t.Fatal(err)
 	}
@@ -35,10 +35,10 @@ func TestAddNewResourcesKeepsKnownOwners(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]int64{"files/live": a, "tunedModels/forever": a, "files/expired": b, "files/new": b}
+	want := map[string]Owner{"files/live": {a, 11}, "tunedModels/forever": {a, 0}, "files/expired": {b, 22}, "files/new": {b, 22}}
 	for _, n := range names {
 		if owners[n] != want[n] {
-			t.Errorf("%s owned by %d, want %d", n, owners[n], want[n])
+			t.Errorf("%s owned by %+v, want %+v", n, owners[n], want[n])
 		}
 	}
 	// The live row kept its expiry: gone after it, not after the rejected one.
@@ -49,10 +49,10 @@ func TestAddNewResourcesKeepsKnownOwners(t *testing.T) {
 		t.Errorf("no resources: %v", err)
 	}
 	// AddResources still replaces.
-	if err := s.AddResources(ctx, Resource{Name: "files/live", KeyID: b, ExpiresAt: later}); err != nil {
+	if err := s.AddResources(ctx, Resource{Name: "files/live", KeyID: b, AccessKeyID: 22, ExpiresAt: later}); err != nil {
 		t.Fatal(err)
 	}
-	if owners, err := s.ResourceOwners(ctx, []string{"files/live"}, now); err != nil || owners["files/live"] != b {
+	if owners, err := s.ResourceOwners(ctx, []string{"files/live"}, now); err != nil || owners["files/live"] != (Owner{b, 22}) {
 		t.Errorf("AddResources did not replace: %v, %v", owners, err)
 	}
 }

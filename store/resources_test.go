@@ -57,8 +57,8 @@ func TestUploadSessionsAndResources(t *testing.T) {
 		t.Errorf("owners = %v, want %v", owners, want)
 	}
 	for n, id := range want {
-		if owners[n] != id {
-			t.Errorf("owner of %s = %d, want %d", n, owners[n], id)
+		if owners[n] != (Owner{KeyID: id}) {
+			t.Errorf("owner of %s = %+v, want key %d and no access key", n, owners[n], id)
 		}
 	}
 	counts, err := s.OwnedResourceCounts(ctx, now)
@@ -93,7 +93,7 @@ func TestResourceOwnersManyNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	owners, err := s.ResourceOwners(ctx, names, time.Now())
-	if err != nil || len(owners) != 2 || owners[names[39999]] != ids[0] || owners[names[0]] != ids[0] {
+	if err != nil || len(owners) != 2 || owners[names[39999]].KeyID != ids[0] || owners[names[0]].KeyID != ids[0] {
 		t.Fatalf("owners of 40000 names: %v, %v", owners, err)
 	}
 }

@@ -50,16 +50,35 @@ func (s *Store) PurgeCooldowns(ctx context.Context, now time.Time) (int64, error
 
 // UsageRetention is how long the per-slot sums of the request log (see UsageSlot) are kept at
 // least: a year and a month, so the dashboard's figures outlive the request rows. They are
-// small, a row per quarter hour and model used in it.
+// small, a row per quarter hour and model used in it (and per access key, for the sums of
+// each access key's usage).
 const UsageRetention = 400 * 24 * time.Hour
 
-// PurgeUsage deletes the per-slot sums of the request log whose quarter hour ended at or
-// before before (one straddling it is kept), in batches as PurgeRequestLogs does, and returns
-// how many it deleted.
+// budgetHistory is how far back AccessKeyCounts must see for a start to restore the longest
+// token budget period, a month. The sums per access key are kept for UsageRetention (or
+// longer, with a longer request_log_retention), which this checks at compile time: if
+// UsageRetention were shorter, PurgeUsage would have to keep them for budgetHistory.
+const budgetHistory = 32 * 24 * time.Hour
+
+const _ = uint64(UsageRetention - budgetHistory) // does not compile if UsageRetention < budgetHistory
+
+// PurgeUsage deletes the per-slot sums of the request log (the totals per model and those per
+// access key) whose quarter hour ended at or before before (one straddling it is kept), in
+// batches as PurgeRequestLogs does, and returns how many rows it deleted. Callers pass at least
+// UsageRetention back from now.
 func (s *Store) PurgeUsage(ctx context.Context, before time.Time) (int64, error) {
-	return s.purge(ctx, "usage",
+	cutoff := toMS(before) - slotMS
+	n, err := s.purge(ctx, "usage",
 		`DELETE FROM request_usage WHERE (slot, model) IN (SELECT slot, model FROM request_usage WHERE slot <= ? LIMIT ?)`,
-		toMS(before)-slotMS, purgeBatch, purgePause)
+		cutoff, purgeBatch, purgePause)
+	if err != nil {
+		return n, err
+	}
+	m, err := s.purge(ctx, "access key usage",
+		`DELETE FROM access_key_usage WHERE (slot, access_key_id, model, limit_hit) IN
+			(SELECT slot, access_key_id, model, limit_hit FROM access_key_usage WHERE slot <= ? LIMIT ?)`,
+		cutoff, purgeBatch, purgePause)
+	return n + m, err
 }
 
 // purge runs query (a DELETE of at most batch rows with a cutoff, bound in that order) until

@@ -166,6 +166,72 @@ FROM request_logs GROUP BY slot, model;
 ALTER TABLE keys ADD COLUMN project TEXT NOT NULL DEFAULT '';
 CREATE INDEX keys_project ON keys (project) WHERE project <> '';
 `,
+	// 6: access keys as tenants (issue 14).
+	//
+	// access_keys gets a policy (JSON, '' = none; the store keeps it as opaque text) and the
+	// label and policy the Caddyfile's access_key entry gave it last (NULL: never set by the
+	// config), so that a config load with an unchanged entry keeps an edit made in the admin
+	// panel and a changed entry wins, as settings do. The table is rebuilt with AUTOINCREMENT:
+	// without it SQLite gives a new key the id of the highest deleted one, and the new key would
+	// inherit its resources, its usage and its spent budget. The sequence starts above every id
+	// the logs and upload sessions still name.
+	//
+	// resources.access_key_id is the access key that created a resource (0: made outside the
+	// gateway, or recorded before this version). request_logs.limit_hit is the access-key limit
+	// that refused a request (rpm, rpd, tpm, token_budget, concurrency, models or expired; ''
+	// when none).
+	//
+	// access_key_usage sums request_logs per 15-minute slot (as request_usage, step 4), access
+	// key, model and limit hit; rows without an access key (0) are left out. The log writer adds
+	// to it in the transaction that inserts the request rows; this step sums the rows already
+	// logged. It serves the per-access-key statistics and rebuilds the limiter's daily request
+	// count and token budget at start.
+	`
+CREATE TABLE access_keys_v6 (
+	id            INTEGER PRIMARY KEY AUTOINCREMENT,
+	hash          BLOB    NOT NULL UNIQUE,
+	label         TEXT    NOT NULL DEFAULT '',
+	enabled       INTEGER NOT NULL DEFAULT 1,
+	created_at    INTEGER NOT NULL,
+	last_used_at  INTEGER NOT NULL DEFAULT 0,
+	policy        TEXT    NOT NULL DEFAULT '',
+	config_policy TEXT,
+	config_label  TEXT
+);
+INSERT INTO access_keys_v6 (id, hash, label, enabled, created_at, last_used_at)
+SELECT id, hash, label, enabled, created_at, last_used_at FROM access_keys;
+DROP TABLE access_keys;
+ALTER TABLE access_keys_v6 RENAME TO access_keys;
+
+ALTER TABLE resources ADD COLUMN access_key_id INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE request_logs ADD COLUMN limit_hit TEXT NOT NULL DEFAULT '';
+
+CREATE TABLE access_key_usage (
+	slot              INTEGER NOT NULL,
+	access_key_id     INTEGER NOT NULL,
+	model             TEXT    NOT NULL,
+	limit_hit         TEXT    NOT NULL,
+	requests          INTEGER NOT NULL,
+	failures          INTEGER NOT NULL,
+	prompt_tokens     INTEGER NOT NULL,
+	candidates_tokens INTEGER NOT NULL,
+	total_tokens      INTEGER NOT NULL,
+	PRIMARY KEY (slot, access_key_id, model, limit_hit)
+) WITHOUT ROWID;
+
+INSERT INTO access_key_usage (slot, access_key_id, model, limit_hit, requests, failures, prompt_tokens,
+	candidates_tokens, total_tokens)
+SELECT time - time % 900000 - (time % 900000 < 0) * 900000 AS slot, access_key_id, model, limit_hit, COUNT(*),
+       SUM(status NOT BETWEEN 200 AND 399), SUM(prompt_tokens), SUM(candidates_tokens), SUM(total_tokens)
+FROM request_logs WHERE access_key_id <> 0 GROUP BY slot, access_key_id, model, limit_hit;
+
+DELETE FROM sqlite_sequence WHERE name = 'access_keys';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'access_keys', MAX(
+	(SELECT COALESCE(MAX(id), 0) FROM access_keys),
+	(SELECT COALESCE(MAX(access_key_id), 0) FROM access_key_usage),
+	(SELECT COALESCE(MAX(access_key_id), 0) FROM error_logs),
+	(SELECT COALESCE(MAX(access_key_id), 0) FROM upload_sessions));
+`,
 }
 
 // migrate brings db up to len(steps), one transaction per step. The version is read inside each

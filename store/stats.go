@@ -60,6 +60,12 @@ const maxBuckets = 1000
 // increase; at most 1000 buckets. Bounds on UsageSlot are answered from the per-slot sums,
 // which outlive the request rows (see the package doc).
 func (s *Store) UsageBuckets(ctx context.Context, bounds []time.Time) ([]Usage, error) {
+	return s.bucketsFrom(ctx, bounds, allUsage)
+}
+
+// bucketsFrom checks bounds and answers UsageBuckets with q's queries, binding filter after
+// the buckets.
+func (s *Store) bucketsFrom(ctx context.Context, bounds []time.Time, q usageQueries, filter ...any) ([]Usage, error) {
 	n := len(bounds) - 1
 	if n < 1 {
 		return nil, errors.New("store: usage buckets: need at least two bounds")
@@ -75,35 +81,73 @@ func (s *Store) UsageBuckets(ctx context.Context, bounds []time.Time) ([]Usage, 
 		slots = slots && onSlot(bounds[i])
 	}
 	if slots && onSlot(bounds[n]) {
-		return s.usageBuckets(ctx, bounds, `
-			SELECT b.i, SUM(u.requests), SUM(u.failures), SUM(u.prompt_tokens),
-			       SUM(u.candidates_tokens), SUM(u.total_tokens)
-			FROM b JOIN request_usage u ON u.slot >= b.lo AND u.slot < b.hi
-			GROUP BY b.i`)
+		return s.usageBuckets(ctx, bounds, q.slotBuckets, filter...)
 	}
-	return s.usageBuckets(ctx, bounds, rawBucketsQuery)
+	return s.usageBuckets(ctx, bounds, q.rawBuckets, filter...)
 }
 
-// rawBucketsQuery sums request_logs per bucket, each one range scan of the time index.
-const rawBucketsQuery = `
-	SELECT b.i, COUNT(*),
-	       COALESCE(SUM(r.status NOT BETWEEN 200 AND 399), 0),
-	       COALESCE(SUM(r.prompt_tokens), 0), COALESCE(SUM(r.candidates_tokens), 0),
-	       COALESCE(SUM(r.total_tokens), 0)
-	FROM b JOIN request_logs r ON r.time >= b.lo AND r.time < b.hi
-	GROUP BY b.i`
+// usageQueries are the statistics queries over one set of request rows, from the per-slot
+// sums and from the rows themselves. The bucket queries read the buckets from a table
+// b (i, lo, hi) and answer one row (i, requests, failures, prompt, candidates, total) per
+// bucket that is not empty, binding the filter (if the set has one) after the buckets' values;
+// the by-model queries bind the filter, then from, to and the limit.
+type usageQueries struct {
+	slotBuckets, rawBuckets, slotByModel, rawByModel string
+}
 
-// usageBuckets runs query, which reads the buckets from a table b (i, lo, hi) and answers one
-// row (i, requests, failures, prompt, candidates, total) per bucket that is not empty. The
+var (
+	// allUsage covers every request row.
+	allUsage = newUsageQueries("request_usage", "")
+	// accessKeyUsageOf covers the rows of the access key bound as the filter.
+	accessKeyUsageOf = newUsageQueries("access_key_usage", "access_key_id")
+)
+
+// newUsageQueries returns the queries reading the per-slot sums from table and the request
+// rows, narrowed to the value of column col when it is not empty (the rows' and the sums'
+// column have the same name).
+func newUsageQueries(table, col string) usageQueries {
+	on, where := "", ""
+	if col != "" {
+		on, where = " AND "+col+" = ?", col+" = ? AND "
+	}
+	return usageQueries{
+		slotBuckets: `
+			SELECT b.i, SUM(u.requests), SUM(u.failures), SUM(u.prompt_tokens),
+			       SUM(u.candidates_tokens), SUM(u.total_tokens)
+			FROM b JOIN ` + table + ` u ON u.slot >= b.lo AND u.slot < b.hi` + on + `
+			GROUP BY b.i`,
+		// One range scan of the time index per bucket.
+		rawBuckets: `
+			SELECT b.i, COUNT(*),
+			       COALESCE(SUM(r.status NOT BETWEEN 200 AND 399), 0),
+			       COALESCE(SUM(r.prompt_tokens), 0), COALESCE(SUM(r.candidates_tokens), 0),
+			       COALESCE(SUM(r.total_tokens), 0)
+			FROM b JOIN request_logs r ON r.time >= b.lo AND r.time < b.hi` + on + `
+			GROUP BY b.i`,
+		slotByModel: `
+			SELECT model, SUM(requests) AS n, SUM(failures), SUM(prompt_tokens),
+			       SUM(candidates_tokens), SUM(total_tokens)
+			FROM ` + table + ` WHERE ` + where + `slot >= ? AND slot < ?
+			GROUP BY model ORDER BY n DESC, model LIMIT ?`,
+		rawByModel: `
+			SELECT model, COUNT(*) AS n, SUM(status NOT BETWEEN 200 AND 399),
+			       SUM(prompt_tokens), SUM(candidates_tokens), SUM(total_tokens)
+			FROM request_logs WHERE ` + where + `time >= ? AND time < ?
+			GROUP BY model ORDER BY n DESC, model LIMIT ?`,
+	}
+}
+
+// usageBuckets runs query (see usageQueries) with the buckets of bounds, then filter. The
 // bounds are checked by the caller.
-func (s *Store) usageBuckets(ctx context.Context, bounds []time.Time, query string) ([]Usage, error) {
+func (s *Store) usageBuckets(ctx context.Context, bounds []time.Time, query string, filter ...any) ([]Usage, error) {
 	n := len(bounds) - 1
 	values := make([]string, n)
-	args := make([]any, 0, 3*n)
+	args := make([]any, 0, 3*n+len(filter))
 	for i := range n {
 		values[i] = "(?, ?, ?)"
 		args = append(args, i, toMS(bounds[i]), toMS(bounds[i+1]))
 	}
+	args = append(args, filter...)
 	rows, err := s.db.QueryContext(ctx, `WITH b (i, lo, hi) AS (VALUES `+strings.Join(values, ", ")+`)`+query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: usage buckets: %w", err)
@@ -128,29 +172,24 @@ func (s *Store) usageBuckets(ctx context.Context, bounds []time.Time, query stri
 // (ties by name), at most limit models (0 means 50). Bounds on UsageSlot are answered from the
 // per-slot sums, as in UsageBuckets.
 func (s *Store) UsageByModel(ctx context.Context, from, to time.Time, limit int) ([]ModelUsage, error) {
-	if onSlot(from) && onSlot(to) {
-		return s.usageByModel(ctx, from, to, limit, `
-			SELECT model, SUM(requests) AS n, SUM(failures), SUM(prompt_tokens),
-			       SUM(candidates_tokens), SUM(total_tokens)
-			FROM request_usage WHERE slot >= ? AND slot < ?
-			GROUP BY model ORDER BY n DESC, model LIMIT ?`)
-	}
-	return s.usageByModel(ctx, from, to, limit, rawByModelQuery)
+	return s.byModelFrom(ctx, from, to, limit, allUsage)
 }
 
-// rawByModelQuery sums request_logs per model.
-const rawByModelQuery = `
-	SELECT model, COUNT(*) AS n, SUM(status NOT BETWEEN 200 AND 399),
-	       SUM(prompt_tokens), SUM(candidates_tokens), SUM(total_tokens)
-	FROM request_logs WHERE time >= ? AND time < ?
-	GROUP BY model ORDER BY n DESC, model LIMIT ?`
+// byModelFrom answers UsageByModel with q's queries, binding filter first.
+func (s *Store) byModelFrom(ctx context.Context, from, to time.Time, limit int, q usageQueries, filter ...any) ([]ModelUsage, error) {
+	if onSlot(from) && onSlot(to) {
+		return s.usageByModel(ctx, from, to, limit, q.slotByModel, filter...)
+	}
+	return s.usageByModel(ctx, from, to, limit, q.rawByModel, filter...)
+}
 
-// usageByModel runs query with the bounds and the limit.
-func (s *Store) usageByModel(ctx context.Context, from, to time.Time, limit int, query string) ([]ModelUsage, error) {
+// usageByModel runs query (see usageQueries) with filter, the bounds and the limit.
+func (s *Store) usageByModel(ctx context.Context, from, to time.Time, limit int, query string, filter ...any) ([]ModelUsage, error) {
 	if limit <= 0 {
 		limit = 50
 	}
-	rows, err := s.db.QueryContext(ctx, query, toMS(from), toMS(to), limit)
+	args := append(append(make([]any, 0, len(filter)+3), filter...), toMS(from), toMS(to), limit)
+	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: usage by model: %w", err)
 	}

@@ -128,7 +128,7 @@ func answerUsage(t *testing.T, s *Store, sets [][]time.Time, raw bool) usageAnsw
 		var buckets []Usage
 		var err error
 		if raw {
-			buckets, err = s.usageBuckets(ctx, b, rawBucketsQuery)
+			buckets, err = s.usageBuckets(ctx, b, allUsage.rawBuckets)
 		} else {
 			buckets, err = s.UsageBuckets(ctx, b)
 		}
@@ -139,7 +139,7 @@ func answerUsage(t *testing.T, s *Store, sets [][]time.Time, raw bool) usageAnsw
 		for _, limit := range []int{0, 2} {
 			var models []ModelUsage
 			if raw {
-				models, err = s.usageByModel(ctx, from, to, limit, rawByModelQuery)
+				models, err = s.usageByModel(ctx, from, to, limit, allUsage.rawByModel)
 			} else {
 				models, err = s.UsageByModel(ctx, from, to, limit)
 			}
@@ -365,7 +365,7 @@ func BenchmarkUsageBuckets(b *testing.B) {
 				var got []Usage
 				var err error
 				if raw {
-					got, err = s.usageBuckets(ctx, bounds, rawBucketsQuery)
+					got, err = s.usageBuckets(ctx, bounds, allUsage.rawBuckets)
 				} else {
 					got, err = s.UsageBuckets(ctx, bounds)
 				}
@@ -381,7 +381,7 @@ func BenchmarkUsageBuckets(b *testing.B) {
 				}
 				var models []ModelUsage
 				if raw {
-					models, err = s.usageByModel(ctx, start, end, 50, rawByModelQuery)
+					models, err = s.usageByModel(ctx, start, end, 50, allUsage.rawByModel)
 				} else {
 					models, err = s.UsageByModel(ctx, start, end, 50)
 				}

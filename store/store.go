@@ -8,8 +8,11 @@
 //
 // The writer also adds every request row to per-15-minute sums by model (table request_usage,
 // see UsageSlot) in the same transaction, so the dashboard's statistics (UsageBuckets,
-// UsageByModel) cost a few thousand rows whatever the traffic. Retention deletes request rows
-// after request_log_retention but keeps these sums for UsageRetention (400 days) or
+// UsageByModel) cost a few thousand rows whatever the traffic, and the rows of access keys to
+// sums by access key, model and the limit that refused them (table access_key_usage), for the
+// statistics of one access key (AccessKeyUsage, UsageBucketsOf, UsageByModelOf) and for the
+// limiter's counts at a start (AccessKeyCounts). Retention deletes request rows after
+// request_log_retention but keeps these sums for UsageRetention (400 days) or
 // request_log_retention, whichever is longer: a few megabytes for a year of a dozen models.
 package store
 

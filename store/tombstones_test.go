@@ -40,7 +40,7 @@ func TestTombstones(t *testing.T) {
 	if aks, _ := s.AccessKeys(ctx); len(aks) != 1 || aks[0].Hash != HashSecret("acc-b") {
 		t.Errorf("access keys %+v", aks)
 	}
-	if _, err := s.AddAccessKey(ctx, "acc-a", "panel"); err != nil {
+	if _, err := s.AddAccessKey(ctx, "acc-a", "panel", ""); err != nil {
 		t.Fatalf("explicit AddAccessKey of a deleted key: %v", err)
 	}
 	if _, skipped, err := s.EnsureAccessKeys(ctx, []string{"acc-a", "acc-b"}, "Caddyfile"); err != nil || skipped != 0 {
@@ -66,7 +66,7 @@ func TestTombstoneOfATrimmedSecret(t *testing.T) {
 	if added, err := s.AddKeys(ctx, []string{"  key-a\t"}); err != nil || added != 1 {
 		t.Fatalf("AddKeys = %d, %v", added, err)
 	}
-	if _, err := s.AddAccessKey(ctx, " acc-a ", "panel"); err != nil {
+	if _, err := s.AddAccessKey(ctx, " acc-a ", "panel", ""); err != nil {
 		t.Fatal(err)
 	}
 	keys, _ := s.Keys(ctx)
@@ -83,10 +83,10 @@ func TestTombstoneOfATrimmedSecret(t *testing.T) {
 	if added, skipped, err := s.EnsureAccessKeys(ctx, []string{"\nacc-a", "  "}, "Caddyfile"); err != nil || added != 0 || skipped != 1 {
 		t.Errorf("EnsureAccessKeys = %d added, %d skipped, %v; want 0, 1", added, skipped, err)
 	}
-	if _, err := s.AddAccessKey(ctx, "acc-a", "panel"); err != nil {
+	if _, err := s.AddAccessKey(ctx, "acc-a", "panel", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AddAccessKey(ctx, "acc-a ", "again"); !errors.Is(err, ErrDuplicate) {
+	if _, err := s.AddAccessKey(ctx, "acc-a ", "again", ""); !errors.Is(err, ErrDuplicate) {
 		t.Errorf("second AddAccessKey = %v, want ErrDuplicate", err)
 	}
 	if added, skipped, err := s.EnsureAccessKeys(ctx, []string{"acc-a"}, "Caddyfile"); err != nil || added != 0 || skipped != 0 {

@@ -37,6 +37,10 @@ type RequestLog struct {
 	TotalTokens      int64
 
 	Error string // already masked by the caller; truncated to 1000 bytes
+
+	// LimitHit is the access-key limit that refused the request (rpm, rpd, tpm, token_budget,
+	// concurrency, models or expired), empty when none did; truncated to 32 bytes.
+	LimitHit string
 }
 
 // ErrorLog is one failed upstream attempt, written asynchronously by LogError.
@@ -66,6 +70,7 @@ const (
 	maxPathLen   = 1000
 	maxModelLen  = 200
 	maxMethodLen = 32
+	maxLimitLen  = 32
 )
 
 // maxAttempts bounds retries of a batch failing for a reason other than a busy database; such a
@@ -93,6 +98,7 @@ func (s *Store) LogRequest(r RequestLog) {
 		thoughts:    r.ThoughtsTokens,
 		total:       r.TotalTokens,
 		text:        truncate(r.Error, maxTextLen),
+		limitHit:    truncate(r.LimitHit, maxLimitLen),
 	})
 }
 
@@ -170,7 +176,7 @@ type entry struct {
 	time, accessKeyID, keyID            int64
 	latencyUS, ttfbUS                   int64
 	prompt, candidates, thoughts, total int64
-	method, path, model, text           string
+	method, path, model, text, limitHit string
 	done                                chan struct{} // kindFlush: closed once committed
 	status, attempts                    int32
 	kind                                entryKind
@@ -196,6 +202,13 @@ type keyUsage struct {
 type slotKey struct {
 	slot  int64
 	model string
+}
+
+// accessSlotKey names an access_key_usage row: a 15-minute slot, an access key, a model and
+// the limit that refused the requests.
+type accessSlotKey struct {
+	slot, accessKeyID int64
+	model, limitHit   string
 }
 
 // writer owns the queue and the goroutine that drains it into batched transactions.
@@ -234,18 +247,19 @@ type writer struct {
 	inProjects  map[int64]string
 
 	// Used by the writer goroutine only.
-	giveUpAt  time.Time // set once Close is waiting: failing batches are dropped after it
-	rows      []entry
-	flushes   []chan struct{}
-	stateBuf  []KeyState
-	coolBuf   []cooldownRow
-	projBuf   []KeyProject
-	keyUsage  map[int64]keyUsage
-	slotUse   map[slotKey]Usage
-	args      []any
-	reqs      []*entry
-	errs      []*entry
-	accessUse map[int64]int64
+	giveUpAt    time.Time // set once Close is waiting: failing batches are dropped after it
+	rows        []entry
+	flushes     []chan struct{}
+	stateBuf    []KeyState
+	coolBuf     []cooldownRow
+	projBuf     []KeyProject
+	keyUsage    map[int64]keyUsage
+	slotUse     map[slotKey]Usage
+	accessSlots map[accessSlotKey]Usage // the batch's sums for access_key_usage
+	args        []any
+	reqs        []*entry
+	errs        []*entry
+	accessUse   map[int64]int64
 }
 
 func newWriter(db *sql.DB, logger *zap.Logger, o options) *writer {
@@ -267,6 +281,7 @@ func newWriter(db *sql.DB, logger *zap.Logger, o options) *writer {
 		keyUsage:    make(map[int64]keyUsage),
 		slotUse:     make(map[slotKey]Usage),
 		accessUse:   make(map[int64]int64),
+		accessSlots: make(map[accessSlotKey]Usage),
 	}
 	if o.paused {
 		w.gate = make(chan struct{})
@@ -531,8 +546,8 @@ const (
 	// Row inserts; insertRows appends one "(?, ...)" group per row.
 	sqlInsertRequest = `INSERT INTO request_logs (time, access_key_id, key_id, method, path, model, stream,
 		status, attempts, latency_us, ttfb_us, prompt_tokens, candidates_tokens, thoughts_tokens,
-		total_tokens, error) VALUES `
-	requestColumns = 16
+		total_tokens, error, limit_hit) VALUES `
+	requestColumns = 17
 	sqlInsertError = `INSERT INTO error_logs (time, key_id, access_key_id, model, path, status, message) VALUES `
 	errorColumns   = 7
 	sqlKeyUsage    = `UPDATE keys SET requests = requests + ?, failed_requests = failed_requests + ?,
@@ -541,6 +556,12 @@ const (
 	sqlSlotUsage     = `INSERT INTO request_usage (slot, model, requests, failures, prompt_tokens,
 		candidates_tokens, total_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (slot, model) DO UPDATE SET requests = requests + excluded.requests,
+		failures = failures + excluded.failures, prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+		candidates_tokens = candidates_tokens + excluded.candidates_tokens,
+		total_tokens = total_tokens + excluded.total_tokens`
+	sqlAccessSlotUsage = `INSERT INTO access_key_usage (slot, access_key_id, model, limit_hit, requests,
+		failures, prompt_tokens, candidates_tokens, total_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (slot, access_key_id, model, limit_hit) DO UPDATE SET requests = requests + excluded.requests,
 		failures = failures + excluded.failures, prompt_tokens = prompt_tokens + excluded.prompt_tokens,
 		candidates_tokens = candidates_tokens + excluded.candidates_tokens,
 		total_tokens = total_tokens + excluded.total_tokens`
@@ -575,11 +596,13 @@ func (w *writer) commitTx() (err error) {
 	clear(w.keyUsage)
 	clear(w.accessUse)
 	clear(w.slotUse)
+	clear(w.accessSlots)
 	reqs, errs := w.reqs[:0], w.errs[:0]
 	defer func() {
 		clear(reqs)
 		clear(errs)
 		clear(w.slotUse) // drop string references
+		clear(w.accessSlots)
 		w.reqs, w.errs = reqs[:0], errs[:0]
 	}()
 	for i := range w.rows {
@@ -587,17 +610,15 @@ func (w *writer) commitTx() (err error) {
 		switch e.kind {
 		case kindRequest:
 			reqs = append(reqs, e)
-			// The request rows' sums per slot and model go in with them (schema step 4).
-			k := slotKey{slotOf(e.time), e.model}
-			u := w.slotUse[k]
-			u.Requests++
-			if failed(e.status) {
-				u.Failures++
+			// The request rows' sums per slot and model go in with them (schema step 4), and
+			// per slot, access key, model and limit hit (step 6).
+			slot := slotOf(e.time)
+			k := slotKey{slot, e.model}
+			w.slotUse[k] = e.addTo(w.slotUse[k])
+			if e.accessKeyID != 0 {
+				k := accessSlotKey{slot, e.accessKeyID, e.model, e.limitHit}
+				w.accessSlots[k] = e.addTo(w.accessSlots[k])
 			}
-			u.PromptTokens += e.prompt
-			u.CandidatesTokens += e.candidates
-			u.TotalTokens += e.total
-			w.slotUse[k] = u
 			// A failed final attempt has its own error row, which counts it; only an attempt
 			// that got an answer (or was cut short by the client) counts here.
 			if e.keyID != 0 && (e.status < 400 || e.status == statusClientClosed) {
@@ -635,6 +656,18 @@ func (w *writer) commitTx() (err error) {
 		for k, u := range w.slotUse {
 			if _, err := stmt.ExecContext(ctx, k.slot, k.model, u.Requests, u.Failures,
 				u.PromptTokens, u.CandidatesTokens, u.TotalTokens); err != nil {
+				return err
+			}
+		}
+	}
+	if len(w.accessSlots) > 0 {
+		stmt, err := tx.PrepareContext(ctx, sqlAccessSlotUsage)
+		if err != nil {
+			return err
+		}
+		for k, u := range w.accessSlots {
+			if _, err := stmt.ExecContext(ctx, k.slot, k.accessKeyID, k.model, k.limitHit, u.Requests,
+				u.Failures, u.PromptTokens, u.CandidatesTokens, u.TotalTokens); err != nil {
 				return err
 			}
 		}
@@ -705,13 +738,26 @@ func (w *writer) commitTx() (err error) {
 	return nil
 }
 
-// rowsPerInsert is the number of rows of one INSERT statement (times 16 columns, well under
+// rowsPerInsert is the number of rows of one INSERT statement (times 17 columns, well under
 // SQLite's limit of 32766 bound parameters).
 const rowsPerInsert = 64
 
 func appendRequest(args []any, e *entry) []any {
 	return append(args, e.time, e.accessKeyID, e.keyID, e.method, e.path, e.model, e.stream,
-		e.status, e.attempts, e.latencyUS, e.ttfbUS, e.prompt, e.candidates, e.thoughts, e.total, e.text)
+		e.status, e.attempts, e.latencyUS, e.ttfbUS, e.prompt, e.candidates, e.thoughts, e.total, e.text,
+		e.limitHit)
+}
+
+// addTo returns u with the request row e added (a failure when its status is not 2xx or 3xx).
+func (e *entry) addTo(u Usage) Usage {
+	u.Requests++
+	if failed(e.status) {
+		u.Failures++
+	}
+	u.PromptTokens += e.prompt
+	u.CandidatesTokens += e.candidates
+	u.TotalTokens += e.total
+	return u
 }
 
 func appendError(args []any, e *entry) []any {

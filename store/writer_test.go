@@ -157,7 +157,7 @@ func TestUsageCountersAreAggregated(t *testing.T) {
 	ctx := context.Background()
 	keys := addKeys(t, s, "a", "b", "c")
 	a, b := keys[0].ID, keys[1].ID
-	ak, err := s.AddAccessKey(ctx, "client", "")
+	ak, err := s.AddAccessKey(ctx, "client", "", "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,13 +10,24 @@ import (
 )
 
 // Usage implements admin.Backend.
-func (b adminBackend) Usage(ctx context.Context, bounds []time.Time) ([]store.Usage, error) {
+func (b adminBackend) Usage(ctx context.Context, bounds []time.Time, accessKeyID int64) ([]store.Usage, error) {
+	if accessKeyID != 0 {
+		return b.c.store.UsageBucketsOf(ctx, accessKeyID, bounds)
+	}
 	return b.c.store.UsageBuckets(ctx, bounds)
 }
 
 // UsageByModel implements admin.Backend.
-func (b adminBackend) UsageByModel(ctx context.Context, from, to time.Time) ([]store.ModelUsage, error) {
+func (b adminBackend) UsageByModel(ctx context.Context, from, to time.Time, accessKeyID int64) ([]store.ModelUsage, error) {
+	if accessKeyID != 0 {
+		return b.c.store.UsageByModelOf(ctx, accessKeyID, from, to, 50)
+	}
 	return b.c.store.UsageByModel(ctx, from, to, 50)
+}
+
+// AccessKeyStats implements admin.Backend.
+func (b adminBackend) AccessKeyStats(ctx context.Context, from, to time.Time) ([]store.AccessKeyUsage, error) {
+	return b.c.store.AccessKeyUsage(ctx, from, to)
 }
 
 // RequestLogs implements admin.Backend.

@@ -19,6 +19,7 @@ import (
 	"github.com/geminisynapse/caddy-gemini-synapse/admin"
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/tenant"
 )
 
 // Core is the gateway of one database file: the store, the key pool built from it, the
@@ -56,12 +57,14 @@ type Core struct {
 	pending      pendingOwners   // those records (pending.go)
 
 	settings   atomic.Pointer[settings]
-	accessKeys atomic.Pointer[map[[32]byte]accessKey]
-	// accessKeyEnabled maps the id of every stored access key (the Caddyfile's included) to
-	// whether it is enabled: an upload chunk sent without a key is checked against the access
-	// key that started its session.
-	accessKeyEnabled atomic.Pointer[map[int64]bool]
-	upstream         atomic.Pointer[upstreamClient]
+	accessKeys atomic.Pointer[map[[32]byte]*accessKey]
+	// accessKeyByID maps the id of every stored access key (the Caddyfile's included) to it:
+	// an upload chunk sent without a key is checked against the access key that started its
+	// session, and resources are shown to the access key that made them.
+	accessKeyByID atomic.Pointer[map[int64]*accessKey]
+	limiter       *tenant.Limiter // every access key's limits, counted exactly (limits.go)
+	seeded        bool            // the limiter's day and budget counts were restored from the store (guarded by mu)
+	upstream      atomic.Pointer[upstreamClient]
 
 	// ctx ends when the core is destroyed; background work started by the admin API (bg)
 	// runs under it and is waited for before the store closes.
@@ -73,17 +76,22 @@ type Core struct {
 	metrics    *metrics        // registered in every config's metrics registry (metrics.go)
 }
 
-// accessKey is what the proxy needs to know of a client credential.
+// accessKey is what the proxy needs to know of a client credential. It is never changed once
+// published: a change builds new ones.
 type accessKey struct {
 	id      int64
+	label   string
 	enabled bool
+	policy  *tenant.Policy // never nil
+	broken  bool           // the stored policy does not parse: the key is refused
 }
 
 // New returns the core of the database at path (opened by Open); logger receives its log lines
 // and hooks tell it what the server in front knows about a request.
 func New(path string, logger *zap.Logger, hooks Hooks) *Core {
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &Core{path: path, logger: logger, hooks: hooks, ready: make(chan struct{}), ctx: ctx, cancel: cancel}
+	c := &Core{path: path, logger: logger, hooks: hooks, ready: make(chan struct{}), ctx: ctx, cancel: cancel,
+		limiter: tenant.NewLimiter()}
 	c.metrics = newMetrics(c)
 	return c
 }
@@ -127,6 +135,17 @@ func (c *Core) Apply(ctx context.Context, a *Config) error {
 	_, skippedAccess, err := st.EnsureAccessKeys(ctx, a.AccessKeys, "Caddyfile")
 	if err != nil {
 		return fmt.Errorf("adding access_keys: %v", err)
+	}
+	if len(a.PolicyKeys) > 0 {
+		keys := make([]store.ConfigAccessKey, len(a.PolicyKeys))
+		for i, k := range a.PolicyKeys {
+			keys[i] = store.ConfigAccessKey{Secret: k.Key, Label: k.Label, Policy: k.Policy.String()}
+		}
+		_, skipped, err := st.ApplyConfigAccessKeys(ctx, keys)
+		if err != nil {
+			return fmt.Errorf("adding access_key entries: %v", err)
+		}
+		skippedAccess += skipped
 	}
 	if skippedKeys+skippedAccess > 0 {
 		c.logger.Info("keys of the Caddyfile were skipped: they were deleted in the admin panel; remove them from the Caddyfile",
@@ -206,6 +225,7 @@ func (c *Core) reloadSettings(ctx context.Context) error {
 		c.logger.Error("stored settings are invalid; using defaults for the bad ones", zap.Error(err))
 	}
 	c.settings.Store(s)
+	c.limiter.SetLocation(s.timezone)
 	c.pool.SetMaxFailures(s.maxFailures)
 	c.pool.SetMaxEjectionPercent(s.maxEjectionPercent)
 	if old := c.upstream.Load(); old == nil || old.proxy != s.proxy {
@@ -221,19 +241,81 @@ func (c *Core) reloadSettings(ctx context.Context) error {
 	return c.reschedule()
 }
 
+// reloadAccessKeysLocked reads the access keys and their policies from the store and puts them
+// in place for the proxy and the limiter. The first time, it restores the limiter's counts of
+// the day and of each token budget's period from the request log.
 func (c *Core) reloadAccessKeysLocked(ctx context.Context) error {
 	list, err := c.store.AccessKeys(ctx)
 	if err != nil {
 		return fmt.Errorf("reading access keys: %v", err)
 	}
-	m := make(map[[32]byte]accessKey, len(list))
-	ids := make(map[int64]bool, len(list))
+	m := make(map[[32]byte]*accessKey, len(list))
+	ids := make(map[int64]*accessKey, len(list))
+	policies := make(map[int64]*tenant.Policy, len(list))
 	for _, k := range list {
-		m[k.Hash] = accessKey{id: k.ID, enabled: k.Enabled}
-		ids[k.ID] = k.Enabled
+		ak := &accessKey{id: k.ID, label: k.Label, enabled: k.Enabled}
+		p, err := tenant.Parse(k.Policy)
+		if err != nil {
+			c.logger.Error("an access key's stored policy is invalid: the key is refused until its policy is set again",
+				zap.Int64("access_key_id", k.ID), zap.Error(err))
+			ak.broken, p = true, new(tenant.Policy)
+		}
+		ak.policy = p
+		m[k.Hash] = ak
+		ids[k.ID] = ak
+		if p.Limited() {
+			policies[k.ID] = p
+		}
+	}
+	c.limiter.Set(policies)
+	if !c.seeded {
+		if err := c.seedLimiter(ctx, policies); err != nil {
+			return err
+		}
+		c.seeded = true
 	}
 	c.accessKeys.Store(&m)
-	c.accessKeyEnabled.Store(&ids)
+	c.accessKeyByID.Store(&ids)
+	c.metrics.tenants.setLabels(ctx, c, list)
+	return nil
+}
+
+// seedLimiter restores, after a start, each limited access key's requests of the day and tokens
+// of its budget's period from the request log's per-access-key sums: a restart must not hand
+// out a day's quota or a month's budget again.
+func (c *Core) seedLimiter(ctx context.Context, policies map[int64]*tenant.Policy) error {
+	if len(policies) == 0 {
+		return nil
+	}
+	now := time.Now()
+	loc := c.settings.Load().timezone
+	counts := make(map[string]map[int64]store.Counts) // by period
+	since := func(period string) (map[int64]store.Counts, error) {
+		if m, ok := counts[period]; ok {
+			return m, nil
+		}
+		m, err := c.store.AccessKeyCounts(ctx, tenant.PeriodStart(period, now, loc))
+		if err != nil {
+			return nil, fmt.Errorf("restoring access keys' usage: %v", err)
+		}
+		counts[period] = m
+		return m, nil
+	}
+	for id, p := range policies {
+		day, err := since(tenant.Daily)
+		if err != nil {
+			return err
+		}
+		tokens := int64(0)
+		if b := p.TokenBudget; b != nil {
+			per, err := since(b.Period)
+			if err != nil {
+				return err
+			}
+			tokens = per[id].Tokens
+		}
+		c.limiter.Seed(id, day[id].Requests, tokens)
+	}
 	return nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/tenant"
 )
 
 // upstream paths the proxy serves; everything else goes to the next handler.
@@ -114,6 +115,9 @@ type exchange struct {
 
 	set      *settings
 	access   int64
+	key      *accessKey    // the access key, once authenticated
+	ticket   tenant.Ticket // the request's place in its access key's limits, released by finish
+	limitHit string        // the policy rule that refused the request (request log's limit_hit)
 	model    string
 	stream   bool
 	openAI   bool
@@ -147,6 +151,9 @@ func (x *exchange) serve() {
 		return
 	}
 	x.model, x.stream = requestModel(x.path, x.r.URL.RawQuery, x.body, x.openAI)
+	if !x.allowModel() || !x.admit() { // limits.go: the access key's policy
+		return
+	}
 	if x.routeBound() { // resources.go: files listing, or a resource's owner key
 		return
 	}
@@ -158,6 +165,7 @@ func (x *exchange) serve() {
 // crowd real ones out of the log queue and stay for the retention period); any other writes
 // its request-log row. Both count in requests_total.
 func (x *exchange) finish() {
+	x.ticket.Done(x.chargedTokens(), time.Now())
 	if x.rejected == rejectNone {
 		x.logRequest()
 		return
@@ -192,7 +200,17 @@ func (x *exchange) authenticate() bool {
 		x.reject(rejectDisabledKey, http.StatusForbidden, "PERMISSION_DENIED", "This access key is disabled.")
 		return false
 	}
-	x.access = k.id
+	if k.broken {
+		// Its stored policy does not parse (edited by hand): refused until fixed, never
+		// let through unlimited.
+		x.reject(rejectDisabledKey, http.StatusForbidden, "PERMISSION_DENIED", "This access key's policy is invalid; ask the gateway's operator.")
+		return false
+	}
+	if k.expired(x.start) {
+		x.reject(rejectExpiredKey, http.StatusUnauthorized, "UNAUTHENTICATED", "access key expired")
+		return false
+	}
+	x.access, x.key = k.id, k
 	return true
 }
 
@@ -286,6 +304,9 @@ func (m *bodyMember) UnmarshalJSON(b []byte) error {
 // requestModel finds the model a request is for, and whether it streams.
 func requestModel(p, rawQuery string, body []byte, openAI bool) (model string, stream bool) {
 	if openAI {
+		if i := strings.Index(p, "/openai/models/"); i >= 0 {
+			return p[i+len("/openai/models/"):], false // models.get
+		}
 		if len(body) > 0 {
 			// The members named exactly "model" and "stream": encoding/json would also take
 			// "MODEL" or "Model", and a client could then have its call counted for another
@@ -327,6 +348,7 @@ func (x *exchange) logRequest() {
 		x.status = statusClientClosed
 	}
 	x.recordRequest()
+	x.core.metrics.tenants.observe(x.access, x.status, x.limitHit != "", x.chargedTokens())
 	x.core.store.LogRequest(store.RequestLog{
 		Time:             x.start,
 		AccessKeyID:      x.access,
@@ -344,5 +366,6 @@ func (x *exchange) logRequest() {
 		ThoughtsTokens:   x.usage.thoughts,
 		TotalTokens:      x.usage.total,
 		Error:            x.errText,
+		LimitHit:         x.limitHit,
 	})
 }

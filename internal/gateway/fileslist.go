@@ -197,7 +197,8 @@ func (x *exchange) listKeyFiles(id int64, token string, pageSize int) ([]json.Ra
 	}
 	now := time.Now()
 	var rs []store.Resource
-	for _, f := range page.Files {
+	names := make([]string, len(page.Files))
+	for i, f := range page.Files {
 		var meta struct {
 			Name           string `json:"name"`
 			ExpirationTime string `json:"expirationTime"`
@@ -205,14 +206,29 @@ func (x *exchange) listKeyFiles(id int64, token string, pageSize int) ([]json.Ra
 		if json.Unmarshal(f, &meta) != nil || resourceName(meta.Name) != meta.Name || meta.Name == "" {
 			continue
 		}
+		names[i] = meta.Name
 		r := store.Resource{Name: meta.Name, Kind: "files", KeyID: id, CreatedAt: now, ExpiresAt: now.Add(defaultLifetimes["files"])}
 		if t, err := time.Parse(time.RFC3339Nano, meta.ExpirationTime); err == nil {
 			r.ExpiresAt = t
 		}
 		rs = append(rs, r)
 	}
-	if err := c.store.AddResources(context.WithoutCancel(x.r.Context()), rs...); err != nil {
+	// Only the access key's own files (and, for a shared key, those the gateway did not
+	// create) are shown: who made each is decided before the unknown ones are recorded.
+	visible, err := x.visible(names)
+	if err != nil {
+		return nil, "", &upstreamError{status: http.StatusServiceUnavailable, reason: "looking up the listed files' owners: " + err.Error()}
+	}
+	// Files made outside the gateway are recorded without an access key; a recorded file
+	// keeps the access key that made it (AddNewResources never replaces a live record).
+	if err := c.store.AddNewResources(context.WithoutCancel(x.r.Context()), now, rs...); err != nil {
 		c.logger.Warn("recording listed files", zap.Error(err))
 	}
-	return page.Files, page.NextPageToken, nil
+	files := page.Files[:0]
+	for i, f := range page.Files {
+		if names[i] != "" && visible[names[i]] {
+			files = append(files, f)
+		}
+	}
+	return files, page.NextPageToken, nil
 }

@@ -80,6 +80,7 @@ type metrics struct {
 	latency  *prometheus.HistogramVec
 	ttfb     *prometheus.HistogramVec
 	state    stateCollector
+	tenants  *tenantMetrics // per access key (tenantmetrics.go)
 
 	attemptsBy [len(attemptOutcomes)]prometheus.Counter // by keypool.Kind
 	rejectedBy [numRejectReasons]prometheus.Counter     // by rejectReason
@@ -135,7 +136,7 @@ func newMetrics(c *Core) *metrics {
 			"Probes confirming a key error before the key is disabled, by verdict (dead, fine, no_verdict; remembered: a recent fine verdict reused).")),
 			[]string{"verdict"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts(opts("rejected_total",
-			"Client requests refused for want of a valid credential (they write no request-log row), by reason (missing_key, wrong_key, disabled_key, unknown_upload_session).")),
+			"Client requests refused for want of a valid credential (they write no request-log row), by reason (missing_key, wrong_key, disabled_key, expired_key, unknown_upload_session).")),
 			[]string{"reason"}),
 		tokens: prometheus.NewCounterVec(prometheus.CounterOpts(opts("tokens_total",
 			"Tokens of successful answers as the upstream reported them, by model and type (prompt, candidates, thoughts, total).")),
@@ -146,7 +147,8 @@ func newMetrics(c *Core) *metrics {
 		ttfb: prometheus.NewHistogramVec(hist("time_to_first_byte_seconds",
 			"Time from a client request's arrival to the first byte of a successful answer's body, retries included, by model."),
 			[]string{"model"}),
-		state: stateCollector{c},
+		state:   stateCollector{c},
+		tenants: newTenantMetrics(),
 	}
 	for i, k := range attemptOutcomes {
 		m.attemptsBy[i] = m.attempts.WithLabelValues(k.String())
@@ -242,10 +244,10 @@ func (m *metrics) register(reg *prometheus.Registry) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{
+	for _, c := range append([]prometheus.Collector{
 		m.requests, m.attempts, m.retries, m.upstream429, m.cooldowns, m.tokens, m.latency, m.ttfb, m.state,
 		m.ejections, m.outages, m.refused, m.confirmations, m.rejected,
-	} {
+	}, m.tenants.collectors()...) {
 		if err := reg.Register(c); err != nil {
 			if are := (prometheus.AlreadyRegisteredError{}); errors.As(err, &are) {
 				continue
@@ -382,11 +384,12 @@ const (
 	rejectMissingKey                 // no access key at all
 	rejectWrongKey                   // an access key the gateway does not know
 	rejectDisabledKey                // a disabled access key (or an upload session started by one)
+	rejectExpiredKey                 // an access key past its policy's expiry (or an upload session started by one)
 	rejectUnknownUpload              // an upload chunk without a key, for a session the gateway does not know
 	numRejectReasons
 )
 
-var rejectReasons = [numRejectReasons]string{"", "missing_key", "wrong_key", "disabled_key", "unknown_upload_session"}
+var rejectReasons = [numRejectReasons]string{"", "missing_key", "wrong_key", "disabled_key", "expired_key", "unknown_upload_session"}
 
 // rejectedLogEvery is the least time between two warnings about refused requests of one reason.
 const rejectedLogEvery = 10 * time.Second

@@ -132,7 +132,7 @@ func (p *pendingOwners) forget(name string) {
 }
 
 // owners adds to owners the pending owner of each of names not expired at now.
-func (p *pendingOwners) owners(names []string, now time.Time, owners map[string]int64) {
+func (p *pendingOwners) owners(names []string, now time.Time, owners map[string]store.Owner) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.rows) == 0 {
@@ -140,7 +140,7 @@ func (p *pendingOwners) owners(names []string, now time.Time, owners map[string]
 	}
 	for _, n := range names {
 		if r, ok := p.rows[n]; ok && (r.ExpiresAt.IsZero() || r.ExpiresAt.After(now)) {
-			owners[n] = r.KeyID
+			owners[n] = store.Owner{KeyID: r.KeyID, AccessKeyID: r.AccessKeyID}
 		}
 	}
 }

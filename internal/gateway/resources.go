@@ -31,6 +31,11 @@ type bound struct {
 	exactName string // the path itself as a name ("files/x/junk", "files/x:download"), if it names a resource
 	creates   bool   // a successful answer creates (or updates) a resource to record
 	polls     bool   // the owner polls an operation or batch, whose answer may name new files
+	// listMember is, for a listing of key-bound resources, the member of its answer that
+	// holds the items, filtered down to the access key's own (isolation.go)
+	listMember string
+	// modelsList: the answer lists models, filtered down to the access key's allowed ones
+	modelsList bool
 }
 
 // boundKinds are the first segments of the names of key-bound resources.
@@ -253,6 +258,8 @@ func (x *exchange) routeBound() bool {
 		x.listFiles()
 		return true
 	}
+	x.listMember = listedCollection(x.r.Method, x.path)
+	x.modelsList = x.listsModels()
 	var names []string
 	if n := resourceName(x.path); n != "" {
 		names = append(names, n)
@@ -287,16 +294,25 @@ func (x *exchange) routeBound() bool {
 		return true
 	}
 	x.core.pending.owners(lookup, now, owners) // owners the store could not take yet
+	for _, n := range names {
+		// Another access key's resource, or one the gateway did not create (unless the key is
+		// shared): as if it did not exist, and nothing goes upstream.
+		if o, found := recordOf(n, owners); !x.mayUse(o, found) {
+			x.denyResource(n)
+			return true
+		}
+	}
 	if len(owners) == 0 {
 		return false
 	}
 	var owner int64
 	var ownerOf string
 	for _, n := range lookup {
-		id, ok := owners[n]
+		o, ok := owners[n]
 		if !ok {
 			continue
 		}
+		id := o.KeyID
 		if owner == 0 {
 			owner, ownerOf = id, n
 			continue
@@ -416,6 +432,8 @@ func (x *exchange) answer(resp *http.Response, secret string) {
 		x.copyResponse(resp, secret)
 	case x.creates:
 		x.copyCreated(resp, secret)
+	case (x.listMember != "" || x.modelsList) && resp.StatusCode == http.StatusOK:
+		x.copyFilteredList(resp, secret)
 	case x.polls:
 		x.copyRecording(resp, secret, polledMax, polledFiles, x.core.recordPolled)
 	default:
@@ -462,7 +480,7 @@ func (x *exchange) copyCreated(resp *http.Response, secret string) {
 // copyRecording is copyCreated with the size limit, the finder of resources to record and the
 // way to record them.
 func (x *exchange) copyRecording(resp *http.Response, secret string, limit int,
-	find func([]byte, int64, time.Time) []store.Resource, record func(context.Context, []store.Resource)) {
+	find func([]byte, store.Owner, time.Time) []store.Resource, record func(context.Context, []store.Resource)) {
 	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
 	if err != nil || len(b) > limit {
 		// Not a small JSON answer after all: send what was read and stream the rest.
@@ -475,7 +493,7 @@ func (x *exchange) copyRecording(resp *http.Response, secret string, limit int,
 	}
 	resp.Body.Close()
 	b = maskSecret(b, secret)
-	record(context.WithoutCancel(x.r.Context()), find(b, x.keyID, time.Now()))
+	record(context.WithoutCancel(x.r.Context()), find(b, store.Owner{KeyID: x.keyID, AccessKeyID: x.access}, time.Now()))
 	t := tailPool.Get().(*tail)
 	t.reset()
 	t.write(b)
@@ -490,7 +508,7 @@ func (x *exchange) copyRecording(resp *http.Response, secret string, limit int,
 // ({"file":{"name","expirationTime"}}, the bare File, or files:register's {"files":[…]}), an Operation ({"name"}, with a
 // tuned model's name in metadata.tunedModel), a CachedContent ({"name","expireTime"}), an
 // OpenAI-compatible batch ({"id"}).
-func createdResources(b []byte, keyID int64, now time.Time) []store.Resource {
+func createdResources(b []byte, owner store.Owner, now time.Time) []store.Resource {
 	var obj map[string]json.RawMessage
 	if json.Unmarshal(b, &obj) != nil {
 		return nil
@@ -511,7 +529,7 @@ func createdResources(b []byte, keyID int64, now time.Time) []store.Resource {
 			if strings.Contains(n, "/operations/") {
 				kind = "operations"
 			}
-			r := store.Resource{Name: n, Kind: kind, KeyID: keyID, CreatedAt: now}
+			r := store.Resource{Name: n, Kind: kind, KeyID: owner.KeyID, AccessKeyID: owner.AccessKeyID, CreatedAt: now}
 			for _, e := range []string{exp1, exp2} {
 				if t, err := time.Parse(time.RFC3339Nano, e); err == nil {
 					r.ExpiresAt = t
@@ -543,7 +561,7 @@ func createdResources(b []byte, keyID int64, now time.Time) []store.Resource {
 	}
 	if json.Unmarshal(obj["metadata"], &meta) == nil && meta.TunedModel != "" {
 		if n := resourceName(meta.TunedModel); n != "" {
-			out = append(out, store.Resource{Name: n, Kind: "tunedModels", KeyID: keyID, CreatedAt: now})
+			out = append(out, store.Resource{Name: n, Kind: "tunedModels", KeyID: owner.KeyID, AccessKeyID: owner.AccessKeyID, CreatedAt: now})
 		}
 	}
 	return out
@@ -589,7 +607,7 @@ type polledAnswer struct {
 // response.generateVideoResponse.generatedSamples[].video.uri (generatedVideos[] in the SDKs'
 // shape). They were made in the project of the key that polled it. Strings anywhere else,
 // such as a model's output, are never read.
-func polledFiles(b []byte, keyID int64, now time.Time) []store.Resource {
+func polledFiles(b []byte, owner store.Owner, now time.Time) []store.Resource {
 	var a polledAnswer
 	// A value of an unexpected type leaves the other fields decoded; invalid JSON none.
 	if err := json.Unmarshal(b, &a); err != nil {
@@ -611,7 +629,7 @@ func polledFiles(b []byte, keyID int64, now time.Time) []store.Resource {
 		if n == "" || slices.ContainsFunc(out, func(r store.Resource) bool { return r.Name == n }) {
 			continue
 		}
-		out = append(out, store.Resource{Name: n, Kind: "files", KeyID: keyID, CreatedAt: now, ExpiresAt: now.Add(defaultLifetimes["files"])})
+		out = append(out, store.Resource{Name: n, Kind: "files", KeyID: owner.KeyID, AccessKeyID: owner.AccessKeyID, CreatedAt: now, ExpiresAt: now.Add(defaultLifetimes["files"])})
 	}
 	return out
 }
@@ -650,7 +668,7 @@ func (c *Core) recordPolled(ctx context.Context, rs []store.Resource) {
 	for i, r := range rs {
 		names[i] = r.Name
 	}
-	known := make(map[string]int64)
+	known := make(map[string]store.Owner)
 	c.pending.owners(names, now, known)
 	rs = slices.DeleteFunc(slices.Clone(rs), func(r store.Resource) bool { _, ok := known[r.Name]; return ok })
 	if len(rs) == 0 {

@@ -128,15 +128,23 @@ func (x *exchange) serveUploadChunk(id string) {
 		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", "The upload session could not be looked up; try again.")
 		return
 	}
-	if !byKey {
-		x.access = sess.AccessKeyID
+	if byKey && x.access != sess.AccessKeyID {
+		// Another access key's session: to this key it does not exist.
+		x.refuseChunk(byKey, rejectUnknownUpload, http.StatusNotFound, "NOT_FOUND",
+			"Unknown upload session: this gateway did not start it, or it has expired. Start the upload again through the gateway.")
+		return
 	}
+	x.access = sess.AccessKeyID
 	x.keyID = sess.KeyID
 	// The session id stands for the access key that started the session: it is worth no more
-	// than that key, which may have been disabled or deleted since.
-	if !c.accessKeyUsable(sess.AccessKeyID) {
-		x.refuseChunk(byKey, rejectDisabledKey, http.StatusForbidden, "PERMISSION_DENIED",
-			"The access key that started this upload session is disabled or no longer exists; the upload cannot continue.")
+	// than that key, which may have been disabled, deleted or may have expired since.
+	if why := c.accessKeyUnusable(sess.AccessKeyID, time.Now()); why != rejectNone {
+		msg := "The access key that started this upload session is disabled or no longer exists; the upload cannot continue."
+		code, status := http.StatusForbidden, "PERMISSION_DENIED"
+		if why == rejectExpiredKey {
+			msg, code, status = "The access key that started this upload session has expired; the upload cannot continue.", http.StatusUnauthorized, "UNAUTHENTICATED"
+		}
+		x.refuseChunk(byKey, why, code, status, msg)
 		return
 	}
 	secret, err := c.pool.Get(sess.KeyID, "", time.Now())
@@ -222,10 +230,25 @@ func (x *exchange) refuseChunk(byKey bool, why rejectReason, code int, status, m
 	x.fail(code, status, msg)
 }
 
-// accessKeyUsable tells whether the access key with the given id exists and is enabled.
-func (c *Core) accessKeyUsable(id int64) bool {
-	m := c.accessKeyEnabled.Load()
-	return m != nil && (*m)[id]
+// accessKeyUnusable tells why the access key with the given id may not be used at now (it is
+// unknown, disabled, its policy is broken, or it has expired), or rejectNone.
+func (c *Core) accessKeyUnusable(id int64, now time.Time) rejectReason {
+	k := c.accessKeyOf(id)
+	switch {
+	case k == nil || !k.enabled || k.broken:
+		return rejectDisabledKey
+	case k.expired(now):
+		return rejectExpiredKey
+	}
+	return rejectNone
+}
+
+// accessKeyOf returns the access key with the given id, or nil.
+func (c *Core) accessKeyOf(id int64) *accessKey {
+	if m := c.accessKeyByID.Load(); m != nil {
+		return (*m)[id]
+	}
+	return nil
 }
 
 // uploadURI is the path and query of an upstream upload URL as the gateway serves it: without

@@ -1,0 +1,153 @@
+package gateway
+
+// An access key's policy on the request path: its expiry, the models it may use and its
+// limits (tenant.Limiter), each refusal in Google's own error format so that SDKs react as
+// they do to Google's.
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/tenant"
+)
+
+// Values of the request log's limit_hit: why the access key's policy refused a request.
+const (
+	hitModels = "models"
+)
+
+// expired tells whether the access key's policy has expired at now.
+func (k *accessKey) expired(now time.Time) bool {
+	return k.policy != nil && !k.policy.ExpiresAt.IsZero() && !now.Before(k.policy.ExpiresAt)
+}
+
+// allowModel refuses a request for a model outside the access key's models, as Google refuses
+// a model a project may not use: 403 PERMISSION_DENIED naming it.
+func (x *exchange) allowModel() bool {
+	if x.key.policy.AllowsModel(x.model) {
+		return true
+	}
+	x.limitHit = hitModels
+	x.fail(http.StatusForbidden, "PERMISSION_DENIED",
+		"This access key may not use the model "+strconv.Quote(strings.TrimPrefix(x.model, "models/"))+
+			": it is outside the models its policy allows.")
+	return false
+}
+
+// listsModels tells whether the request lists models (native or OpenAI-compatible) for an
+// access key whose policy allows only some: the answer is then filtered.
+func (x *exchange) listsModels() bool {
+	if x.r.Method != http.MethodGet || x.key == nil || len(x.key.policy.Models) == 0 {
+		return false
+	}
+	s := exactName(x.path)
+	return s == "models" || s == "openai/models"
+}
+
+// filterModels keeps, in a models listing, the models the access key may use.
+func (x *exchange) filterModels(b []byte) ([]byte, error) {
+	member := "models"
+	if x.openAI {
+		member = "data"
+	}
+	return filterList(b, member, func(items []listItem) ([]bool, error) {
+		keep := make([]bool, len(items))
+		for i, it := range items {
+			name := it.Name
+			if name == "" {
+				name = it.ID
+			}
+			keep[i] = name != "" && x.key.policy.AllowsModel(name)
+		}
+		return keep, nil
+	})
+}
+
+// admit counts the request against the access key's limits, or refuses it with 429
+// RESOURCE_EXHAUSTED when one is reached: nothing goes upstream, no pool key is touched.
+func (x *exchange) admit() bool {
+	t, refusal := x.core.limiter.Admit(x.access, x.start)
+	if refusal == nil {
+		x.ticket = t
+		return true
+	}
+	x.refuseLimits(refusal)
+	return false
+}
+
+// quotaNames are how each limit is named in a QuotaFailure violation: a quotaId in Google's
+// style and words for the message.
+var quotaNames = map[string]struct{ id, words string }{
+	tenant.LimitRPM:         {"RequestsPerMinutePerAccessKey", "requests per minute"},
+	tenant.LimitRPD:         {"RequestsPerDayPerAccessKey", "requests per day"},
+	tenant.LimitTPM:         {"TokensPerMinutePerAccessKey", "tokens per minute"},
+	tenant.LimitBudget:      {"TokenBudgetPerAccessKey", "tokens in the budget's period"},
+	tenant.LimitConcurrency: {"ConcurrentRequestsPerAccessKey", "requests in flight at once"},
+}
+
+// refuseLimits answers a request over its access key's limits as Google answers one over a
+// quota: 429 RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure naming each limit reached and a
+// google.rpc.RetryInfo (and Retry-After) saying when a request will pass.
+func (x *exchange) refuseLimits(r *tenant.Refusal) {
+	now := x.start
+	secs := int64((r.RetryAt.Sub(now) + time.Second - 1) / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	type violation struct {
+		Subject     string `json:"subject"`
+		Description string `json:"description"`
+		QuotaMetric string `json:"quotaMetric"`
+		QuotaID     string `json:"quotaId"`
+		QuotaValue  string `json:"quotaValue"`
+	}
+	vs := make([]violation, 0, len(r.Violations))
+	var words []string
+	for _, v := range r.Violations {
+		n := quotaNames[v.Limit]
+		vs = append(vs, violation{
+			Subject:     "access_key:" + strconv.FormatInt(x.access, 10),
+			Description: "Limit " + v.Limit + " of this access key: " + strconv.FormatInt(v.Value, 10) + " " + n.words + ".",
+			QuotaMetric: "gemini-synapse/access_key/" + v.Limit,
+			QuotaID:     n.id,
+			QuotaValue:  strconv.FormatInt(v.Value, 10),
+		})
+		words = append(words, strconv.FormatInt(v.Value, 10)+" "+n.words+" ("+v.Limit+")")
+	}
+	if len(r.Violations) > 0 {
+		x.limitHit = r.Violations[0].Limit
+	}
+	msg := "This access key has reached its limit of " + strings.Join(words, " and ") +
+		". Retry in " + strconv.FormatInt(secs, 10) + "s."
+	body := map[string]any{"error": map[string]any{
+		"code": http.StatusTooManyRequests, "message": msg, "status": "RESOURCE_EXHAUSTED",
+		"details": []any{
+			map[string]any{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": vs},
+			map[string]any{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": strconv.FormatInt(secs, 10) + "s"},
+		},
+	}}
+	b, _ := json.Marshal(body)
+	b = append(b, '\n')
+	hdr := x.w.Header()
+	hdr.Set("Retry-After", strconv.FormatInt(secs, 10))
+	hdr.Set("Content-Type", "application/json; charset=UTF-8")
+	hdr.Set("Content-Length", strconv.Itoa(len(b)))
+	x.status = http.StatusTooManyRequests
+	x.errText = msg
+	x.w.WriteHeader(http.StatusTooManyRequests)
+	x.w.Write(b)
+}
+
+// chargedTokens are the tokens the answer costs its access key: prompt + candidates + thoughts
+// from its usageMetadata (the OpenAI-compatible usage: its total, whose completion tokens
+// include the reasoning ones).
+func (x *exchange) chargedTokens() int64 {
+	u := x.usage
+	if x.openAI {
+		return u.total
+	}
+	return u.prompt + u.candidates + u.thoughts
+}

@@ -1,0 +1,228 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+)
+
+// accessKeyBySecret returns the stored access key of secret, failing the test if there is none.
+func accessKeyBySecret(t *testing.T, s *Store, secret string) AccessKey {
+	t.Helper()
+	list, err := s.AccessKeys(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range list {
+		if k.Hash == HashSecret(secret) {
+			return k
+		}
+	}
+	t.Fatalf("access key %q not stored (have %+v)", secret, list)
+	return AccessKey{}
+}
+
+// wantAccessKey fails the test unless secret's access key has label and policy.
+func wantAccessKey(t *testing.T, s *Store, secret, label, policy string) {
+	t.Helper()
+	k := accessKeyBySecret(t, s, secret)
+	if k.Label != label || k.Policy != policy {
+		t.Errorf("access key %q: label %q policy %q; want %q and %q", secret, k.Label, k.Policy, label, policy)
+	}
+}
+
+func ptr(s string) *string { return &s }
+
+func TestAccessKeyPolicyAndPanelEdits(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "d.db")
+	s := openTest(t, path, nil, nil)
+	const p1, p2 = `{"rpm":60}`, `{"models":["gemini-2.5-*"],"token_budget":{"limit":1000,"period":"daily"}}`
+	id, err := s.AddAccessKey(ctx, "sk-one", "alice", p1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := s.AddAccessKey(ctx, "sk-two", "bob", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantAccessKey(t, s, "sk-one", "alice", p1)
+	wantAccessKey(t, s, "sk-two", "bob", "")
+
+	steps := []struct {
+		u             AccessKeyUpdate
+		label, policy string
+	}{
+		{AccessKeyUpdate{Policy: ptr(p2)}, "alice", p2},
+		{AccessKeyUpdate{Label: ptr("alice (team)")}, "alice (team)", p2},
+		{AccessKeyUpdate{}, "alice (team)", p2},
+		{AccessKeyUpdate{Label: ptr(""), Policy: ptr("")}, "", ""},
+		{AccessKeyUpdate{Label: ptr("al"), Policy: ptr(p1)}, "al", p1},
+	}
+	for _, st := range steps {
+		if err := s.UpdateAccessKey(ctx, id, st.u); err != nil {
+			t.Fatalf("UpdateAccessKey(%+v) = %v", st.u, err)
+		}
+		wantAccessKey(t, s, "sk-one", st.label, st.policy)
+	}
+	wantAccessKey(t, s, "sk-two", "bob", "") // the other key is untouched
+
+	for _, u := range []AccessKeyUpdate{{}, {Label: ptr("x")}, {Policy: ptr(p1)}} {
+		if err := s.UpdateAccessKey(ctx, other+100, u); !errors.Is(err, ErrNotFound) {
+			t.Errorf("UpdateAccessKey(unknown id, %+v) = %v, want ErrNotFound", u, err)
+		}
+	}
+	if err := s.DeleteAccessKey(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpdateAccessKey(ctx, other, AccessKeyUpdate{Label: ptr("x")}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("UpdateAccessKey(deleted) = %v, want ErrNotFound", err)
+	}
+
+	// The policy survives a restart.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, path, nil, nil)
+	wantAccessKey(t, s, "sk-one", "al", p1)
+}
+
+// TestApplyConfigAccessKeysNewerEditWins walks the life of a Caddyfile access_key entry: added
+// from the config, edited in the panel, the same config loaded again (the edit stays), the
+// config changed (the change wins, field by field), and deleted in the panel (it stays deleted).
+func TestApplyConfigAccessKeysNewerEditWins(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "d.db")
+	s := openTest(t, path, nil, nil)
+	const pA, pB, pC = `{"rpm":10}`, `{"rpm":20}`, `{"rpd":5}`
+	apply := func(wantAdded, wantSkipped int, keys ...ConfigAccessKey) {
+		t.Helper()
+		added, skipped, err := s.ApplyConfigAccessKeys(ctx, keys)
+		if err != nil || added != wantAdded || skipped != wantSkipped {
+			t.Fatalf("ApplyConfigAccessKeys = %d added, %d skipped, %v; want %d, %d", added, skipped, err, wantAdded, wantSkipped)
+		}
+	}
+	config := []ConfigAccessKey{{" sk-a\t", "team-a", pA}, {"sk-b", "team-b", ""}, {"  ", "blank", pA}}
+	apply(2, 0, config...)
+	wantAccessKey(t, s, "sk-a", "team-a", pA)
+	wantAccessKey(t, s, "sk-b", "team-b", "")
+
+	a := accessKeyBySecret(t, s, "sk-a")
+	if err := s.UpdateAccessKey(ctx, a.ID, AccessKeyUpdate{Label: ptr("panel-a"), Policy: ptr(pB)}); err != nil {
+		t.Fatal(err)
+	}
+	// A reload (or restart) with the same Caddyfile keeps the panel's edit.
+	apply(0, 0, config...)
+	wantAccessKey(t, s, "sk-a", "panel-a", pB)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, path, nil, nil)
+	apply(0, 0, config...)
+	wantAccessKey(t, s, "sk-a", "panel-a", pB)
+
+	// The Caddyfile's policy changes: it wins; its label did not change, so the panel's stays.
+	config[0].Policy = pC
+	apply(0, 0, config...)
+	wantAccessKey(t, s, "sk-a", "panel-a", pC)
+	// Then its label changes: that wins too, and the policy stays.
+	config[0].Label = "team-a2"
+	apply(0, 0, config...)
+	wantAccessKey(t, s, "sk-a", "team-a2", pC)
+	// Removing the policy from the Caddyfile is a change as well.
+	config[0].Policy = ""
+	apply(0, 0, config...)
+	wantAccessKey(t, s, "sk-a", "team-a2", "")
+	// An edit in the panel after that is kept again.
+	if err := s.UpdateAccessKey(ctx, a.ID, AccessKeyUpdate{Policy: ptr(pA)}); err != nil {
+		t.Fatal(err)
+	}
+	apply(0, 0, config...)
+	wantAccessKey(t, s, "sk-a", "team-a2", pA)
+	if got := accessKeyBySecret(t, s, "sk-a"); got.ID != a.ID || got.CreatedAt != a.CreatedAt {
+		t.Errorf("the key was replaced, not updated: %+v, was %+v", got, a)
+	}
+
+	// Keys stored by the panel or the plain access_keys list never had a config value: the
+	// entry's label and policy apply.
+	if _, err := s.AddAccessKey(ctx, "sk-c", "panel-c", pB); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.EnsureAccessKeys(ctx, []string{"sk-d"}, "Caddyfile"); err != nil {
+		t.Fatal(err)
+	}
+	config = append(config, ConfigAccessKey{"sk-c", "config-c", pC}, ConfigAccessKey{"sk-d", "config-d", pA})
+	apply(0, 0, config...)
+	wantAccessKey(t, s, "sk-c", "config-c", pC)
+	wantAccessKey(t, s, "sk-d", "config-d", pA)
+	// The plain list does not touch them afterwards.
+	if added, _, err := s.EnsureAccessKeys(ctx, []string{"sk-c", "sk-d"}, "Caddyfile"); err != nil || added != 0 {
+		t.Fatalf("EnsureAccessKeys = %d, %v", added, err)
+	}
+	wantAccessKey(t, s, "sk-d", "config-d", pA)
+
+	// A secret listed twice ends with its later entry.
+	apply(1, 0, ConfigAccessKey{"sk-e", "first", pA}, ConfigAccessKey{"sk-e", "second", pB})
+	wantAccessKey(t, s, "sk-e", "second", pB)
+
+	// Deleted in the panel: skipped, with or without other changes, also after a restart.
+	b := accessKeyBySecret(t, s, "sk-b")
+	if err := s.DeleteAccessKey(ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	apply(0, 1, config...)
+	config[1].Policy = pA
+	apply(0, 1, config...)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, path, nil, nil)
+	apply(0, 1, config...)
+	if list, _ := s.AccessKeys(ctx); len(list) != 4 {
+		t.Errorf("access keys %+v; want sk-a, sk-c, sk-d and sk-e", list)
+	}
+	// An explicit add brings it back; the config then applies again as to any key it never set.
+	if _, err := s.AddAccessKey(ctx, "sk-b", "panel-b", ""); err != nil {
+		t.Fatal(err)
+	}
+	apply(0, 0, config...)
+	wantAccessKey(t, s, "sk-b", "team-b", pA)
+	if aks, _ := s.AccessKeys(ctx); len(aks) != 5 {
+		t.Errorf("%d access keys, want 5", len(aks))
+	}
+}
+
+// TestAccessKeyIDsAreNotReused: a key added after the one with the highest id was deleted gets
+// a new id, so it inherits neither the deleted key's resources nor its usage.
+func TestAccessKeyIDsAreNotReused(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "d.db")
+	s := openTest(t, path, nil, nil)
+	first, err := s.AddAccessKey(ctx, "sk-1", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := s.AddAccessKey(ctx, "sk-2", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteAccessKey(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, path, nil, nil)
+	next, err := s.AddAccessKey(ctx, "sk-3", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if added, _, err := s.ApplyConfigAccessKeys(ctx, []ConfigAccessKey{{"sk-4", "c", ""}}); err != nil || added != 1 {
+		t.Fatalf("ApplyConfigAccessKeys = %d, %v", added, err)
+	}
+	fromConfig := accessKeyBySecret(t, s, "sk-4").ID
+	if !(first < last && last < next && next < fromConfig) {
+		t.Errorf("ids %d, %d (deleted), then %d and %d: an id was reused", first, last, next, fromConfig)
+	}
+}
