@@ -195,6 +195,9 @@ func parseAccessKey(d *caddyfile.Dispenser) (AccessKeyPolicy, error) {
 		return p, d.Errf("access_key takes a label and a key (access_key <label> <key> { ... }), got %d arguments", len(args))
 	}
 	bad := func(sub string, err error) error {
+		if msg := err.Error(); strings.HasPrefix(msg, sub+": ") { // a tenant.FieldError names it already
+			return d.Errf("access_key %q: %s", p.Label, msg)
+		}
 		return d.Errf("access_key %q: %s: %v", p.Label, sub, err)
 	}
 	seen := map[string]bool{}
