@@ -44,19 +44,30 @@
 //	                                  202 and the run (409 if one runs)
 //	GET    P/api/keys/validate        the current or last run, for progress (see ValidationRun)
 //	POST   P/api/keys/export          {"admin_key","status"} -> text/plain, one full key per line
-//	GET    P/api/access-keys          {"access_keys":[AccessKey]}
-//	POST   P/api/access-keys          {"label"} -> 201 AccessKey with "key", the full key, shown once
+//	GET    P/api/access-keys          {"access_keys":[AccessKey]}, each with its policy, "expired"
+//	                                  and "usage" (live use against each limit it sets)
+//	POST   P/api/access-keys          {"label", policy fields} -> 201 AccessKey with "key", the
+//	                                  full key, shown once
+//	PATCH  P/api/access-keys/{id}     {"label"?, policy fields?} (partial) -> AccessKey
 //	DELETE P/api/access-keys/{id}     -> {"deleted":id}
 //	POST   P/api/access-keys/{id}/enable|disable -> AccessKey
+//	GET    P/api/access-keys/{id}/usage ?range=24h|7d|30d (default 24h) -> {"access_key_id","label",
+//	                                      "range","bucket","timezone","from","to","requests",
+//	                                      "failures","tokens":{"prompt","candidates","total"},
+//	                                      "limited","limits_hit":{limit: n},"last_used_at",
+//	                                      "usage":AccessKeyUsage,"trend":[...],"models":[...]}
 //	PUT    P/api/admin-key            {"current","new"}; ends every other session
 //	GET    P/api/settings             {"settings":{name: value}}
 //	PUT    P/api/settings             {name: value, ..., "admin_key"} (partial) -> {"settings":{...}}
-//	GET    P/api/stats                ?range=24h|7d|30d (default 24h) -> {"range","bucket","timezone",
+//	GET    P/api/stats                ?range=24h|7d|30d (default 24h)&access_key_id= (0 or absent: all)
+//	                                  -> {"range","bucket","timezone","access_key_id",
 //	                                      "from","to","requests":{"total","success","failure"},
 //	                                      "tokens":{"prompt","candidates","total"},
 //	                                      "keys":{"active","cooling","disabled"},
 //	                                      "trend":[{"t","success","failure","tokens"}],
-//	                                      "models":[{"model","requests","failures","tokens"}]}
+//	                                      "models":[{"model","requests","failures","tokens"}],
+//	                                      "access_keys":[{"id","label","requests","failures",
+//	                                          "tokens","limited","limits_hit","last_used_at"}]}
 //	GET    P/api/logs                 ?kind=request|error&page=&page_size=&model=&status=&key_id=&access_key_id=
 //	                                  -> {"items":[...],"total","page","page_size"}, newest first
 //
@@ -76,6 +87,31 @@
 // holds now, "t" is a bucket's start, and a day across a DST change has 23 or 25 hours. The
 // totals and models cover from the first bucket's start to now. A request succeeded when its
 // status is 2xx or 3xx. Models: the 50 most requested.
+//
+// Access key policies: an access key may carry a policy (see package tenant) that limits what
+// it may do. POST and PATCH P/api/access-keys take its fields at the top level of the body:
+// "models" (a list of globs such as "gemini-2.5-flash*", or one string of globs separated by
+// spaces or commas; empty or null: every model), "rpm", "rpd", "tpm" and "concurrency" (whole
+// numbers, or counts such as "200k"; 0 or null: no limit), "token_budget" ({"limit","period"}
+// with a limit such as 10000000 or "10M" and a period daily, weekly or monthly (default: the
+// period the key's budget has, else daily), or the text "10M daily"; null or a limit of 0:
+// none), "expires_at" (RFC 3339; null or "":
+// never) and "shared" (true lets the key reach resources the gateway did not create). A field
+// of another name or type, or a bad value, is a 400 naming each bad field, and then nothing is
+// created or changed; so is an expires_at in the past when creating (a PATCH may set one, to
+// retire a key now). PATCH changes only the fields present and keeps the others, and takes
+// effect in the proxy at once. An AccessKey shows the policy's fields that are set (absent:
+// not set), "expired" (its expires_at has passed: the proxy refuses it) and "usage": for each
+// limit set, {"used","limit","resets_at"} now, where resets_at is when a day's or a budget's
+// count starts again (null for the sliding one-minute windows and for concurrency).
+//
+// Stats per access key: GET P/api/stats?access_key_id=N limits the trend, the totals and the
+// models to that access key's requests (a value that is not a whole number from 0 is a 400);
+// "access_keys" always lists every access key, with the requests, failures, tokens and
+// limited requests (refused by one of its limits; "limits_hit" counts them per limit) of the
+// range, most requests first; an access key deleted since shows as "(deleted)", requests made
+// with none as "(no access key)". GET P/api/access-keys/{id}/usage answers the same for one
+// access key, with its trend and models.
 //
 // Paging everywhere: page counts from 1 (default 1), page_size defaults to 50 and is at most
 // 500; a page past the end is empty. Times are RFC 3339 in the configured timezone, null when
@@ -142,6 +178,7 @@ import (
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/tenant"
 )
 
 // Backend is what the admin API needs from the gateway. Methods that take an id return an
@@ -192,10 +229,16 @@ type Backend interface {
 	// KeySecrets returns the full secrets of the keys with status ("" for all), ordered by id.
 	KeySecrets(ctx context.Context, status string) ([]string, error)
 
-	// AccessKeys returns every access key, ordered by id.
+	// AccessKeys returns every access key, ordered by id, each with its policy, whether it has
+	// expired, and its live usage against each limit its policy sets.
 	AccessKeys(ctx context.Context) ([]AccessKey, error)
-	// AddAccessKey stores a new access key and makes it work in the proxy at once.
-	AddAccessKey(ctx context.Context, secret, label string) (AccessKey, error)
+	// AddAccessKey stores a new access key with its policy (already checked) and makes it work
+	// in the proxy at once.
+	AddAccessKey(ctx context.Context, secret, label string, p tenant.Policy) (AccessKey, error)
+	// UpdateAccessKey changes the label and the policy (already checked) of an access key; nil
+	// leaves one unchanged. The proxy applies it at once. It returns the access key as
+	// AccessKeys shows it.
+	UpdateAccessKey(ctx context.Context, id int64, label *string, p *tenant.Policy) (AccessKey, error)
 	// DeleteAccessKey deletes an access key; the proxy refuses it at once.
 	DeleteAccessKey(ctx context.Context, id int64) error
 	// SetAccessKeyEnabled enables or disables an access key, effective at once.
@@ -207,10 +250,15 @@ type Backend interface {
 	// problems, else it stores them all and applies them at once.
 	UpdateSettings(ctx context.Context, values map[string]string) ([]FieldError, error)
 
-	// Usage adds up the request log per interval [bounds[i], bounds[i+1]).
-	Usage(ctx context.Context, bounds []time.Time) ([]store.Usage, error)
-	// UsageByModel adds up the request log in [from, to) per model, most requested first.
-	UsageByModel(ctx context.Context, from, to time.Time) ([]store.ModelUsage, error)
+	// Usage adds up the request log per interval [bounds[i], bounds[i+1]), of the access key
+	// with accessKeyID only (0: of all).
+	Usage(ctx context.Context, bounds []time.Time, accessKeyID int64) ([]store.Usage, error)
+	// UsageByModel adds up the request log in [from, to) per model, most requested first, of
+	// the access key with accessKeyID only (0: of all).
+	UsageByModel(ctx context.Context, from, to time.Time, accessKeyID int64) ([]store.ModelUsage, error)
+	// AccessKeyStats adds up the request log in [from, to) per access key (deleted ones
+	// included), with the requests refused by a limit of its policy per limit.
+	AccessKeyStats(ctx context.Context, from, to time.Time) ([]store.AccessKeyUsage, error)
 	// RequestLogs returns a page of the request log, newest first, and the number of matches.
 	RequestLogs(ctx context.Context, q store.LogQuery) ([]store.RequestLog, int64, error)
 	// ErrorLogs returns a page of the error log, newest first, and the number of matches.
@@ -294,7 +342,7 @@ type ValidationRun struct {
 }
 
 // AccessKey is a client credential as the API shows it. Key is set only in the answer that
-// created it.
+// created it. The fields of its policy are at the top level, each only when set.
 type AccessKey struct {
 	ID         int64  `json:"id"`
 	Label      string `json:"label"`
@@ -302,6 +350,29 @@ type AccessKey struct {
 	CreatedAt  Time   `json:"created_at"`
 	LastUsedAt Time   `json:"last_used_at"`
 	Key        string `json:"key,omitempty"`
+	tenant.Policy
+	// Expired tells whether the policy's ExpiresAt has passed: the proxy refuses the key.
+	Expired bool `json:"expired"`
+	// Usage is the key's use now against each limit its policy sets (nil: none set).
+	Usage *AccessKeyUsage `json:"usage,omitempty"`
+}
+
+// AccessKeyUsage is an access key's use now against each limit of its policy; a limit that
+// is not set is nil.
+type AccessKeyUsage struct {
+	RPM         *LimitUsage `json:"rpm,omitempty"`
+	RPD         *LimitUsage `json:"rpd,omitempty"`
+	TPM         *LimitUsage `json:"tpm,omitempty"`
+	Concurrency *LimitUsage `json:"concurrency,omitempty"`
+	TokenBudget *LimitUsage `json:"token_budget,omitempty"`
+}
+
+// LimitUsage is the use of one limit: Used out of Limit, counted again from zero at ResetsAt
+// (zero, shown as null, for the sliding one-minute windows and for concurrency).
+type LimitUsage struct {
+	Used     int64 `json:"used"`
+	Limit    int64 `json:"limit"`
+	ResetsAt Time  `json:"resets_at"`
 }
 
 // FieldError says why the value of one field was refused.
@@ -430,7 +501,8 @@ func (h *Handler) routes() map[string][]route {
 		"keys/{id}/disable":        {{http.MethodPost, false, h.disableKey}},
 		"keys/{id}/validate":       {{http.MethodPost, false, h.validateKey}},
 		"access-keys":              {{http.MethodGet, false, h.listAccessKeys}, {http.MethodPost, false, h.createAccessKey}},
-		"access-keys/{id}":         {{http.MethodDelete, false, h.deleteAccessKey}},
+		"access-keys/{id}":         {{http.MethodDelete, false, h.deleteAccessKey}, {http.MethodPatch, false, h.patchAccessKey}},
+		"access-keys/{id}/usage":   {{http.MethodGet, false, h.accessKeyUsage}},
 		"access-keys/{id}/enable":  {{http.MethodPost, false, h.enableAccessKey}},
 		"access-keys/{id}/disable": {{http.MethodPost, false, h.disableAccessKey}},
 		"admin-key":                {{http.MethodPut, false, h.changeAdminKey}},

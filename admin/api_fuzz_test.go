@@ -33,6 +33,7 @@ var fuzzRoutes = []struct{ method, path string }{
 	{"POST", "/admin/api/login"},
 	{"POST", "/admin/api/keys/validate"},
 	{"POST", "/admin/api/keys/export"},
+	{"PATCH", "/admin/api/access-keys/1"},
 }
 
 // fuzzContentTypes are the Content-Type headers a body is sent with.
@@ -53,13 +54,17 @@ var fuzzBodies = []string{
 	`{"admin_key":"` + contractAdminKey + `","status":"active"}`,
 	`{"keys":null,"text":null}`, `{"ids":[0]}`, `{"project":1}`, `{"unknown":true}`, `[]`, `null`, `{} {"x":1}`, ``,
 	`{"label":"\u0000"}`, `{"keys":[` + strings.Repeat(`"x",`, 50) + `"y"]}`,
+	`{"label":"team","models":["gemini-2.5-flash*"],"rpm":60,"rpd":"5k","tpm":200000,"token_budget":{"limit":"10M","period":"weekly"},"concurrency":8,"expires_at":"2030-01-31T00:00:00Z","shared":true}`,
+	`{"rpm":null,"models":"gemini-2.0-* gemini-2.5-pro","token_budget":"1M monthly","expires_at":null}`,
+	`{"rpm":-1,"token_budget":{"limit":5,"period":"hourly"},"expires_at":"2001-01-01T00:00:00Z","shared":"yes"}`,
 }
 
 // backendState is what a refused request must leave unchanged.
 func backendState(b *fakeBackend) string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return fmt.Sprint(b.keys, b.access, b.settings, b.adminKey, len(b.sessions), b.run.Running, b.loc)
+	access, _ := json.Marshal(b.access)
+	return fmt.Sprint(b.keys, string(access), b.settings, b.adminKey, len(b.sessions), b.run.Running, b.loc)
 }
 
 // FuzzAdminAPI sends any body, with any Content-Type, to every endpoint that reads one, as a

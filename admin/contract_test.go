@@ -74,6 +74,7 @@ func newContract(t *testing.T, n int, options ...func(*Handler)) *contract {
 			return r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host")
 		},
 	}
+	c.b.now = c.clock
 	for _, o := range options {
 		o(c.h)
 	}
@@ -357,6 +358,8 @@ var protected = [][3]string{
 	{"POST", "/admin/api/keys/export", `{"admin_key":"` + contractAdminKey + `"}`},
 	{"GET", "/admin/api/access-keys", ""},
 	{"POST", "/admin/api/access-keys", `{"label":"x"}`},
+	{"PATCH", "/admin/api/access-keys/1", `{"rpm":5}`},
+	{"GET", "/admin/api/access-keys/1/usage", ""},
 	{"DELETE", "/admin/api/access-keys/1", ""},
 	{"POST", "/admin/api/access-keys/1/enable", ""},
 	{"POST", "/admin/api/access-keys/1/disable", ""},
@@ -1087,7 +1090,7 @@ func TestContractAccessKeys(t *testing.T) {
 	if len(all) != 1 {
 		t.Fatalf("access keys %v", all)
 	}
-	hasFields(t, "an access key", all[0], "id", "label", "enabled", "created_at", "last_used_at")
+	hasFields(t, "an access key", all[0], "id", "label", "enabled", "created_at", "last_used_at", "expired")
 	if all[0]["label"] != "Caddyfile" || all[0]["created_at"] != "2026-01-02T03:04:05Z" || all[0]["last_used_at"] != nil {
 		t.Errorf("access key %v", all[0])
 	}
@@ -1097,7 +1100,7 @@ func TestContractAccessKeys(t *testing.T) {
 		t.Fatalf("create: %d %s", a.status, a.body)
 	}
 	m = jsonObject(t, a)
-	hasFields(t, "created access key", m, "id", "label", "enabled", "created_at", "last_used_at", "key")
+	hasFields(t, "created access key", m, "id", "label", "enabled", "created_at", "last_used_at", "key", "expired")
 	key, _ := m["key"].(string)
 	if !strings.HasPrefix(key, "gs-") || len(key) != 35 || m["label"] != "CI runner" || m["enabled"] != true || m["id"] != 2.0 {
 		t.Fatalf("created access key %v", m)
@@ -1121,7 +1124,7 @@ func TestContractAccessKeys(t *testing.T) {
 	}
 
 	k := b.ok(200, "POST", path+"/2/disable", "")
-	hasFields(t, "disabled access key", k, "id", "label", "enabled", "created_at", "last_used_at")
+	hasFields(t, "disabled access key", k, "id", "label", "enabled", "created_at", "last_used_at", "expired")
 	if k["id"] != 2.0 || k["enabled"] != false {
 		t.Errorf("disabled %v", k)
 	}
@@ -1415,7 +1418,7 @@ func TestContractStats(t *testing.T) {
 		{"30d", "1d", "2026-02-09T00:00:00+02:00", "2026-03-10T00:00:00+02:00", 30, 6, 2, 3333, 1111, 2222, []string{"gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"}},
 	} {
 		m := b.ok(200, "GET", "/admin/api/stats?range="+r.rng, "")
-		hasFields(t, "stats", m, "range", "bucket", "timezone", "from", "to", "requests", "tokens", "keys", "trend", "models")
+		hasFields(t, "stats", m, "range", "bucket", "timezone", "access_key_id", "from", "to", "requests", "tokens", "keys", "trend", "models", "access_keys")
 		want := r.rng
 		if want == "" {
 			want = "24h"

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/tenant"
 )
 
 // fakeBackend is an in-memory Backend for the contract tests of the admin API. It is as
@@ -25,6 +26,7 @@ type fakeBackend struct {
 
 	adminKey string
 	loc      *time.Location
+	now      func() time.Time       // the clock of expiries and of the live usage
 	sessions map[[32]byte]time.Time // by the SHA-256 of the token
 
 	keys       []fakeKey // ordered by id
@@ -33,22 +35,34 @@ type fakeBackend struct {
 	nextAccess int64
 	settings   map[string]string // the effective values, as the panel would store them
 
-	run       ValidationRun
-	runIDs    []int64             // the keys of the last run started
-	noRun     string              // when set, no validation run can start, for this reason
-	verdicts  map[int64]KeyCheck  // what ValidateKey finds; a success when absent
-	requests  []store.RequestLog  // oldest first
-	errorLogs []store.ErrorLog    // oldest first
-	fail      error               // when set, Keys fails with it
-	calls     map[string]int      // changing calls by method name
-	adds      [][]store.NewKey    // what AddLabeledKeys was given
-	updates   []map[string]string // what UpdateSettings stored
+	run           ValidationRun
+	runIDs        []int64                    // the keys of the last run started
+	noRun         string                     // when set, no validation run can start, for this reason
+	verdicts      map[int64]KeyCheck         // what ValidateKey finds; a success when absent
+	requests      []store.RequestLog         // oldest first
+	limitHits     map[int]string             // the limit that refused requests[i], if one did
+	live          map[int64]map[string]int64 // the use now of each access key, by limit
+	accessUpdates []accessUpdate             // what UpdateAccessKey was given
+	accessAdds    []tenant.Policy            // the policies AddAccessKey was given
+	errorLogs     []store.ErrorLog           // oldest first
+	fail          error                      // when set, Keys fails with it
+	calls         map[string]int             // changing calls by method name
+	adds          [][]store.NewKey           // what AddLabeledKeys was given
+	updates       []map[string]string        // what UpdateSettings stored
+	usageCalls    []int64                    // the access key id of each Usage and UsageByModel call
 }
 
 // fakeKey is an upstream key: what the API shows and the secret it never shows.
 type fakeKey struct {
 	Key
 	secret string
+}
+
+// accessUpdate is one call of UpdateAccessKey.
+type accessUpdate struct {
+	id     int64
+	label  *string
+	policy *tenant.Policy
 }
 
 // fakeAccessKey is an access key with the hash of its secret.
@@ -69,12 +83,15 @@ var fakeSettings = map[string]string{
 // secrets (ids from 1, active, unlabelled) and one access key labelled "Caddyfile".
 func newFakeBackend(adminKey string, secrets ...string) *fakeBackend {
 	b := &fakeBackend{
-		adminKey: adminKey,
-		loc:      time.UTC,
-		sessions: make(map[[32]byte]time.Time),
-		settings: make(map[string]string, len(fakeSettings)),
-		verdicts: make(map[int64]KeyCheck),
-		calls:    make(map[string]int),
+		adminKey:  adminKey,
+		loc:       time.UTC,
+		sessions:  make(map[[32]byte]time.Time),
+		settings:  make(map[string]string, len(fakeSettings)),
+		verdicts:  make(map[int64]KeyCheck),
+		calls:     make(map[string]int),
+		now:       time.Now,
+		limitHits: make(map[int]string),
+		live:      make(map[int64]map[string]int64),
 	}
 	for name, v := range fakeSettings {
 		b.settings[name] = v
@@ -372,30 +389,112 @@ func (b *fakeBackend) KeySecrets(_ context.Context, status string) ([]string, er
 	return out, nil
 }
 
+// clonePolicy returns a deep copy of p.
+func clonePolicy(p tenant.Policy) tenant.Policy {
+	p.Models = slices.Clone(p.Models)
+	if p.TokenBudget != nil {
+		b := *p.TokenBudget
+		p.TokenBudget = &b
+	}
+	return p
+}
+
+// nextStart returns the start of the next day (daily), week from Monday (weekly) or month
+// (monthly) after now in loc.
+func nextStart(period string, now time.Time, loc *time.Location) time.Time {
+	now = now.In(loc)
+	y, m, d := now.Date()
+	switch period {
+	case tenant.Weekly:
+		return time.Date(y, m, d+7-(int(now.Weekday())+6)%7, 0, 0, 0, 0, loc)
+	case tenant.Monthly:
+		return time.Date(y, m+1, 1, 0, 0, 0, 0, loc)
+	}
+	return time.Date(y, m, d+1, 0, 0, 0, 0, loc)
+}
+
+// shown is an access key as AccessKeys answers it: a copy, with whether it expired and its
+// use now against each limit its policy sets; called with b.mu held.
+func (b *fakeBackend) shown(k fakeAccessKey) AccessKey {
+	a := k.AccessKey
+	a.Policy = clonePolicy(a.Policy)
+	now := b.now()
+	a.Expired = !a.ExpiresAt.IsZero() && !now.Before(a.ExpiresAt)
+	used := b.live[a.ID]
+	limit := func(name string, n int64, resets time.Time) *LimitUsage {
+		if n <= 0 {
+			return nil
+		}
+		return &LimitUsage{Used: used[name], Limit: n, ResetsAt: Time(resets)}
+	}
+	u := AccessKeyUsage{
+		RPM:         limit("rpm", a.RPM, time.Time{}),
+		RPD:         limit("rpd", a.RPD, nextStart(tenant.Daily, now, b.loc)),
+		TPM:         limit("tpm", a.TPM, time.Time{}),
+		Concurrency: limit("concurrency", a.Concurrency, time.Time{}),
+	}
+	if tb := a.TokenBudget; tb != nil {
+		u.TokenBudget = limit("token_budget", tb.Limit, nextStart(tb.Period, now, b.loc))
+	}
+	if u != (AccessKeyUsage{}) {
+		a.Usage = &u
+	}
+	return a
+}
+
 // AccessKeys implements Backend.
 func (b *fakeBackend) AccessKeys(context.Context) ([]AccessKey, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := make([]AccessKey, len(b.access))
 	for i, k := range b.access {
-		out[i] = k.AccessKey
+		out[i] = b.shown(k)
 	}
 	return out, nil
 }
 
 // AddAccessKey implements Backend; a secret stored already is store.ErrDuplicate.
-func (b *fakeBackend) AddAccessKey(_ context.Context, secret, label string) (AccessKey, error) {
+func (b *fakeBackend) AddAccessKey(_ context.Context, secret, label string, p tenant.Policy) (AccessKey, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.changed("AddAccessKey")
+	b.accessAdds = append(b.accessAdds, clonePolicy(p))
 	h := sha256.Sum256([]byte(secret))
 	if slices.ContainsFunc(b.access, func(k fakeAccessKey) bool { return k.hash == h }) {
 		return AccessKey{}, store.ErrDuplicate
 	}
 	b.nextAccess++
-	k := AccessKey{ID: b.nextAccess, Label: label, Enabled: true, CreatedAt: Time(time.Now().In(b.loc))}
-	b.access = append(b.access, fakeAccessKey{k, h})
-	return k, nil
+	k := fakeAccessKey{AccessKey{ID: b.nextAccess, Label: label, Enabled: true, CreatedAt: Time(b.now().In(b.loc)), Policy: clonePolicy(p)}, h}
+	b.access = append(b.access, k)
+	return b.shown(k), nil
+}
+
+// UpdateAccessKey implements Backend: nil leaves the label or the policy as it is.
+func (b *fakeBackend) UpdateAccessKey(_ context.Context, id int64, label *string, p *tenant.Policy) (AccessKey, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.changed("UpdateAccessKey")
+	up := accessUpdate{id: id}
+	if label != nil {
+		l := *label
+		up.label = &l
+	}
+	if p != nil {
+		c := clonePolicy(*p)
+		up.policy = &c
+	}
+	b.accessUpdates = append(b.accessUpdates, up)
+	k := b.accessKey(id)
+	if k == nil {
+		return AccessKey{}, notFound("access key", id)
+	}
+	if label != nil {
+		k.Label = *label
+	}
+	if p != nil {
+		k.Policy = clonePolicy(*p)
+	}
+	return b.shown(*k), nil
 }
 
 // DeleteAccessKey implements Backend.
@@ -590,11 +689,15 @@ func addUsage(u *store.Usage, r store.RequestLog) {
 }
 
 // Usage implements Backend from the request rows.
-func (b *fakeBackend) Usage(_ context.Context, bounds []time.Time) ([]store.Usage, error) {
+func (b *fakeBackend) Usage(_ context.Context, bounds []time.Time, accessKeyID int64) ([]store.Usage, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.usageCalls = append(b.usageCalls, accessKeyID)
 	out := make([]store.Usage, max(len(bounds)-1, 0))
 	for _, r := range b.requests {
+		if accessKeyID != 0 && r.AccessKeyID != accessKeyID {
+			continue
+		}
 		for i := range out {
 			if !r.Time.Before(bounds[i]) && r.Time.Before(bounds[i+1]) {
 				addUsage(&out[i], r)
@@ -605,12 +708,13 @@ func (b *fakeBackend) Usage(_ context.Context, bounds []time.Time) ([]store.Usag
 }
 
 // UsageByModel implements Backend from the request rows, most requested first.
-func (b *fakeBackend) UsageByModel(_ context.Context, from, to time.Time) ([]store.ModelUsage, error) {
+func (b *fakeBackend) UsageByModel(_ context.Context, from, to time.Time, accessKeyID int64) ([]store.ModelUsage, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.usageCalls = append(b.usageCalls, accessKeyID)
 	var out []store.ModelUsage
 	for _, r := range b.requests {
-		if r.Time.Before(from) || !r.Time.Before(to) {
+		if r.Time.Before(from) || !r.Time.Before(to) || (accessKeyID != 0 && r.AccessKeyID != accessKeyID) {
 			continue
 		}
 		i := slices.IndexFunc(out, func(m store.ModelUsage) bool { return m.Model == r.Model })
@@ -621,6 +725,36 @@ func (b *fakeBackend) UsageByModel(_ context.Context, from, to time.Time) ([]sto
 		addUsage(&out[i].Usage, r)
 	}
 	slices.SortStableFunc(out, func(x, y store.ModelUsage) int { return cmp.Compare(y.Requests, x.Requests) })
+	return out, nil
+}
+
+// AccessKeyStats implements Backend from the request rows and the limits that refused them.
+func (b *fakeBackend) AccessKeyStats(_ context.Context, from, to time.Time) ([]store.AccessKeyUsage, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []store.AccessKeyUsage
+	for i, r := range b.requests {
+		if r.Time.Before(from) || !r.Time.Before(to) {
+			continue
+		}
+		j := slices.IndexFunc(out, func(u store.AccessKeyUsage) bool { return u.AccessKeyID == r.AccessKeyID })
+		if j < 0 {
+			out = append(out, store.AccessKeyUsage{AccessKeyID: r.AccessKeyID, LimitsHit: map[string]int64{}})
+			j = len(out) - 1
+		}
+		u := &out[j]
+		var sum store.Usage
+		addUsage(&sum, r)
+		u.Requests += sum.Requests
+		u.Failures += sum.Failures
+		u.PromptTokens += sum.PromptTokens
+		u.CandidatesTokens += sum.CandidatesTokens
+		u.TotalTokens += sum.TotalTokens
+		if hit := b.limitHits[i]; hit != "" {
+			u.Limited++
+			u.LimitsHit[hit]++
+		}
+	}
 	return out, nil
 }
 

@@ -175,7 +175,7 @@ func seedTraffic(t *testing.T, path string, pool []string, now time.Time) {
 		t.Fatal(err)
 	}
 	for _, label := range []string{"mobile app", "ci pipeline", "alice"} {
-		if _, err := s.AddAccessKey(ctx, fmt.Sprintf("seed-%s-%d", label, now.UnixNano()), label); err != nil {
+		if _, err := s.AddAccessKey(ctx, fmt.Sprintf("seed-%s-%d", label, now.UnixNano()), label, ""); err != nil {
 			t.Fatal(err)
 		}
 	}

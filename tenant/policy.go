@@ -177,12 +177,12 @@ func Glob(pattern, name string) bool {
 	star, mark := -1, 0
 	for n < len(name) {
 		switch {
+		case p < len(pattern) && pattern[p] == '*': // first: a star also where the name has one
+			star, mark = p, n
+			p++
 		case p < len(pattern) && (pattern[p] == '?' || pattern[p] == name[n]):
 			p++
 			n++
-		case p < len(pattern) && pattern[p] == '*':
-			star, mark = p, n
-			p++
 		case star >= 0:
 			p = star + 1
 			mark++

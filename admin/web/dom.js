@@ -87,6 +87,7 @@ const ICONS = {
   inbox: ['M3 13h5l2 3h4l2-3h5', 'M5 5h14l2 8v6H3v-6z'],
   lock: ['M6 11h12v10H6zM8 11V7a4 4 0 0 1 8 0v4'],
   tag: ['M3 12V4h8l10 10-8 8z', 'M7.5 7.5h.01'],
+  edit: ['M4 20h4L19 9l-4-4L4 16z', 'M13.5 6.5l4 4'],
 };
 
 /** icon returns a stroke icon from the built-in set. */

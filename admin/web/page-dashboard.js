@@ -1,7 +1,8 @@
-// Dashboard: headline figures, the traffic trend, model distribution and keys needing
-// attention. Refreshes itself every 15 s while the tab is visible.
+// Dashboard: headline figures, the traffic trend, model distribution, keys needing attention
+// and the use per access key; the figures, trend and models can be narrowed to one access key.
+// Refreshes itself every 15 s while the tab is visible.
 import { get } from './api.js';
-import { h, clear, icon, button, fmtNum, fmtCompact, fmtPct, fmtAgo, emptyState, pick, toast } from './dom.js';
+import { h, clear, icon, button, fmtNum, fmtCompact, fmtPct, fmtAgo, fmtTime, emptyState, pick, toast } from './dom.js';
 import { drawTrend, drawDonut } from './chart.js';
 import { ejection, ejectedText } from './page-keys.js';
 
@@ -24,9 +25,23 @@ export async function render(view, ctx) {
   let timer = null;
   let last = null;
   let loading = false;
+  let again = false; // a refresh was asked for while one was loading
+  // The access key whose figures are shown ('' for all), from #/dashboard?access_key=ID.
+  let accessKey = /^\d+$/.test(ctx.params.get('access_key') || '') ? ctx.params.get('access_key') : '';
 
   const updated = h('span', { class: 'live' }, h('i', { class: 'live-dot' }), h('span', { class: 'live-text' }, 'Loading…'));
-  ctx.actions.append(updated, button('', () => refresh(true), { iconName: 'refresh', title: 'Refresh now', kind: 'ghost' }));
+  const filter = h('select', { class: 'input input-sm access-filter', id: 'dash-access-key', 'aria-label': 'Access key', title: 'Show the figures of one access key',
+    onchange: () => setAccessKey(filter.value) }, h('option', { value: '' }, 'All access keys'));
+  if (accessKey) filter.append(h('option', { value: accessKey, selected: true }, '#' + accessKey));
+  ctx.actions.append(updated, filter, button('', () => refresh(true), { iconName: 'refresh', title: 'Refresh now', kind: 'ghost' }));
+
+  function setAccessKey(id) {
+    accessKey = id || '';
+    filter.value = accessKey;
+    filter.classList.toggle('on', !!accessKey);
+    refresh(true);
+  }
+  filter.classList.toggle('on', !!accessKey);
 
   const cards = h('div', { class: 'grid cards' });
   const seg = h('div', { class: 'segmented', role: 'tablist', 'aria-label': 'Period' },
@@ -41,7 +56,7 @@ export async function render(view, ctx) {
       },
     }, v)));
   const chartBox = h('div', { class: 'chart-box' });
-  const chartSub = h('span', { class: 'chart-sub' });
+  const chartSub = h('span', { class: 'chart-sub', id: 'dash-chart-sub' });
   const legend = h('div', { class: 'legend' },
     h('span', null, h('i', { class: 'sw sw-ok' }), 'Success'),
     h('span', null, h('i', { class: 'sw sw-bad' }), 'Failure'),
@@ -55,7 +70,61 @@ export async function render(view, ctx) {
     h('section', { class: 'card' }, h('header', { class: 'card-head' }, h('h2', null, 'Models')), models),
     h('section', { class: 'card' }, h('header', { class: 'card-head' }, h('h2', null, 'Keys needing attention'),
       h('a', { href: '#/keys', class: 'link' }, 'All keys')), attention));
-  view.append(cards, chartCard, bottom);
+  const accessBody = h('div', { class: 'table-scroll' });
+  const accessSub = h('span', { class: 'chart-sub' });
+  const accessCard = h('section', { class: 'card table-card', id: 'dash-access-card' },
+    h('header', { class: 'card-head' }, h('h2', null, 'Access keys', accessSub), h('a', { href: '#/access', class: 'link' }, 'Manage')),
+    h('div', { class: 'card-body' }, accessBody));
+  view.append(cards, chartCard, bottom, accessCard);
+
+  /** labelOf names an access key of the stats: its label, or its id when it has none. */
+  const labelOf = (a) => a.label || `#${a.id}`;
+
+  /** syncFilter lists every access key of the stats in the filter, keeping the choice. */
+  function syncFilter(list) {
+    const keys = (list || []).filter((a) => a.id > 0);
+    const seen = new Map();
+    for (const a of keys) seen.set(labelOf(a), (seen.get(labelOf(a)) || 0) + 1);
+    const want = [['', 'All access keys'], ...keys.map((a) => [String(a.id),
+      seen.get(labelOf(a)) > 1 || a.label === '(deleted)' ? `${labelOf(a)} #${a.id}` : labelOf(a)])];
+    if (accessKey && !want.some(([v]) => v === accessKey)) want.push([accessKey, '#' + accessKey]);
+    const have = [...filter.options].map((o) => [o.value, o.textContent]);
+    if (JSON.stringify(have) !== JSON.stringify(want)) {
+      clear(filter).append(...want.map(([v, l]) => h('option', { value: v }, l)));
+    }
+    filter.value = accessKey;
+  }
+
+  const MAX_ROWS = 25;
+
+  function renderAccessTable(list) {
+    accessSub.textContent = 'last ' + RANGES.find((x) => x[0] === range)[1];
+    const rows = list || [];
+    clear(accessBody);
+    if (!rows.length) {
+      accessBody.append(emptyState('shield', 'No access keys', 'Requests per access key show up here.'));
+      return;
+    }
+    accessBody.append(h('table', { class: 'table table-compact', id: 'dash-access-table' },
+      h('thead', null, h('tr', null, h('th', null, 'Access key'), h('th', { class: 'num' }, 'Requests'), h('th', { class: 'num' }, 'Failures'),
+        h('th', { class: 'num' }, 'Tokens'), h('th', null, 'Last use'), h('th', null, 'Limits hit'))),
+      h('tbody', null, rows.slice(0, MAX_ROWS).map((a) => {
+        const hits = Object.entries(a.limits_hit || {}).filter(([, n]) => n > 0).sort((x, y) => y[1] - x[1]);
+        const name = a.id > 0
+          ? h('button', { type: 'button', class: ['linklike', a.label === '(deleted)' && 'muted'], title: String(a.id) === accessKey ? 'Show every access key' : 'Show only this access key',
+            onclick: () => setAccessKey(String(a.id) === accessKey ? '' : String(a.id)) }, labelOf(a))
+          : h('span', { class: 'muted' }, labelOf(a));
+        return h('tr', { class: String(a.id) === accessKey ? 'selected' : '', dataset: { id: String(a.id) } },
+          h('td', { dataset: { col: 'label' } }, name),
+          h('td', { class: 'num', dataset: { col: 'requests' } }, fmtNum(a.requests || 0)),
+          h('td', { class: ['num', a.failures && 'text-bad'], dataset: { col: 'failures' } }, fmtNum(a.failures || 0)),
+          h('td', { class: 'num', dataset: { col: 'tokens' }, title: fmtNum(a.tokens || 0) + ' tokens' }, fmtCompact(a.tokens || 0)),
+          h('td', { class: 'muted', dataset: { col: 'last-used' }, title: a.last_used_at ? fmtTime(a.last_used_at) : '' }, fmtAgo(a.last_used_at)),
+          h('td', { class: 'limits-hit', dataset: { col: 'limits-hit' }, title: a.limited ? `${fmtNum(a.limited)} requests refused by a limit` : '' },
+            hits.length ? hits.map(([l, n]) => h('span', { class: 'hit-chip' }, `${l} ${fmtNum(n)}`)) : h('span', { class: 'muted' }, '—')));
+      }))));
+    if (rows.length > MAX_ROWS) accessBody.append(h('p', { class: 'muted small attention-more' }, `${fmtNum(rows.length - MAX_ROWS)} more with fewer requests`));
+  }
 
   function renderCards(st) {
     const r = st.requests || {};
@@ -162,17 +231,21 @@ export async function render(view, ctx) {
   }
 
   async function refresh(manual) {
-    if (loading) return;
+    if (loading) { again = true; return; }
     loading = true;
     updated.classList.add('busy');
     try {
-      const st = await get('stats', { range });
+      const st = await get('stats', { range, access_key_id: accessKey || undefined });
       if (!ctx.isCurrent()) return;
       last = st;
+      syncFilter(st.access_keys);
       renderCards(st);
       drawTrend(chartBox, st.trend || [], range);
-      chartSub.textContent = [{ '1h': 'hourly', '6h': 'every 6 hours', '1d': 'daily' }[st.bucket], st.timezone].filter(Boolean).join(' · ');
+      const only = accessKey ? (st.access_keys || []).find((a) => String(a.id) === accessKey) : null;
+      chartSub.textContent = [{ '1h': 'hourly', '6h': 'every 6 hours', '1d': 'daily' }[st.bucket], st.timezone,
+        accessKey ? 'only ' + (only ? labelOf(only) : '#' + accessKey) : ''].filter(Boolean).join(' · ');
       renderModels(st.models);
+      renderAccessTable(st.access_keys);
       await renderAttention();
       updated.querySelector('.live-text').textContent = 'Updated ' + new Date().toLocaleTimeString();
       updated.classList.remove('stale');
@@ -184,6 +257,7 @@ export async function render(view, ctx) {
     } finally {
       loading = false;
       updated.classList.remove('busy');
+      if (again && ctx.isCurrent()) { again = false; refresh(manual); }
     }
   }
 

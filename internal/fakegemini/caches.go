@@ -3,6 +3,7 @@ package fakegemini
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,7 +40,7 @@ func (s *Server) ownsCache(key, name string) bool {
 	return ok && c.owner == key
 }
 
-// serveCaches answers cachedContents.create (POST cachedContents), get and delete
+// serveCaches answers cachedContents.create (POST cachedContents), list, get and delete
 // (cachedContents/{id}), for the owning key only.
 func (s *Server) serveCaches(x *exchange, id string, hasMethod, get, post, del bool) {
 	switch {
@@ -84,6 +85,23 @@ func (s *Server) serveCaches(x *exchange, id string, hasMethod, get, post, del b
 		s.caches[cid] = &storedCache{owner: x.key, res: res}
 		s.mu.Unlock()
 		x.writeJSON(res)
+	case id == "" && get:
+		// cachedContents.list: the key's own, by name; an empty list is left out, as Google does.
+		if !s.authenticate(x, "CacheService.ListCachedContents") {
+			return
+		}
+		var out struct {
+			CachedContents []cachedContent `json:"cachedContents,omitempty"`
+		}
+		s.mu.Lock()
+		for _, c := range s.caches {
+			if c.owner == x.key {
+				out.CachedContents = append(out.CachedContents, c.res)
+			}
+		}
+		s.mu.Unlock()
+		slices.SortFunc(out.CachedContents, func(a, b cachedContent) int { return strings.Compare(a.Name, b.Name) })
+		x.writeJSON(out)
 	case id != "" && (get || del):
 		if !s.authenticate(x, "CacheService.GetCachedContent") {
 			return

@@ -27,6 +27,7 @@ import (
 
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/tenant"
 )
 
 // garbageKey returns a random access key that no gateway knows.
@@ -85,7 +86,7 @@ func TestUnauthenticatedRequestsWriteNoRow(t *testing.T) {
 		t.Fatal(err)
 	}
 	const disabledKey = "sk-disabled-access-key-0123456789"
-	ak, err := (adminBackend{e.core}).AddAccessKey(ctx, disabledKey, "disabled")
+	ak, err := (adminBackend{e.core}).AddAccessKey(ctx, disabledKey, "disabled", tenant.Policy{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -445,7 +446,10 @@ func htmlUpstream(next http.Handler) http.Handler {
 // a stream is also sandboxed, so no upstream answer can run script in the gateway's origin
 // (which the admin panel may share).
 func TestProxyAnswersCannotRunScript(t *testing.T) {
-	tc := startCore(t, coreSetup{wrap: htmlUpstream}, &Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: testPoolKeys})
+	// The download names a file the gateway did not record: a shared key may use it.
+	cfg := &Config{GoogleAPIKeys: testPoolKeys}
+	sharedAccess(cfg)
+	tc := startCore(t, coreSetup{wrap: htmlUpstream}, cfg)
 	base := serveCore(t, tc.c, nil, "")
 	key := http.Header{"X-Goog-Api-Key": {testAccessKey}, "Content-Type": {"application/json"}}
 	for _, c := range []struct {

@@ -53,13 +53,11 @@ func (x *exchange) denyResource(name string) {
 	}
 }
 
-// listedKinds are the collections whose listing is filtered down to what the access key may
-// see, by the member of the answer that holds the items. (files.list is merged over every key
-// and filtered as it goes: fileslist.go.)
-var listedKinds = map[string]string{
-	"cachedContents": "cachedContents", "batches": "batches", "tunedModels": "tunedModels",
-	"fileSearchStores": "fileSearchStores", "operations": "operations",
-}
+// listedKinds are the collections proxied to one key whose listing is filtered down to what
+// the access key may see, by the member of the answer that holds the items (batches.list
+// answers long-running operations). The others are merged over every key and filtered as they
+// go (mergedlists.go).
+var listedKinds = map[string]string{"batches": "operations", "operations": "operations"}
 
 // listedCollection returns the member of a listing's answer that holds its items, when the
 // request lists a collection of key-bound resources ("/v1beta/cachedContents",

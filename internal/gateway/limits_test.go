@@ -353,3 +353,30 @@ func TestPolicyChangedInTheAdminAPIAppliesAtOnceAndSurvivesARestart(t *testing.T
 		t.Errorf("after a restart the admin API shows %+v (%v)", list, err)
 	}
 }
+
+// BenchmarkPolicyCheck is what an access key's policy costs a request that passes it, with
+// every limit set: the expiry, the models glob, the limiter's admission and, at the end, the
+// release that charges the answer's tokens. (Issue 14 asks < 1 µs and no allocation.)
+func BenchmarkPolicyCheck(b *testing.B) {
+	p := &tenant.Policy{
+		Models: []string{"gemini-2.0-*", "gemini-2.5-flash*"}, RPM: 1_000_000, RPD: 1 << 40, TPM: 1 << 40,
+		TokenBudget: &tenant.Budget{Limit: 1 << 40, Period: tenant.Monthly}, Concurrency: 1 << 20,
+		ExpiresAt: time.Now().Add(24 * time.Hour),
+	}
+	c := &Core{limiter: tenant.NewLimiter()}
+	c.limiter.SetLocation(time.UTC)
+	c.limiter.Set(map[int64]*tenant.Policy{1: p})
+	k := &accessKey{id: 1, enabled: true, policy: p}
+	x := &exchange{core: c, access: 1, key: k, model: "gemini-2.5-flash-lite", usage: usage{prompt: 10, candidates: 20}}
+	// The clock moves 100 µs a request: 600 000 a minute, under the rpm limit.
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		now = now.Add(100 * time.Microsecond)
+		x.start = now
+		if k.expired(x.start) || !x.allowModel() || !x.admit() {
+			b.Fatal("refused")
+		}
+		x.ticket.Done(x.chargedTokens(), x.start)
+	}
+}

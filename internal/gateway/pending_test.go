@@ -44,7 +44,7 @@ func TestProxyOwnerKeptWhenTheStoreFails(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		owners, err := e.core.store.ResourceOwners(ctx, []string{name}, time.Now())
-		if err == nil && owners[name] == e.ids[owner] {
+		if err == nil && owners[name].KeyID == e.ids[owner] {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -73,9 +73,9 @@ func TestDestructFlushesPendingOwners(t *testing.T) {
 	sqlExec(t, path, failResourceWrites...)
 	r := store.Resource{Name: "files/p1", Kind: "files", KeyID: keys[0].ID, CreatedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)}
 	c.recordResources(ctx, []store.Resource{r})
-	owners := map[string]int64{}
+	owners := map[string]store.Owner{}
 	c.pending.owners([]string{"files/p1"}, time.Now(), owners)
-	if owners["files/p1"] != keys[0].ID {
+	if owners["files/p1"].KeyID != keys[0].ID {
 		t.Fatalf("not pending: %v", owners)
 	}
 	sqlExec(t, path, allowResourceWrites...)
@@ -88,7 +88,7 @@ func TestDestructFlushesPendingOwners(t *testing.T) {
 	}
 	defer st.Close()
 	got, err := st.ResourceOwners(ctx, []string{"files/p1"}, time.Now())
-	if err != nil || got["files/p1"] != keys[0].ID {
+	if err != nil || got["files/p1"].KeyID != keys[0].ID {
 		t.Errorf("after Destruct: %v %v, want files/p1 stored", got, err)
 	}
 }

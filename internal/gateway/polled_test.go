@@ -45,7 +45,7 @@ func TestProxyPolledFilesOnlyDocumentedAndNeverRebound(t *testing.T) {
 	fake := fakegemini.New()
 	srv := httptest.NewServer(cannedPolls{fake, polledAnswers})
 	t.Cleanup(srv.Close)
-	e := newProxyEnv(t, 3, func(a *Config) { a.Upstream = srv.URL })
+	e := newProxyEnv(t, 3, func(a *Config) { a.Upstream = srv.URL; sharedAccess(a) })
 	ctx := context.Background()
 	other, poller := e.ids[e.keys[0]], e.ids[e.keys[1]]
 	now := time.Now()
@@ -92,13 +92,13 @@ func TestProxyPolledFilesOnlyDocumentedAndNeverRebound(t *testing.T) {
 		"files/stale-out": poller, // the known row had expired: the name is free again
 	}
 	for _, f := range files {
-		if owners[f] != want[f] {
-			t.Errorf("%s owned by key %d, want %d (0: not recorded); poller %d, other %d", f, owners[f], want[f], poller, other)
+		if owners[f].KeyID != want[f] {
+			t.Errorf("%s owned by key %d, want %d (0: not recorded); poller %d, other %d", f, owners[f].KeyID, want[f], poller, other)
 		}
 	}
 	e.core.pending.owners([]string{"files/pend-out"}, time.Now(), owners)
-	if owners["files/pend-out"] != other {
-		t.Errorf("files/pend-out, pending for key %d, now owned by %d", other, owners["files/pend-out"])
+	if owners["files/pend-out"].KeyID != other {
+		t.Errorf("files/pend-out, pending for key %d, now owned by %d", other, owners["files/pend-out"].KeyID)
 	}
 }
 
@@ -125,7 +125,7 @@ func TestPolledFilesShapes(t *testing.T) {
 		{`[]`, nil},
 	}
 	for _, c := range cases {
-		rs := polledFiles([]byte(c.body), 7, now)
+		rs := polledFiles([]byte(c.body), store.Owner{KeyID: 7}, now)
 		var got []string
 		for _, r := range rs {
 			got = append(got, r.Name)

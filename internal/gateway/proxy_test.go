@@ -24,6 +24,7 @@ import (
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/tenant"
 )
 
 // proxyEnv is a gateway like newTestGateway's (real SQLite file, real HTTP on loopback, the
@@ -47,6 +48,13 @@ func proxyKeys(n int) []string {
 		out[i] = fmt.Sprintf("AIzaSyPROXYTEST-%02d-%s", i, strings.Repeat(string(rune('a'+i)), 22))
 	}
 	return out
+}
+
+// sharedAccess makes the test's access key a shared one: it may use resources the gateway did
+// not record as made by an access key (made upstream directly, as the tests of routing do).
+func sharedAccess(c *Config) {
+	c.AccessKeys = slices.DeleteFunc(c.AccessKeys, func(k string) bool { return k == testAccessKey })
+	c.PolicyKeys = append(c.PolicyKeys, AccessKeyConfig{Label: "shared", Key: testAccessKey, Policy: tenant.Policy{Shared: true}})
 }
 
 func newProxyEnv(t *testing.T, nKeys int, configure func(*Config)) *proxyEnv {

@@ -254,8 +254,8 @@ func bodyReferences(body []byte) (names []string, tooMany bool) {
 // to its owner's key. Requests that name no resource known to the gateway are left to the
 // normal proxy path (false).
 func (x *exchange) routeBound() bool {
-	if x.r.Method == http.MethodGet && isFileList(x.path) {
-		x.listFiles()
+	if kind := mergedKind(x.path); kind != "" && x.r.Method == http.MethodGet {
+		x.listMerged(kind) // mergedlists.go
 		return true
 	}
 	x.listMember = listedCollection(x.r.Method, x.path)

@@ -218,7 +218,7 @@ func FuzzPolledFiles(f *testing.F) {
 	f.Add([]byte(`{"dest":{"fileName":"files/c"},"output":{"responsesFile":"files/d"},"response":{"generatedVideos":[{"video":{"uri":"files/e"}}]}}`))
 	now := time.Unix(1_750_000_000, 0)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		rs := polledFiles(body, 42, now)
+		rs := polledFiles(body, store.Owner{KeyID: 42}, now)
 		made := make(map[string]bool)
 		for _, s := range jsonStrings(body) {
 			made[fileRef(s)] = true
@@ -242,7 +242,7 @@ func FuzzPolledFiles(f *testing.F) {
 			`{"metadata":{"output":{"inlinedResponses":{"inlinedResponses":[%s,{"metadata":%s}]}}}}`,
 		} {
 			w := strings.ReplaceAll(wrap, "%s", string(body))
-			if got := polledFiles([]byte(w), 42, now); len(got) != 0 {
+			if got := polledFiles([]byte(w), store.Owner{KeyID: 42}, now); len(got) != 0 {
 				t.Fatalf("recorded %+v from inside inlined responses: %s", got, w)
 			}
 		}
@@ -251,7 +251,7 @@ func FuzzPolledFiles(f *testing.F) {
 			t.Fatalf("json.Valid but not compactable: %q", body)
 		}
 		for _, b := range [][]byte{compact.Bytes(), indented.Bytes()} {
-			got := polledFiles(b, 42, now)
+			got := polledFiles(b, store.Owner{KeyID: 42}, now)
 			if !slices.EqualFunc(got, rs, func(a, b store.Resource) bool { return a.Name == b.Name }) {
 				t.Fatalf("%q gives %v, %q gives %v", body, rs, b, got)
 			}

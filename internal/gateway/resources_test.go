@@ -357,7 +357,7 @@ func TestProxyOwnerUnusable(t *testing.T) {
 }
 
 func TestProxyPermissionErrorOnBoundResourceIsNoKeyFailure(t *testing.T) {
-	e := newProxyEnv(t, 2, nil)
+	e := newProxyEnv(t, 2, sharedAccess)
 	// The gateway believes key 0 owns a file the upstream does not know (deleted elsewhere).
 	owner := e.ids[e.keys[0]]
 	if err := e.core.store.AddResources(context.Background(), store.Resource{Name: "files/gone", KeyID: owner, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
@@ -383,7 +383,7 @@ func TestProxyPermissionErrorOnBoundResourceIsNoKeyFailure(t *testing.T) {
 }
 
 func TestProxyListAndDeleteFiles(t *testing.T) {
-	e := newProxyEnv(t, 3, nil)
+	e := newProxyEnv(t, 3, sharedAccess)
 	var names []string
 	for i := range 7 {
 		n, _ := e.upload(fmt.Sprintf("file %d", i), "", 100)
@@ -574,7 +574,7 @@ func BenchmarkRouteCheckPlainGenerate(b *testing.B) {
 	p := "/v1beta/models/gemini-2.5-flash:generateContent"
 	b.ReportAllocs()
 	for b.Loop() {
-		if refs, _ := bodyReferences(body); isFileList(p) || resourceName(p) != "" || createsResource(http.MethodPost, p) || refs != nil {
+		if refs, _ := bodyReferences(body); mergedKind(p) != "" || resourceName(p) != "" || createsResource(http.MethodPost, p) || refs != nil {
 			b.Fatal("a plain generate looks key-bound")
 		}
 	}
@@ -679,7 +679,7 @@ func TestCreatedResources(t *testing.T) {
 		{`not json`, map[string]time.Time{}},
 	} {
 		got := map[string]time.Time{}
-		for _, r := range createdResources([]byte(c.body), 7, now) {
+		for _, r := range createdResources([]byte(c.body), store.Owner{KeyID: 7}, now) {
 			if r.KeyID != 7 {
 				t.Errorf("%s: key %d", c.body, r.KeyID)
 			}
@@ -723,7 +723,7 @@ func fixedUpstream(t *testing.T) string {
 // gateway forget the resource: any access key could otherwise unbind anyone's file.
 func TestProxySubResourcePathsKeepTheParentsRecord(t *testing.T) {
 	up := fixedUpstream(t)
-	e := newProxyEnv(t, 2, func(a *Config) { a.Upstream = up })
+	e := newProxyEnv(t, 2, func(a *Config) { a.Upstream = up; sharedAccess(a) })
 	ctx := context.Background()
 	owner := e.ids[e.keys[0]]
 	names := []string{"files/f1", "fileSearchStores/s1", "tunedModels/t1", "files/suspended", "files/gone"}
@@ -752,7 +752,7 @@ func TestProxySubResourcePathsKeepTheParentsRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range names[:4] {
-		if owners[n] != owner {
+		if owners[n].KeyID != owner {
 			t.Errorf("%s was forgotten by a request about something else", n)
 		}
 	}
@@ -766,7 +766,7 @@ func TestProxySubResourcePathsKeepTheParentsRecord(t *testing.T) {
 	}
 	// A 403 about the key (suspended), not the file, keeps the record (last: it disables the key).
 	e.do("GET", "/v1beta/files/suspended", "")
-	if owners, _ := e.core.store.ResourceOwners(ctx, []string{"files/suspended"}, time.Now()); owners["files/suspended"] != owner {
+	if owners, _ := e.core.store.ResourceOwners(ctx, []string{"files/suspended"}, time.Now()); owners["files/suspended"].KeyID != owner {
 		t.Errorf("files/suspended was forgotten on a suspended key's 403")
 	}
 }
@@ -1003,7 +1003,7 @@ func TestProxyOpenAIFileUploadIsRecorded(t *testing.T) {
 		up.mu.Lock()
 		want := e.ids[up.owner[f.ID]]
 		up.mu.Unlock()
-		if err != nil || want == 0 || owners[f.ID] != want {
+		if err != nil || want == 0 || owners[f.ID].KeyID != want {
 			t.Errorf("upload %d: %s recorded as owned by %v (%v), want key %d", i, f.ID, owners, err, want)
 		}
 	}
@@ -1027,7 +1027,7 @@ func TestProxyPolledOperationRecordsItsFiles(t *testing.T) {
 	fake := fakegemini.New()
 	srv := httptest.NewServer(cannedPolls{fake, finishedAnswers})
 	t.Cleanup(srv.Close)
-	e := newProxyEnv(t, 3, func(a *Config) { a.Upstream = srv.URL })
+	e := newProxyEnv(t, 3, func(a *Config) { a.Upstream = srv.URL; sharedAccess(a) })
 	ctx := context.Background()
 	owner := e.ids[e.keys[1]]
 	exp := time.Now().Add(time.Hour)
@@ -1053,7 +1053,7 @@ func TestProxyPolledOperationRecordsItsFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range files[:3] {
-		if owners[f] != owner {
+		if owners[f].KeyID != owner {
 			t.Errorf("%s not recorded as owned by the poller's key: %v", f, owners)
 		}
 	}

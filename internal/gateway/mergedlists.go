@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -15,12 +16,13 @@ import (
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
-// Listing files: every pool key sees only its own project's files, so `GET /v1beta/files`
-// walks the enabled keys in id order and merges their lists into pages of the client's size.
-// Disabled keys are skipped; an upstream error on a key ends the page before it (or is the
-// answer, when the page is still empty), so no key's files are paged past. The gateway's page
-// token says where the walk stopped: which key, that key's own page token, and how many files
-// of that page were already returned.
+// Listings merged over every key: every pool key sees only its own project's files (cached
+// contents, tuned models, file search stores), so `GET /v1beta/files` (and the others) walks
+// the enabled keys in id order and merges their lists into pages of the client's size, keeping
+// only what the access key may see (isolation.go). Disabled keys are skipped; an upstream error
+// on a key ends the page before it (or is the answer, when the page is still empty), so no
+// key's items are paged past. The gateway's page token says where the walk stopped: which key,
+// that key's own page token, and how many items of that page were already returned.
 
 const (
 	defaultFilesPageSize = 10  // Google's default for files.list
@@ -29,9 +31,19 @@ const (
 	maxFilesPageBytes = 64 << 20
 )
 
-// isFileList reports whether p is files.list.
-func isFileList(p string) bool {
-	return p == "/v1beta/files" || p == "/v1alpha/files"
+// mergedKinds are the collections listed over every key; each answer holds its items in the
+// member of the same name.
+var mergedKinds = map[string]bool{"files": true, "cachedContents": true, "tunedModels": true, "fileSearchStores": true}
+
+// mergedKind returns the collection p lists when its listing is merged over every key
+// ("/v1beta/files" gives "files"), or "".
+func mergedKind(p string) string {
+	for _, v := range [...]string{"/v1beta/", "/v1alpha/"} {
+		if k, ok := strings.CutPrefix(p, v); ok && mergedKinds[k] {
+			return k
+		}
+	}
+	return ""
 }
 
 // filesCursor is the decoded page token of a merged listing.
@@ -58,9 +70,10 @@ func decodeFilesCursor(tok string) (filesCursor, bool) {
 	return c, true
 }
 
-// listFiles answers files.list with the merged files of every enabled pool key, and records
-// each file's owner on the way (files uploaded with a pool key outside the gateway included).
-func (x *exchange) listFiles() {
+// listMerged answers the listing of kind with the merged items of every enabled pool key that
+// the access key may see, and records each item's owner key on the way (items made with a pool
+// key outside the gateway included).
+func (x *exchange) listMerged(kind string) {
 	c := x.core
 	q := x.r.URL.Query()
 	size := defaultFilesPageSize
@@ -98,7 +111,7 @@ func (x *exchange) listFiles() {
 			token, skip = cur.Token, cur.Skip
 		}
 		for {
-			files, upNext, uerr := x.listKeyFiles(id, token, size-len(out)+skip)
+			files, upNext, uerr := x.listKeyPage(kind, id, token, size-len(out)+skip)
 			if uerr != nil {
 				// Going on with the next key would page past this key's remaining files: end
 				// the page here, and let the next one start again where this key failed.
@@ -142,10 +155,13 @@ func (x *exchange) listFiles() {
 		x.writeUpstreamError(failed)
 		return
 	}
-	resp := struct {
-		Files         []json.RawMessage `json:"files,omitempty"`
-		NextPageToken string            `json:"nextPageToken,omitempty"`
-	}{out, next}
+	resp := map[string]any{}
+	if len(out) > 0 {
+		resp[kind] = out
+	}
+	if next != "" {
+		resp["nextPageToken"] = next
+	}
 	b, _ := json.Marshal(resp)
 	b = append(b, '\n')
 	hdr := x.w.Header()
@@ -156,8 +172,9 @@ func (x *exchange) listFiles() {
 	x.w.Write(b)
 }
 
-// listKeyFiles fetches one upstream page of one key's files and records their owner.
-func (x *exchange) listKeyFiles(id int64, token string, pageSize int) ([]json.RawMessage, string, *upstreamError) {
+// listKeyPage fetches one upstream page of one key's items of kind, records their owner and
+// returns those the access key may see.
+func (x *exchange) listKeyPage(kind string, id int64, token string, pageSize int) ([]json.RawMessage, string, *upstreamError) {
 	c := x.core
 	secret, err := c.pool.Get(id, "", time.Now())
 	if err != nil {
@@ -188,41 +205,53 @@ func (x *exchange) listKeyFiles(id int64, token string, pageSize int) ([]json.Ra
 		return nil, "", &upstreamError{status: http.StatusBadGateway, reason: "reading the upstream answer: " + err.Error()}
 	}
 	b = maskSecret(b, secret)
+	var raw map[string]json.RawMessage
 	var page struct {
-		Files         []json.RawMessage `json:"files"`
-		NextPageToken string            `json:"nextPageToken"`
+		Files         []json.RawMessage
+		NextPageToken string
 	}
-	if err := json.Unmarshal(b, &page); err != nil {
-		return nil, "", &upstreamError{status: http.StatusBadGateway, reason: "the upstream's files list is not JSON"}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, "", &upstreamError{status: http.StatusBadGateway, reason: "the upstream's " + kind + " list is not JSON"}
 	}
+	if err := json.Unmarshal(raw[kind], &page.Files); raw[kind] != nil && err != nil {
+		return nil, "", &upstreamError{status: http.StatusBadGateway, reason: "the upstream's " + kind + " list is not a list"}
+	}
+	_ = json.Unmarshal(raw["nextPageToken"], &page.NextPageToken)
 	now := time.Now()
 	var rs []store.Resource
 	names := make([]string, len(page.Files))
 	for i, f := range page.Files {
 		var meta struct {
 			Name           string `json:"name"`
-			ExpirationTime string `json:"expirationTime"`
+			ExpirationTime string `json:"expirationTime"` // a file's
+			ExpireTime     string `json:"expireTime"`     // a cached content's
 		}
-		if json.Unmarshal(f, &meta) != nil || resourceName(meta.Name) != meta.Name || meta.Name == "" {
+		if json.Unmarshal(f, &meta) != nil || resourceName(meta.Name) != meta.Name || meta.Name == "" ||
+			!strings.HasPrefix(meta.Name, kind+"/") {
 			continue
 		}
 		names[i] = meta.Name
-		r := store.Resource{Name: meta.Name, Kind: "files", KeyID: id, CreatedAt: now, ExpiresAt: now.Add(defaultLifetimes["files"])}
-		if t, err := time.Parse(time.RFC3339Nano, meta.ExpirationTime); err == nil {
-			r.ExpiresAt = t
+		r := store.Resource{Name: meta.Name, Kind: kind, KeyID: id, CreatedAt: now}
+		if d := defaultLifetimes[kind]; d > 0 {
+			r.ExpiresAt = now.Add(d)
+		}
+		for _, e := range []string{meta.ExpirationTime, meta.ExpireTime} {
+			if t, err := time.Parse(time.RFC3339Nano, e); err == nil {
+				r.ExpiresAt = t
+			}
 		}
 		rs = append(rs, r)
 	}
-	// Only the access key's own files (and, for a shared key, those the gateway did not
+	// Only the access key's own items (and, for a shared key, those the gateway did not
 	// create) are shown: who made each is decided before the unknown ones are recorded.
 	visible, err := x.visible(names)
 	if err != nil {
-		return nil, "", &upstreamError{status: http.StatusServiceUnavailable, reason: "looking up the listed files' owners: " + err.Error()}
+		return nil, "", &upstreamError{status: http.StatusServiceUnavailable, reason: "looking up the listed items' owners: " + err.Error()}
 	}
-	// Files made outside the gateway are recorded without an access key; a recorded file
-	// keeps the access key that made it (AddNewResources never replaces a live record).
+	// Items made outside the gateway are recorded without an access key; a recorded one keeps
+	// the access key that made it (AddNewResources never replaces a live record).
 	if err := c.store.AddNewResources(context.WithoutCancel(x.r.Context()), now, rs...); err != nil {
-		c.logger.Warn("recording listed files", zap.Error(err))
+		c.logger.Warn("recording listed "+kind, zap.Error(err))
 	}
 	files := page.Files[:0]
 	for i, f := range page.Files {
