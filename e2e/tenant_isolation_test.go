@@ -269,6 +269,24 @@ func TestTenantIsolation(t *testing.T) {
 		if r.Status != 200 || json.Unmarshal(r.Body, &c) != nil || !strings.HasPrefix(c.Name, "cachedContents/") {
 			t.Fatalf("A's cache: %d %s", r.Status, r.Body)
 		}
+		// cachedContents.list (merged over the pool's keys like files.list) shows only one's own.
+		listed := func(key string) bool {
+			t.Helper()
+			r := g.mustSend(t, http.MethodGet, "/v1beta/cachedContents", apiKeyHeader(key), "")
+			var l struct {
+				CachedContents []struct{ Name string } `json:"cachedContents"`
+			}
+			if r.Status != 200 || json.Unmarshal(r.Body, &l) != nil {
+				t.Fatalf("cachedContents.list: %d %s", r.Status, r.Body)
+			}
+			return slices.ContainsFunc(l.CachedContents, func(e struct{ Name string }) bool { return e.Name == c.Name })
+		}
+		if !listed(alice) {
+			t.Errorf("A's cachedContents.list lacks A's cache")
+		}
+		if listed(bob) || listed(sharer) {
+			t.Errorf("another access key's cachedContents.list shows A's cache")
+		}
 		for who, k := range map[string]string{"B": bob, "the shared key": sharer} {
 			h := apiKeyHeader(k)
 			wantNotYours(t, g, calls, who+"'s get of A's cache", http.MethodGet, "/v1beta/"+c.Name, h, "", "")
