@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -860,34 +859,6 @@ func TestTenantPolicyAdminReloadRestart(t *testing.T) {
 	wantOK(t, g.generate(modelFlash, daily))
 	wantRPD("after the Caddyfile raised rpd by one")
 	assertCleanUpstream(t, fake.Calls(), pool, panel, daily, fresh)
-}
-
-// jsClient returns node and the e2e/jsclient directory with the pinned JS SDK installed, as
-// TestFilesJSSDKUploadThenGenerate prepares them; without node the test is skipped, except in
-// CI (CI set), where it fails.
-func jsClient(t *testing.T) (node, dir string) {
-	t.Helper()
-	node, err := exec.LookPath("node")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("node is not installed, and CI needs this test: install nodejs and npm (Node 20+)")
-		}
-		t.Skip("node is not installed: the JS SDK test needs Node 20+ and npm")
-	}
-	dir, err = filepath.Abs("jsclient")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@google", "genai")); err != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
-		}
-	}
-	return node, dir
 }
 
 // jsOutcome is one step of e2e/jsclient/tenant.mjs: a value, or the SDK's error.
