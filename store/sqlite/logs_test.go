@@ -1,10 +1,12 @@
-package store
+package sqlite
 
 import (
 	"context"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 func TestRecentLogsFilterAndOrder(t *testing.T) {
@@ -16,10 +18,10 @@ func TestRecentLogsFilterAndOrder(t *testing.T) {
 		if i%2 == 1 {
 			model = "gemini-2.5-pro"
 		}
-		s.LogRequest(RequestLog{Time: t0.Add(time.Duration(i) * time.Second), KeyID: int64(1 + i%3), Model: model, Status: 200 + i%2*229})
-		s.LogError(ErrorLog{Time: t0.Add(time.Duration(i) * time.Second), KeyID: int64(1 + i%3), Model: model, Status: 429 + i%2, Message: "e"})
+		s.LogRequest(store.RequestLog{Time: t0.Add(time.Duration(i) * time.Second), KeyID: int64(1 + i%3), Model: model, Status: 200 + i%2*229})
+		s.LogError(store.ErrorLog{Time: t0.Add(time.Duration(i) * time.Second), KeyID: int64(1 + i%3), Model: model, Status: 429 + i%2, Message: "e"})
 	}
-	want := RequestLog{
+	want := store.RequestLog{
 		Time: t0.Add(time.Hour), AccessKeyID: 7, KeyID: 3, Method: "POST",
 		Path: "/v1beta/models/gemini-2.5-pro:streamGenerateContent", Model: "gemini-2.5-pro", Stream: true,
 		Status: 200, Attempts: 2, Latency: 1234567 * time.Microsecond, TTFB: 456 * time.Microsecond,
@@ -28,7 +30,7 @@ func TestRecentLogsFilterAndOrder(t *testing.T) {
 	s.LogRequest(want)
 	s.Flush()
 
-	got, err := s.RecentRequests(ctx, LogQuery{Limit: 1})
+	got, err := s.RecentRequests(ctx, store.LogQuery{Limit: 1})
 	if err != nil || len(got) != 1 {
 		t.Fatalf("RecentRequests = %v, %v", got, err)
 	}
@@ -36,7 +38,7 @@ func TestRecentLogsFilterAndOrder(t *testing.T) {
 		t.Errorf("round trip:\n got %+v\nwant %+v", got[0], want)
 	}
 
-	got, err = s.RecentRequests(ctx, LogQuery{Model: "gemini-2.5-flash"})
+	got, err = s.RecentRequests(ctx, store.LogQuery{Model: "gemini-2.5-flash"})
 	if err != nil || len(got) != 5 {
 		t.Fatalf("by model: %d rows, %v", len(got), err)
 	}
@@ -45,11 +47,11 @@ func TestRecentLogsFilterAndOrder(t *testing.T) {
 			t.Errorf("row %d: %+v not newest first / wrong model", i, got[i])
 		}
 	}
-	got, _ = s.RecentRequests(ctx, LogQuery{KeyID: 1, Status: 200})
+	got, _ = s.RecentRequests(ctx, store.LogQuery{KeyID: 1, Status: 200})
 	if len(got) != 2 { // i = 0, 6
 		t.Errorf("key 1, status 200: %d rows, want 2", len(got))
 	}
-	errs, err := s.RecentErrors(ctx, LogQuery{Status: 430, Limit: 3})
+	errs, err := s.RecentErrors(ctx, store.LogQuery{Status: 430, Limit: 3})
 	if err != nil || len(errs) != 3 {
 		t.Fatalf("RecentErrors = %v, %v", errs, err)
 	}
@@ -69,7 +71,7 @@ func TestLogPagingAndFilters(t *testing.T) {
 	for i := range 25 {
 		insertRequest(t, s, t0.Add(time.Duration(i)*time.Second), []string{"a", "b"}[i%2], 200+i%2*300, int64(1+i%3), int64(1+i%5), 1)
 	}
-	q := LogQuery{Limit: 10, Offset: 10}
+	q := store.LogQuery{Limit: 10, Offset: 10}
 	rows, err := s.RecentRequests(ctx, q)
 	if err != nil || len(rows) != 10 {
 		t.Fatalf("page 2 = %d rows, %v", len(rows), err)
@@ -81,10 +83,10 @@ func TestLogPagingAndFilters(t *testing.T) {
 	if n, err := s.CountRequests(ctx, q); err != nil || n != 25 {
 		t.Errorf("count = %d, %v; want 25", n, err)
 	}
-	if rows, _ := s.RecentRequests(ctx, LogQuery{Limit: 10, Offset: 20}); len(rows) != 5 {
+	if rows, _ := s.RecentRequests(ctx, store.LogQuery{Limit: 10, Offset: 20}); len(rows) != 5 {
 		t.Errorf("last page has %d rows, want 5", len(rows))
 	}
-	f := LogQuery{Model: "b", Status: 500, KeyID: 2, AccessKeyID: 4}
+	f := store.LogQuery{Model: "b", Status: 500, KeyID: 2, AccessKeyID: 4}
 	n, err := s.CountRequests(ctx, f)
 	if err != nil {
 		t.Fatal(err)
@@ -104,13 +106,13 @@ func TestLogPagingAndFilters(t *testing.T) {
 			t.Errorf("row outside the filter: %+v", r)
 		}
 	}
-	s.LogError(ErrorLog{Time: t0, KeyID: 7, Model: "a", Status: 503, Message: "x"})
-	s.LogError(ErrorLog{Time: t0.Add(time.Second), KeyID: 8, Model: "a", Status: 503, Message: "y"})
+	s.LogError(store.ErrorLog{Time: t0, KeyID: 7, Model: "a", Status: 503, Message: "x"})
+	s.LogError(store.ErrorLog{Time: t0.Add(time.Second), KeyID: 8, Model: "a", Status: 503, Message: "y"})
 	s.Flush()
-	if n, _ := s.CountErrors(ctx, LogQuery{KeyID: 8}); n != 1 {
+	if n, _ := s.CountErrors(ctx, store.LogQuery{KeyID: 8}); n != 1 {
 		t.Errorf("error count for key 8 = %d", n)
 	}
-	if errs, _ := s.RecentErrors(ctx, LogQuery{Limit: 1, Offset: 1}); len(errs) != 1 || errs[0].Message != "x" {
+	if errs, _ := s.RecentErrors(ctx, store.LogQuery{Limit: 1, Offset: 1}); len(errs) != 1 || errs[0].Message != "x" {
 		t.Errorf("second error row = %+v", errs)
 	}
 }

@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 func TestUploadSessionsAndResources(t *testing.T) {
@@ -16,11 +18,11 @@ func TestUploadSessionsAndResources(t *testing.T) {
 	now := time.Now()
 
 	// Upload sessions: found while live, gone once expired, cancelled or purged.
-	if err := s.AddUploadSession(ctx, UploadSession{ID: "up1", KeyID: a, UpstreamURI: "/upload/v1beta/files?upload_id=up1",
+	if err := s.AddUploadSession(ctx, store.UploadSession{ID: "up1", KeyID: a, UpstreamURI: "/upload/v1beta/files?upload_id=up1",
 		AccessKeyID: 7, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddUploadSession(ctx, UploadSession{ID: "old", KeyID: b, UpstreamURI: "/x", CreatedAt: now.Add(-2 * time.Hour),
+	if err := s.AddUploadSession(ctx, store.UploadSession{ID: "old", KeyID: b, UpstreamURI: "/x", CreatedAt: now.Add(-2 * time.Hour),
 		ExpiresAt: now.Add(-time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
@@ -28,10 +30,10 @@ func TestUploadSessionsAndResources(t *testing.T) {
 	if err != nil || u.KeyID != a || u.UpstreamURI != "/upload/v1beta/files?upload_id=up1" || u.AccessKeyID != 7 {
 		t.Fatalf("session = %+v, %v", u, err)
 	}
-	if _, err := s.UploadSessionByID(ctx, "old", now); !errors.Is(err, ErrNotFound) {
+	if _, err := s.UploadSessionByID(ctx, "old", now); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("expired session: %v, want ErrNotFound", err)
 	}
-	if _, err := s.UploadSessionByID(ctx, "forged", now); !errors.Is(err, ErrNotFound) {
+	if _, err := s.UploadSessionByID(ctx, "forged", now); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("unknown session: %v, want ErrNotFound", err)
 	}
 	if n, err := s.PurgeUploadSessions(ctx, now); err != nil || n != 1 {
@@ -40,10 +42,10 @@ func TestUploadSessionsAndResources(t *testing.T) {
 
 	// Resources: owners of live names only; counts per key; purge of expired rows.
 	err = s.AddResources(ctx,
-		Resource{Name: "files/a1", KeyID: a, ExpiresAt: now.Add(48 * time.Hour)},
-		Resource{Name: "files/a2", KeyID: a, ExpiresAt: now.Add(-time.Minute)},
-		Resource{Name: "cachedContents/b1", KeyID: b, ExpiresAt: now.Add(time.Hour)},
-		Resource{Name: "tunedModels/b2", KeyID: b},
+		store.Resource{Name: "files/a1", KeyID: a, ExpiresAt: now.Add(48 * time.Hour)},
+		store.Resource{Name: "files/a2", KeyID: a, ExpiresAt: now.Add(-time.Minute)},
+		store.Resource{Name: "cachedContents/b1", KeyID: b, ExpiresAt: now.Add(time.Hour)},
+		store.Resource{Name: "tunedModels/b2", KeyID: b},
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +59,7 @@ func TestUploadSessionsAndResources(t *testing.T) {
 		t.Errorf("owners = %v, want %v", owners, want)
 	}
 	for n, id := range want {
-		if owners[n] != (Owner{KeyID: id}) {
+		if owners[n] != (store.Owner{KeyID: id}) {
 			t.Errorf("owner of %s = %+v, want key %d and no access key", n, owners[n], id)
 		}
 	}
@@ -89,7 +91,7 @@ func TestResourceOwnersManyNames(t *testing.T) {
 	for i := range 40000 {
 		names = append(names, fmt.Sprintf("files/f%d", i))
 	}
-	if err := s.AddResources(ctx, Resource{Name: names[39999], KeyID: ids[0]}, Resource{Name: names[0], KeyID: ids[0]}); err != nil {
+	if err := s.AddResources(ctx, store.Resource{Name: names[39999], KeyID: ids[0]}, store.Resource{Name: names[0], KeyID: ids[0]}); err != nil {
 		t.Fatal(err)
 	}
 	owners, err := s.ResourceOwners(ctx, names, time.Now())

@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 func TestAccessKeysAreStoredOnlyAsHashes(t *testing.T) {
@@ -24,7 +26,7 @@ func TestAccessKeysAreStoredOnlyAsHashes(t *testing.T) {
 	if err != nil || id == 0 {
 		t.Fatalf("AddAccessKey = %d, %v", id, err)
 	}
-	if _, err := s.AddAccessKey(ctx, " "+secret1+" ", "again", ""); !errors.Is(err, ErrDuplicate) {
+	if _, err := s.AddAccessKey(ctx, " "+secret1+" ", "again", ""); !errors.Is(err, store.ErrDuplicate) {
 		t.Errorf("duplicate AddAccessKey = %v, want ErrDuplicate", err)
 	}
 	if _, err := s.AddAccessKey(ctx, " ", "blank", ""); err == nil {
@@ -34,20 +36,20 @@ func TestAccessKeysAreStoredOnlyAsHashes(t *testing.T) {
 	if err != nil || added != 1 {
 		t.Fatalf("EnsureAccessKeys = %d, %v; want 1", added, err)
 	}
-	s.LogRequest(RequestLog{Time: time.UnixMilli(1_700_000_000_123), AccessKeyID: id, Status: 200})
+	s.LogRequest(store.RequestLog{Time: time.UnixMilli(1_700_000_000_123), AccessKeyID: id, Status: 200})
 	s.Flush()
 
 	list, err := s.AccessKeys(ctx)
 	if err != nil || len(list) != 2 {
 		t.Fatalf("AccessKeys = %+v, %v", list, err)
 	}
-	if list[0].ID != id || list[0].Hash != HashSecret(secret1) || list[0].Label != "alice" || !list[0].Enabled {
+	if list[0].ID != id || list[0].Hash != store.HashSecret(secret1) || list[0].Label != "alice" || !list[0].Enabled {
 		t.Errorf("first access key = %+v", list[0])
 	}
 	if !list[0].LastUsedAt.Equal(time.UnixMilli(1_700_000_000_123)) {
 		t.Errorf("LastUsedAt = %v", list[0].LastUsedAt)
 	}
-	if list[1].Hash != HashSecret(secret2) || list[1].Label != "caddyfile" || !list[1].LastUsedAt.IsZero() {
+	if list[1].Hash != store.HashSecret(secret2) || list[1].Label != "caddyfile" || !list[1].LastUsedAt.IsZero() {
 		t.Errorf("second access key = %+v", list[1])
 	}
 
@@ -58,10 +60,10 @@ func TestAccessKeysAreStoredOnlyAsHashes(t *testing.T) {
 	if list[1].Enabled {
 		t.Error("access key still enabled")
 	}
-	if err := s.SetAccessKeyEnabled(ctx, 9999, true); !errors.Is(err, ErrNotFound) {
+	if err := s.SetAccessKeyEnabled(ctx, 9999, true); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("SetAccessKeyEnabled(missing) = %v", err)
 	}
-	if err := s.DeleteAccessKey(ctx, 9999); !errors.Is(err, ErrNotFound) {
+	if err := s.DeleteAccessKey(ctx, 9999); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("DeleteAccessKey(missing) = %v", err)
 	}
 	if err := s.Close(); err != nil {
@@ -86,7 +88,7 @@ func TestAccessKeysAreStoredOnlyAsHashes(t *testing.T) {
 			t.Errorf("secret %q found in the database files", secret)
 		}
 	}
-	h := HashSecret(secret2)
+	h := store.HashSecret(secret2)
 	if !bytes.Contains(all, h[:]) {
 		t.Error("hash not found in the database files; the scan proves nothing")
 	}

@@ -1,26 +1,28 @@
-package store
+package sqlite
 
 import (
 	"context"
 	"errors"
 	"path/filepath"
 	"testing"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // accessKeyBySecret returns the stored access key of secret, failing the test if there is none.
-func accessKeyBySecret(t *testing.T, s *Store, secret string) AccessKey {
+func accessKeyBySecret(t *testing.T, s *Store, secret string) store.AccessKey {
 	t.Helper()
 	list, err := s.AccessKeys(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, k := range list {
-		if k.Hash == HashSecret(secret) {
+		if k.Hash == store.HashSecret(secret) {
 			return k
 		}
 	}
 	t.Fatalf("access key %q not stored (have %+v)", secret, list)
-	return AccessKey{}
+	return store.AccessKey{}
 }
 
 // wantAccessKey fails the test unless secret's access key has label and policy.
@@ -51,14 +53,14 @@ func TestAccessKeyPolicyAndPanelEdits(t *testing.T) {
 	wantAccessKey(t, s, "sk-two", "bob", "")
 
 	steps := []struct {
-		u             AccessKeyUpdate
+		u             store.AccessKeyUpdate
 		label, policy string
 	}{
-		{AccessKeyUpdate{Policy: ptr(p2)}, "alice", p2},
-		{AccessKeyUpdate{Label: ptr("alice (team)")}, "alice (team)", p2},
-		{AccessKeyUpdate{}, "alice (team)", p2},
-		{AccessKeyUpdate{Label: ptr(""), Policy: ptr("")}, "", ""},
-		{AccessKeyUpdate{Label: ptr("al"), Policy: ptr(p1)}, "al", p1},
+		{store.AccessKeyUpdate{Policy: ptr(p2)}, "alice", p2},
+		{store.AccessKeyUpdate{Label: ptr("alice (team)")}, "alice (team)", p2},
+		{store.AccessKeyUpdate{}, "alice (team)", p2},
+		{store.AccessKeyUpdate{Label: ptr(""), Policy: ptr("")}, "", ""},
+		{store.AccessKeyUpdate{Label: ptr("al"), Policy: ptr(p1)}, "al", p1},
 	}
 	for _, st := range steps {
 		if err := s.UpdateAccessKey(ctx, id, st.u); err != nil {
@@ -68,15 +70,15 @@ func TestAccessKeyPolicyAndPanelEdits(t *testing.T) {
 	}
 	wantAccessKey(t, s, "sk-two", "bob", "") // the other key is untouched
 
-	for _, u := range []AccessKeyUpdate{{}, {Label: ptr("x")}, {Policy: ptr(p1)}} {
-		if err := s.UpdateAccessKey(ctx, other+100, u); !errors.Is(err, ErrNotFound) {
+	for _, u := range []store.AccessKeyUpdate{{}, {Label: ptr("x")}, {Policy: ptr(p1)}} {
+		if err := s.UpdateAccessKey(ctx, other+100, u); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("UpdateAccessKey(unknown id, %+v) = %v, want ErrNotFound", u, err)
 		}
 	}
 	if err := s.DeleteAccessKey(ctx, other); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.UpdateAccessKey(ctx, other, AccessKeyUpdate{Label: ptr("x")}); !errors.Is(err, ErrNotFound) {
+	if err := s.UpdateAccessKey(ctx, other, store.AccessKeyUpdate{Label: ptr("x")}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("UpdateAccessKey(deleted) = %v, want ErrNotFound", err)
 	}
 
@@ -96,20 +98,20 @@ func TestApplyConfigAccessKeysNewerEditWins(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "d.db")
 	s := openTest(t, path, nil, nil)
 	const pA, pB, pC = `{"rpm":10}`, `{"rpm":20}`, `{"rpd":5}`
-	apply := func(wantAdded, wantSkipped int, keys ...ConfigAccessKey) {
+	apply := func(wantAdded, wantSkipped int, keys ...store.ConfigAccessKey) {
 		t.Helper()
 		added, skipped, err := s.ApplyConfigAccessKeys(ctx, keys)
 		if err != nil || added != wantAdded || skipped != wantSkipped {
 			t.Fatalf("ApplyConfigAccessKeys = %d added, %d skipped, %v; want %d, %d", added, skipped, err, wantAdded, wantSkipped)
 		}
 	}
-	config := []ConfigAccessKey{{" sk-a\t", "team-a", pA}, {"sk-b", "team-b", ""}, {"  ", "blank", pA}}
+	config := []store.ConfigAccessKey{{" sk-a\t", "team-a", pA}, {"sk-b", "team-b", ""}, {"  ", "blank", pA}}
 	apply(2, 0, config...)
 	wantAccessKey(t, s, "sk-a", "team-a", pA)
 	wantAccessKey(t, s, "sk-b", "team-b", "")
 
 	a := accessKeyBySecret(t, s, "sk-a")
-	if err := s.UpdateAccessKey(ctx, a.ID, AccessKeyUpdate{Label: ptr("panel-a"), Policy: ptr(pB)}); err != nil {
+	if err := s.UpdateAccessKey(ctx, a.ID, store.AccessKeyUpdate{Label: ptr("panel-a"), Policy: ptr(pB)}); err != nil {
 		t.Fatal(err)
 	}
 	// A reload (or restart) with the same Caddyfile keeps the panel's edit.
@@ -135,7 +137,7 @@ func TestApplyConfigAccessKeysNewerEditWins(t *testing.T) {
 	apply(0, 0, config...)
 	wantAccessKey(t, s, "sk-a", "team-a2", "")
 	// An edit in the panel after that is kept again.
-	if err := s.UpdateAccessKey(ctx, a.ID, AccessKeyUpdate{Policy: ptr(pA)}); err != nil {
+	if err := s.UpdateAccessKey(ctx, a.ID, store.AccessKeyUpdate{Policy: ptr(pA)}); err != nil {
 		t.Fatal(err)
 	}
 	apply(0, 0, config...)
@@ -152,7 +154,7 @@ func TestApplyConfigAccessKeysNewerEditWins(t *testing.T) {
 	if _, _, err := s.EnsureAccessKeys(ctx, []string{"sk-d"}, "Caddyfile"); err != nil {
 		t.Fatal(err)
 	}
-	config = append(config, ConfigAccessKey{"sk-c", "config-c", pC}, ConfigAccessKey{"sk-d", "config-d", pA})
+	config = append(config, store.ConfigAccessKey{"sk-c", "config-c", pC}, store.ConfigAccessKey{"sk-d", "config-d", pA})
 	apply(0, 0, config...)
 	wantAccessKey(t, s, "sk-c", "config-c", pC)
 	wantAccessKey(t, s, "sk-d", "config-d", pA)
@@ -163,7 +165,7 @@ func TestApplyConfigAccessKeysNewerEditWins(t *testing.T) {
 	wantAccessKey(t, s, "sk-d", "config-d", pA)
 
 	// A secret listed twice ends with its later entry.
-	apply(1, 0, ConfigAccessKey{"sk-e", "first", pA}, ConfigAccessKey{"sk-e", "second", pB})
+	apply(1, 0, store.ConfigAccessKey{"sk-e", "first", pA}, store.ConfigAccessKey{"sk-e", "second", pB})
 	wantAccessKey(t, s, "sk-e", "second", pB)
 
 	// Deleted in the panel: skipped, with or without other changes, also after a restart.
@@ -218,7 +220,7 @@ func TestAccessKeyIDsAreNotReused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if added, _, err := s.ApplyConfigAccessKeys(ctx, []ConfigAccessKey{{"sk-4", "c", ""}}); err != nil || added != 1 {
+	if added, _, err := s.ApplyConfigAccessKeys(ctx, []store.ConfigAccessKey{{"sk-4", "c", ""}}); err != nil || added != 1 {
 		t.Fatalf("ApplyConfigAccessKeys = %d, %v", added, err)
 	}
 	fromConfig := accessKeyBySecret(t, s, "sk-4").ID

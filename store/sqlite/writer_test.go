@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 func countRequests(t testing.TB, s *Store) int64 {
@@ -24,7 +26,7 @@ func countRequests(t testing.TB, s *Store) int64 {
 	return n
 }
 
-func addKeys(t testing.TB, s *Store, secrets ...string) []Key {
+func addKeys(t testing.TB, s *Store, secrets ...string) []store.Key {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := s.AddKeys(ctx, secrets); err != nil {
@@ -44,7 +46,7 @@ func TestCloseWritesEverythingQueued(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 10000 {
-		s.LogRequest(RequestLog{Time: time.Now(), Model: "m", Status: 200, Attempts: 1, Path: fmt.Sprint("/p/", i)})
+		s.LogRequest(store.RequestLog{Time: time.Now(), Model: "m", Status: 200, Attempts: 1, Path: fmt.Sprint("/p/", i)})
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -55,8 +57,8 @@ func TestCloseWritesEverythingQueued(t *testing.T) {
 	if s.Written() != 10000 {
 		t.Fatalf("Written() = %d, want 10000", s.Written())
 	}
-	s.LogRequest(RequestLog{}) // after Close: ignored, no panic
-	s.Flush()                  // after Close: returns
+	s.LogRequest(store.RequestLog{}) // after Close: ignored, no panic
+	s.Flush()                        // after Close: returns
 
 	s = openTest(t, path, nil, nil)
 	if n := countRequests(t, s); n != 10000 {
@@ -68,9 +70,9 @@ func TestFlushCommitsWhatCameBefore(t *testing.T) {
 	// With an hour-long batch interval only Flush makes rows visible early.
 	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, func(o *options) { o.interval = time.Hour })
 	for range 3 {
-		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+		s.LogRequest(store.RequestLog{Time: time.Now(), Status: 200})
 	}
-	s.LogError(ErrorLog{Time: time.Now(), Status: 500})
+	s.LogError(store.ErrorLog{Time: time.Now(), Status: 500})
 	time.Sleep(50 * time.Millisecond)
 	if n := countRequests(t, s); n != 0 {
 		t.Fatalf("%d rows visible before Flush with an hour-long interval", n)
@@ -79,7 +81,7 @@ func TestFlushCommitsWhatCameBefore(t *testing.T) {
 	if n := countRequests(t, s); n != 3 {
 		t.Fatalf("%d rows after Flush, want 3", n)
 	}
-	errs, err := s.RecentErrors(context.Background(), LogQuery{})
+	errs, err := s.RecentErrors(context.Background(), store.LogQuery{})
 	if err != nil || len(errs) != 1 {
 		t.Fatalf("errors after Flush = %v, %v", errs, err)
 	}
@@ -91,9 +93,9 @@ func TestKeyStatesAreCoalesced(t *testing.T) {
 	keys := addKeys(t, s, "a", "b")
 	a, b := keys[0].ID, keys[1].ID
 	for i := range 100 {
-		s.SaveKeyState(KeyState{KeyID: a, Disabled: i%2 == 1, Reason: fmt.Sprint("reason ", i), Failures: i, LastError: fmt.Sprint("error ", i)})
+		s.SaveKeyState(store.KeyState{KeyID: a, Disabled: i%2 == 1, Reason: fmt.Sprint("reason ", i), Failures: i, LastError: fmt.Sprint("error ", i)})
 	}
-	s.SaveKeyState(KeyState{KeyID: b, Disabled: false, Reason: "ignored when enabled", Failures: 1, LastError: "503"})
+	s.SaveKeyState(store.KeyState{KeyID: b, Disabled: false, Reason: "ignored when enabled", Failures: 1, LastError: "503"})
 	s.w.stateMu.Lock()
 	pending := len(s.w.states)
 	s.w.stateMu.Unlock()
@@ -104,18 +106,18 @@ func TestKeyStatesAreCoalesced(t *testing.T) {
 	s.Flush()
 
 	keys, _ = s.Keys(context.Background())
-	if k := keys[0]; k.Status != StatusDisabled || k.DisabledReason != "reason 99" || k.Failures != 99 || k.LastError != "error 99" || k.ManualDisabled {
+	if k := keys[0]; k.Status != store.StatusDisabled || k.DisabledReason != "reason 99" || k.Failures != 99 || k.LastError != "error 99" || k.ManualDisabled {
 		t.Errorf("key a = %+v, want the 100th state", k)
 	}
-	if k := keys[1]; k.Status != StatusActive || k.DisabledReason != "" || k.Failures != 1 || k.LastError != "503" {
+	if k := keys[1]; k.Status != store.StatusActive || k.DisabledReason != "" || k.Failures != 1 || k.LastError != "503" {
 		t.Errorf("key b = %+v", k)
 	}
 
 	// The pool re-enables a key it had disabled itself; the reason goes.
-	s.SaveKeyState(KeyState{KeyID: a, Disabled: false, Reason: "stale", Failures: 0})
+	s.SaveKeyState(store.KeyState{KeyID: a, Disabled: false, Reason: "stale", Failures: 0})
 	s.Flush()
 	keys, _ = s.Keys(context.Background())
-	if k := keys[0]; k.Status != StatusActive || k.DisabledReason != "" || k.Failures != 0 {
+	if k := keys[0]; k.Status != store.StatusActive || k.DisabledReason != "" || k.Failures != 0 {
 		t.Errorf("key a after re-enable = %+v", k)
 	}
 }
@@ -127,24 +129,24 @@ func TestManualDisableIsNotOverwrittenByThePool(t *testing.T) {
 	a, b := keys[0].ID, keys[1].ID
 
 	// Pool state saved before an operator's decision and not yet written does not undo it.
-	s.SaveKeyState(KeyState{KeyID: b, Disabled: true, Reason: "invalid key", Failures: 3})
-	s.SaveCooldown(Cooldown{KeyID: b, Model: "m", Until: time.Now().Add(time.Hour)})
-	if err := s.SetKeyStatus(ctx, b, StatusActive, "", false); err != nil {
+	s.SaveKeyState(store.KeyState{KeyID: b, Disabled: true, Reason: "invalid key", Failures: 3})
+	s.SaveCooldown(store.Cooldown{KeyID: b, Model: "m", Until: time.Now().Add(time.Hour)})
+	if err := s.SetKeyStatus(ctx, b, store.StatusActive, "", false); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetKeyStatus(ctx, a, StatusDisabled, "operator", true); err != nil {
+	if err := s.SetKeyStatus(ctx, a, store.StatusDisabled, "operator", true); err != nil {
 		t.Fatal(err)
 	}
 	s.w.resume()
 	// Pool state saved after it: counters move, status and reason stay.
-	s.SaveKeyState(KeyState{KeyID: a, Disabled: false, Failures: 2, LastError: "timeout"})
+	s.SaveKeyState(store.KeyState{KeyID: a, Disabled: false, Failures: 2, LastError: "timeout"})
 	s.Flush()
 
 	keys, _ = s.Keys(ctx)
-	if k := keys[0]; k.Status != StatusDisabled || k.DisabledReason != "operator" || !k.ManualDisabled || k.Failures != 2 || k.LastError != "timeout" {
+	if k := keys[0]; k.Status != store.StatusDisabled || k.DisabledReason != "operator" || !k.ManualDisabled || k.Failures != 2 || k.LastError != "timeout" {
 		t.Errorf("manually disabled key = %+v", k)
 	}
-	if k := keys[1]; k.Status != StatusActive || k.Failures != 0 {
+	if k := keys[1]; k.Status != store.StatusActive || k.Failures != 0 {
 		t.Errorf("key enabled by the operator = %+v", k)
 	}
 	if cds, _ := s.Cooldowns(ctx, time.Now()); len(cds) != 0 {
@@ -165,19 +167,19 @@ func TestUsageCountersAreAggregated(t *testing.T) {
 
 	// One request tried b twice (both failed) then succeeded on a; two more succeeded on a; one
 	// had no upstream key at all.
-	s.LogError(ErrorLog{Time: t0, KeyID: b, AccessKeyID: ak, Status: 429})
-	s.LogError(ErrorLog{Time: t0.Add(time.Second), KeyID: b, AccessKeyID: ak, Status: 500})
-	s.LogRequest(RequestLog{Time: t0.Add(5 * time.Second), KeyID: a, AccessKeyID: ak, Status: 200, Attempts: 3})
-	s.LogRequest(RequestLog{Time: t0.Add(3 * time.Second), KeyID: a, Status: 200, Attempts: 1})
-	s.LogRequest(RequestLog{Time: t0.Add(2 * time.Second), KeyID: a, Status: 200, Attempts: 1})
-	s.LogRequest(RequestLog{Time: t0.Add(9 * time.Second), AccessKeyID: ak, Status: 401})
+	s.LogError(store.ErrorLog{Time: t0, KeyID: b, AccessKeyID: ak, Status: 429})
+	s.LogError(store.ErrorLog{Time: t0.Add(time.Second), KeyID: b, AccessKeyID: ak, Status: 500})
+	s.LogRequest(store.RequestLog{Time: t0.Add(5 * time.Second), KeyID: a, AccessKeyID: ak, Status: 200, Attempts: 3})
+	s.LogRequest(store.RequestLog{Time: t0.Add(3 * time.Second), KeyID: a, Status: 200, Attempts: 1})
+	s.LogRequest(store.RequestLog{Time: t0.Add(2 * time.Second), KeyID: a, Status: 200, Attempts: 1})
+	s.LogRequest(store.RequestLog{Time: t0.Add(9 * time.Second), AccessKeyID: ak, Status: 401})
 	s.Flush()
 	// A later batch adds up; an older time does not move last_used_at back.
-	s.LogRequest(RequestLog{Time: t0, KeyID: a, Status: 200, Attempts: 1})
+	s.LogRequest(store.RequestLog{Time: t0, KeyID: a, Status: 200, Attempts: 1})
 	s.Flush()
 
 	keys, _ = s.Keys(ctx)
-	check := func(k Key, requests, failed int64, last time.Time) {
+	check := func(k store.Key, requests, failed int64, last time.Time) {
 		t.Helper()
 		if k.Requests != requests || k.FailedRequests != failed || !k.LastUsedAt.Equal(last) {
 			t.Errorf("key %d: requests=%d failed=%d last=%v, want %d %d %v", k.ID, k.Requests, k.FailedRequests, k.LastUsedAt, requests, failed, last)
@@ -201,12 +203,12 @@ func TestCooldownsPersist(t *testing.T) {
 	keys := addKeys(t, s, "a", "b")
 	a, b := keys[0].ID, keys[1].ID
 	now := time.UnixMilli(time.Now().UnixMilli())
-	s.SaveCooldown(Cooldown{KeyID: a, Model: "gemini-2.5-pro", Until: now.Add(time.Hour)})
-	s.SaveCooldown(Cooldown{KeyID: a, Model: "gemini-2.5-flash", Until: now.Add(-time.Minute)}) // over
-	s.SaveCooldown(Cooldown{KeyID: b, Model: "gemini-2.5-pro", Until: now.Add(time.Minute)})
-	s.SaveCooldown(Cooldown{KeyID: b, Model: "gemini-2.5-pro", Until: now.Add(2 * time.Hour)}) // newer wins
-	s.SaveCooldown(Cooldown{KeyID: 9999, Model: "gemini-2.5-pro", Until: now.Add(time.Hour)})  // deleted key
-	s.LogRequest(RequestLog{Time: now, KeyID: a, Status: 200})
+	s.SaveCooldown(store.Cooldown{KeyID: a, Model: "gemini-2.5-pro", Until: now.Add(time.Hour)})
+	s.SaveCooldown(store.Cooldown{KeyID: a, Model: "gemini-2.5-flash", Until: now.Add(-time.Minute)}) // over
+	s.SaveCooldown(store.Cooldown{KeyID: b, Model: "gemini-2.5-pro", Until: now.Add(time.Minute)})
+	s.SaveCooldown(store.Cooldown{KeyID: b, Model: "gemini-2.5-pro", Until: now.Add(2 * time.Hour)}) // newer wins
+	s.SaveCooldown(store.Cooldown{KeyID: 9999, Model: "gemini-2.5-pro", Until: now.Add(time.Hour)})  // deleted key
+	s.LogRequest(store.RequestLog{Time: now, KeyID: a, Status: 200})
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +218,7 @@ func TestCooldownsPersist(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Cooldown{
+	want := []store.Cooldown{
 		{KeyID: a, Model: "gemini-2.5-pro", Until: now.Add(time.Hour)},
 		{KeyID: b, Model: "gemini-2.5-pro", Until: now.Add(2 * time.Hour)},
 	}
@@ -241,7 +243,7 @@ func TestFullQueueDropsAndCounts(t *testing.T) {
 		o.paused = true
 	})
 	for range 10 {
-		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+		s.LogRequest(store.RequestLog{Time: time.Now(), Status: 200})
 	}
 	if got := s.Dropped(); got != 6 {
 		t.Fatalf("Dropped() = %d, want 6", got)
@@ -261,7 +263,7 @@ func TestFullQueueDropsAndCounts(t *testing.T) {
 	if got := s.Written(); got != 4 {
 		t.Errorf("Written() = %d, want 4 (dropped rows are not written)", got)
 	}
-	s.LogError(ErrorLog{Time: time.Now(), Status: 500})
+	s.LogError(store.ErrorLog{Time: time.Now(), Status: 500})
 	s.Flush()
 	if got := s.Written(); got != 5 {
 		t.Errorf("Written() = %d after an error row, want 5", got)
@@ -286,7 +288,7 @@ func TestBusyDatabaseIsRetried(t *testing.T) {
 	const hold = time.Second
 	start := time.Now()
 	for range 500 {
-		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+		s.LogRequest(store.RequestLog{Time: time.Now(), Status: 200})
 	}
 	flushed := make(chan time.Duration)
 	go func() {
@@ -334,7 +336,7 @@ func TestCloseGivesUpOnALockedDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 10 {
-		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+		s.LogRequest(store.RequestLog{Time: time.Now(), Status: 200})
 	}
 	start := time.Now()
 	if err := s.Close(); err != nil {
@@ -357,12 +359,12 @@ func TestCloseGivesUpOnALockedDatabase(t *testing.T) {
 func TestLongTextIsTruncatedOnRuneBoundary(t *testing.T) {
 	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
 	long := strings.Repeat("é", 3000) // 2 bytes each
-	s.LogRequest(RequestLog{Time: time.Now(), Path: "/" + long, Error: "x" + long})
-	s.LogError(ErrorLog{Time: time.Now(), Message: long})
+	s.LogRequest(store.RequestLog{Time: time.Now(), Path: "/" + long, Error: "x" + long})
+	s.LogError(store.ErrorLog{Time: time.Now(), Message: long})
 	s.Flush()
 	ctx := context.Background()
-	reqs, _ := s.RecentRequests(ctx, LogQuery{})
-	errs, _ := s.RecentErrors(ctx, LogQuery{})
+	reqs, _ := s.RecentRequests(ctx, store.LogQuery{})
+	errs, _ := s.RecentErrors(ctx, store.LogQuery{})
 	if len(reqs) != 1 || len(errs) != 1 {
 		t.Fatalf("rows: %d requests, %d errors", len(reqs), len(errs))
 	}
@@ -378,7 +380,7 @@ func TestLongTextIsTruncatedOnRuneBoundary(t *testing.T) {
 func BenchmarkLogRequest(b *testing.B) {
 	s := openTest(b, filepath.Join(b.TempDir(), "bench.db"), nil, nil)
 	const rowsPerOp = 50000
-	r := RequestLog{
+	r := store.RequestLog{
 		Method: "POST", Path: "/v1beta/models/gemini-2.5-flash:generateContent", Model: "gemini-2.5-flash",
 		Status: 200, Attempts: 1, Latency: 850 * time.Millisecond, TTFB: 300 * time.Millisecond,
 		PromptTokens: 120, CandidatesTokens: 480, TotalTokens: 600, KeyID: 1, AccessKeyID: 1,
@@ -406,7 +408,7 @@ func BenchmarkLogRequest(b *testing.B) {
 func TestRowsAfterCloseAreCounted(t *testing.T) {
 	core, logs := observer.New(zapcore.WarnLevel)
 	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), zap.New(core), nil)
-	s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+	s.LogRequest(store.RequestLog{Time: time.Now(), Status: 200})
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -414,9 +416,9 @@ func TestRowsAfterCloseAreCounted(t *testing.T) {
 		t.Fatalf("Dropped() = %d before any row after Close", got)
 	}
 	for range 5 {
-		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+		s.LogRequest(store.RequestLog{Time: time.Now(), Status: 200})
 	}
-	s.LogError(ErrorLog{Time: time.Now(), Status: 500})
+	s.LogError(store.ErrorLog{Time: time.Now(), Status: 500})
 	if got := s.Dropped(); got != 6 {
 		t.Errorf("Dropped() = %d after 6 rows logged to a closed store, want 6", got)
 	}
@@ -445,7 +447,7 @@ func TestLoggingDuringCloseLosesNothingUncounted(t *testing.T) {
 			defer wg.Done()
 			<-start
 			for range rows {
-				s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
+				s.LogRequest(store.RequestLog{Time: time.Now(), Status: 200})
 			}
 		}()
 	}

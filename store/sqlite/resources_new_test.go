@@ -1,9 +1,11 @@
-package store
+package sqlite
 
 import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // AddNewResources records unknown names and names whose row expired, and leaves a live
@@ -15,18 +17,18 @@ func TestAddNewResourcesKeepsKnownOwners(t *testing.T) {
 	now := time.Now()
 	live, forever := now.Add(time.Hour), time.Time{}
 	if err := s.AddResources(ctx,
-		Resource{Name: "files/live", KeyID: a, AccessKeyID: 11, ExpiresAt: live},
-		Resource{Name: "tunedModels/forever", KeyID: a, ExpiresAt: forever},
-		Resource{Name: "files/expired", KeyID: a, AccessKeyID: 11, CreatedAt: now.Add(-3 * time.Hour), ExpiresAt: now.Add(-time.Hour)},
+		store.Resource{Name: "files/live", KeyID: a, AccessKeyID: 11, ExpiresAt: live},
+		store.Resource{Name: "tunedModels/forever", KeyID: a, ExpiresAt: forever},
+		store.Resource{Name: "files/expired", KeyID: a, AccessKeyID: 11, CreatedAt: now.Add(-3 * time.Hour), ExpiresAt: now.Add(-time.Hour)},
 	); err != nil {
 		t.Fatal(err)
 	}
 	later := now.Add(48 * time.Hour)
 	if err := s.AddNewResources(ctx, now,
-		Resource{Name: "files/live", KeyID: b, AccessKeyID: 22, ExpiresAt: later},
-		Resource{Name: "tunedModels/forever", KeyID: b, AccessKeyID: 22, ExpiresAt: later},
-		Resource{Name: "files/expired", KeyID: b, AccessKeyID: 22, CreatedAt: now, ExpiresAt: later},
-		Resource{Name: "files/new", KeyID: b, AccessKeyID: 22, ExpiresAt: later},
+		store.Resource{Name: "files/live", KeyID: b, AccessKeyID: 22, ExpiresAt: later},
+		store.Resource{Name: "tunedModels/forever", KeyID: b, AccessKeyID: 22, ExpiresAt: later},
+		store.Resource{Name: "files/expired", KeyID: b, AccessKeyID: 22, CreatedAt: now, ExpiresAt: later},
+		store.Resource{Name: "files/new", KeyID: b, AccessKeyID: 22, ExpiresAt: later},
 	); err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +37,7 @@ func TestAddNewResourcesKeepsKnownOwners(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]Owner{"files/live": {a, 11}, "tunedModels/forever": {a, 0}, "files/expired": {b, 22}, "files/new": {b, 22}}
+	want := map[string]store.Owner{"files/live": {a, 11}, "tunedModels/forever": {a, 0}, "files/expired": {b, 22}, "files/new": {b, 22}}
 	for _, n := range names {
 		if owners[n] != want[n] {
 			t.Errorf("%s owned by %+v, want %+v", n, owners[n], want[n])
@@ -49,10 +51,10 @@ func TestAddNewResourcesKeepsKnownOwners(t *testing.T) {
 		t.Errorf("no resources: %v", err)
 	}
 	// AddResources still replaces.
-	if err := s.AddResources(ctx, Resource{Name: "files/live", KeyID: b, AccessKeyID: 22, ExpiresAt: later}); err != nil {
+	if err := s.AddResources(ctx, store.Resource{Name: "files/live", KeyID: b, AccessKeyID: 22, ExpiresAt: later}); err != nil {
 		t.Fatal(err)
 	}
-	if owners, err := s.ResourceOwners(ctx, []string{"files/live"}, now); err != nil || owners["files/live"] != (Owner{b, 22}) {
+	if owners, err := s.ResourceOwners(ctx, []string{"files/live"}, now); err != nil || owners["files/live"] != (store.Owner{b, 22}) {
 		t.Errorf("AddResources did not replace: %v, %v", owners, err)
 	}
 }

@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // projects returns the label of every key by secret.
@@ -38,8 +40,8 @@ func sameProjects(t testing.TB, got, want map[string]string) {
 }
 
 func TestCheckProject(t *testing.T) {
-	for _, good := range []string{"", "my-project", "proj_1.eu:2", "578829824020", strings.Repeat("a", MaxProjectLen)} {
-		if err := CheckProject(good); err != nil {
+	for _, good := range []string{"", "my-project", "proj_1.eu:2", "578829824020", strings.Repeat("a", store.MaxProjectLen)} {
+		if err := store.CheckProject(good); err != nil {
 			t.Errorf("CheckProject(%q) = %v, want nil", good, err)
 		}
 	}
@@ -47,15 +49,15 @@ func TestCheckProject(t *testing.T) {
 		label string
 		want  error
 	}{
-		{strings.Repeat("a", MaxProjectLen+1), ErrProjectTooLong},
-		{"my project", ErrProjectChars},
-		{" padded", ErrProjectChars},
-		{"proj/1", ErrProjectChars},
-		{"projé", ErrProjectChars},
-		{"a\nb", ErrProjectChars},
-		{"<script>", ErrProjectChars},
+		{strings.Repeat("a", store.MaxProjectLen+1), store.ErrProjectTooLong},
+		{"my project", store.ErrProjectChars},
+		{" padded", store.ErrProjectChars},
+		{"proj/1", store.ErrProjectChars},
+		{"projé", store.ErrProjectChars},
+		{"a\nb", store.ErrProjectChars},
+		{"<script>", store.ErrProjectChars},
 	} {
-		if err := CheckProject(c.label); !errors.Is(err, c.want) {
+		if err := store.CheckProject(c.label); !errors.Is(err, c.want) {
 			t.Errorf("CheckProject(%q) = %v, want %v", c.label, err, c.want)
 		}
 	}
@@ -92,10 +94,10 @@ func TestMigrationFiveKeepsKeysUnlabelled(t *testing.T) {
 	if len(keys) != 2 {
 		t.Fatalf("keys after migration: %+v", keys)
 	}
-	if k := keys[0]; k.Secret != "old-a" || k.Project != "" || k.Failures != 2 || k.Status != StatusActive {
+	if k := keys[0]; k.Secret != "old-a" || k.Project != "" || k.Failures != 2 || k.Status != store.StatusActive {
 		t.Errorf("first key after migration: %+v", k)
 	}
-	if k := keys[1]; k.Secret != "old-b" || k.Project != "" || k.Status != StatusDisabled || k.DisabledReason != "leaked" {
+	if k := keys[1]; k.Secret != "old-b" || k.Project != "" || k.Status != store.StatusDisabled || k.DisabledReason != "leaked" {
 		t.Errorf("second key after migration: %+v", k)
 	}
 	var index string
@@ -115,7 +117,7 @@ func TestAddLabeledKeys(t *testing.T) {
 	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
 	ctx := context.Background()
 
-	res, err := s.AddLabeledKeys(ctx, []NewKey{
+	res, err := s.AddLabeledKeys(ctx, []store.NewKey{
 		{Secret: " alpha ", Project: " proj-a "},
 		{Secret: "beta"},
 		{Secret: "gamma", Project: "proj-g"},
@@ -131,7 +133,7 @@ func TestAddLabeledKeys(t *testing.T) {
 
 	// Pasting keys again: a label given sets it, none leaves the old one, the same one is no
 	// change; nothing is added twice.
-	res, err = s.AddLabeledKeys(ctx, []NewKey{
+	res, err = s.AddLabeledKeys(ctx, []store.NewKey{
 		{Secret: "alpha"},                    // keeps proj-a
 		{Secret: "beta", Project: "proj-b"},  // labelled now
 		{Secret: "gamma", Project: "proj-g"}, // unchanged
@@ -141,14 +143,14 @@ func TestAddLabeledKeys(t *testing.T) {
 		t.Fatalf("second AddLabeledKeys = %+v, %v; want 1 added", res, err)
 	}
 	keys, _ := s.Keys(ctx)
-	if want := []KeyProject{{keys[1].ID, "proj-b"}}; !slices.Equal(res.Relabeled, want) {
+	if want := []store.KeyProject{{keys[1].ID, "proj-b"}}; !slices.Equal(res.Relabeled, want) {
 		t.Errorf("Relabeled = %+v, want %+v", res.Relabeled, want)
 	}
 	sameProjects(t, projects(t, s), map[string]string{"alpha": "proj-a", "beta": "proj-b", "gamma": "proj-g", "delta": "proj-b"})
 
 	// One bad label: nothing is written.
-	_, err = s.AddLabeledKeys(ctx, []NewKey{{Secret: "epsilon", Project: "ok"}, {Secret: "alpha", Project: "bad label"}})
-	if !errors.Is(err, ErrProjectChars) {
+	_, err = s.AddLabeledKeys(ctx, []store.NewKey{{Secret: "epsilon", Project: "ok"}, {Secret: "alpha", Project: "bad label"}})
+	if !errors.Is(err, store.ErrProjectChars) {
 		t.Fatalf("bad label: err = %v, want ErrProjectChars", err)
 	}
 	sameProjects(t, projects(t, s), map[string]string{"alpha": "proj-a", "beta": "proj-b", "gamma": "proj-g", "delta": "proj-b"})
@@ -160,7 +162,7 @@ func TestAddLabeledKeys(t *testing.T) {
 	if added, skipped, err := s.AddConfigKeys(ctx, []string{"delta", "zeta"}); err != nil || added != 1 || skipped != 1 {
 		t.Fatalf("AddConfigKeys = %d, %d, %v; want 1 added, 1 skipped", added, skipped, err)
 	}
-	res, err = s.AddLabeledKeys(ctx, []NewKey{{Secret: "delta", Project: "proj-d"}})
+	res, err = s.AddLabeledKeys(ctx, []store.NewKey{{Secret: "delta", Project: "proj-d"}})
 	if err != nil || res.Added != 1 {
 		t.Fatalf("re-adding a deleted key = %+v, %v", res, err)
 	}
@@ -226,7 +228,7 @@ func TestSaveKeyProjectFillsOnlyEmptyLabels(t *testing.T) {
 	s.SaveKeyProject(learned, " projects-578829824020 ") // newest wins, trimmed
 	s.SaveKeyProject(cleared, "bad label")               // ignored
 	s.SaveKeyProject(9999, "gone")                       // a deleted key fails nothing
-	s.LogRequest(RequestLog{Status: 200})
+	s.LogRequest(store.RequestLog{Status: 200})
 	s.Flush()
 	sameProjects(t, projects(t, s), map[string]string{"operator": "by-hand", "learned": "projects-578829824020", "cleared": ""})
 	if n := countRequests(t, s); n != 1 {

@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 func TestAddKeysSkipsEmptyAndExisting(t *testing.T) {
@@ -28,14 +30,14 @@ func TestAddKeysSkipsEmptyAndExisting(t *testing.T) {
 	var secrets []string
 	for _, k := range keys {
 		secrets = append(secrets, k.Secret)
-		if k.Status != StatusActive || k.CreatedAt.IsZero() || !k.LastUsedAt.IsZero() || k.Failures != 0 {
+		if k.Status != store.StatusActive || k.CreatedAt.IsZero() || !k.LastUsedAt.IsZero() || k.Failures != 0 {
 			t.Errorf("new key %+v", k)
 		}
 	}
 	if !slices.Equal(secrets, []string{"alpha", "beta", "gamma"}) {
 		t.Errorf("secrets = %q", secrets)
 	}
-	if !slices.IsSortedFunc(keys, func(a, b Key) int { return int(a.ID - b.ID) }) {
+	if !slices.IsSortedFunc(keys, func(a, b store.Key) int { return int(a.ID - b.ID) }) {
 		t.Error("keys not ordered by id")
 	}
 }
@@ -49,25 +51,25 @@ func TestDeleteKeyAndSetKeyStatus(t *testing.T) {
 	keys, _ := s.Keys(ctx)
 	a, b := keys[0].ID, keys[1].ID
 	now := time.Now()
-	s.SaveCooldown(Cooldown{KeyID: a, Model: "m", Until: now.Add(time.Hour)})
-	s.SaveCooldown(Cooldown{KeyID: b, Model: "m", Until: now.Add(time.Hour)})
-	s.SaveKeyState(KeyState{KeyID: b, Failures: 4, LastError: "429"})
+	s.SaveCooldown(store.Cooldown{KeyID: a, Model: "m", Until: now.Add(time.Hour)})
+	s.SaveCooldown(store.Cooldown{KeyID: b, Model: "m", Until: now.Add(time.Hour)})
+	s.SaveKeyState(store.KeyState{KeyID: b, Failures: 4, LastError: "429"})
 	s.Flush()
 
 	// Disabling by hand.
-	if err := s.SetKeyStatus(ctx, b, StatusDisabled, "leaked", true); err != nil {
+	if err := s.SetKeyStatus(ctx, b, store.StatusDisabled, "leaked", true); err != nil {
 		t.Fatal(err)
 	}
 	keys, _ = s.Keys(ctx)
-	if k := keys[1]; k.Status != StatusDisabled || k.DisabledReason != "leaked" || !k.ManualDisabled || k.Failures != 4 {
+	if k := keys[1]; k.Status != store.StatusDisabled || k.DisabledReason != "leaked" || !k.ManualDisabled || k.Failures != 4 {
 		t.Errorf("after disable: %+v", k)
 	}
 	// Enabling resets the manual flag, reason, failures and cooldowns.
-	if err := s.SetKeyStatus(ctx, b, StatusActive, "", false); err != nil {
+	if err := s.SetKeyStatus(ctx, b, store.StatusActive, "", false); err != nil {
 		t.Fatal(err)
 	}
 	keys, _ = s.Keys(ctx)
-	if k := keys[1]; k.Status != StatusActive || k.DisabledReason != "" || k.ManualDisabled || k.Failures != 0 {
+	if k := keys[1]; k.Status != store.StatusActive || k.DisabledReason != "" || k.ManualDisabled || k.Failures != 0 {
 		t.Errorf("after enable: %+v", k)
 	}
 	cds, _ := s.Cooldowns(ctx, now)
@@ -78,7 +80,7 @@ func TestDeleteKeyAndSetKeyStatus(t *testing.T) {
 	if err := s.SetKeyStatus(ctx, a, "paused", "", false); err == nil {
 		t.Error("invalid status accepted")
 	}
-	if err := s.SetKeyStatus(ctx, 9999, StatusDisabled, "", true); !errors.Is(err, ErrNotFound) {
+	if err := s.SetKeyStatus(ctx, 9999, store.StatusDisabled, "", true); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("SetKeyStatus(missing) = %v, want ErrNotFound", err)
 	}
 
@@ -86,7 +88,7 @@ func TestDeleteKeyAndSetKeyStatus(t *testing.T) {
 	if err := s.DeleteKey(ctx, a); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.DeleteKey(ctx, a); !errors.Is(err, ErrNotFound) {
+	if err := s.DeleteKey(ctx, a); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("second DeleteKey = %v, want ErrNotFound", err)
 	}
 	cds, _ = s.Cooldowns(ctx, now)
@@ -106,13 +108,13 @@ func TestReviveKeyLeavesHandDisabledKeysAlone(t *testing.T) {
 		t.Fatalf("keys: %v, %v", keys, err)
 	}
 	auto, manual := keys[0].ID, keys[1].ID
-	if err := s.SetKeyStatus(ctx, auto, StatusDisabled, "5 failures in a row", false); err != nil {
+	if err := s.SetKeyStatus(ctx, auto, store.StatusDisabled, "5 failures in a row", false); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetKeyStatus(ctx, manual, StatusDisabled, "disabled by the operator", true); err != nil {
+	if err := s.SetKeyStatus(ctx, manual, store.StatusDisabled, "disabled by the operator", true); err != nil {
 		t.Fatal(err)
 	}
-	s.SaveCooldown(Cooldown{KeyID: auto, Model: "m", Until: time.Now().Add(time.Hour)})
+	s.SaveCooldown(store.Cooldown{KeyID: auto, Model: "m", Until: time.Now().Add(time.Hour)})
 	s.Flush()
 
 	if ok, err := s.ReviveKey(ctx, auto); err != nil || !ok {
@@ -128,11 +130,11 @@ func TestReviveKeyLeavesHandDisabledKeysAlone(t *testing.T) {
 	for _, k := range keys {
 		switch k.ID {
 		case auto:
-			if k.Status != StatusActive || k.DisabledReason != "" {
+			if k.Status != store.StatusActive || k.DisabledReason != "" {
 				t.Errorf("auto-disabled key after revive: %+v", k)
 			}
 		case manual:
-			if k.Status != StatusDisabled || !k.ManualDisabled || k.DisabledReason != "disabled by the operator" {
+			if k.Status != store.StatusDisabled || !k.ManualDisabled || k.DisabledReason != "disabled by the operator" {
 				t.Errorf("hand-disabled key changed: %+v", k)
 			}
 		}

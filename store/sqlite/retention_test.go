@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 func countRows(t testing.TB, s *Store, table string) int64 {
@@ -36,8 +38,8 @@ func TestPurgeKeepsRowsAtAndAfterTheCutoff(t *testing.T) {
 		cutoff.Add(-40 * 24 * time.Hour), cutoff.Add(-time.Hour), cutoff.Add(-time.Millisecond), // old
 		cutoff, cutoff.Add(time.Millisecond), cutoff.Add(time.Hour), // kept
 	} {
-		s.LogRequest(RequestLog{Time: at, Path: "/r"})
-		s.LogError(ErrorLog{Time: at, Path: "/e", Message: "m"})
+		s.LogRequest(store.RequestLog{Time: at, Path: "/r"})
+		s.LogError(store.ErrorLog{Time: at, Path: "/e", Message: "m"})
 	}
 	s.Flush()
 
@@ -45,7 +47,7 @@ func TestPurgeKeepsRowsAtAndAfterTheCutoff(t *testing.T) {
 	if err != nil || n != 3 {
 		t.Fatalf("PurgeRequestLogs = %d, %v; want 3", n, err)
 	}
-	reqs, _ := s.RecentRequests(ctx, LogQuery{})
+	reqs, _ := s.RecentRequests(ctx, store.LogQuery{})
 	if len(reqs) != 3 || reqs[2].Time != cutoff {
 		t.Errorf("request rows left: %+v; want the 3 at or after %v", reqs, cutoff)
 	}
@@ -59,7 +61,7 @@ func TestPurgeKeepsRowsAtAndAfterTheCutoff(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("PurgeErrorLogs = %d, %v; want 1", n, err)
 	}
-	errs, _ := s.RecentErrors(ctx, LogQuery{})
+	errs, _ := s.RecentErrors(ctx, store.LogQuery{})
 	if len(errs) != 5 || errs[4].Time != cutoff.Add(-time.Hour) {
 		t.Errorf("error rows left: %+v", errs)
 	}
@@ -106,10 +108,10 @@ func TestPurgeCooldownsDropsOnlyThoseOver(t *testing.T) {
 	}
 	a, b := keys[0].ID, keys[1].ID
 	now := time.UnixMilli(1_750_000_000_000)
-	s.SaveCooldown(Cooldown{KeyID: a, Model: "m1", Until: now.Add(-time.Hour)})
-	s.SaveCooldown(Cooldown{KeyID: a, Model: "m2", Until: now})
-	s.SaveCooldown(Cooldown{KeyID: a, Model: "m3", Until: now.Add(time.Millisecond)})
-	s.SaveCooldown(Cooldown{KeyID: b, Model: "m1", Until: now.Add(time.Hour)})
+	s.SaveCooldown(store.Cooldown{KeyID: a, Model: "m1", Until: now.Add(-time.Hour)})
+	s.SaveCooldown(store.Cooldown{KeyID: a, Model: "m2", Until: now})
+	s.SaveCooldown(store.Cooldown{KeyID: a, Model: "m3", Until: now.Add(time.Millisecond)})
+	s.SaveCooldown(store.Cooldown{KeyID: b, Model: "m1", Until: now.Add(time.Hour)})
 	s.Flush()
 	n, err := s.PurgeCooldowns(ctx, now)
 	if err != nil || n != 2 {
@@ -202,7 +204,7 @@ func TestPurgeLetsTheLogWriterIn(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	s.LogRequest(RequestLog{Time: time.Now(), Path: "/during-purge"})
+	s.LogRequest(store.RequestLog{Time: time.Now(), Path: "/during-purge"})
 	s.Flush()
 	select {
 	case n := <-purged:
@@ -212,7 +214,7 @@ func TestPurgeLetsTheLogWriterIn(t *testing.T) {
 	if n := <-purged; n != old {
 		t.Errorf("purged %d rows, want %d", n, old)
 	}
-	got, err := s.RecentRequests(ctx, LogQuery{})
+	got, err := s.RecentRequests(ctx, store.LogQuery{})
 	if err != nil || len(got) != 1 || got[0].Path != "/during-purge" {
 		t.Errorf("rows left: %+v, %v; want only the one logged during the purge", got, err)
 	}

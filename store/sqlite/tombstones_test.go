@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"go.uber.org/zap"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // TestTombstones: a deleted key or access key is skipped when the config adds it again, and
@@ -37,7 +39,7 @@ func TestTombstones(t *testing.T) {
 	if added, skipped, err := s.EnsureAccessKeys(ctx, []string{"acc-a", "acc-b"}, "Caddyfile"); err != nil || added != 0 || skipped != 1 {
 		t.Errorf("EnsureAccessKeys after a delete = %d added, %d skipped, %v; want 0, 1", added, skipped, err)
 	}
-	if aks, _ := s.AccessKeys(ctx); len(aks) != 1 || aks[0].Hash != HashSecret("acc-b") {
+	if aks, _ := s.AccessKeys(ctx); len(aks) != 1 || aks[0].Hash != store.HashSecret("acc-b") {
 		t.Errorf("access keys %+v", aks)
 	}
 	if _, err := s.AddAccessKey(ctx, "acc-a", "panel", ""); err != nil {
@@ -86,7 +88,7 @@ func TestTombstoneOfATrimmedSecret(t *testing.T) {
 	if _, err := s.AddAccessKey(ctx, "acc-a", "panel", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AddAccessKey(ctx, "acc-a ", "again", ""); !errors.Is(err, ErrDuplicate) {
+	if _, err := s.AddAccessKey(ctx, "acc-a ", "again", ""); !errors.Is(err, store.ErrDuplicate) {
 		t.Errorf("second AddAccessKey = %v, want ErrDuplicate", err)
 	}
 	if added, skipped, err := s.EnsureAccessKeys(ctx, []string{"acc-a"}, "Caddyfile"); err != nil || added != 0 || skipped != 0 {

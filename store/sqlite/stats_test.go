@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // usageZones are the zones whose calendars the stats tests follow: DST in both hemispheres and
@@ -38,11 +40,11 @@ func randomTime(rng *rand.Rand) time.Time {
 	ms := toMS(w[0]) + rng.Int64N(w[1].Sub(w[0]).Milliseconds())
 	switch rng.IntN(8) {
 	case 0:
-		ms = slotOf(ms)
+		ms = store.SlotOf(ms)
 	case 1:
-		ms = slotOf(ms) - 1
+		ms = store.SlotOf(ms) - 1
 	case 2:
-		ms = slotOf(ms) + slotMS - 1
+		ms = store.SlotOf(ms) + store.SlotMS - 1
 	}
 	return time.UnixMilli(ms)
 }
@@ -94,7 +96,7 @@ func usageBoundSets(t *testing.T, rng *rand.Rand) [][]time.Time {
 		n := 2 + rng.IntN(40)
 		var b []time.Time
 		for range n {
-			b = append(b, time.UnixMilli(slotOf(toMS(randomTime(rng)))))
+			b = append(b, time.UnixMilli(store.SlotOf(toMS(randomTime(rng)))))
 		}
 		slices.SortFunc(b, func(x, y time.Time) int { return x.Compare(y) })
 		b = slices.CompactFunc(b, func(x, y time.Time) bool { return x.Equal(y) })
@@ -104,7 +106,7 @@ func usageBoundSets(t *testing.T, rng *rand.Rand) [][]time.Time {
 	}
 	for _, b := range sets {
 		for _, x := range b {
-			if !onSlot(x) {
+			if !store.OnSlot(x) {
 				t.Fatalf("bound %v (%s) is not on a slot start", x, x.Location())
 			}
 		}
@@ -114,8 +116,8 @@ func usageBoundSets(t *testing.T, rng *rand.Rand) [][]time.Time {
 
 // usageAnswers is what the stats queries answer for a list of bound sets.
 type usageAnswers struct {
-	buckets [][]Usage
-	models  [][]ModelUsage // per set: limit 0, then limit 2
+	buckets [][]store.Usage
+	models  [][]store.ModelUsage // per set: limit 0, then limit 2
 }
 
 // answerUsage asks UsageBuckets and UsageByModel, or, with raw, the queries over request_logs.
@@ -125,7 +127,7 @@ func answerUsage(t *testing.T, s *Store, sets [][]time.Time, raw bool) usageAnsw
 	var a usageAnswers
 	for _, b := range sets {
 		from, to := b[0], b[len(b)-1]
-		var buckets []Usage
+		var buckets []store.Usage
 		var err error
 		if raw {
 			buckets, err = s.usageBuckets(ctx, b, allUsage.rawBuckets)
@@ -137,7 +139,7 @@ func answerUsage(t *testing.T, s *Store, sets [][]time.Time, raw bool) usageAnsw
 		}
 		a.buckets = append(a.buckets, buckets)
 		for _, limit := range []int{0, 2} {
-			var models []ModelUsage
+			var models []store.ModelUsage
 			if raw {
 				models, err = s.usageByModel(ctx, from, to, limit, allUsage.rawByModel)
 			} else {
@@ -179,12 +181,12 @@ var (
 )
 
 // randomRequest is a request row with a random model, status and token counts.
-func randomRequest(rng *rand.Rand, at time.Time) RequestLog {
+func randomRequest(rng *rand.Rand, at time.Time) store.RequestLog {
 	p, c := rng.Int64N(5000), rng.Int64N(2000)
 	if rng.IntN(5) == 0 {
 		p, c = 0, 0
 	}
-	return RequestLog{
+	return store.RequestLog{
 		Time: at, Model: usageModels[rng.IntN(len(usageModels))], Status: usageStatuses[rng.IntN(len(usageStatuses))],
 		Path: "/v1beta/models/x:generateContent", PromptTokens: p, CandidatesTokens: c, ThoughtsTokens: rng.Int64N(100),
 		TotalTokens: p + c + rng.Int64N(50),
@@ -204,19 +206,19 @@ func TestUsageFromSlotsMatchesRows(t *testing.T) {
 	// Half the rows in a few hot slots (each added to by many batches), half anywhere.
 	hot := make([]int64, 40)
 	for i := range hot {
-		hot[i] = slotOf(toMS(randomTime(rng)))
+		hot[i] = store.SlotOf(toMS(randomTime(rng)))
 	}
 	const rows = 6000
-	var want Usage
+	var want store.Usage
 	keys := map[slotKey]bool{}
 	for i := range rows {
 		at := randomTime(rng)
 		if i%2 == 0 {
-			at = time.UnixMilli(hot[rng.IntN(len(hot))] + rng.Int64N(slotMS))
+			at = time.UnixMilli(hot[rng.IntN(len(hot))] + rng.Int64N(store.SlotMS))
 		}
 		r := randomRequest(rng, at)
 		s.LogRequest(r)
-		keys[slotKey{slotOf(toMS(at)), r.Model}] = true
+		keys[slotKey{store.SlotOf(toMS(at)), r.Model}] = true
 		want.Requests++
 		if r.Status < 200 || r.Status > 399 {
 			want.Failures++
@@ -276,7 +278,7 @@ func TestMigrationSumsLoggedRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	insert := func(r RequestLog) {
+	insert := func(r store.RequestLog) {
 		t.Helper()
 		if _, err := db.Exec(`INSERT INTO request_logs (time, model, status, prompt_tokens, candidates_tokens,
 			thoughts_tokens, total_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)`, toMS(r.Time), r.Model, r.Status,
@@ -287,7 +289,7 @@ func TestMigrationSumsLoggedRows(t *testing.T) {
 	for range 3000 {
 		insert(randomRequest(rng, randomTime(rng)))
 	}
-	for _, ms := range []int64{-1, -slotMS, -slotMS - 1, 1} {
+	for _, ms := range []int64{-1, -store.SlotMS, -store.SlotMS - 1, 1} {
 		insert(randomRequest(rng, time.UnixMilli(ms)))
 	}
 	if err := db.Close(); err != nil {
@@ -296,7 +298,7 @@ func TestMigrationSumsLoggedRows(t *testing.T) {
 
 	s := openTest(t, path, nil, nil)
 	sets := usageBoundSets(t, rng)
-	early := []time.Time{time.UnixMilli(-2 * slotMS), time.UnixMilli(-slotMS), time.UnixMilli(0), time.UnixMilli(slotMS)}
+	early := []time.Time{time.UnixMilli(-2 * store.SlotMS), time.UnixMilli(-store.SlotMS), time.UnixMilli(0), time.UnixMilli(store.SlotMS)}
 	sets = append(sets, early)
 	sameUsage(t, sets, answerUsage(t, s, sets, false), answerUsage(t, s, sets, true))
 	if got, _ := s.UsageBuckets(ctx, early); got[0].Requests != 1 || got[1].Requests != 2 || got[2].Requests != 1 {
@@ -313,10 +315,10 @@ func TestMigrationSumsLoggedRows(t *testing.T) {
 func TestPurgeUsageKeepsSlotsEndingAfterTheCutoff(t *testing.T) {
 	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
 	ctx := context.Background()
-	slot := time.UnixMilli(slotOf(1_750_000_000_000))
-	q := UsageSlot
+	slot := time.UnixMilli(store.SlotOf(1_750_000_000_000))
+	q := store.UsageSlot
 	for _, at := range []time.Time{slot.Add(-2 * q), slot.Add(-q), slot.Add(-time.Millisecond), slot, slot.Add(q / 2), slot.Add(q)} {
-		s.LogRequest(RequestLog{Time: at, Model: "m", Status: 200})
+		s.LogRequest(store.RequestLog{Time: at, Model: "m", Status: 200})
 	}
 	s.Flush()
 	// The slot before cutoff ends at the cutoff and goes; the one holding it stays.
@@ -339,7 +341,7 @@ func TestPurgeUsageKeepsSlotsEndingAfterTheCutoff(t *testing.T) {
 // sums.
 func BenchmarkUsageBuckets(b *testing.B) {
 	s := openTest(b, filepath.Join(b.TempDir(), "d.db"), nil, nil)
-	end := time.UnixMilli(slotOf(1_750_000_000_000))
+	end := time.UnixMilli(store.SlotOf(1_750_000_000_000))
 	start := end.Add(-30 * 24 * time.Hour)
 	const rows = 300000
 	step := end.Sub(start).Milliseconds() / rows
@@ -362,7 +364,7 @@ func BenchmarkUsageBuckets(b *testing.B) {
 	for _, raw := range []bool{true, false} {
 		b.Run(map[bool]string{true: "rows", false: "slots"}[raw], func(b *testing.B) {
 			for b.Loop() {
-				var got []Usage
+				var got []store.Usage
 				var err error
 				if raw {
 					got, err = s.usageBuckets(ctx, bounds, allUsage.rawBuckets)
@@ -379,7 +381,7 @@ func BenchmarkUsageBuckets(b *testing.B) {
 				if n != rows {
 					b.Fatalf("%d rows counted, want %d", n, rows)
 				}
-				var models []ModelUsage
+				var models []store.ModelUsage
 				if raw {
 					models, err = s.usageByModel(ctx, start, end, 50, allUsage.rawByModel)
 				} else {
@@ -420,7 +422,7 @@ func TestUsageBuckets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Usage{
+	want := []store.Usage{
 		{Requests: 2, Failures: 1, PromptTokens: 11, CandidatesTokens: 22, TotalTokens: 33},
 		{Requests: 2, Failures: 1, PromptTokens: 100, CandidatesTokens: 200, TotalTokens: 300},
 	}
@@ -429,7 +431,7 @@ func TestUsageBuckets(t *testing.T) {
 	}
 	// An empty bucket is all zeros.
 	got, err = s.UsageBuckets(ctx, []time.Time{t0.Add(10 * h), t0.Add(11 * h)})
-	if err != nil || len(got) != 1 || got[0] != (Usage{}) {
+	if err != nil || len(got) != 1 || got[0] != (store.Usage{}) {
 		t.Errorf("empty bucket = %+v, %v", got, err)
 	}
 	for _, bad := range [][]time.Time{{t0}, {t0, t0}, {t0.Add(h), t0}} {
