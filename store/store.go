@@ -286,7 +286,8 @@ type Store interface {
 	AccessKeyCounts(ctx context.Context, since time.Time) (map[int64]Counts, error)
 	// PurgeUsage deletes the per-slot sums of the request log (the totals per model and those
 	// per access key) whose quarter hour ended at or before before (one straddling it is
-	// kept), in batches as PurgeRequestLogs does, and returns how many rows it deleted. Callers
-	// pass at least UsageRetention back from now.
+	// kept), in batches as PurgeRequestLogs does, and returns how many sums it deleted: one per
+	// slot and model, and one per slot, access key, model and limit hit. Callers pass at least
+	// UsageRetention back from now.
 	PurgeUsage(ctx context.Context, before time.Time) (int64, error)
 }

@@ -2,9 +2,7 @@ package sqlite
 
 import (
 	"context"
-	"errors"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
@@ -35,30 +33,6 @@ func sameProjects(t testing.TB, got, want map[string]string) {
 		if g, ok := got[k]; !ok || g != v {
 			t.Errorf("labels = %v, want %v", got, want)
 			return
-		}
-	}
-}
-
-func TestCheckProject(t *testing.T) {
-	for _, good := range []string{"", "my-project", "proj_1.eu:2", "578829824020", strings.Repeat("a", store.MaxProjectLen)} {
-		if err := store.CheckProject(good); err != nil {
-			t.Errorf("CheckProject(%q) = %v, want nil", good, err)
-		}
-	}
-	for _, c := range []struct {
-		label string
-		want  error
-	}{
-		{strings.Repeat("a", store.MaxProjectLen+1), store.ErrProjectTooLong},
-		{"my project", store.ErrProjectChars},
-		{" padded", store.ErrProjectChars},
-		{"proj/1", store.ErrProjectChars},
-		{"projé", store.ErrProjectChars},
-		{"a\nb", store.ErrProjectChars},
-		{"<script>", store.ErrProjectChars},
-	} {
-		if err := store.CheckProject(c.label); !errors.Is(err, c.want) {
-			t.Errorf("CheckProject(%q) = %v, want %v", c.label, err, c.want)
 		}
 	}
 }
@@ -111,142 +85,6 @@ func TestMigrationFiveKeepsKeysUnlabelled(t *testing.T) {
 		t.Fatalf("SetKeysProject after migration = %d, %v", n, err)
 	}
 	sameProjects(t, projects(t, s), map[string]string{"old-a": "proj-a", "old-b": ""})
-}
-
-func TestAddLabeledKeys(t *testing.T) {
-	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
-	ctx := context.Background()
-
-	res, err := s.AddLabeledKeys(ctx, []store.NewKey{
-		{Secret: " alpha ", Project: " proj-a "},
-		{Secret: "beta"},
-		{Secret: "gamma", Project: "proj-g"},
-		{Secret: "  "},
-	})
-	if err != nil || res.Added != 3 {
-		t.Fatalf("AddLabeledKeys = %+v, %v; want 3 added", res, err)
-	}
-	if len(res.Relabeled) != 0 {
-		t.Errorf("new keys reported as relabeled: %+v", res.Relabeled)
-	}
-	sameProjects(t, projects(t, s), map[string]string{"alpha": "proj-a", "beta": "", "gamma": "proj-g"})
-
-	// Pasting keys again: a label given sets it, none leaves the old one, the same one is no
-	// change; nothing is added twice.
-	res, err = s.AddLabeledKeys(ctx, []store.NewKey{
-		{Secret: "alpha"},                    // keeps proj-a
-		{Secret: "beta", Project: "proj-b"},  // labelled now
-		{Secret: "gamma", Project: "proj-g"}, // unchanged
-		{Secret: "delta", Project: "proj-b"}, // new
-	})
-	if err != nil || res.Added != 1 {
-		t.Fatalf("second AddLabeledKeys = %+v, %v; want 1 added", res, err)
-	}
-	keys, _ := s.Keys(ctx)
-	if want := []store.KeyProject{{keys[1].ID, "proj-b"}}; !slices.Equal(res.Relabeled, want) {
-		t.Errorf("Relabeled = %+v, want %+v", res.Relabeled, want)
-	}
-	sameProjects(t, projects(t, s), map[string]string{"alpha": "proj-a", "beta": "proj-b", "gamma": "proj-g", "delta": "proj-b"})
-
-	// One bad label: nothing is written.
-	_, err = s.AddLabeledKeys(ctx, []store.NewKey{{Secret: "epsilon", Project: "ok"}, {Secret: "alpha", Project: "bad label"}})
-	if !errors.Is(err, store.ErrProjectChars) {
-		t.Fatalf("bad label: err = %v, want ErrProjectChars", err)
-	}
-	sameProjects(t, projects(t, s), map[string]string{"alpha": "proj-a", "beta": "proj-b", "gamma": "proj-g", "delta": "proj-b"})
-
-	// An operator's add clears a tombstone; the config's add skips it. AddKeys still works.
-	if err := s.DeleteKey(ctx, keys[3].ID); err != nil {
-		t.Fatal(err)
-	}
-	if added, skipped, err := s.AddConfigKeys(ctx, []string{"delta", "zeta"}); err != nil || added != 1 || skipped != 1 {
-		t.Fatalf("AddConfigKeys = %d, %d, %v; want 1 added, 1 skipped", added, skipped, err)
-	}
-	res, err = s.AddLabeledKeys(ctx, []store.NewKey{{Secret: "delta", Project: "proj-d"}})
-	if err != nil || res.Added != 1 {
-		t.Fatalf("re-adding a deleted key = %+v, %v", res, err)
-	}
-	if added, skipped, err := s.AddConfigKeys(ctx, []string{"delta"}); err != nil || added != 0 || skipped != 0 {
-		t.Errorf("AddConfigKeys after the operator's add = %d, %d, %v; want the tombstone gone", added, skipped, err)
-	}
-	if added, err := s.AddKeys(ctx, []string{"eta", "alpha"}); err != nil || added != 1 {
-		t.Fatalf("AddKeys = %d, %v; want 1", added, err)
-	}
-	sameProjects(t, projects(t, s), map[string]string{
-		"alpha": "proj-a", "beta": "proj-b", "gamma": "proj-g", "delta": "proj-d", "zeta": "", "eta": "",
-	})
-}
-
-func TestSetKeysProject(t *testing.T) {
-	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
-	ctx := context.Background()
-	keys := addKeys(t, s, "a", "b", "c")
-	a, b, c := keys[0].ID, keys[1].ID, keys[2].ID
-
-	n, err := s.SetKeysProject(ctx, []int64{a, b, 9999}, " shared ")
-	if err != nil || n != 2 {
-		t.Fatalf("SetKeysProject = %d, %v; want 2 changed", n, err)
-	}
-	sameProjects(t, projects(t, s), map[string]string{"a": "shared", "b": "shared", "c": ""})
-
-	n, err = s.SetKeysProject(ctx, []int64{a, b, c}, "shared")
-	if err != nil || n != 1 {
-		t.Errorf("SetKeysProject with two already labelled = %d, %v; want 1", n, err)
-	}
-
-	for _, bad := range []string{"two words", strings.Repeat("x", 65), "a/b"} {
-		if _, err := s.SetKeysProject(ctx, []int64{a}, bad); err == nil {
-			t.Errorf("SetKeysProject(%q) accepted", bad)
-		}
-	}
-	sameProjects(t, projects(t, s), map[string]string{"a": "shared", "b": "shared", "c": "shared"})
-
-	n, err = s.SetKeysProject(ctx, []int64{b}, "")
-	if err != nil || n != 1 {
-		t.Fatalf("clearing = %d, %v", n, err)
-	}
-	sameProjects(t, projects(t, s), map[string]string{"a": "shared", "b": "", "c": "shared"})
-	if n, err := s.SetKeysProject(ctx, nil, "x"); err != nil || n != 0 {
-		t.Errorf("SetKeysProject(no ids) = %d, %v", n, err)
-	}
-}
-
-// TestSaveKeyProjectFillsOnlyEmptyLabels: the gateway's learned labels are written by the
-// background writer, newest first, never over an operator's label, and survive a restart.
-func TestSaveKeyProjectFillsOnlyEmptyLabels(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "d.db")
-	s := openTest(t, path, nil, nil)
-	ctx := context.Background()
-	keys := addKeys(t, s, "operator", "learned", "cleared")
-	op, learned, cleared := keys[0].ID, keys[1].ID, keys[2].ID
-	if _, err := s.SetKeysProject(ctx, []int64{op}, "by-hand"); err != nil {
-		t.Fatal(err)
-	}
-
-	s.SaveKeyProject(op, "guess")
-	s.SaveKeyProject(learned, "first-guess")
-	s.SaveKeyProject(learned, " projects-578829824020 ") // newest wins, trimmed
-	s.SaveKeyProject(cleared, "bad label")               // ignored
-	s.SaveKeyProject(9999, "gone")                       // a deleted key fails nothing
-	s.LogRequest(store.RequestLog{Status: 200})
-	s.Flush()
-	sameProjects(t, projects(t, s), map[string]string{"operator": "by-hand", "learned": "projects-578829824020", "cleared": ""})
-	if n := countRequests(t, s); n != 1 {
-		t.Errorf("the batch with labels lost its log row: %d rows", n)
-	}
-
-	// Once labelled, a later guess changes nothing either.
-	s.SaveKeyProject(learned, "another")
-	s.Flush()
-	sameProjects(t, projects(t, s), map[string]string{"operator": "by-hand", "learned": "projects-578829824020", "cleared": ""})
-
-	// Written at close, and kept.
-	s.SaveKeyProject(cleared, "late")
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s = openTest(t, path, nil, nil)
-	sameProjects(t, projects(t, s), map[string]string{"operator": "by-hand", "learned": "projects-578829824020", "cleared": "late"})
 }
 
 // TestOperatorLabelDiscardsPendingGuess: a learned label still queued when an operator sets or

@@ -1,19 +1,18 @@
-package sqlite
+package storetest
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
-func TestUploadSessionsAndResources(t *testing.T) {
+func testUploadSessionsAndResources(t *testing.T, o opener) {
 	ctx := context.Background()
-	s, ids := storeWithKeys(t, "key-a", "key-b")
+	s, ids := storeWithKeys(t, o, "key-a", "key-b")
 	a, b := ids[0], ids[1]
 	now := time.Now()
 
@@ -83,10 +82,10 @@ func TestUploadSessionsAndResources(t *testing.T) {
 	}
 }
 
-// A lookup of more names than SQLite binds in one statement still answers (in chunks).
-func TestResourceOwnersManyNames(t *testing.T) {
+// A lookup of more names than a database binds in one statement still answers (in chunks).
+func testResourceOwnersManyNames(t *testing.T, o opener) {
 	ctx := context.Background()
-	s, ids := storeWithKeys(t, "key-a")
+	s, ids := storeWithKeys(t, o, "key-a")
 	var names []string
 	for i := range 40000 {
 		names = append(names, fmt.Sprintf("files/f%d", i))
@@ -100,22 +99,53 @@ func TestResourceOwnersManyNames(t *testing.T) {
 	}
 }
 
-// storeWithKeys opens a store in a new file holding the given upstream keys, and returns it
-// with their ids in the same order.
-func storeWithKeys(t *testing.T, secrets ...string) (*Store, []int64) {
-	t.Helper()
+// AddNewResources records unknown names and names whose row expired, and leaves a live
+// owner (pool key, access key and expiry) alone, while AddResources replaces it.
+func testAddNewResourcesKeepsKnownOwners(t *testing.T, o opener) {
 	ctx := context.Background()
-	s := openTest(t, filepath.Join(t.TempDir(), "r.db"), nil, nil)
-	if _, err := s.AddKeys(ctx, secrets); err != nil {
+	s, ids := storeWithKeys(t, o, "key-a", "key-b")
+	a, b := ids[0], ids[1]
+	now := time.Now()
+	live, forever := now.Add(time.Hour), time.Time{}
+	if err := s.AddResources(ctx,
+		store.Resource{Name: "files/live", KeyID: a, AccessKeyID: 11, ExpiresAt: live},
+		store.Resource{Name: "tunedModels/forever", KeyID: a, ExpiresAt: forever},
+		store.Resource{Name: "files/expired", KeyID: a, AccessKeyID: 11, CreatedAt: now.Add(-3 * time.Hour), ExpiresAt: now.Add(-time.Hour)},
+	); err != nil {
 		t.Fatal(err)
 	}
-	keys, err := s.Keys(ctx)
-	if err != nil || len(keys) != len(secrets) {
-		t.Fatalf("keys %v, %v", keys, err)
+	later := now.Add(48 * time.Hour)
+	if err := s.AddNewResources(ctx, now,
+		store.Resource{Name: "files/live", KeyID: b, AccessKeyID: 22, ExpiresAt: later},
+		store.Resource{Name: "tunedModels/forever", KeyID: b, AccessKeyID: 22, ExpiresAt: later},
+		store.Resource{Name: "files/expired", KeyID: b, AccessKeyID: 22, CreatedAt: now, ExpiresAt: later},
+		store.Resource{Name: "files/new", KeyID: b, AccessKeyID: 22, ExpiresAt: later},
+	); err != nil {
+		t.Fatal(err)
 	}
-	ids := make([]int64, len(keys))
-	for i, k := range keys {
-		ids[i] = k.ID
+	names := []string{"files/live", "tunedModels/forever", "files/expired", "files/new"}
+	owners, err := s.ResourceOwners(ctx, names, now)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return s, ids
+	want := map[string]store.Owner{"files/live": {KeyID: a, AccessKeyID: 11}, "tunedModels/forever": {KeyID: a, AccessKeyID: 0}, "files/expired": {KeyID: b, AccessKeyID: 22}, "files/new": {KeyID: b, AccessKeyID: 22}}
+	for _, n := range names {
+		if owners[n] != want[n] {
+			t.Errorf("%s owned by %+v, want %+v", n, owners[n], want[n])
+		}
+	}
+	// The live row kept its expiry: gone after it, not after the rejected one.
+	if owners, err := s.ResourceOwners(ctx, []string{"files/live"}, live.Add(time.Minute)); err != nil || len(owners) != 0 {
+		t.Errorf("files/live after its own expiry: %v, %v", owners, err)
+	}
+	if err := s.AddNewResources(ctx, now); err != nil {
+		t.Errorf("no resources: %v", err)
+	}
+	// AddResources still replaces.
+	if err := s.AddResources(ctx, store.Resource{Name: "files/live", KeyID: b, AccessKeyID: 22, ExpiresAt: later}); err != nil {
+		t.Fatal(err)
+	}
+	if owners, err := s.ResourceOwners(ctx, []string{"files/live"}, now); err != nil || owners["files/live"] != (store.Owner{KeyID: b, AccessKeyID: 22}) {
+		t.Errorf("AddResources did not replace: %v, %v", owners, err)
+	}
 }
