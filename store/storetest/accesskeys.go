@@ -1,30 +1,32 @@
-package store
+package storetest
 
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // accessKeyBySecret returns the stored access key of secret, failing the test if there is none.
-func accessKeyBySecret(t *testing.T, s *Store, secret string) AccessKey {
+func accessKeyBySecret(t *testing.T, s store.Store, secret string) store.AccessKey {
 	t.Helper()
 	list, err := s.AccessKeys(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, k := range list {
-		if k.Hash == HashSecret(secret) {
+		if k.Hash == store.HashSecret(secret) {
 			return k
 		}
 	}
 	t.Fatalf("access key %q not stored (have %+v)", secret, list)
-	return AccessKey{}
+	return store.AccessKey{}
 }
 
 // wantAccessKey fails the test unless secret's access key has label and policy.
-func wantAccessKey(t *testing.T, s *Store, secret, label, policy string) {
+func wantAccessKey(t *testing.T, s store.Store, secret, label, policy string) {
 	t.Helper()
 	k := accessKeyBySecret(t, s, secret)
 	if k.Label != label || k.Policy != policy {
@@ -34,10 +36,9 @@ func wantAccessKey(t *testing.T, s *Store, secret, label, policy string) {
 
 func ptr(s string) *string { return &s }
 
-func TestAccessKeyPolicyAndPanelEdits(t *testing.T) {
+func testAccessKeyPolicyAndPanelEdits(t *testing.T, o opener) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "d.db")
-	s := openTest(t, path, nil, nil)
+	s := o.open(t)
 	const p1, p2 = `{"rpm":60}`, `{"models":["gemini-2.5-*"],"token_budget":{"limit":1000,"period":"daily"}}`
 	id, err := s.AddAccessKey(ctx, "sk-one", "alice", p1)
 	if err != nil {
@@ -51,14 +52,14 @@ func TestAccessKeyPolicyAndPanelEdits(t *testing.T) {
 	wantAccessKey(t, s, "sk-two", "bob", "")
 
 	steps := []struct {
-		u             AccessKeyUpdate
+		u             store.AccessKeyUpdate
 		label, policy string
 	}{
-		{AccessKeyUpdate{Policy: ptr(p2)}, "alice", p2},
-		{AccessKeyUpdate{Label: ptr("alice (team)")}, "alice (team)", p2},
-		{AccessKeyUpdate{}, "alice (team)", p2},
-		{AccessKeyUpdate{Label: ptr(""), Policy: ptr("")}, "", ""},
-		{AccessKeyUpdate{Label: ptr("al"), Policy: ptr(p1)}, "al", p1},
+		{store.AccessKeyUpdate{Policy: ptr(p2)}, "alice", p2},
+		{store.AccessKeyUpdate{Label: ptr("alice (team)")}, "alice (team)", p2},
+		{store.AccessKeyUpdate{}, "alice (team)", p2},
+		{store.AccessKeyUpdate{Label: ptr(""), Policy: ptr("")}, "", ""},
+		{store.AccessKeyUpdate{Label: ptr("al"), Policy: ptr(p1)}, "al", p1},
 	}
 	for _, st := range steps {
 		if err := s.UpdateAccessKey(ctx, id, st.u); err != nil {
@@ -68,15 +69,15 @@ func TestAccessKeyPolicyAndPanelEdits(t *testing.T) {
 	}
 	wantAccessKey(t, s, "sk-two", "bob", "") // the other key is untouched
 
-	for _, u := range []AccessKeyUpdate{{}, {Label: ptr("x")}, {Policy: ptr(p1)}} {
-		if err := s.UpdateAccessKey(ctx, other+100, u); !errors.Is(err, ErrNotFound) {
+	for _, u := range []store.AccessKeyUpdate{{}, {Label: ptr("x")}, {Policy: ptr(p1)}} {
+		if err := s.UpdateAccessKey(ctx, other+100, u); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("UpdateAccessKey(unknown id, %+v) = %v, want ErrNotFound", u, err)
 		}
 	}
 	if err := s.DeleteAccessKey(ctx, other); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.UpdateAccessKey(ctx, other, AccessKeyUpdate{Label: ptr("x")}); !errors.Is(err, ErrNotFound) {
+	if err := s.UpdateAccessKey(ctx, other, store.AccessKeyUpdate{Label: ptr("x")}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("UpdateAccessKey(deleted) = %v, want ErrNotFound", err)
 	}
 
@@ -84,32 +85,31 @@ func TestAccessKeyPolicyAndPanelEdits(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s = openTest(t, path, nil, nil)
+	s = o.open(t)
 	wantAccessKey(t, s, "sk-one", "al", p1)
 }
 
-// TestApplyConfigAccessKeysNewerEditWins walks the life of a Caddyfile access_key entry: added
+// testApplyConfigAccessKeysNewerEditWins walks the life of a Caddyfile access_key entry: added
 // from the config, edited in the panel, the same config loaded again (the edit stays), the
 // config changed (the change wins, field by field), and deleted in the panel (it stays deleted).
-func TestApplyConfigAccessKeysNewerEditWins(t *testing.T) {
+func testApplyConfigAccessKeysNewerEditWins(t *testing.T, o opener) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "d.db")
-	s := openTest(t, path, nil, nil)
+	s := o.open(t)
 	const pA, pB, pC = `{"rpm":10}`, `{"rpm":20}`, `{"rpd":5}`
-	apply := func(wantAdded, wantSkipped int, keys ...ConfigAccessKey) {
+	apply := func(wantAdded, wantSkipped int, keys ...store.ConfigAccessKey) {
 		t.Helper()
 		added, skipped, err := s.ApplyConfigAccessKeys(ctx, keys)
 		if err != nil || added != wantAdded || skipped != wantSkipped {
 			t.Fatalf("ApplyConfigAccessKeys = %d added, %d skipped, %v; want %d, %d", added, skipped, err, wantAdded, wantSkipped)
 		}
 	}
-	config := []ConfigAccessKey{{" sk-a\t", "team-a", pA}, {"sk-b", "team-b", ""}, {"  ", "blank", pA}}
+	config := []store.ConfigAccessKey{{Secret: " sk-a\t", Label: "team-a", Policy: pA}, {Secret: "sk-b", Label: "team-b", Policy: ""}, {Secret: "  ", Label: "blank", Policy: pA}}
 	apply(2, 0, config...)
 	wantAccessKey(t, s, "sk-a", "team-a", pA)
 	wantAccessKey(t, s, "sk-b", "team-b", "")
 
 	a := accessKeyBySecret(t, s, "sk-a")
-	if err := s.UpdateAccessKey(ctx, a.ID, AccessKeyUpdate{Label: ptr("panel-a"), Policy: ptr(pB)}); err != nil {
+	if err := s.UpdateAccessKey(ctx, a.ID, store.AccessKeyUpdate{Label: ptr("panel-a"), Policy: ptr(pB)}); err != nil {
 		t.Fatal(err)
 	}
 	// A reload (or restart) with the same Caddyfile keeps the panel's edit.
@@ -118,7 +118,7 @@ func TestApplyConfigAccessKeysNewerEditWins(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s = openTest(t, path, nil, nil)
+	s = o.open(t)
 	apply(0, 0, config...)
 	wantAccessKey(t, s, "sk-a", "panel-a", pB)
 
@@ -135,7 +135,7 @@ func TestApplyConfigAccessKeysNewerEditWins(t *testing.T) {
 	apply(0, 0, config...)
 	wantAccessKey(t, s, "sk-a", "team-a2", "")
 	// An edit in the panel after that is kept again.
-	if err := s.UpdateAccessKey(ctx, a.ID, AccessKeyUpdate{Policy: ptr(pA)}); err != nil {
+	if err := s.UpdateAccessKey(ctx, a.ID, store.AccessKeyUpdate{Policy: ptr(pA)}); err != nil {
 		t.Fatal(err)
 	}
 	apply(0, 0, config...)
@@ -152,7 +152,7 @@ func TestApplyConfigAccessKeysNewerEditWins(t *testing.T) {
 	if _, _, err := s.EnsureAccessKeys(ctx, []string{"sk-d"}, "Caddyfile"); err != nil {
 		t.Fatal(err)
 	}
-	config = append(config, ConfigAccessKey{"sk-c", "config-c", pC}, ConfigAccessKey{"sk-d", "config-d", pA})
+	config = append(config, store.ConfigAccessKey{Secret: "sk-c", Label: "config-c", Policy: pC}, store.ConfigAccessKey{Secret: "sk-d", Label: "config-d", Policy: pA})
 	apply(0, 0, config...)
 	wantAccessKey(t, s, "sk-c", "config-c", pC)
 	wantAccessKey(t, s, "sk-d", "config-d", pA)
@@ -163,7 +163,7 @@ func TestApplyConfigAccessKeysNewerEditWins(t *testing.T) {
 	wantAccessKey(t, s, "sk-d", "config-d", pA)
 
 	// A secret listed twice ends with its later entry.
-	apply(1, 0, ConfigAccessKey{"sk-e", "first", pA}, ConfigAccessKey{"sk-e", "second", pB})
+	apply(1, 0, store.ConfigAccessKey{Secret: "sk-e", Label: "first", Policy: pA}, store.ConfigAccessKey{Secret: "sk-e", Label: "second", Policy: pB})
 	wantAccessKey(t, s, "sk-e", "second", pB)
 
 	// Deleted in the panel: skipped, with or without other changes, also after a restart.
@@ -177,7 +177,7 @@ func TestApplyConfigAccessKeysNewerEditWins(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s = openTest(t, path, nil, nil)
+	s = o.open(t)
 	apply(0, 1, config...)
 	if list, _ := s.AccessKeys(ctx); len(list) != 4 {
 		t.Errorf("access keys %+v; want sk-a, sk-c, sk-d and sk-e", list)
@@ -193,12 +193,11 @@ func TestApplyConfigAccessKeysNewerEditWins(t *testing.T) {
 	}
 }
 
-// TestAccessKeyIDsAreNotReused: a key added after the one with the highest id was deleted gets
+// testAccessKeyIDsAreNotReused: a key added after the one with the highest id was deleted gets
 // a new id, so it inherits neither the deleted key's resources nor its usage.
-func TestAccessKeyIDsAreNotReused(t *testing.T) {
+func testAccessKeyIDsAreNotReused(t *testing.T, o opener) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "d.db")
-	s := openTest(t, path, nil, nil)
+	s := o.open(t)
 	first, err := s.AddAccessKey(ctx, "sk-1", "", "")
 	if err != nil {
 		t.Fatal(err)
@@ -213,16 +212,70 @@ func TestAccessKeyIDsAreNotReused(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s = openTest(t, path, nil, nil)
+	s = o.open(t)
 	next, err := s.AddAccessKey(ctx, "sk-3", "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if added, _, err := s.ApplyConfigAccessKeys(ctx, []ConfigAccessKey{{"sk-4", "c", ""}}); err != nil || added != 1 {
+	if added, _, err := s.ApplyConfigAccessKeys(ctx, []store.ConfigAccessKey{{Secret: "sk-4", Label: "c", Policy: ""}}); err != nil || added != 1 {
 		t.Fatalf("ApplyConfigAccessKeys = %d, %v", added, err)
 	}
 	fromConfig := accessKeyBySecret(t, s, "sk-4").ID
 	if !(first < last && last < next && next < fromConfig) {
 		t.Errorf("ids %d, %d (deleted), then %d and %d: an id was reused", first, last, next, fromConfig)
+	}
+}
+
+// testAccessKeys: access keys are added by hand (once: ErrDuplicate after trimming) or from the
+// config, stored by hash, listed in id order with the time of their last request, enabled and
+// disabled; unknown ids are ErrNotFound.
+func testAccessKeys(t *testing.T, o opener) {
+	ctx := context.Background()
+	s := o.open(t)
+	const secret1, secret2 = "sk-client-one-0123456789abcdef", "sk-client-two-fedcba9876543210"
+
+	id, err := s.AddAccessKey(ctx, secret1, "alice", "")
+	if err != nil || id == 0 {
+		t.Fatalf("AddAccessKey = %d, %v", id, err)
+	}
+	if _, err := s.AddAccessKey(ctx, " "+secret1+" ", "again", ""); !errors.Is(err, store.ErrDuplicate) {
+		t.Errorf("duplicate AddAccessKey = %v, want ErrDuplicate", err)
+	}
+	if _, err := s.AddAccessKey(ctx, " ", "blank", ""); err == nil {
+		t.Error("empty access key accepted")
+	}
+	added, _, err := s.EnsureAccessKeys(ctx, []string{secret1, "", secret2, secret2}, "caddyfile")
+	if err != nil || added != 1 {
+		t.Fatalf("EnsureAccessKeys = %d, %v; want 1", added, err)
+	}
+	s.LogRequest(store.RequestLog{Time: time.UnixMilli(1_700_000_000_123), AccessKeyID: id, Status: 200})
+	s.Flush()
+
+	list, err := s.AccessKeys(ctx)
+	if err != nil || len(list) != 2 {
+		t.Fatalf("AccessKeys = %+v, %v", list, err)
+	}
+	if list[0].ID != id || list[0].Hash != store.HashSecret(secret1) || list[0].Label != "alice" || !list[0].Enabled {
+		t.Errorf("first access key = %+v", list[0])
+	}
+	if !list[0].LastUsedAt.Equal(time.UnixMilli(1_700_000_000_123)) {
+		t.Errorf("LastUsedAt = %v", list[0].LastUsedAt)
+	}
+	if list[1].Hash != store.HashSecret(secret2) || list[1].Label != "caddyfile" || !list[1].LastUsedAt.IsZero() {
+		t.Errorf("second access key = %+v", list[1])
+	}
+
+	if err := s.SetAccessKeyEnabled(ctx, list[1].ID, false); err != nil {
+		t.Fatal(err)
+	}
+	list, _ = s.AccessKeys(ctx)
+	if list[1].Enabled {
+		t.Error("access key still enabled")
+	}
+	if err := s.SetAccessKeyEnabled(ctx, 9999, true); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("SetAccessKeyEnabled(missing) = %v", err)
+	}
+	if err := s.DeleteAccessKey(ctx, 9999); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("DeleteAccessKey(missing) = %v", err)
 	}
 }

@@ -1,19 +1,16 @@
-package store
+package storetest
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
-func TestSettingsNewerEditWins(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "d.db")
+func testSettingsNewerEditWins(t *testing.T, o opener) {
 	ctx := context.Background()
-	s, err := Open(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	setting := func(s *Store) string {
+	s := o.open(t)
+	setting := func(s store.Store) string {
 		t.Helper()
 		m, err := s.Settings(ctx)
 		if err != nil {
@@ -21,7 +18,7 @@ func TestSettingsNewerEditWins(t *testing.T) {
 		}
 		return m["max_retries"]
 	}
-	apply := func(s *Store, v string, want bool) {
+	apply := func(s store.Store, v string, want bool) {
 		t.Helper()
 		applied, err := s.ApplyConfigSetting(ctx, "max_retries", v)
 		if err != nil {
@@ -47,7 +44,7 @@ func TestSettingsNewerEditWins(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s = openTest(t, path, nil, nil)
+	s = o.open(t)
 	apply(s, "A", false)
 	if got := setting(s); got != "B" {
 		t.Fatalf("restart with unchanged Caddyfile A: %q, want the admin's B", got)
@@ -70,8 +67,8 @@ func TestSettingsNewerEditWins(t *testing.T) {
 	}
 }
 
-func TestSetSettingsIsAPanelEdit(t *testing.T) {
-	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
+func testSetSettingsIsAPanelEdit(t *testing.T, o opener) {
+	s := o.open(t)
 	ctx := context.Background()
 	if _, err := s.ApplyConfigSetting(ctx, "max_retries", "3"); err != nil {
 		t.Fatal(err)

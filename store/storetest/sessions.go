@@ -1,15 +1,14 @@
-package store
+package storetest
 
 import (
 	"context"
 	"crypto/sha256"
-	"path/filepath"
 	"testing"
 	"time"
 )
 
-func TestSessionsLifecycle(t *testing.T) {
-	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
+func testSessionsLifecycle(t *testing.T, o opener) {
+	s := o.open(t)
 	ctx := context.Background()
 	now := time.UnixMilli(1_750_000_000_000)
 	a, b, c := sha256.Sum256([]byte("a")), sha256.Sum256([]byte("b")), sha256.Sum256([]byte("c"))
@@ -51,7 +50,31 @@ func TestSessionsLifecycle(t *testing.T) {
 	if n, err := s.DeleteSessionsExcept(ctx, [32]byte{}); err != nil || n != 1 {
 		t.Fatalf("DeleteSessionsExcept(zero) = %d, %v; want 1", n, err)
 	}
-	if n := countRows(t, s, "sessions"); n != 0 {
-		t.Errorf("%d sessions left", n)
+	if _, ok, _ := s.SessionExpiry(ctx, a, now); ok {
+		t.Error("a session survived the end of them all")
+	}
+}
+
+func testPurgeSessionsDropsExpiredOnly(t *testing.T, o opener) {
+	s := o.open(t)
+	ctx := context.Background()
+	now := time.UnixMilli(1_750_000_000_000)
+	var hashes [][32]byte
+	for i, exp := range []time.Time{now.Add(-24 * time.Hour), now.Add(-time.Millisecond), now, now.Add(time.Millisecond), now.Add(time.Hour)} {
+		h := sha256.Sum256([]byte{byte(i)})
+		hashes = append(hashes, h)
+		if err := s.CreateSession(ctx, h, exp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := s.PurgeSessions(ctx, now)
+	if err != nil || n != 3 {
+		t.Fatalf("PurgeSessions = %d, %v; want 3 (expired before or at now)", n, err)
+	}
+	// Asked as of two days earlier, when all were live: only the 2 not expired at now are left.
+	for i, h := range hashes {
+		if _, ok, err := s.SessionExpiry(ctx, h, now.Add(-48*time.Hour)); err != nil || ok != (i >= 3) {
+			t.Errorf("session %d after the purge: stored %v, %v; want %v", i, ok, err, i >= 3)
+		}
 	}
 }

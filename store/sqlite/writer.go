@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -8,69 +8,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"go.uber.org/zap"
-)
 
-// statusClientClosed is the status the gateway logs for a request whose client went away
-// before its answer (nginx's 499).
-const statusClientClosed = 499
-
-// RequestLog is one client request, written asynchronously by LogRequest.
-type RequestLog struct {
-	Time        time.Time
-	AccessKeyID int64 // 0 = none
-	KeyID       int64 // upstream key of the last attempt, 0 = none
-	Method      string
-	Path        string // truncated to 1000 bytes
-	Model       string
-	Stream      bool
-	Status      int
-	Attempts    int
-	Latency     time.Duration
-	TTFB        time.Duration
-
-	PromptTokens     int64
-	CandidatesTokens int64
-	ThoughtsTokens   int64
-	TotalTokens      int64
-
-	Error string // already masked by the caller; truncated to 1000 bytes
-
-	// LimitHit is the access-key limit that refused the request (rpm, rpd, tpm, token_budget,
-	// concurrency, models or expired), empty when none did; truncated to 32 bytes.
-	LimitHit string
-}
-
-// ErrorLog is one failed upstream attempt, written asynchronously by LogError.
-type ErrorLog struct {
-	Time        time.Time
-	KeyID       int64
-	AccessKeyID int64
-	Model       string
-	Path        string // truncated to 1000 bytes
-	Status      int
-	Message     string // already masked by the caller; truncated to 1000 bytes
-}
-
-// KeyState is the latest runtime state of an upstream key as the pool sees it. Only the newest
-// state per key is written. A key disabled by an operator keeps its status and reason.
-type KeyState struct {
-	KeyID     int64
-	Disabled  bool
-	Reason    string // ignored unless Disabled
-	Failures  int
-	LastError string
-}
-
-// Limits of the text stored in log rows.
-const (
-	maxTextLen   = 1000
-	maxPathLen   = 1000
-	maxModelLen  = 200
-	maxMethodLen = 32
-	maxLimitLen  = 32
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // maxAttempts bounds retries of a batch failing for a reason other than a busy database; such a
@@ -79,15 +20,15 @@ const maxAttempts = 10
 
 // LogRequest queues r for writing and returns at once. If the queue is full, or the store is
 // closed, the row is dropped, counted (see Dropped) and a warning logged (at most once a second).
-func (s *Store) LogRequest(r RequestLog) {
+func (s *Store) LogRequest(r store.RequestLog) {
 	s.w.enqueue(entry{
 		kind:        kindRequest,
 		time:        toMS(r.Time),
 		accessKeyID: r.AccessKeyID,
 		keyID:       r.KeyID,
-		method:      truncate(r.Method, maxMethodLen),
-		path:        truncate(r.Path, maxPathLen),
-		model:       truncate(r.Model, maxModelLen),
+		method:      store.Truncate(r.Method, store.MaxMethodLen),
+		path:        store.Truncate(r.Path, store.MaxPathLen),
+		model:       store.Truncate(r.Model, store.MaxModelLen),
 		stream:      r.Stream,
 		status:      int32(r.Status),
 		attempts:    int32(r.Attempts),
@@ -97,28 +38,28 @@ func (s *Store) LogRequest(r RequestLog) {
 		candidates:  r.CandidatesTokens,
 		thoughts:    r.ThoughtsTokens,
 		total:       r.TotalTokens,
-		text:        truncate(r.Error, maxTextLen),
-		limitHit:    truncate(r.LimitHit, maxLimitLen),
+		text:        store.Truncate(r.Error, store.MaxTextLen),
+		limitHit:    store.Truncate(r.LimitHit, store.MaxLimitLen),
 	})
 }
 
 // LogError queues e for writing and returns at once, under the same rules as LogRequest.
-func (s *Store) LogError(e ErrorLog) {
+func (s *Store) LogError(e store.ErrorLog) {
 	s.w.enqueue(entry{
 		kind:        kindError,
 		time:        toMS(e.Time),
 		keyID:       e.KeyID,
 		accessKeyID: e.AccessKeyID,
-		model:       truncate(e.Model, maxModelLen),
-		path:        truncate(e.Path, maxPathLen),
+		model:       store.Truncate(e.Model, store.MaxModelLen),
+		path:        store.Truncate(e.Path, store.MaxPathLen),
 		status:      int32(e.Status),
-		text:        truncate(e.Message, maxTextLen),
+		text:        store.Truncate(e.Message, store.MaxTextLen),
 	})
 }
 
 // SaveKeyState records k for writing and returns at once. States are kept per key, newest
 // wins, and are never dropped.
-func (s *Store) SaveKeyState(k KeyState) {
+func (s *Store) SaveKeyState(k store.KeyState) {
 	w := s.w
 	w.stateMu.Lock()
 	w.states[k.KeyID] = k
@@ -128,7 +69,7 @@ func (s *Store) SaveKeyState(k KeyState) {
 
 // SaveCooldown records c for writing and returns at once. Cooldowns are kept per key and
 // model, newest wins, and are never dropped. A cooldown for a deleted key is ignored.
-func (s *Store) SaveCooldown(c Cooldown) {
+func (s *Store) SaveCooldown(c store.Cooldown) {
 	w := s.w
 	w.stateMu.Lock()
 	w.cooldowns[cooldownKey{c.KeyID, c.Model}] = toMS(c.Until)
@@ -239,10 +180,10 @@ type writer struct {
 	commitMu sync.Mutex
 
 	stateMu     sync.Mutex
-	states      map[int64]KeyState    // saved, not yet taken
-	cooldowns   map[cooldownKey]int64 // saved, not yet taken
-	projects    map[int64]string      // learned project labels, saved, not yet taken
-	inStates    map[int64]KeyState    // taken by the batch being written
+	states      map[int64]store.KeyState // saved, not yet taken
+	cooldowns   map[cooldownKey]int64    // saved, not yet taken
+	projects    map[int64]string         // learned project labels, saved, not yet taken
+	inStates    map[int64]store.KeyState // taken by the batch being written
 	inCooldowns map[cooldownKey]int64
 	inProjects  map[int64]string
 
@@ -250,12 +191,12 @@ type writer struct {
 	giveUpAt    time.Time // set once Close is waiting: failing batches are dropped after it
 	rows        []entry
 	flushes     []chan struct{}
-	stateBuf    []KeyState
+	stateBuf    []store.KeyState
 	coolBuf     []cooldownRow
-	projBuf     []KeyProject
+	projBuf     []store.KeyProject
 	keyUsage    map[int64]keyUsage
-	slotUse     map[slotKey]Usage
-	accessSlots map[accessSlotKey]Usage // the batch's sums for access_key_usage
+	slotUse     map[slotKey]store.Usage
+	accessSlots map[accessSlotKey]store.Usage // the batch's sums for access_key_usage
 	args        []any
 	reqs        []*entry
 	errs        []*entry
@@ -271,17 +212,17 @@ func newWriter(db *sql.DB, logger *zap.Logger, o options) *writer {
 		nudge:       make(chan struct{}, 1),
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
-		states:      make(map[int64]KeyState),
+		states:      make(map[int64]store.KeyState),
 		cooldowns:   make(map[cooldownKey]int64),
-		inStates:    make(map[int64]KeyState),
+		inStates:    make(map[int64]store.KeyState),
 		inCooldowns: make(map[cooldownKey]int64),
 		projects:    make(map[int64]string),
 		inProjects:  make(map[int64]string),
 		rows:        make([]entry, 0, o.batchSize),
 		keyUsage:    make(map[int64]keyUsage),
-		slotUse:     make(map[slotKey]Usage),
+		slotUse:     make(map[slotKey]store.Usage),
 		accessUse:   make(map[int64]int64),
-		accessSlots: make(map[accessSlotKey]Usage),
+		accessSlots: make(map[accessSlotKey]store.Usage),
 	}
 	if o.paused {
 		w.gate = make(chan struct{})
@@ -524,7 +465,7 @@ func (w *writer) commit() error {
 	}
 	w.projBuf = w.projBuf[:0]
 	for id, project := range w.inProjects {
-		w.projBuf = append(w.projBuf, KeyProject{KeyID: id, Project: project})
+		w.projBuf = append(w.projBuf, store.KeyProject{KeyID: id, Project: project})
 	}
 	w.stateMu.Unlock()
 
@@ -612,7 +553,7 @@ func (w *writer) commitTx() (err error) {
 			reqs = append(reqs, e)
 			// The request rows' sums per slot and model go in with them (schema step 4), and
 			// per slot, access key, model and limit hit (step 6).
-			slot := slotOf(e.time)
+			slot := store.SlotOf(e.time)
 			k := slotKey{slot, e.model}
 			w.slotUse[k] = e.addTo(w.slotUse[k])
 			if e.accessKeyID != 0 {
@@ -621,7 +562,7 @@ func (w *writer) commitTx() (err error) {
 			}
 			// A failed final attempt has its own error row, which counts it; only an attempt
 			// that got an answer (or was cut short by the client) counts here.
-			if e.keyID != 0 && (e.status < 400 || e.status == statusClientClosed) {
+			if e.keyID != 0 && (e.status < 400 || e.status == store.StatusClientClosed) {
 				u := w.keyUsage[e.keyID]
 				u.requests++
 				u.lastUsed = max(u.lastUsed, e.time)
@@ -705,7 +646,7 @@ func (w *writer) commitTx() (err error) {
 				reason = k.Reason
 			}
 			if _, err := stmt.ExecContext(ctx, k.Disabled, k.Disabled, reason, k.Failures,
-				truncate(k.LastError, maxTextLen), k.KeyID); err != nil {
+				store.Truncate(k.LastError, store.MaxTextLen), k.KeyID); err != nil {
 				return err
 			}
 		}
@@ -749,9 +690,9 @@ func appendRequest(args []any, e *entry) []any {
 }
 
 // addTo returns u with the request row e added (a failure when its status is not 2xx or 3xx).
-func (e *entry) addTo(u Usage) Usage {
+func (e *entry) addTo(u store.Usage) store.Usage {
 	u.Requests++
-	if failed(e.status) {
+	if store.Failed(int(e.status)) {
 		u.Failures++
 	}
 	u.PromptTokens += e.prompt
@@ -811,16 +752,4 @@ func insertSQL(prefix string, columns, n int) string {
 		b.WriteString(group)
 	}
 	return b.String()
-}
-
-// truncate cuts s to at most n bytes on a UTF-8 boundary. A cut string is copied, so a huge
-// original is not kept alive by the queue.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return strings.Clone(s[:n])
 }

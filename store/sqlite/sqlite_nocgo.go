@@ -1,6 +1,6 @@
 //go:build !cgo
 
-package store
+package sqlite
 
 // Without cgo, mattn/go-sqlite3 is a stub whose Open fails with a message naming
 // CGO_ENABLED=1; these exist so that such a binary still builds and says so at start.

@@ -1,9 +1,11 @@
-package store
+package sqlite
 
 import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 const (
@@ -48,26 +50,14 @@ func (s *Store) PurgeCooldowns(ctx context.Context, now time.Time) (int64, error
 		toMS(now), purgeBatch, purgePause)
 }
 
-// UsageRetention is how long the per-slot sums of the request log (see UsageSlot) are kept at
-// least: a year and a month, so the dashboard's figures outlive the request rows. They are
-// small, a row per quarter hour and model used in it (and per access key, for the sums of
-// each access key's usage).
-const UsageRetention = 400 * 24 * time.Hour
-
-// budgetHistory is how far back AccessKeyCounts must see for a start to restore the longest
-// token budget period, a month. The sums per access key are kept for UsageRetention (or
-// longer, with a longer request_log_retention), which this checks at compile time: if
-// UsageRetention were shorter, PurgeUsage would have to keep them for budgetHistory.
-const budgetHistory = 32 * 24 * time.Hour
-
-const _ = uint64(UsageRetention - budgetHistory) // does not compile if UsageRetention < budgetHistory
+const _ = uint64(store.UsageRetention - store.BudgetHistory) // does not compile if UsageRetention < budgetHistory
 
 // PurgeUsage deletes the per-slot sums of the request log (the totals per model and those per
 // access key) whose quarter hour ended at or before before (one straddling it is kept), in
 // batches as PurgeRequestLogs does, and returns how many rows it deleted. Callers pass at least
 // UsageRetention back from now.
 func (s *Store) PurgeUsage(ctx context.Context, before time.Time) (int64, error) {
-	cutoff := toMS(before) - slotMS
+	cutoff := toMS(before) - store.SlotMS
 	n, err := s.purge(ctx, "usage",
 		`DELETE FROM request_usage WHERE (slot, model) IN (SELECT slot, model FROM request_usage WHERE slot <= ? LIMIT ?)`,
 		cutoff, purgeBatch, purgePause)

@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"cmp"
@@ -11,13 +11,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // rollupRow is one row of access_key_usage, or of the same sums computed from request_logs.
 type rollupRow struct {
 	slot, accessKeyID int64
 	model, limitHit   string
-	u                 Usage
+	u                 store.Usage
 }
 
 func queryRollup(t testing.TB, db *sql.DB, query string) []rollupRow {
@@ -55,7 +57,7 @@ func checkRollup(t testing.TB, db *sql.DB) {
 		t.Fatal(err)
 	}
 	defer rows.Close()
-	sums := map[accessSlotKey]Usage{}
+	sums := map[accessSlotKey]store.Usage{}
 	for rows.Next() {
 		var at int64
 		var k accessSlotKey
@@ -63,7 +65,7 @@ func checkRollup(t testing.TB, db *sql.DB) {
 		if err := rows.Scan(&at, &k.accessKeyID, &k.model, &k.limitHit, &e.status, &e.prompt, &e.candidates, &e.total); err != nil {
 			t.Fatal(err)
 		}
-		k.slot = slotOf(at)
+		k.slot = store.SlotOf(at)
 		sums[k] = e.addTo(sums[k])
 	}
 	if err := rows.Err(); err != nil {
@@ -93,7 +95,7 @@ var usageLimits = []string{"rpm", "rpd", "tpm", "token_budget", "concurrency", "
 
 // randomKeyRequest is randomRequest by access key 0 to 4; about one in five of those with a key
 // is refused by a limit (no tokens, a 429, 403 or 401).
-func randomKeyRequest(rng *rand.Rand, at time.Time) RequestLog {
+func randomKeyRequest(rng *rand.Rand, at time.Time) store.RequestLog {
 	r := randomRequest(rng, at)
 	r.AccessKeyID = rng.Int64N(5)
 	if r.AccessKeyID != 0 && rng.IntN(5) == 0 {
@@ -130,14 +132,14 @@ func TestMigrationFromVersion5(t *testing.T) {
 			thoughts_tokens, total_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, toMS(r.Time), []int64{0, 1, 3, 7}[rng.IntN(4)],
 			1, r.Model, r.Status, r.PromptTokens, r.CandidatesTokens, r.ThoughtsTokens, r.TotalTokens)
 	}
-	for _, ms := range []int64{-1, -slotMS - 1} { // slots round down before 1970 too
+	for _, ms := range []int64{-1, -store.SlotMS - 1} { // slots round down before 1970 too
 		exec(`INSERT INTO request_logs (time, access_key_id, status, total_tokens) VALUES (?, 1, 200, 5)`, ms)
 	}
 	if err := migrate(ctx, db, migrations[:5]); err != nil {
 		t.Fatal(err)
 	}
 	exec(`INSERT INTO keys (id, secret, project, created_at) VALUES (1, 'AIza-one', 'p1', 1), (2, 'AIza-two', '', 2)`)
-	h1, h3 := HashSecret("sk-one"), HashSecret("sk-three")
+	h1, h3 := store.HashSecret("sk-one"), store.HashSecret("sk-three")
 	exec(`INSERT INTO access_keys (id, hash, label, enabled, created_at, last_used_at) VALUES (1, ?, 'one', 1, 1000, 2000),
 		(3, ?, 'three', 0, 3000, 0)`, h1[:], h3[:])
 	exec(`INSERT INTO resources (name, kind, key_id, created_at, expires_at) VALUES ('files/f1', 'files', 1, 5, 0),
@@ -157,7 +159,7 @@ func TestMigrationFromVersion5(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []AccessKey{
+	want := []store.AccessKey{
 		{ID: 1, Hash: h1, Label: "one", Enabled: true, CreatedAt: fromMS(1000), LastUsedAt: fromMS(2000)},
 		{ID: 3, Hash: h3, Label: "three", CreatedAt: fromMS(3000)},
 	}
@@ -165,13 +167,13 @@ func TestMigrationFromVersion5(t *testing.T) {
 		t.Errorf("access keys after migration: %+v; want %+v", aks, want)
 	}
 	owners, err := s.ResourceOwners(ctx, []string{"files/f1", "cachedContents/c2"}, time.Now())
-	if err != nil || owners["files/f1"] != (Owner{KeyID: 1}) || owners["cachedContents/c2"] != (Owner{KeyID: 2}) {
+	if err != nil || owners["files/f1"] != (store.Owner{KeyID: 1}) || owners["cachedContents/c2"] != (store.Owner{KeyID: 2}) {
 		t.Errorf("owners after migration: %v, %v; want the keys and no access key", owners, err)
 	}
 	if u, err := s.UploadSessionByID(ctx, "up", time.Now()); err != nil || u.AccessKeyID != 3 {
 		t.Errorf("upload session: %+v, %v", u, err)
 	}
-	reqs, err := s.RecentRequests(ctx, LogQuery{Limit: 10000})
+	reqs, err := s.RecentRequests(ctx, store.LogQuery{Limit: 10000})
 	if err != nil || len(reqs) != logged+2 {
 		t.Fatalf("%d request rows, %v; want %d", len(reqs), err, logged+2)
 	}
@@ -217,12 +219,12 @@ func TestWriterFillsAccessKeyUsage(t *testing.T) {
 	ctx := context.Background()
 
 	const rows = 5000
-	want := map[int64]*AccessKeyUsage{}
-	hot := []int64{slotOf(toMS(randomTime(rng))), slotOf(toMS(randomTime(rng)))}
+	want := map[int64]*store.AccessKeyUsage{}
+	hot := []int64{store.SlotOf(toMS(randomTime(rng))), store.SlotOf(toMS(randomTime(rng)))}
 	for i := range rows {
 		at := randomTime(rng)
 		if i%3 == 0 {
-			at = time.UnixMilli(hot[rng.IntN(len(hot))] + rng.Int64N(slotMS))
+			at = time.UnixMilli(hot[rng.IntN(len(hot))] + rng.Int64N(store.SlotMS))
 		}
 		r := randomKeyRequest(rng, at)
 		s.LogRequest(r)
@@ -231,7 +233,7 @@ func TestWriterFillsAccessKeyUsage(t *testing.T) {
 		}
 		w := want[r.AccessKeyID]
 		if w == nil {
-			w = &AccessKeyUsage{AccessKeyID: r.AccessKeyID, LimitsHit: map[string]int64{}}
+			w = &store.AccessKeyUsage{AccessKeyID: r.AccessKeyID, LimitsHit: map[string]int64{}}
 			want[r.AccessKeyID] = w
 		}
 		w.Requests++
@@ -250,7 +252,7 @@ func TestWriterFillsAccessKeyUsage(t *testing.T) {
 	checkRollup(t, s.db)
 
 	// The limit hit is written and read back, and the access key filter holds.
-	limited, err := s.RecentRequests(ctx, LogQuery{AccessKeyID: 2, Status: 429, Limit: 10000})
+	limited, err := s.RecentRequests(ctx, store.LogQuery{AccessKeyID: 2, Status: 429, Limit: 10000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,11 +275,11 @@ func TestWriterFillsAccessKeyUsage(t *testing.T) {
 	// AccessKeyUsage over everything, on slot starts and off them, equals the rows logged.
 	day := 24 * time.Hour
 	from, to := usageWindows[0][0].Add(-day), usageWindows[1][1].Add(day)
-	var wantList []AccessKeyUsage
+	var wantList []store.AccessKeyUsage
 	for _, w := range want {
 		wantList = append(wantList, *w)
 	}
-	slices.SortFunc(wantList, func(a, b AccessKeyUsage) int {
+	slices.SortFunc(wantList, func(a, b store.AccessKeyUsage) int {
 		return cmp.Or(cmp.Compare(b.Requests, a.Requests), cmp.Compare(a.AccessKeyID, b.AccessKeyID))
 	})
 	for _, b := range [][2]time.Time{{from, to}, {from.Add(time.Millisecond), to.Add(-time.Millisecond)}} {
@@ -304,7 +306,7 @@ func TestWriterFillsAccessKeyUsage(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, a := range got {
-			var sum Usage
+			var sum store.Usage
 			for _, u := range fromSlots[a.AccessKeyID].buckets[i] {
 				sum.Requests += u.Requests
 				sum.TotalTokens += u.TotalTokens
@@ -330,8 +332,8 @@ func TestWriterFillsAccessKeyUsage(t *testing.T) {
 	}
 }
 
-func sameAccessKeyUsage(a, b []AccessKeyUsage) bool {
-	return slices.EqualFunc(a, b, func(x, y AccessKeyUsage) bool {
+func sameAccessKeyUsage(a, b []store.AccessKeyUsage) bool {
+	return slices.EqualFunc(a, b, func(x, y store.AccessKeyUsage) bool {
 		return x.AccessKeyID == y.AccessKeyID && x.Requests == y.Requests && x.Failures == y.Failures &&
 			x.PromptTokens == y.PromptTokens && x.CandidatesTokens == y.CandidatesTokens &&
 			x.TotalTokens == y.TotalTokens && x.Limited == y.Limited && x.LimitsHit != nil && y.LimitsHit != nil &&
@@ -346,7 +348,7 @@ func answerUsageOf(t *testing.T, s *Store, sets [][]time.Time, raw bool, id int6
 	ctx := context.Background()
 	var a usageAnswers
 	for _, b := range sets {
-		var buckets []Usage
+		var buckets []store.Usage
 		var err error
 		if raw {
 			buckets, err = s.usageBuckets(ctx, b, accessKeyUsageOf.rawBuckets, id)
@@ -358,7 +360,7 @@ func answerUsageOf(t *testing.T, s *Store, sets [][]time.Time, raw bool, id int6
 		}
 		a.buckets = append(a.buckets, buckets)
 		for _, limit := range []int{0, 2} {
-			var models []ModelUsage
+			var models []store.ModelUsage
 			if raw {
 				models, err = s.usageByModel(ctx, b[0], b[len(b)-1], limit, accessKeyUsageOf.rawByModel, id)
 			} else {
@@ -371,172 +373,4 @@ func answerUsageOf(t *testing.T, s *Store, sets [][]time.Time, raw bool, id int6
 		}
 	}
 	return a
-}
-
-// TestAccessKeyUsageFigures checks AccessKeyUsage, UsageBucketsOf and UsageByModelOf on a few
-// rows with known answers.
-func TestAccessKeyUsageFigures(t *testing.T) {
-	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
-	ctx := context.Background()
-	t0 := time.UnixMilli(slotOf(1_750_000_000_000))
-	h := time.Hour
-	for _, r := range []RequestLog{
-		{Time: t0.Add(-time.Millisecond), AccessKeyID: 1, Model: "m", Status: 200, TotalTokens: 1000}, // before
-		{Time: t0, AccessKeyID: 1, Model: "m", Status: 200, PromptTokens: 1, CandidatesTokens: 2, TotalTokens: 3},
-		{Time: t0.Add(h), AccessKeyID: 1, Model: "n", Status: 500, PromptTokens: 10, CandidatesTokens: 20, TotalTokens: 30},
-		{Time: t0.Add(h), AccessKeyID: 1, Model: "m", Status: 429, LimitHit: "rpm"},
-		{Time: t0.Add(2 * h), AccessKeyID: 1, Model: "m", Status: 429, LimitHit: "rpm"},
-		{Time: t0.Add(2 * h), AccessKeyID: 1, Model: "x", Status: 403, LimitHit: "models"},
-		{Time: t0.Add(h), AccessKeyID: 2, Model: "m", Status: 200, TotalTokens: 7},
-		{Time: t0.Add(h), AccessKeyID: 3, Model: "m", Status: 204, TotalTokens: 8},
-		{Time: t0.Add(h), Model: "m", Status: 200, TotalTokens: 9},                                        // no access key
-		{Time: t0.Add(3 * h), AccessKeyID: 2, Model: "m", Status: 200, TotalTokens: 1000},                 // at the end: out
-		{Time: t0.Add(2 * h), AccessKeyID: 4, Model: "m", Status: 429, LimitHit: strings.Repeat("x", 40)}, // truncated
-	} {
-		s.LogRequest(r)
-	}
-	s.Flush()
-
-	got, err := s.AccessKeyUsage(ctx, t0, t0.Add(3*h))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []AccessKeyUsage{
-		{AccessKeyID: 1, Requests: 5, Failures: 4, PromptTokens: 11, CandidatesTokens: 22, TotalTokens: 33, Limited: 3,
-			LimitsHit: map[string]int64{"rpm": 2, "models": 1}},
-		{AccessKeyID: 2, Requests: 1, TotalTokens: 7, LimitsHit: map[string]int64{}},
-		{AccessKeyID: 3, Requests: 1, TotalTokens: 8, LimitsHit: map[string]int64{}},
-		{AccessKeyID: 4, Requests: 1, Failures: 1, Limited: 1, LimitsHit: map[string]int64{strings.Repeat("x", 32): 1}},
-	}
-	if !sameAccessKeyUsage(got, want) {
-		t.Errorf("AccessKeyUsage = %+v\nwant %+v", got, want)
-	}
-	// Off slot starts the rows answer: an hour and a millisecond less leaves key 1's first row out.
-	got, err = s.AccessKeyUsage(ctx, t0.Add(time.Millisecond), t0.Add(3*h))
-	if err != nil || len(got) != 4 || got[0].Requests != 4 || got[0].TotalTokens != 30 {
-		t.Errorf("AccessKeyUsage off slots = %+v, %v", got, err)
-	}
-	if got, err := s.AccessKeyUsage(ctx, t0.Add(10*h), t0.Add(11*h)); err != nil || len(got) != 0 {
-		t.Errorf("AccessKeyUsage of an empty range = %+v, %v", got, err)
-	}
-
-	buckets, err := s.UsageBucketsOf(ctx, 1, []time.Time{t0, t0.Add(h), t0.Add(3 * h)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantBuckets := []Usage{
-		{Requests: 1, PromptTokens: 1, CandidatesTokens: 2, TotalTokens: 3},
-		{Requests: 4, Failures: 4, PromptTokens: 10, CandidatesTokens: 20, TotalTokens: 30},
-	}
-	if !slices.Equal(buckets, wantBuckets) {
-		t.Errorf("UsageBucketsOf = %+v, want %+v", buckets, wantBuckets)
-	}
-	models, err := s.UsageByModelOf(ctx, 1, t0, t0.Add(3*h), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantModels := []ModelUsage{
-		{"m", Usage{Requests: 3, Failures: 2, PromptTokens: 1, CandidatesTokens: 2, TotalTokens: 3}},
-		{"n", Usage{Requests: 1, Failures: 1, PromptTokens: 10, CandidatesTokens: 20, TotalTokens: 30}},
-		{"x", Usage{Requests: 1, Failures: 1}},
-	}
-	if !slices.Equal(models, wantModels) {
-		t.Errorf("UsageByModelOf = %+v, want %+v", models, wantModels)
-	}
-	if models, _ := s.UsageByModelOf(ctx, 1, t0, t0.Add(3*h), 1); len(models) != 1 {
-		t.Errorf("limit 1 gave %d models", len(models))
-	}
-	if b, err := s.UsageBucketsOf(ctx, 99, []time.Time{t0, t0.Add(3 * h)}); err != nil || b[0] != (Usage{}) {
-		t.Errorf("UsageBucketsOf(unknown) = %+v, %v; want zeros", b, err)
-	}
-	if _, err := s.UsageBucketsOf(ctx, 0, []time.Time{t0, t0.Add(h)}); err == nil {
-		t.Error("UsageBucketsOf(0) answered")
-	}
-	if _, err := s.UsageByModelOf(ctx, 0, t0, t0.Add(h), 0); err == nil {
-		t.Error("UsageByModelOf(0) answered")
-	}
-	for _, bad := range [][]time.Time{{t0}, {t0, t0}, {t0.Add(h), t0}} {
-		if _, err := s.UsageBucketsOf(ctx, 1, bad); err == nil {
-			t.Errorf("bounds %v accepted", bad)
-		}
-	}
-}
-
-// TestAccessKeyCounts: what a start restores, requests not refused by a limit and tokens since
-// a local midnight, read back after a restart.
-func TestAccessKeyCounts(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "d.db")
-	s := openTest(t, path, nil, nil)
-	ctx := context.Background()
-	loc := loadZone(t, "Asia/Kathmandu") // +05:45
-	midnight := time.Date(2026, 3, 10, 0, 0, 0, 0, loc)
-	for _, r := range []RequestLog{
-		{Time: midnight.Add(-time.Millisecond), AccessKeyID: 1, Status: 200, TotalTokens: 1000}, // the day before
-		{Time: midnight, AccessKeyID: 1, Status: 200, TotalTokens: 10},
-		{Time: midnight.Add(5 * time.Hour), AccessKeyID: 1, Status: 500, TotalTokens: 0},
-		{Time: midnight.Add(6 * time.Hour), AccessKeyID: 1, Status: 429, LimitHit: "rpm"},
-		{Time: midnight.Add(7 * time.Hour), AccessKeyID: 1, Status: 429, LimitHit: "token_budget"},
-		{Time: midnight.Add(7 * time.Hour), AccessKeyID: 2, Status: 200, TotalTokens: 5},
-		{Time: midnight.Add(8 * time.Hour), AccessKeyID: 2, Status: 200, TotalTokens: 6},
-		{Time: midnight.Add(8 * time.Hour), AccessKeyID: 3, Status: 403, LimitHit: "models"},
-		{Time: midnight.Add(-time.Hour), AccessKeyID: 4, Status: 200, TotalTokens: 99}, // only before
-		{Time: midnight.Add(time.Hour), Status: 200, TotalTokens: 77},                  // no access key
-	} {
-		s.LogRequest(r)
-	}
-	if err := s.Close(); err != nil { // a stop writes what is queued
-		t.Fatal(err)
-	}
-	s = openTest(t, path, nil, nil)
-	got, err := s.AccessKeyCounts(ctx, midnight)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[int64]Counts{1: {2, 10}, 2: {2, 11}, 3: {0, 0}}
-	if !maps.Equal(got, want) {
-		t.Errorf("AccessKeyCounts(midnight) = %v, want %v", got, want)
-	}
-	// Off a slot start, the slot holding since counts whole.
-	got, err = s.AccessKeyCounts(ctx, midnight.Add(time.Minute))
-	if err != nil || !maps.Equal(got, want) {
-		t.Errorf("AccessKeyCounts(00:01) = %v, %v; want %v", got, err, want)
-	}
-	got, err = s.AccessKeyCounts(ctx, midnight.Add(-24*time.Hour))
-	if err != nil || got[1] != (Counts{3, 1010}) || got[4] != (Counts{1, 99}) {
-		t.Errorf("AccessKeyCounts(the day before) = %v, %v", got, err)
-	}
-	if got, err := s.AccessKeyCounts(ctx, midnight.Add(24*time.Hour)); err != nil || len(got) != 0 {
-		t.Errorf("AccessKeyCounts(tomorrow) = %v, %v; want none", got, err)
-	}
-}
-
-// TestPurgeUsagePurgesAccessKeySums: the per-access-key sums go with the others, by the same
-// cutoff, and AccessKeyCounts no longer sees them.
-func TestPurgeUsagePurgesAccessKeySums(t *testing.T) {
-	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
-	ctx := context.Background()
-	slot := time.UnixMilli(slotOf(1_750_000_000_000))
-	q := UsageSlot
-	for _, at := range []time.Time{slot.Add(-2 * q), slot.Add(-time.Millisecond), slot, slot.Add(q)} {
-		s.LogRequest(RequestLog{Time: at, AccessKeyID: 5, Model: "m", Status: 200, TotalTokens: 1})
-		s.LogRequest(RequestLog{Time: at, AccessKeyID: 5, Model: "m", Status: 429, LimitHit: "rpm"})
-	}
-	s.Flush()
-	if n := countRows(t, s, "access_key_usage"); n != 8 {
-		t.Fatalf("%d per-access-key rows, want 8", n)
-	}
-	// Two slots end at or before the cutoff: 2 rows of request_usage, 4 of access_key_usage.
-	if n, err := s.PurgeUsage(ctx, slot); err != nil || n != 6 {
-		t.Fatalf("PurgeUsage = %d, %v; want 6", n, err)
-	}
-	if n := countRows(t, s, "access_key_usage"); n != 4 {
-		t.Errorf("%d per-access-key rows left, want 4", n)
-	}
-	got, err := s.AccessKeyCounts(ctx, slot.Add(-24*time.Hour))
-	if err != nil || got[5] != (Counts{2, 2}) {
-		t.Errorf("AccessKeyCounts after the purge = %v, %v; want 2 requests and 2 tokens", got, err)
-	}
-	if n := countRows(t, s, "request_logs"); n != 8 {
-		t.Errorf("PurgeUsage touched request rows: %d left", n)
-	}
 }

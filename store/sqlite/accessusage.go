@@ -1,12 +1,13 @@
-package store
+package sqlite
 
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // The usage of each access key is summed per 15-minute slot, model and limit hit (table
@@ -14,28 +15,16 @@ import (
 // request rows, as the per-slot sums of UsageBuckets are. Request rows without an access key
 // are not summed there. The sums are purged with the others (PurgeUsage).
 
-// AccessKeyUsage is the usage of one access key in a range.
-type AccessKeyUsage struct {
-	AccessKeyID      int64
-	Requests         int64 // all of its requests, those refused by one of its limits included
-	Failures         int64 // requests whose status was not 2xx or 3xx (refused ones included)
-	PromptTokens     int64
-	CandidatesTokens int64
-	TotalTokens      int64
-	Limited          int64            // requests refused by one of its limits
-	LimitsHit        map[string]int64 // Limited by the limit that refused them (rpm, tpm, ...); never nil
-}
-
 // AccessKeyUsage adds up the request log in [from, to) per access key, for every access key
 // with a request in it, the most requested first (ties by id). Bounds on UsageSlot are answered
 // from the per-slot sums, which outlive the request rows; others from the request rows.
-func (s *Store) AccessKeyUsage(ctx context.Context, from, to time.Time) ([]AccessKeyUsage, error) {
+func (s *Store) AccessKeyUsage(ctx context.Context, from, to time.Time) ([]store.AccessKeyUsage, error) {
 	query := `
 		SELECT access_key_id, limit_hit, SUM(requests), SUM(failures), SUM(prompt_tokens),
 		       SUM(candidates_tokens), SUM(total_tokens)
 		FROM access_key_usage WHERE slot >= ? AND slot < ?
 		GROUP BY access_key_id, limit_hit`
-	if !onSlot(from) || !onSlot(to) {
+	if !store.OnSlot(from) || !store.OnSlot(to) {
 		query = `
 		SELECT access_key_id, limit_hit, COUNT(*), SUM(status NOT BETWEEN 200 AND 399), SUM(prompt_tokens),
 		       SUM(candidates_tokens), SUM(total_tokens)
@@ -47,18 +36,18 @@ func (s *Store) AccessKeyUsage(ctx context.Context, from, to time.Time) ([]Acces
 		return nil, fmt.Errorf("store: access key usage: %w", err)
 	}
 	defer rows.Close()
-	byID := make(map[int64]*AccessKeyUsage)
+	byID := make(map[int64]*store.AccessKeyUsage)
 	for rows.Next() {
 		var id int64
 		var limit string
-		var u Usage
+		var u store.Usage
 		if err := rows.Scan(&id, &limit, &u.Requests, &u.Failures, &u.PromptTokens, &u.CandidatesTokens,
 			&u.TotalTokens); err != nil {
 			return nil, fmt.Errorf("store: access key usage: %w", err)
 		}
 		a := byID[id]
 		if a == nil {
-			a = &AccessKeyUsage{AccessKeyID: id, LimitsHit: make(map[string]int64)}
+			a = &store.AccessKeyUsage{AccessKeyID: id, LimitsHit: make(map[string]int64)}
 			byID[id] = a
 		}
 		a.Requests += u.Requests
@@ -74,41 +63,31 @@ func (s *Store) AccessKeyUsage(ctx context.Context, from, to time.Time) ([]Acces
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("store: access key usage: %w", err)
 	}
-	out := make([]AccessKeyUsage, 0, len(byID))
+	out := make([]store.AccessKeyUsage, 0, len(byID))
 	for _, a := range byID {
 		out = append(out, *a)
 	}
-	slices.SortFunc(out, func(a, b AccessKeyUsage) int {
+	slices.SortFunc(out, func(a, b store.AccessKeyUsage) int {
 		return cmp.Or(cmp.Compare(b.Requests, a.Requests), cmp.Compare(a.AccessKeyID, b.AccessKeyID))
 	})
 	return out, nil
 }
 
-// errNoAccessKey refuses statistics of access key 0: requests without an access key are not
-// summed per access key.
-var errNoAccessKey = errors.New("store: usage of access key 0 (none)")
-
 // UsageBucketsOf is UsageBuckets for the requests of one access key (not 0): same bounds,
 // limits and answers, from that key's per-slot sums when every bound is on UsageSlot.
-func (s *Store) UsageBucketsOf(ctx context.Context, accessKeyID int64, bounds []time.Time) ([]Usage, error) {
+func (s *Store) UsageBucketsOf(ctx context.Context, accessKeyID int64, bounds []time.Time) ([]store.Usage, error) {
 	if accessKeyID == 0 {
-		return nil, errNoAccessKey
+		return nil, store.ErrNoAccessKey
 	}
 	return s.bucketsFrom(ctx, bounds, accessKeyUsageOf, accessKeyID)
 }
 
 // UsageByModelOf is UsageByModel for the requests of one access key (not 0).
-func (s *Store) UsageByModelOf(ctx context.Context, accessKeyID int64, from, to time.Time, limit int) ([]ModelUsage, error) {
+func (s *Store) UsageByModelOf(ctx context.Context, accessKeyID int64, from, to time.Time, limit int) ([]store.ModelUsage, error) {
 	if accessKeyID == 0 {
-		return nil, errNoAccessKey
+		return nil, store.ErrNoAccessKey
 	}
 	return s.byModelFrom(ctx, from, to, limit, accessKeyUsageOf, accessKeyID)
-}
-
-// Counts is what an access key's limits have used since a time.
-type Counts struct {
-	Requests int64 // requests not refused by one of its limits
-	Tokens   int64 // total tokens of its requests
 }
 
 // AccessKeyCounts returns, per access key with a request since since, the requests that no
@@ -120,18 +99,18 @@ type Counts struct {
 // The sums are written in the transaction that writes the request rows, so they hold every
 // request logged before a stop or a crash. Only rows still in the log writer's queue at a
 // crash are lost (a stop writes them).
-func (s *Store) AccessKeyCounts(ctx context.Context, since time.Time) (map[int64]Counts, error) {
+func (s *Store) AccessKeyCounts(ctx context.Context, since time.Time) (map[int64]store.Counts, error) {
 	rows, err := s.db.QueryContext(ctx, `
 		SELECT access_key_id, SUM(CASE WHEN limit_hit = '' THEN requests ELSE 0 END), SUM(total_tokens)
-		FROM access_key_usage WHERE slot >= ? GROUP BY access_key_id`, slotOf(toMS(since)))
+		FROM access_key_usage WHERE slot >= ? GROUP BY access_key_id`, store.SlotOf(toMS(since)))
 	if err != nil {
 		return nil, fmt.Errorf("store: access key counts: %w", err)
 	}
 	defer rows.Close()
-	out := make(map[int64]Counts)
+	out := make(map[int64]store.Counts)
 	for rows.Next() {
 		var id int64
-		var c Counts
+		var c store.Counts
 		if err := rows.Scan(&id, &c.Requests, &c.Tokens); err != nil {
 			return nil, fmt.Errorf("store: access key counts: %w", err)
 		}

@@ -1,20 +1,18 @@
-package store
+package storetest
 
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"testing"
 
-	"go.uber.org/zap"
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
-// TestTombstones: a deleted key or access key is skipped when the config adds it again, and
+// testTombstones: a deleted key or access key is skipped when the config adds it again, and
 // survives reopening the file; an explicit AddKeys brings an upstream key back for good.
-func TestTombstones(t *testing.T) {
+func testTombstones(t *testing.T, o opener) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "data.db")
-	s := openTest(t, path, zap.NewNop(), nil)
+	s := o.open(t)
 	if added, skipped, err := s.AddConfigKeys(ctx, []string{"key-a", "key-b"}); err != nil || added != 2 || skipped != 0 {
 		t.Fatalf("AddConfigKeys = %d, %d, %v", added, skipped, err)
 	}
@@ -30,14 +28,14 @@ func TestTombstones(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	s = openTest(t, path, zap.NewNop(), nil)
+	s = o.open(t)
 	if added, skipped, err := s.AddConfigKeys(ctx, []string{"key-a", "key-b", "key-c"}); err != nil || added != 1 || skipped != 1 {
 		t.Errorf("AddConfigKeys after a delete = %d added, %d skipped, %v; want 1, 1", added, skipped, err)
 	}
 	if added, skipped, err := s.EnsureAccessKeys(ctx, []string{"acc-a", "acc-b"}, "Caddyfile"); err != nil || added != 0 || skipped != 1 {
 		t.Errorf("EnsureAccessKeys after a delete = %d added, %d skipped, %v; want 0, 1", added, skipped, err)
 	}
-	if aks, _ := s.AccessKeys(ctx); len(aks) != 1 || aks[0].Hash != HashSecret("acc-b") {
+	if aks, _ := s.AccessKeys(ctx); len(aks) != 1 || aks[0].Hash != store.HashSecret("acc-b") {
 		t.Errorf("access keys %+v", aks)
 	}
 	if _, err := s.AddAccessKey(ctx, "acc-a", "panel", ""); err != nil {
@@ -57,12 +55,12 @@ func TestTombstones(t *testing.T) {
 	}
 }
 
-// TestTombstoneOfATrimmedSecret: a deletion is kept by the secret trimmed of white space, so
+// testTombstoneOfATrimmedSecret: a deletion is kept by the secret trimmed of white space, so
 // the config's copy with spaces around it is skipped too, for both kinds; blank secrets are
 // neither added nor counted as skipped.
-func TestTombstoneOfATrimmedSecret(t *testing.T) {
+func testTombstoneOfATrimmedSecret(t *testing.T, o opener) {
 	ctx := context.Background()
-	s := openTest(t, filepath.Join(t.TempDir(), "data.db"), zap.NewNop(), nil)
+	s := o.open(t)
 	if added, err := s.AddKeys(ctx, []string{"  key-a\t"}); err != nil || added != 1 {
 		t.Fatalf("AddKeys = %d, %v", added, err)
 	}
@@ -86,7 +84,7 @@ func TestTombstoneOfATrimmedSecret(t *testing.T) {
 	if _, err := s.AddAccessKey(ctx, "acc-a", "panel", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AddAccessKey(ctx, "acc-a ", "again", ""); !errors.Is(err, ErrDuplicate) {
+	if _, err := s.AddAccessKey(ctx, "acc-a ", "again", ""); !errors.Is(err, store.ErrDuplicate) {
 		t.Errorf("second AddAccessKey = %v, want ErrDuplicate", err)
 	}
 	if added, skipped, err := s.EnsureAccessKeys(ctx, []string{"acc-a"}, "Caddyfile"); err != nil || added != 0 || skipped != 0 {

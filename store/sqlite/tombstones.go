@@ -1,10 +1,12 @@
-package store
+package sqlite
 
 import (
 	"context"
 	"database/sql"
 	"strings"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
 // Kinds of tombstones: a secret deleted in the admin panel, kept as its SHA-256 so the
@@ -52,7 +54,7 @@ func insertSecrets(ctx context.Context, tx *sql.Tx, kind string, secrets []strin
 		if secret == "" {
 			continue
 		}
-		h := HashSecret(secret)
+		h := store.HashSecret(secret)
 		if fromConfig {
 			dead, err := tombstoned(ctx, tx, kind, h)
 			if err != nil {
