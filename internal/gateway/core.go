@@ -46,7 +46,7 @@ type Core struct {
 	// reload does not lift a lockout.
 	adminThrottle admin.Throttle
 
-	store      *store.Store
+	store      store.Store
 	pool       *keypool.Pool
 	poolLoaded bool // guarded by mu
 	jobs       jobs // the scheduler and its jobs (jobs.go)
@@ -107,7 +107,7 @@ func (c *Core) Open() error {
 }
 
 func (c *Core) doOpen() error {
-	st, err := store.Open(c.path, c.logger.Named("store"))
+	st, err := openStore(c.path, c.logger.Named("store"))
 	if err != nil {
 		return fmt.Errorf("opening database %s: %v", c.path, err)
 	}
