@@ -3,7 +3,6 @@ package postgres
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -75,23 +74,21 @@ func (s *Store) AccessKeyUsage(ctx context.Context, from, to time.Time) ([]store
 	return out, nil
 }
 
-// errNoAccessKey refuses statistics of access key 0: requests without an access key are not
-// summed per access key.
-var errNoAccessKey = errors.New("postgres: usage of access key 0 (none)")
-
-// UsageBucketsOf is UsageBuckets for the requests of one access key (not 0): same bounds,
+// UsageBucketsOf is UsageBuckets for the requests of one access key (not 0, else
+// store.ErrNoAccessKey): same bounds,
 // limits and answers, from that key's per-slot sums when every bound is on store.UsageSlot.
 func (s *Store) UsageBucketsOf(ctx context.Context, accessKeyID int64, bounds []time.Time) ([]store.Usage, error) {
 	if accessKeyID == 0 {
-		return nil, errNoAccessKey
+		return nil, store.ErrNoAccessKey
 	}
 	return s.bucketsFrom(ctx, bounds, accessKeyUsageOf, accessKeyID)
 }
 
-// UsageByModelOf is UsageByModel for the requests of one access key (not 0).
+// UsageByModelOf is UsageByModel for the requests of one access key (not 0, else
+// store.ErrNoAccessKey).
 func (s *Store) UsageByModelOf(ctx context.Context, accessKeyID int64, from, to time.Time, limit int) ([]store.ModelUsage, error) {
 	if accessKeyID == 0 {
-		return nil, errNoAccessKey
+		return nil, store.ErrNoAccessKey
 	}
 	return s.byModelFrom(ctx, from, to, limit, accessKeyUsageOf, accessKeyID)
 }

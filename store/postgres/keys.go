@@ -17,7 +17,7 @@ import (
 // white space; empty ones and ones already stored are skipped. It returns how many were added.
 // It is AddLabeledKeys without labels.
 func (s *Store) AddKeys(ctx context.Context, secrets []string) (added int, err error) {
-	res, err := s.AddLabeledKeys(ctx, newKeys(secrets))
+	res, err := s.AddLabeledKeys(ctx, store.NewKeys(secrets))
 	return res.Added, err
 }
 
@@ -25,7 +25,7 @@ func (s *Store) AddKeys(ctx context.Context, secrets []string) (added int, err e
 // deleted in the admin panel (a tombstone is stored): it returns how many were added and how
 // many were skipped for that reason.
 func (s *Store) AddConfigKeys(ctx context.Context, secrets []string) (added, skipped int, err error) {
-	res, skipped, err := s.addKeys(ctx, newKeys(secrets), true)
+	res, skipped, err := s.addKeys(ctx, store.NewKeys(secrets), true)
 	return res.Added, skipped, err
 }
 
@@ -38,15 +38,6 @@ func (s *Store) AddConfigKeys(ctx context.Context, secrets []string) (added, ski
 func (s *Store) AddLabeledKeys(ctx context.Context, keys []store.NewKey) (store.AddResult, error) {
 	res, _, err := s.addKeys(ctx, keys, false)
 	return res, err
-}
-
-// newKeys turns secrets into unlabelled NewKeys.
-func newKeys(secrets []string) []store.NewKey {
-	keys := make([]store.NewKey, len(secrets))
-	for i, secret := range secrets {
-		keys[i] = store.NewKey{Secret: secret}
-	}
-	return keys
 }
 
 // addKeys adds keys in one transaction. From the config, a tombstoned secret is skipped (and

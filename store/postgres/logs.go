@@ -40,11 +40,8 @@ func where(q store.LogQuery) (string, []any) {
 // page appends q's LIMIT and OFFSET to args and returns the clause binding them: at most 10000
 // rows, 100 when q says none.
 func page(q store.LogQuery, args []any) (string, []any) {
-	limit := q.Limit
-	if limit <= 0 {
-		limit = 100
-	}
-	args = append(args, min(limit, 10000), max(q.Offset, 0))
+	limit, offset := q.Page()
+	args = append(args, limit, offset)
 	n := len(args)
 	return fmt.Sprintf(" LIMIT $%d OFFSET $%d", n-1, n), args
 }

@@ -36,7 +36,7 @@ import (
 )
 
 // Store is an open PostgreSQL database (a pgxpool pool) plus its background writer. It is safe
-// for concurrent use.
+// for concurrent use. Its methods keep the contract documented on store.Store.
 type Store struct {
 	path   string // the URL, password masked
 	pool   *pgxpool.Pool
@@ -46,6 +46,8 @@ type Store struct {
 	closeOnce sync.Once
 	closeErr  error
 }
+
+var _ store.Store = (*Store)(nil)
 
 // options are knobs for tests; Open uses defaultOptions.
 type options struct {

@@ -20,40 +20,29 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-// The store's types and names, so that these tests read as the SQLite store's, which they
+// The store's types and names, so that these tests read as the SQLite engine's, which they
 // mirror.
 type (
-	Key             = store.Key
-	AccessKey       = store.AccessKey
-	AccessKeyUpdate = store.AccessKeyUpdate
-	ConfigAccessKey = store.ConfigAccessKey
-	NewKey          = store.NewKey
-	KeyProject      = store.KeyProject
-	KeyState        = store.KeyState
-	Cooldown        = store.Cooldown
-	RequestLog      = store.RequestLog
-	ErrorLog        = store.ErrorLog
-	LogQuery        = store.LogQuery
-	Usage           = store.Usage
-	ModelUsage      = store.ModelUsage
-	AccessKeyUsage  = store.AccessKeyUsage
-	Counts          = store.Counts
-	Resource        = store.Resource
-	Owner           = store.Owner
-	UploadSession   = store.UploadSession
+	Key            = store.Key
+	KeyState       = store.KeyState
+	Cooldown       = store.Cooldown
+	RequestLog     = store.RequestLog
+	ErrorLog       = store.ErrorLog
+	LogQuery       = store.LogQuery
+	Usage          = store.Usage
+	ModelUsage     = store.ModelUsage
+	AccessKeyUsage = store.AccessKeyUsage
 )
 
 const (
 	StatusActive   = store.StatusActive
 	StatusDisabled = store.StatusDisabled
-	UsageSlot      = store.UsageSlot
 )
 
 var (
-	ErrNotFound     = store.ErrNotFound
-	ErrDuplicate    = store.ErrDuplicate
-	ErrProjectChars = store.ErrProjectChars
-	HashSecret      = store.HashSecret
+	ErrNotFound  = store.ErrNotFound
+	ErrDuplicate = store.ErrDuplicate
+	HashSecret   = store.HashSecret
 )
 
 // openTest opens a store on the database at url with default options adjusted by opt, closed

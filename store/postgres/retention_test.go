@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"fmt"
 	"testing"
 	"time"
 
@@ -14,104 +13,6 @@ import (
 func fillRequests(t testing.TB, s *Store, n int, at time.Time) {
 	t.Helper()
 	exec(t, s, `INSERT INTO request_logs (time, path) SELECT $2, 'old' FROM generate_series(1, $1)`, n, toMS(at))
-}
-
-func TestPurgeKeepsRowsAtAndAfterTheCutoff(t *testing.T) {
-	s := openTest(t, pgtest.URL(t), nil, nil)
-	ctx := context.Background()
-	cutoff := time.UnixMilli(1_750_000_000_000).UTC()
-	for _, at := range []time.Time{
-		cutoff.Add(-40 * 24 * time.Hour), cutoff.Add(-time.Hour), cutoff.Add(-time.Millisecond), // old
-		cutoff, cutoff.Add(time.Millisecond), cutoff.Add(time.Hour), // kept
-	} {
-		s.LogRequest(RequestLog{Time: at, Path: "/r"})
-		s.LogError(ErrorLog{Time: at, Path: "/e", Message: "m"})
-	}
-	s.Flush()
-
-	n, err := s.PurgeRequestLogs(ctx, cutoff)
-	if err != nil || n != 3 {
-		t.Fatalf("PurgeRequestLogs = %d, %v; want 3", n, err)
-	}
-	reqs, _ := s.RecentRequests(ctx, LogQuery{})
-	if len(reqs) != 3 || reqs[2].Time != cutoff {
-		t.Errorf("request rows left: %+v; want the 3 at or after %v", reqs, cutoff)
-	}
-	for _, r := range reqs {
-		if r.Time.Before(cutoff) {
-			t.Errorf("row at %v survived", r.Time)
-		}
-	}
-	// Error rows have their own retention: a cutoff an hour earlier keeps one more row.
-	n, err = s.PurgeErrorLogs(ctx, cutoff.Add(-time.Hour))
-	if err != nil || n != 1 {
-		t.Fatalf("PurgeErrorLogs = %d, %v; want 1", n, err)
-	}
-	errs, _ := s.RecentErrors(ctx, LogQuery{})
-	if len(errs) != 5 || errs[4].Time != cutoff.Add(-time.Hour) {
-		t.Errorf("error rows left: %+v", errs)
-	}
-	// Purging again finds nothing.
-	if n, err := s.PurgeRequestLogs(ctx, cutoff); err != nil || n != 0 {
-		t.Errorf("second purge = %d, %v", n, err)
-	}
-	if n := countRows(t, s, "request_logs"); n != 3 {
-		t.Errorf("request rows after second purge: %d", n)
-	}
-}
-
-func TestPurgeSessionsDropsExpiredOnly(t *testing.T) {
-	s := openTest(t, pgtest.URL(t), nil, nil)
-	now := time.UnixMilli(1_750_000_000_000)
-	for i, exp := range []time.Time{now.Add(-24 * time.Hour), now.Add(-time.Millisecond), now, now.Add(time.Millisecond), now.Add(time.Hour)} {
-		exec(t, s, `INSERT INTO sessions (token_hash, created_at, expires_at) VALUES ($1, $2, $3)`,
-			[]byte{byte(i)}, toMS(now.Add(-48*time.Hour)), toMS(exp))
-	}
-	n, err := s.PurgeSessions(context.Background(), now)
-	if err != nil || n != 3 {
-		t.Fatalf("PurgeSessions = %d, %v; want 3 (expired before or at now)", n, err)
-	}
-	var left int64
-	if err := s.pool.QueryRow(context.Background(), `SELECT COUNT(*) FROM sessions WHERE expires_at > $1`, toMS(now)).Scan(&left); err != nil || left != 2 {
-		t.Errorf("live sessions left: %d, %v; want 2", left, err)
-	}
-	if total := countRows(t, s, "sessions"); total != 2 {
-		t.Errorf("sessions left: %d, want 2", total)
-	}
-}
-
-func TestPurgeCooldownsDropsOnlyThoseOver(t *testing.T) {
-	s := openTest(t, pgtest.URL(t), nil, nil)
-	ctx := context.Background()
-	if _, err := s.AddKeys(ctx, []string{"AIzaSyPURGE-key-a-aaaaaaaaaaaaaaaaaaaaaa", "AIzaSyPURGE-key-b-bbbbbbbbbbbbbbbbbbbbbb"}); err != nil {
-		t.Fatal(err)
-	}
-	keys, err := s.Keys(ctx)
-	if err != nil || len(keys) != 2 {
-		t.Fatalf("keys: %v, %v", keys, err)
-	}
-	a, b := keys[0].ID, keys[1].ID
-	now := time.UnixMilli(1_750_000_000_000)
-	s.SaveCooldown(Cooldown{KeyID: a, Model: "m1", Until: now.Add(-time.Hour)})
-	s.SaveCooldown(Cooldown{KeyID: a, Model: "m2", Until: now})
-	s.SaveCooldown(Cooldown{KeyID: a, Model: "m3", Until: now.Add(time.Millisecond)})
-	s.SaveCooldown(Cooldown{KeyID: b, Model: "m1", Until: now.Add(time.Hour)})
-	s.Flush()
-	n, err := s.PurgeCooldowns(ctx, now)
-	if err != nil || n != 2 {
-		t.Fatalf("PurgeCooldowns = %d, %v; want 2 (over before or at now)", n, err)
-	}
-	left, err := s.Cooldowns(ctx, now.Add(-24*time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]bool{}
-	for _, c := range left {
-		got[fmt.Sprintf("%d/%s", c.KeyID, c.Model)] = true
-	}
-	if len(got) != 2 || !got[fmt.Sprintf("%d/m3", a)] || !got[fmt.Sprintf("%d/m1", b)] {
-		t.Errorf("cooldowns left: %v; want only %d/m3 and %d/m1", got, a, b)
-	}
 }
 
 func TestPurgeWorksInBatches(t *testing.T) {

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -14,34 +13,19 @@ import (
 // bigint columns are numeric in PostgreSQL and are cast back to bigint; models tie in byte
 // order (COLLATE "C"), as SQLite's BINARY collation orders them, whatever the database's locale.
 
-const slotMS = int64(store.UsageSlot / time.Millisecond)
+const slotMS = store.SlotMS
 
-// slotOf returns the start of the slot holding ms (rounding down, also before 1970).
-func slotOf(ms int64) int64 {
-	r := ms % slotMS
-	if r < 0 {
-		r += slotMS
-	}
-	return ms - r
-}
+// slotOf is store.SlotOf.
+func slotOf(ms int64) int64 { return store.SlotOf(ms) }
 
-// onSlot reports whether t, taken to the millisecond as every query does, starts a slot.
-func onSlot(t time.Time) bool {
-	ms := toMS(t)
-	return slotOf(ms) == ms
-}
-
-// failed is the Go side of "status NOT BETWEEN 200 AND 399".
-func failed(status int32) bool { return status < 200 || status > 399 }
-
-// maxBuckets bounds the number of buckets one UsageBuckets call may ask for.
-const maxBuckets = 1000
+// onSlot is store.OnSlot.
+func onSlot(t time.Time) bool { return store.OnSlot(t) }
 
 // UsageBuckets adds up the request log in each interval [bounds[i], bounds[i+1]), so it
 // returns len(bounds)-1 results. The caller chooses the bounds, which is how buckets follow a
 // time zone's calendar (an hour or a day is not always 3600 or 86400 s there). Bounds must
-// increase; at most 1000 buckets. Bounds on store.UsageSlot are answered from the per-slot
-// sums, which outlive the request rows.
+// increase; at most store.MaxBuckets buckets. Bounds on store.UsageSlot are answered from the
+// per-slot sums, which outlive the request rows.
 func (s *Store) UsageBuckets(ctx context.Context, bounds []time.Time) ([]store.Usage, error) {
 	return s.bucketsFrom(ctx, bounds, allUsage)
 }
@@ -49,21 +33,11 @@ func (s *Store) UsageBuckets(ctx context.Context, bounds []time.Time) ([]store.U
 // bucketsFrom checks bounds and answers UsageBuckets with q's queries, binding filter after
 // the buckets.
 func (s *Store) bucketsFrom(ctx context.Context, bounds []time.Time, q usageQueries, filter ...any) ([]store.Usage, error) {
-	n := len(bounds) - 1
-	if n < 1 {
-		return nil, errors.New("postgres: usage buckets: need at least two bounds")
+	slots, err := store.CheckBuckets(bounds)
+	if err != nil {
+		return nil, err
 	}
-	if n > maxBuckets {
-		return nil, fmt.Errorf("postgres: usage buckets: %d buckets, at most %d", n, maxBuckets)
-	}
-	slots := true
-	for i := range n {
-		if !bounds[i].Before(bounds[i+1]) {
-			return nil, fmt.Errorf("postgres: usage buckets: bound %d is not after bound %d", i+1, i)
-		}
-		slots = slots && onSlot(bounds[i])
-	}
-	if slots && onSlot(bounds[n]) {
+	if slots {
 		return s.usageBuckets(ctx, bounds, q.slotBuckets, filter...)
 	}
 	return s.usageBuckets(ctx, bounds, q.rawBuckets, filter...)

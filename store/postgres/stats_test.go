@@ -283,30 +283,6 @@ func TestUsageBefore1970(t *testing.T) {
 	}
 }
 
-func TestPurgeUsageKeepsSlotsEndingAfterTheCutoff(t *testing.T) {
-	s := openTest(t, pgtest.URL(t), nil, nil)
-	ctx := context.Background()
-	slot := time.UnixMilli(slotOf(1_750_000_000_000))
-	q := UsageSlot
-	for _, at := range []time.Time{slot.Add(-2 * q), slot.Add(-q), slot.Add(-time.Millisecond), slot, slot.Add(q / 2), slot.Add(q)} {
-		s.LogRequest(RequestLog{Time: at, Model: "m", Status: 200})
-	}
-	s.Flush()
-	// The slot before cutoff ends at the cutoff and goes; the one holding it stays.
-	for _, tc := range []struct {
-		cutoff time.Time
-		purged int64
-	}{{slot, 2}, {slot.Add(q / 2), 0}, {slot.Add(q), 1}, {slot.Add(q), 0}} {
-		if n, err := s.PurgeUsage(ctx, tc.cutoff); err != nil || n != tc.purged {
-			t.Errorf("PurgeUsage(%v) = %d, %v; want %d", tc.cutoff, n, err, tc.purged)
-		}
-	}
-	got, err := s.UsageBuckets(ctx, []time.Time{slot.Add(-2 * q), slot.Add(q), slot.Add(2 * q)})
-	if err != nil || got[0].Requests != 0 || got[1].Requests != 1 {
-		t.Errorf("after purge: %+v, %v; want only the slot from %v", got, err, slot.Add(q))
-	}
-}
-
 // BenchmarkUsageBuckets answers the dashboard's 30d view (30 daily buckets and the models)
 // over 300000 request rows spread across 30 days, from the request rows and from the per-slot
 // sums.
@@ -360,60 +336,5 @@ func BenchmarkUsageBuckets(b *testing.B) {
 				}
 			}
 		})
-	}
-}
-
-// insertRequest writes one request row directly, so that its time is exact.
-func insertRequest(t *testing.T, s *Store, at time.Time, model string, status int, keyID, accessID int64, tokens int64) {
-	t.Helper()
-	exec(t, s, `INSERT INTO request_logs (time, model, status, key_id, access_key_id, prompt_tokens,
-		candidates_tokens, total_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-		toMS(at), model, status, keyID, accessID, tokens, 2*tokens, 3*tokens)
-}
-
-func TestUsageBuckets(t *testing.T) {
-	s := openTest(t, pgtest.URL(t), nil, nil)
-	ctx := context.Background()
-	t0 := time.UnixMilli(1_750_000_000_000)
-	h := time.Hour
-	insertRequest(t, s, t0.Add(-time.Millisecond), "m", 200, 1, 1, 1)   // before the first bucket
-	insertRequest(t, s, t0, "m", 200, 1, 1, 1)                          // bucket 0, at its start
-	insertRequest(t, s, t0.Add(h-time.Millisecond), "m", 500, 1, 1, 10) // bucket 0, at its end
-	insertRequest(t, s, t0.Add(h), "n", 429, 1, 1, 100)                 // bucket 1
-	insertRequest(t, s, t0.Add(h+1), "n", 301, 1, 1, 0)                 // bucket 1: 3xx succeeds
-	insertRequest(t, s, t0.Add(3*h), "n", 200, 1, 1, 5)                 // after the last bucket
-	// Bucket 1 is 2 h long: bounds need not be evenly spaced (DST days are not).
-	got, err := s.UsageBuckets(ctx, []time.Time{t0, t0.Add(h), t0.Add(3 * h)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []Usage{
-		{Requests: 2, Failures: 1, PromptTokens: 11, CandidatesTokens: 22, TotalTokens: 33},
-		{Requests: 2, Failures: 1, PromptTokens: 100, CandidatesTokens: 200, TotalTokens: 300},
-	}
-	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
-		t.Fatalf("buckets = %+v, want %+v", got, want)
-	}
-	// An empty bucket is all zeros.
-	got, err = s.UsageBuckets(ctx, []time.Time{t0.Add(10 * h), t0.Add(11 * h)})
-	if err != nil || len(got) != 1 || got[0] != (Usage{}) {
-		t.Errorf("empty bucket = %+v, %v", got, err)
-	}
-	for _, bad := range [][]time.Time{{t0}, {t0, t0}, {t0.Add(h), t0}} {
-		if _, err := s.UsageBuckets(ctx, bad); err == nil {
-			t.Errorf("bounds %v accepted", bad)
-		}
-	}
-
-	models, err := s.UsageByModel(ctx, t0, t0.Add(3*h), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(models) != 2 || models[0].Model != "m" || models[0].Requests != 2 || models[0].Failures != 1 ||
-		models[0].TotalTokens != 33 || models[1].Model != "n" || models[1].Requests != 2 {
-		t.Errorf("by model = %+v", models)
-	}
-	if models, _ := s.UsageByModel(ctx, t0, t0.Add(3*h), 1); len(models) != 1 {
-		t.Errorf("limit 1 gave %d models", len(models))
 	}
 }

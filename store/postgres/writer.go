@@ -10,26 +10,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
-)
-
-// statusClientClosed is the status the gateway logs for a request whose client went away
-// before its answer (nginx's 499).
-const statusClientClosed = 499
-
-// Limits of the text stored in log rows, as in the SQLite store.
-const (
-	maxTextLen   = 1000
-	maxPathLen   = 1000
-	maxModelLen  = 200
-	maxMethodLen = 32
-	maxLimitLen  = 32
 )
 
 // maxAttempts bounds retries of a batch failing for a reason that is not transient (see
@@ -50,9 +36,9 @@ func (s *Store) LogRequest(r store.RequestLog) {
 		time:        toMS(r.Time),
 		accessKeyID: r.AccessKeyID,
 		keyID:       r.KeyID,
-		method:      truncate(clean(r.Method), maxMethodLen),
-		path:        truncate(clean(r.Path), maxPathLen),
-		model:       truncate(clean(r.Model), maxModelLen),
+		method:      store.Truncate(clean(r.Method), store.MaxMethodLen),
+		path:        store.Truncate(clean(r.Path), store.MaxPathLen),
+		model:       store.Truncate(clean(r.Model), store.MaxModelLen),
 		stream:      r.Stream,
 		status:      int32(r.Status),
 		attempts:    int32(r.Attempts),
@@ -62,8 +48,8 @@ func (s *Store) LogRequest(r store.RequestLog) {
 		candidates:  r.CandidatesTokens,
 		thoughts:    r.ThoughtsTokens,
 		total:       r.TotalTokens,
-		text:        truncate(clean(r.Error), maxTextLen),
-		limitHit:    truncate(clean(r.LimitHit), maxLimitLen),
+		text:        store.Truncate(clean(r.Error), store.MaxTextLen),
+		limitHit:    store.Truncate(clean(r.LimitHit), store.MaxLimitLen),
 	})
 }
 
@@ -74,10 +60,10 @@ func (s *Store) LogError(e store.ErrorLog) {
 		time:        toMS(e.Time),
 		keyID:       e.KeyID,
 		accessKeyID: e.AccessKeyID,
-		model:       truncate(clean(e.Model), maxModelLen),
-		path:        truncate(clean(e.Path), maxPathLen),
+		model:       store.Truncate(clean(e.Model), store.MaxModelLen),
+		path:        store.Truncate(clean(e.Path), store.MaxPathLen),
 		status:      int32(e.Status),
-		text:        truncate(clean(e.Message), maxTextLen),
+		text:        store.Truncate(clean(e.Message), store.MaxTextLen),
 	})
 }
 
@@ -610,7 +596,7 @@ func (w *writer) commitTx(states []store.KeyState, cools []cooldownKey, until []
 			}
 			// A failed final attempt has its own error row, which counts it; only an attempt
 			// that got an answer (or was cut short by the client) counts here.
-			if e.keyID != 0 && (e.status < 400 || e.status == statusClientClosed) {
+			if e.keyID != 0 && (e.status < 400 || e.status == store.StatusClientClosed) {
 				u := w.keyUsage[e.keyID]
 				u.requests++
 				u.lastUsed = max(u.lastUsed, e.time)
@@ -726,7 +712,7 @@ func queueKeyState(b *pgx.Batch, states []store.KeyState, cools []cooldownKey, u
 			if k.Disabled {
 				reason[i] = clean(k.Reason)
 			}
-			lastErr[i] = truncate(clean(k.LastError), maxTextLen)
+			lastErr[i] = store.Truncate(clean(k.LastError), store.MaxTextLen)
 		}
 		b.Queue(sqlKeyState, ids, disabled, reason, failures, lastErr)
 	}
@@ -793,23 +779,11 @@ func appendError(v []any, e *entry) []any {
 // addTo returns u with the request row e added (a failure when its status is not 2xx or 3xx).
 func (e *entry) addTo(u store.Usage) store.Usage {
 	u.Requests++
-	if failed(e.status) {
+	if store.Failed(int(e.status)) {
 		u.Failures++
 	}
 	u.PromptTokens += e.prompt
 	u.CandidatesTokens += e.candidates
 	u.TotalTokens += e.total
 	return u
-}
-
-// truncate cuts s to at most n bytes on a UTF-8 boundary. A cut string is copied, so a huge
-// original is not kept alive by the queue.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return strings.Clone(s[:n])
 }
