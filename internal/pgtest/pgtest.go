@@ -5,8 +5,9 @@
 // a fresh database on it (dropped when the test ends), so tests are isolated and may run in
 // parallel. The server listens on 127.0.0.1 only, on a free port, with trust authentication
 // and no Unix socket, in a temporary directory; it runs with fsync off (a test server keeps
-// nothing worth a disk flush). NewServer starts a server of a test's own, for tests that stop
-// and start it.
+// nothing worth a disk flush) unless the environment variable SYNAPSE_PGTEST_DURABLE is set
+// (for benchmarks: then it flushes as a production server does). NewServer starts a server of
+// a test's own, for tests that stop and start it.
 //
 // The test binary's TestMain must call Main, which stops every server when the tests end or a
 // signal (SIGINT, SIGTERM, SIGHUP) arrives. Each server also has a watchdog process that stops
@@ -47,6 +48,10 @@ import (
 
 // RequireEnv names the environment variable that turns a missing PostgreSQL into a failure.
 const RequireEnv = "SYNAPSE_REQUIRE_POSTGRES"
+
+// DurableEnv names the environment variable that makes the servers flush to disk at every
+// commit (fsync, synchronous_commit and full_page_writes on, as by default).
+const DurableEnv = "SYNAPSE_PGTEST_DURABLE"
 
 // Root is where Debian's postgresql packages install their versions.
 const Root = "/usr/lib/postgresql"
@@ -200,6 +205,7 @@ type Server struct {
 	watchdog *exec.Cmd
 	wdPipe   *os.File // the write end of the watchdog's stdin; closing it stops the server
 	down     bool     // shut down for good
+	stopped  bool     // stopped by Stop until Start
 }
 
 // start creates a cluster in a new temporary directory and starts it on a free loopback port.
@@ -238,20 +244,19 @@ func start(bin string) (*Server, error) {
 		s.shutdown()
 		return nil, fmt.Errorf("pgtest: initdb: %v\n%s", err, out)
 	}
-	conf := strings.Join([]string{
+	conf := []string{
 		"",
 		"# pgtest",
 		"listen_addresses = '127.0.0.1'",
 		"unix_socket_directories = ''",
 		"max_connections = 300",
-		"fsync = off",
-		"synchronous_commit = off",
-		"full_page_writes = off",
 		"shared_buffers = 128MB",
 		"log_min_messages = warning",
-		"",
-	}, "\n")
-	if err := s.appendConf(conf); err != nil {
+	}
+	if os.Getenv(DurableEnv) == "" {
+		conf = append(conf, "fsync = off", "synchronous_commit = off", "full_page_writes = off")
+	}
+	if err := s.appendConf(strings.Join(conf, "\n") + "\n"); err != nil {
 		s.shutdown()
 		return nil, err
 	}
@@ -411,10 +416,10 @@ func (s *Server) URL(t testing.TB) string {
 	}
 	t.Cleanup(func() {
 		s.mu.Lock()
-		down := s.down
+		gone := s.down || s.stopped
 		s.mu.Unlock()
-		if down {
-			return
+		if gone {
+			return // the server's directory goes at shutdown, with the database
 		}
 		if err := s.adminExec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)"); err != nil {
 			t.Logf("pgtest: drop database %s: %v", name, err)
@@ -469,6 +474,9 @@ func (s *Server) Stop(t testing.TB) {
 	if out, err := s.run("pg_ctl", "-D", s.data(), "-m", "fast", "-w", "-t", "60", "stop"); err != nil {
 		t.Fatalf("pgtest: pg_ctl stop: %v\n%s", err, out)
 	}
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
 }
 
 // Start starts the server again after Stop, on the same port.
@@ -477,6 +485,9 @@ func (s *Server) Start(t testing.TB) {
 	if err := s.pgStart(); err != nil {
 		t.Fatal(err)
 	}
+	s.mu.Lock()
+	s.stopped = false
+	s.mu.Unlock()
 }
 
 // shutdown stops the server for good and removes its directory, by closing the watchdog's
