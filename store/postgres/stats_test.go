@@ -293,7 +293,7 @@ func BenchmarkUsageBuckets(b *testing.B) {
 	const rows = 300000
 	step := end.Sub(start).Milliseconds() / rows
 	exec(b, s, `INSERT INTO request_logs (time, model, status, total_tokens)
-		SELECT $2 + i * $3, 'm' || (i % 7), CASE WHEN i % 10 = 0 THEN 500 ELSE 200 END, 42 FROM generate_series(0, $1 - 1) i`,
+		SELECT $2::bigint + i * $3::bigint, 'm' || (i % 7), CASE WHEN i % 10 = 0 THEN 500 ELSE 200 END, 42 FROM generate_series(0, $1 - 1) i`,
 		rows, toMS(start), step)
 	// The sums as the writer makes them (all times are after 1970: % rounds down).
 	exec(b, s, `INSERT INTO request_usage SELECT time - time % 900000 AS slot, model, COUNT(*),
