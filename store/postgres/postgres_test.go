@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
@@ -215,6 +216,33 @@ func TestMigrateFromOlderVersion(t *testing.T) {
 	var got bool
 	if err := db.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, schemaLockKey).Scan(&got); err != nil || !got {
 		t.Errorf("schema lock still held: %v, %v", got, err)
+	}
+}
+
+// TestOpenWithoutCreatePrivilege: an instance whose role may read and write the tables but not
+// create any (PostgreSQL 15 no longer lets every role create in schema public) opens a
+// database migrated by its owner, and works.
+func TestOpenWithoutCreatePrivilege(t *testing.T) {
+	url := pgtest.URL(t)
+	ctx := context.Background()
+	owner := openTest(t, url, nil, nil)
+	role := fmt.Sprintf("app_%d", time.Now().UnixNano())
+	exec(t, owner, `CREATE ROLE `+role+` LOGIN`)
+	t.Cleanup(func() {
+		_, _ = owner.pool.Exec(context.Background(), `DROP OWNED BY `+role)
+		_, _ = owner.pool.Exec(context.Background(), `DROP ROLE `+role)
+	})
+	exec(t, owner, `REVOKE CREATE ON SCHEMA public FROM PUBLIC`)
+	exec(t, owner, `GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO `+role)
+	exec(t, owner, `GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO `+role)
+	app := openTest(t, strings.Replace(url, "postgres@", role+"@", 1), nil, nil)
+	if _, err := app.AddKeys(ctx, []string{"k"}); err != nil {
+		t.Fatal(err)
+	}
+	app.LogRequest(RequestLog{Time: time.Now(), KeyID: 1, Status: 200})
+	app.Flush()
+	if n := countRows(t, owner, "request_logs"); n != 1 || app.Written() != 1 {
+		t.Errorf("%d rows written by the role without CREATE, Written() = %d", n, app.Written())
 	}
 }
 

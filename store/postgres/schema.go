@@ -198,12 +198,20 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, steps []string, logger *za
 			err = errors.Join(err, fmt.Errorf("migrate: release the schema lock: %w", uerr))
 		}
 	}()
-	if _, err := conn.Exec(ctx, `
-		CREATE TABLE IF NOT EXISTS schema_version (
-			one     boolean PRIMARY KEY DEFAULT true CHECK (one),
-			version integer NOT NULL
-		)`); err != nil {
+	// Created only when missing: a user without the CREATE privilege can open a database
+	// already migrated (CREATE TABLE IF NOT EXISTS would check the privilege first).
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('schema_version') IS NOT NULL`).Scan(&exists); err != nil {
 		return fmt.Errorf("migrate: %w", err)
+	}
+	if !exists {
+		if _, err := conn.Exec(ctx, `
+			CREATE TABLE schema_version (
+				one     boolean PRIMARY KEY DEFAULT true CHECK (one),
+				version integer NOT NULL
+			)`); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
 	}
 	for {
 		done, err := migrateStep(ctx, conn.Conn(), steps, logger)
