@@ -195,6 +195,7 @@ type writer struct {
 
 	// Used by the writer goroutine only.
 	giveUpAt    time.Time // set once Close is waiting: failing batches are dropped after it
+	gaveUp      bool      // Close gave up on a batch: the rest is dropped without an attempt
 	rows        []entry
 	flushes     []chan struct{}
 	keyUsage    map[int64]keyUsage
@@ -420,6 +421,12 @@ func (w *writer) write() {
 	backoff := 50 * time.Millisecond
 	var lastLog time.Time
 	for attempt := 1; ; attempt++ {
+		if w.gaveUp {
+			// Close waited its closeTimeout for a server that did not answer; trying each of
+			// the remaining batches (each up to a connect timeout) would hold it up longer.
+			w.dropBatch()
+			break
+		}
 		err := w.commit()
 		if err == nil {
 			w.written.Add(uint64(len(w.rows)))
@@ -432,15 +439,12 @@ func (w *writer) write() {
 		if w.giveUpAt.IsZero() && w.stopping() {
 			w.giveUpAt = time.Now().Add(w.o.closeTimeout)
 		}
-		if (!transient(err) && attempt >= maxAttempts) || (!w.giveUpAt.IsZero() && time.Now().After(w.giveUpAt)) {
-			w.dropped.Add(uint64(len(w.rows)))
+		timedOut := !w.giveUpAt.IsZero() && time.Now().After(w.giveUpAt)
+		if (!transient(err) && attempt >= maxAttempts) || timedOut {
 			w.logger.Error("giving up writing a batch of logs",
 				zap.Error(err), zap.Int("rows", len(w.rows)), zap.Int("attempts", attempt))
-			w.stateMu.Lock()
-			clear(w.inStates)
-			clear(w.inCooldowns)
-			clear(w.inProjects)
-			w.stateMu.Unlock()
+			w.dropBatch()
+			w.gaveUp = timedOut && transient(err)
 			break
 		}
 		if time.Since(lastLog) >= retryLogEvery {
@@ -460,6 +464,16 @@ func (w *writer) write() {
 	}
 	clear(w.flushes)
 	w.flushes = w.flushes[:0]
+}
+
+// dropBatch counts the batch's rows as dropped and forgets the key state it took.
+func (w *writer) dropBatch() {
+	w.dropped.Add(uint64(len(w.rows)))
+	w.stateMu.Lock()
+	clear(w.inStates)
+	clear(w.inCooldowns)
+	clear(w.inProjects)
+	w.stateMu.Unlock()
 }
 
 // commit writes the batch in one transaction. It holds commitMu, and on success empties the

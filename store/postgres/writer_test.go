@@ -313,8 +313,13 @@ func TestWriterRidesOutAStoppedServer(t *testing.T) {
 func TestCloseGivesUpOnAStoppedServer(t *testing.T) {
 	srv := pgtest.NewServer(t)
 	core, logs := observer.New(zapcore.ErrorLevel)
-	s := openTest(t, srv.URL(t), zap.New(core), func(o *options) { o.closeTimeout = 300 * time.Millisecond })
+	s := openTest(t, srv.URL(t), zap.New(core), func(o *options) {
+		o.closeTimeout = 300 * time.Millisecond
+		o.batchSize = 4 // three batches: the later ones are dropped without an attempt
+		o.paused = true
+	})
 	srv.Stop(t)
+	s.w.resume()
 	for range 10 {
 		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
 	}
@@ -331,8 +336,8 @@ func TestCloseGivesUpOnAStoppedServer(t *testing.T) {
 	if got := s.Written(); got != 0 {
 		t.Errorf("Written() = %d, want 0", got)
 	}
-	if logs.FilterMessage("giving up writing a batch of logs").Len() == 0 {
-		t.Error("giving up was not logged")
+	if n := logs.FilterMessage("giving up writing a batch of logs").Len(); n != 1 {
+		t.Errorf("giving up was logged %d times, want once", n)
 	}
 }
 
