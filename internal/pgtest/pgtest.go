@@ -159,16 +159,21 @@ func skipOrFail(t testing.TB, why string) {
 	t.Helper()
 	if os.Getenv(RequireEnv) != "" {
 		t.Fatalf("%s, and %s is set: install the postgresql package", why, RequireEnv)
+		return
 	}
 	t.Skipf("%s: skipping (install the postgresql package, or set %s to make this a failure)", why, RequireEnv)
 }
 
 // binDir returns the bin directory of the highest PostgreSQL version installed, or why there
 // is none.
-func binDir() (dir, skip string) {
-	entries, err := os.ReadDir(Root)
+func binDir() (dir, skip string) { return binDirIn(Root) }
+
+// binDirIn returns the bin directory of the highest version under root (root/<version>/bin
+// with initdb and pg_ctl), or why there is none.
+func binDirIn(root string) (dir, skip string) {
+	entries, err := os.ReadDir(root)
 	if err != nil {
-		return "", fmt.Sprintf("pgtest: no PostgreSQL under %s", Root)
+		return "", fmt.Sprintf("pgtest: no PostgreSQL under %s", root)
 	}
 	best, bestVersion := "", -1.0
 	for _, e := range entries {
@@ -176,7 +181,7 @@ func binDir() (dir, skip string) {
 		if err != nil {
 			continue
 		}
-		bin := filepath.Join(Root, e.Name(), "bin")
+		bin := filepath.Join(root, e.Name(), "bin")
 		if _, err := os.Stat(filepath.Join(bin, "initdb")); err != nil {
 			continue
 		}
@@ -188,7 +193,7 @@ func binDir() (dir, skip string) {
 		}
 	}
 	if best == "" {
-		return "", fmt.Sprintf("pgtest: no initdb and pg_ctl under %s/<version>/bin", Root)
+		return "", fmt.Sprintf("pgtest: no initdb and pg_ctl under %s/<version>/bin", root)
 	}
 	return best, ""
 }

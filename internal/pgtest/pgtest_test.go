@@ -2,7 +2,10 @@ package pgtest
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,5 +89,65 @@ func TestServerStopAndStart(t *testing.T) {
 	})
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("server directory %s left behind: %v", dir, err)
+	}
+}
+
+// TestBinDirPicksTheHighestVersion: of the versions with initdb and pg_ctl, the highest by
+// number (16 above 9.6); none is a reason to skip.
+func TestBinDirPicksTheHighestVersion(t *testing.T) {
+	root := t.TempDir()
+	for _, v := range []string{"9.6", "15", "16", "17"} {
+		bin := filepath.Join(root, v, "bin")
+		if err := os.MkdirAll(bin, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		programs := []string{"initdb", "pg_ctl"}
+		if v == "17" {
+			programs = programs[:1] // a partial install does not count
+		}
+		for _, p := range programs {
+			if err := os.WriteFile(filepath.Join(bin, p), nil, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(root, "not-a-version", "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if dir, skip := binDirIn(root); skip != "" || dir != filepath.Join(root, "16", "bin") {
+		t.Errorf("binDirIn = %q, %q; want version 16", dir, skip)
+	}
+	if dir, skip := binDirIn(t.TempDir()); dir != "" || !strings.Contains(skip, "no initdb and pg_ctl") {
+		t.Errorf("an empty root: %q, %q", dir, skip)
+	}
+	if dir, skip := binDirIn(filepath.Join(root, "missing")); dir != "" || !strings.Contains(skip, "no PostgreSQL under") {
+		t.Errorf("a missing root: %q, %q", dir, skip)
+	}
+}
+
+// recorder is a testing.TB that records a skip or a failure instead of ending the test.
+type recorder struct {
+	testing.TB
+	skipped, failed string
+}
+
+func (r *recorder) Helper()                           {}
+func (r *recorder) Skipf(format string, args ...any)  { r.skipped = fmt.Sprintf(format, args...) }
+func (r *recorder) Fatalf(format string, args ...any) { r.failed = fmt.Sprintf(format, args...) }
+
+// TestMissingPostgresSkipsUnlessRequired: without PostgreSQL a test is skipped, unless
+// SYNAPSE_REQUIRE_POSTGRES is set (as CI sets it): then it fails, naming the package to install.
+func TestMissingPostgresSkipsUnlessRequired(t *testing.T) {
+	t.Setenv(RequireEnv, "")
+	r := &recorder{TB: t}
+	skipOrFail(r, "pgtest: no PostgreSQL under /nowhere")
+	if r.failed != "" || !strings.Contains(r.skipped, RequireEnv) {
+		t.Errorf("without %s: skipped %q, failed %q; want a skip naming it", RequireEnv, r.skipped, r.failed)
+	}
+	t.Setenv(RequireEnv, "1")
+	r = &recorder{TB: t}
+	skipOrFail(r, "pgtest: no PostgreSQL under /nowhere")
+	if r.skipped != "" || !strings.Contains(r.failed, "install the postgresql package") {
+		t.Errorf("with %s: skipped %q, failed %q; want a failure", RequireEnv, r.skipped, r.failed)
 	}
 }
