@@ -1,11 +1,16 @@
 package pgtest
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -149,5 +154,73 @@ func TestMissingPostgresSkipsUnlessRequired(t *testing.T) {
 	skipOrFail(r, "pgtest: no PostgreSQL under /nowhere")
 	if r.skipped != "" || !strings.Contains(r.failed, "install the postgresql package") {
 		t.Errorf("with %s: skipped %q, failed %q; want a failure", RequireEnv, r.skipped, r.failed)
+	}
+}
+
+// helperEnv makes the test binary, run again by TestServerGoesWithItsBinary, start a server
+// and wait to be killed.
+const helperEnv = "PGTEST_HELPER_HOLD_SERVER"
+
+func TestHelperHoldServer(t *testing.T) {
+	if os.Getenv(helperEnv) == "" {
+		t.Skip("run by TestServerGoesWithItsBinary")
+	}
+	URL(t)
+	fmt.Printf("server %s %d\n", shared.dir, shared.port)
+	time.Sleep(time.Minute)
+}
+
+// TestServerGoesWithItsBinary kills a test binary holding a server, with SIGKILL (the watchdog
+// stops the server) and SIGTERM (Main's signal handler does): the server stops and its
+// directory goes.
+func TestServerGoesWithItsBinary(t *testing.T) {
+	if _, skip := binDir(); skip != "" {
+		skipOrFail(t, skip)
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperHoldServer$", "-test.v")
+			cmd.Env = append(os.Environ(), helperEnv+"=1")
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			var dir string
+			var port int
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				if n, _ := fmt.Sscanf(sc.Text(), "server %s %d", &dir, &port); n == 2 {
+					break
+				}
+			}
+			if dir == "" {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+				t.Fatal("the helper did not report its server")
+			}
+			go func() { _, _ = io.Copy(io.Discard, out) }()
+			if err := cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			_ = cmd.Wait()
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				_, statErr := os.Stat(dir)
+				c, dialErr := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+				if dialErr == nil {
+					_ = c.Close()
+				}
+				if os.IsNotExist(statErr) && dialErr != nil {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("30 s after %v: directory %s: %v; port %d: %v", sig, dir, statErr, port, dialErr)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		})
 	}
 }
