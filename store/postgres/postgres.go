@@ -1,8 +1,9 @@
-// Package postgres keeps the gateway's state in PostgreSQL, with the same contract as the SQLite
-// store (package store): the same methods, types, errors and behaviour, so that several
-// gateway instances can share one database. The driver is github.com/jackc/pgx/v5 (pgxpool).
+// Package postgres is the PostgreSQL engine of package store: *Store implements store.Store
+// with the behaviour its contract documents (store/storetest checks it, as for store/sqlite),
+// so that several gateway instances can share one database. The driver is
+// github.com/jackc/pgx/v5 (pgxpool).
 //
-// The tables are those of the SQLite schema, adapted: times are BIGINT unix milliseconds (0 for
+// The tables are those of store/sqlite's schema, adapted: times are BIGINT unix milliseconds (0 for
 // never) as in SQLite, so rows compare one to one; ids are identity columns, never reused;
 // hashes are bytea; flags are boolean. The schema is brought up to date by numbered migrations
 // of this engine's own (see migrations), under a session advisory lock so that instances
