@@ -46,6 +46,12 @@ type Limiter struct {
 	states atomic.Pointer[map[int64]*state]
 	loc    atomic.Pointer[time.Location]
 	mu     sync.Mutex // serializes Set, which copies the map
+
+	// cl is the cluster mode (nil: this limiter alone counts every limit); retired holds
+	// the counters Set dropped that still hold slices of the cluster's limits, to be
+	// settled by the next Sync (both guarded by mu; cl set once, by SetCluster).
+	cl      atomic.Pointer[cluster]
+	retired []*state
 }
 
 // NewLimiter returns a limiter with no policies, in the local timezone.
@@ -86,10 +92,18 @@ func (l *Limiter) Set(policies map[int64]*Policy) {
 		}
 		s := old[id]
 		if s == nil {
-			s = newState(l)
+			s = newState(l, id)
 		}
 		s.apply(p)
 		next[id] = s
+	}
+	for id, s := range old {
+		if next[id] != s && s.cl != nil {
+			s.mu.Lock()
+			s.cl.retired = true
+			s.mu.Unlock()
+			l.retired = append(l.retired, s) // its slices go back at the next Sync
+		}
 	}
 	l.states.Store(&next)
 }
@@ -131,6 +145,12 @@ type Refusal struct {
 	// RetryAt is the latest RetryAt of the violations: the first moment none of them
 	// refuses a request (unless usage grows meanwhile).
 	RetryAt time.Time
+	// Unavailable says that the limits could not be checked against the cluster's (cluster
+	// mode only): the ledger did not answer, and the slices held here did not cover the
+	// request, so admitting it might have exceeded a limit of the cluster. Violations then
+	// name the limits that needed the ledger, with Used 0 (unknown), and RetryAt is when
+	// the ledger will be asked again.
+	Unavailable bool
 }
 
 // Ticket is an admitted request. Its Done must be called once the request ends (a stream at
@@ -162,6 +182,9 @@ func (t Ticket) Done(tokens int64, now time.Time) {
 			tokens = min(tokens, maxLimit)
 			s.charge(tokens, ns)
 			s.tokens = min(s.tokens+tokens, maxLimit)
+			if s.cl != nil {
+				s.cl.charge(s, tokens) // cluster.go: taken from the token slices
+			}
 		}
 	}
 	s.mu.Unlock()
@@ -171,6 +194,10 @@ func (t Ticket) Done(tokens int64, now time.Time) {
 // exceed. An admitted request counts at once toward the requests per minute and per day and
 // the requests in flight, until its ticket's Done; a refused one counts toward nothing. A key
 // with no limits gets the zero Ticket. Admitting does not allocate; refusing does.
+//
+// In cluster mode (SetCluster) a request must also fit in the slices of the cluster's limits
+// this limiter holds; when one is empty, Admit asks the ledger for another before it decides
+// (see cluster.go).
 func (l *Limiter) Admit(id int64, now time.Time) (Ticket, *Refusal) {
 	s := l.state(id)
 	if s == nil {
@@ -179,8 +206,23 @@ func (l *Limiter) Admit(id int64, now time.Time) (Ticket, *Refusal) {
 	ns := now.UnixNano()
 	loc := l.location()
 	s.mu.Lock()
+	if s.cl != nil {
+		return s.admitShared(now, ns, loc) // cluster.go; it unlocks s.mu
+	}
 	s.roll(now, ns, loc)
 	var vs [5]Violation
+	if n := s.check(now, ns, loc, &vs); n > 0 {
+		s.mu.Unlock()
+		return Ticket{}, refusal(vs[:n], false)
+	}
+	t := s.take(ns)
+	s.mu.Unlock()
+	return t, nil
+}
+
+// check puts in vs every limit a request at now would exceed, in the order rpm, rpd, tpm,
+// token_budget, concurrency, and returns how many. s.mu is held and s rolled to now.
+func (s *state) check(now time.Time, ns int64, loc *time.Location, vs *[5]Violation) int {
 	n := 0
 	if len(s.ring) > 0 && s.n == len(s.ring) && s.ring[s.head]+window > ns {
 		vs[n] = Violation{LimitRPM, s.rpm, s.rpmUsed(ns), time.Unix(0, s.ring[s.head]+window).In(loc)}
@@ -204,17 +246,23 @@ func (l *Limiter) Admit(id int64, now time.Time) (Ticket, *Refusal) {
 		vs[n] = Violation{LimitConcurrency, s.conc, s.inflight, now.Add(concurrencyRetry).In(loc)}
 		n++
 	}
-	if n > 0 {
-		s.mu.Unlock()
-		r := &Refusal{Violations: make([]Violation, n)}
-		copy(r.Violations, vs[:n])
-		for _, v := range r.Violations {
-			if v.RetryAt.After(r.RetryAt) {
-				r.RetryAt = v.RetryAt
-			}
+	return n
+}
+
+// refusal is the Refusal of the violations vs (copied).
+func refusal(vs []Violation, unavailable bool) *Refusal {
+	r := &Refusal{Violations: make([]Violation, len(vs)), Unavailable: unavailable}
+	copy(r.Violations, vs)
+	for _, v := range r.Violations {
+		if v.RetryAt.After(r.RetryAt) {
+			r.RetryAt = v.RetryAt
 		}
-		return Ticket{}, r
 	}
+	return r
+}
+
+// take counts an admitted request at ns and returns its ticket. s.mu is held.
+func (s *state) take(ns int64) Ticket {
 	if len(s.ring) > 0 {
 		s.push(ns)
 	}
@@ -232,9 +280,7 @@ func (l *Limiter) Admit(id int64, now time.Time) (Ticket, *Refusal) {
 		}
 	}
 	s.gens[slot]++
-	t := Ticket{s: s, gen: s.gens[slot], slot: slot}
-	s.mu.Unlock()
-	return t, nil
+	return Ticket{s: s, gen: s.gens[slot], slot: slot}
 }
 
 // Usage is an access key's current usage against its limits.
@@ -278,6 +324,9 @@ func (l *Limiter) Usage(id int64, now time.Time) Usage {
 	if s.budget > 0 {
 		u.PeriodEndsAt = s.periodEnd
 	}
+	if s.cl != nil {
+		s.cl.usage(s, &u) // cluster.go: the cluster's usage as last seen
+	}
 	return u
 }
 
@@ -298,7 +347,9 @@ func (l *Limiter) location() *time.Location {
 // state is the counters of one access key with limits. Times are Unix nanoseconds.
 type state struct {
 	lim *Limiter
+	id  int64 // the access key's id
 	mu  sync.Mutex
+	cl  *shared // the slices of the cluster's limits held here (cluster.go); nil: not in cluster mode
 
 	// The limits (0: none) and the token budget's period.
 	rpm, rpd, tpm, budget, conc int64
@@ -316,6 +367,9 @@ type state struct {
 	requests, tokens      int64
 	dayEnd, periodEnd     time.Time
 	dayEndNs, periodEndNs int64
+	// dayStart and periodStart start those periods, in Unix milliseconds: the identity of the
+	// period in the cluster's ledger.
+	dayStart, periodStart int64
 	loc                   *time.Location
 	endsPeriod            periodKind
 	// tkey and tval are the token buckets: tval[i] tokens were charged in the second that
@@ -332,14 +386,21 @@ type state struct {
 	inflight int64
 }
 
-func newState(l *Limiter) *state {
-	return &state{lim: l, gens: make([]uint64, 0, 8), free: make([]int32, 0, 8)}
+func newState(l *Limiter, id int64) *state {
+	s := &state{lim: l, id: id, gens: make([]uint64, 0, 8), free: make([]int32, 0, 8)}
+	if c := l.cl.Load(); c != nil {
+		s.cl = newShared(c)
+	}
+	return s
 }
 
 // apply sets the limits of p, keeping the counters.
 func (s *state) apply(p *Policy) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.cl != nil {
+		s.cl.apply(s, p) // cluster.go: slices of changed limits go back
+	}
 	s.rpd, s.tpm, s.conc = p.RPD, p.TPM, p.Concurrency
 	s.budget, s.period = 0, daily
 	if b := p.TokenBudget; b != nil && b.Limit > 0 {
@@ -465,6 +526,7 @@ func (s *state) roll(now time.Time, ns int64, loc *time.Location) {
 		}
 		s.dayEnd = periodEnd(daily, now, loc)
 		s.dayEndNs = s.dayEnd.UnixNano()
+		s.dayStart = PeriodStart(Daily, now, loc).UnixMilli()
 	}
 	if ns >= s.periodEndNs || s.loc != loc || s.endsPeriod != s.period {
 		if s.periodEndNs != 0 && ns >= s.periodEndNs {
@@ -472,6 +534,8 @@ func (s *state) roll(now time.Time, ns int64, loc *time.Location) {
 		}
 		s.periodEnd = periodEnd(s.period, now, loc)
 		s.periodEndNs = s.periodEnd.UnixNano()
+		y, m, d := periodDate(s.period, now, loc)
+		s.periodStart = dayStart(y, m, d, loc).UnixMilli()
 		s.endsPeriod = s.period
 	}
 	s.loc = loc

@@ -172,6 +172,53 @@ CREATE TABLE access_key_usage (
 	PRIMARY KEY (slot, access_key_id, model, limit_hit)
 );
 `,
+	// 2: the ledger of the access keys' limits shared by the instances (leases.go). Times are
+	// unix milliseconds of the database's clock.
+	`
+-- Slices of rpm units and tpm tokens: granted at granted_at, usable until usable_until; units
+-- is what was granted until the instance says how many it used. A slice counts against its
+-- limit until 60 s after usable_until. (Tokens charged outside any slice are a row of their
+-- own, usable_until the moment they were charged.)
+CREATE TABLE limit_grants (
+	id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	access_key_id bigint NOT NULL,
+	kind          text   NOT NULL CHECK (kind IN ('rpm', 'tpm')),
+	granted_at    bigint NOT NULL,
+	usable_until  bigint NOT NULL,
+	units         bigint NOT NULL
+);
+CREATE INDEX limit_grants_key ON limit_grants (access_key_id, kind, usable_until);
+CREATE INDEX limit_grants_until ON limit_grants (usable_until);
+
+-- Per access key and period (kind 'rpd': the requests of the day starting at period_start;
+-- 'tokens': the tokens of the token budget's period): the units or tokens granted and not
+-- given back, plus the tokens charged beyond the grants. granted is the last grant, for the
+-- statement that makes it.
+CREATE TABLE limit_counters (
+	access_key_id bigint NOT NULL,
+	kind          text   NOT NULL CHECK (kind IN ('rpd', 'tokens')),
+	period_start  bigint NOT NULL,
+	used          bigint NOT NULL,
+	granted       bigint NOT NULL DEFAULT 0,
+	PRIMARY KEY (access_key_id, kind, period_start)
+);
+CREATE INDEX limit_counters_period ON limit_counters (period_start);
+
+-- The instances holding concurrency slots, and until when their heartbeat keeps them.
+CREATE TABLE limit_instances (
+	id         text   PRIMARY KEY,
+	expires_at bigint NOT NULL
+);
+
+-- The concurrency slots each instance holds per access key; seq orders the instance's writes.
+CREATE TABLE limit_slots (
+	access_key_id bigint NOT NULL,
+	instance      text   NOT NULL,
+	slots         bigint NOT NULL,
+	seq           bigint NOT NULL,
+	PRIMARY KEY (access_key_id, instance)
+);
+`,
 }
 
 // schemaLockKey is the key of the session advisory lock migrate holds: instances opening one
