@@ -123,6 +123,7 @@ func (c *Core) doOpen() error {
 		st.Close()
 		return err
 	}
+	c.shareLimits() // limits.go: the limits hold for the cluster when the store is shared
 	c.followCluster()
 	return nil
 }

@@ -6,18 +6,26 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 	"github.com/geminisynapse/caddy-gemini-synapse/tenant"
 )
 
 // Values of the request log's limit_hit: why the access key's policy refused a request.
 const (
 	hitModels = "models"
+	// hitShared: the limits shared with the other instances could not be checked (the
+	// store's ledger did not answer), so the request was refused rather than risk one too
+	// many.
+	hitShared = "shared_limits"
 )
 
 // expired tells whether the access key's policy has expired at now.
@@ -99,8 +107,67 @@ func (x *exchange) admit() bool {
 		x.ticket = t
 		return true
 	}
+	if refusal.Unavailable {
+		x.limitHit = hitShared
+		x.retryAfter(refusal.RetryAt, time.Now())
+		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE",
+			"The limits of this access key are shared with the other instances of the gateway, and they cannot be checked right now. Retry shortly.")
+		return false
+	}
 	x.refuseLimits(refusal)
 	return false
+}
+
+// shareLimits puts the limiter in cluster mode when the store is shared by several instances
+// (store.Leaser): every access key's limits then hold for all of them, each instance leasing
+// slices of them (tenant/cluster.go). A background loop settles with the store every
+// fraction of a second and gives everything back when the core is destroyed.
+func (c *Core) shareLimits() {
+	lz, ok := c.store.(store.Leaser)
+	if !ok {
+		return
+	}
+	c.limiter.SetCluster(tenant.Cluster{Ledger: ledger{lz}, Warn: func(msg string, err error) {
+		c.logger.Warn(msg, zap.Error(err))
+	}})
+	every := c.limiter.SyncEvery()
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-c.ctx.Done():
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				if err := c.limiter.Release(ctx); err != nil {
+					c.logger.Warn("giving back the unused slices of the shared limits failed; they return to the other instances within a minute", zap.Error(err))
+				}
+				cancel()
+				return
+			case <-tick.C:
+				ctx, cancel := context.WithTimeout(c.ctx, tenant.DefaultLedgerTimeout)
+				_ = c.limiter.Sync(ctx) // a failure is logged by the limiter, and retried
+				cancel()
+			}
+		}
+	}()
+}
+
+// ledger is a store.Leaser as the limiter's tenant.Ledger: the types match field for field.
+type ledger struct{ l store.Leaser }
+
+func (g ledger) Lease(ctx context.Context, r tenant.LeaseRequest) (tenant.LeaseGrant, error) {
+	out, err := g.l.Lease(ctx, store.LeaseRequest(r))
+	return tenant.LeaseGrant(out), err
+}
+
+func (g ledger) Settle(ctx context.Context, instance string, slotTTL time.Duration, items []tenant.Settlement) error {
+	in := make([]store.Settlement, len(items))
+	for i, it := range items {
+		in[i] = store.Settlement(it)
+	}
+	return g.l.Settle(ctx, instance, slotTTL, in)
 }
 
 // quotaNames are how each limit is named in a QuotaFailure violation: a quotaId in Google's
