@@ -627,8 +627,12 @@ func (s *state) request(need uint8, wall time.Time) LeaseRequest {
 	cfg := c.cfg
 	r := LeaseRequest{Instance: cfg.Instance, AccessKeyID: s.id, Lifetime: cfg.Lifetime, SlotTTL: cfg.SlotTTL}
 	crowd := c.waiters + 1
+	// A slice that is spent, or in the second half of its lifetime, is renewed with the
+	// needed ones (unless the ledger just had none): their lifetimes then end together, and
+	// one call renews them all.
+	soon := wall.Add(cfg.Lifetime / 2)
 	renew := func(sl *slice, bit uint8, period int64) bool {
-		return need&bit != 0 || !sl.usable(wall, period) && !sl.refused(wall, period)
+		return need&bit != 0 || !sl.usable(soon, period) && !sl.refused(wall, period)
 	}
 	if s.rpm > 0 && renew(&c.rpm, needRPM, 0) {
 		if c.rpm.live && c.rpm.left > 0 {

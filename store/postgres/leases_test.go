@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -530,4 +531,122 @@ func TestLeasesOutage(t *testing.T) {
 	if total > 40 {
 		t.Fatalf("admitted %d requests under rpd 40 across an outage", total)
 	}
+}
+
+// everyLimit is a policy with every limit, high enough never to refuse in a benchmark.
+func everyLimit() *tenant.Policy {
+	return &tenant.Policy{RPM: 1_000_000, RPD: 1 << 40, TPM: 1 << 40, Concurrency: 1 << 20,
+		TokenBudget: &tenant.Budget{Limit: 1 << 40, Period: tenant.Monthly}}
+}
+
+// BenchmarkLeasedAdmit: three instances on one database admit requests of one access key with
+// every limit but rpm set (its largest value, a million, would refuse a long run), as fast as
+// they can (Admit, then Done with 100 tokens): the requests are served from the slices held;
+// leases/op is the calls to the ledger per request.
+func BenchmarkLeasedAdmit(b *testing.B) {
+	url := pgtest.URL(b)
+	p := everyLimit()
+	p.RPM = 0
+	insts := benchInstances(b, url, p)
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		in := insts[next.Add(1)%3]
+		for pb.Next() {
+			tk, r := in.l.Admit(1, time.Now())
+			if r != nil {
+				b.Errorf("refused: %+v", *r)
+				return
+			}
+			tk.Done(100, time.Now())
+		}
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	leases := leaseCalls(insts)
+	b.ReportMetric(float64(leases)/float64(b.N), "leases/op")
+	b.ReportMetric(float64(leases)/elapsed.Seconds(), "leases/s")
+}
+
+// BenchmarkLeaseSteady: three instances each admitting a steady rate of requests (every limit
+// set); leases/s is the calls to the ledger per second for the cluster (Sync's calls apart),
+// which depends on the lease lifetime, not on the rate, once slices have grown.
+func BenchmarkLeaseSteady(b *testing.B) {
+	for _, rate := range []int{20, 200, 2000} {
+		b.Run(fmt.Sprintf("rate=%d/s", rate), func(b *testing.B) {
+			url := pgtest.URL(b)
+			insts := benchInstances(b, url, everyLimit())
+			every := time.Second / time.Duration(rate)
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			for _, in := range insts {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					tick := time.NewTicker(every)
+					defer tick.Stop()
+					for range b.N {
+						<-tick.C
+						tk, r := in.l.Admit(1, time.Now())
+						if r != nil {
+							b.Errorf("refused: %+v", *r)
+							return
+						}
+						tk.Done(100, time.Now())
+					}
+				}()
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			leases := leaseCalls(insts)
+			b.ReportMetric(float64(leases)/elapsed.Seconds(), "leases/s")
+			b.ReportMetric(float64(leases)/float64(3*b.N), "leases/op")
+		})
+	}
+}
+
+// benchInstances starts three syncing instances with policy p on access key 1.
+func benchInstances(b *testing.B, url string, p *tenant.Policy) []instance {
+	out := make([]instance, 3)
+	for i := range out {
+		st := openTest(b, url, nil, nil)
+		l := tenant.NewLimiter()
+		l.SetCluster(tenant.Cluster{Ledger: ledger{st}})
+		l.Set(map[int64]*tenant.Policy{1: p})
+		out[i] = instance{l: l, st: st}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			tick := time.NewTicker(l.SyncEvery())
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+					l.Sync(ctx)
+				}
+			}
+		}()
+		b.Cleanup(func() {
+			cancel()
+			<-done
+			l.Release(context.Background())
+		})
+	}
+	return out
+}
+
+// leaseCalls is the calls to Lease the instances made.
+func leaseCalls(insts []instance) int64 {
+	var n int64
+	for _, in := range insts {
+		n += in.l.ClusterStats().Leases
+	}
+	return n
 }
