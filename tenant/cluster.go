@@ -341,13 +341,15 @@ func (sl *slice) refused(wall time.Time, period int64) bool {
 	return wall.Before(sl.denied) && sl.deniedPeriod == period
 }
 
-// finish ends the slice and sizes the next one: what it used when units were left, doubled
-// when it was used up within half its lifetime, unchanged otherwise.
+// finish ends the slice and sizes the next one: when units were left, what it would have used
+// over a whole lifetime at the rate it was used; doubled when it was used up within half its
+// lifetime; unchanged otherwise.
 func (sl *slice) finish(now time.Time, lifetime time.Duration, least, largest int64) {
+	age := now.Sub(sl.at)
 	switch {
 	case sl.left > 0:
-		sl.want = sl.used
-	case now.Sub(sl.at) < lifetime/2:
+		sl.want = int64(float64(sl.used) * float64(lifetime) / float64(max(age, lifetime/8)))
+	case age < lifetime/2:
 		sl.want *= 2
 	}
 	sl.want = min(max(sl.want, least), largest)
