@@ -79,7 +79,7 @@ present.
 			return runMigrate(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), from, to, caddy.Log())
 		},
 	}
-	cmd.Flags().String("from", "", "path of the SQLite database (the gemini_synapse `database`)")
+	cmd.Flags().String("from", "", "path of the SQLite database (the gemini_synapse app's database)")
 	cmd.Flags().String("to", "", "PostgreSQL URL (default $"+databaseURLEnv+")")
 	return cmd
 }

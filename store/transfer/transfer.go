@@ -63,7 +63,7 @@ type Options struct {
 	// Logger receives postgres.Open's messages (its schema migration); nil for none.
 	Logger *zap.Logger
 	// Progress, when not nil, gets a line after each batch of a table that needs more than
-	// one, and one when a table is done.
+	// one (the table and the rows read so far), for long copies.
 	Progress io.Writer
 }
 
@@ -267,7 +267,6 @@ func Copy(ctx context.Context, sqlitePath, postgresURL string, o Options) (res *
 			return nil, fmt.Errorf("transfer: table %s: %w", p.name, safe(err))
 		}
 		res.Tables = append(res.Tables, tr)
-		fmt.Fprintf(o.Progress, "%s: %d rows read, %d copied\n", p.name, tr.Read, tr.Copied)
 	}
 	res.Sequences, err = moveSequences(ctx, tx, src, plans)
 	if err != nil {

@@ -146,11 +146,9 @@ func TestCopyInBatches(t *testing.T) {
 	if tr := tableResult(t, r, "request_logs"); tr.Read != 2500 || tr.Copied != 2500 {
 		t.Errorf("request_logs: %+v", tr)
 	}
-	for _, want := range []string{"request_logs: 1000 rows read so far", "request_logs: 2000 rows read so far",
-		"request_logs: 2500 rows read, 2500 copied", "keys: 3 rows read, 3 copied"} {
-		if !strings.Contains(progress.String(), want) {
-			t.Errorf("progress lacks %q:\n%s", want, progress.String())
-		}
+	want := "request_logs: 1000 rows read so far\nrequest_logs: 2000 rows read so far\nrequest_logs: 2500 rows read so far\n"
+	if !strings.Contains(progress.String(), want) || strings.Contains(progress.String(), "keys") {
+		t.Errorf("progress:\n%s\nwant the request rows per batch, nothing of the small tables", progress.String())
 	}
 
 	// More rows in SQLite (the gateway ran on): only they are copied.
