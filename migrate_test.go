@@ -225,6 +225,20 @@ func migrateCmd(t *testing.T, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// dirNames lists the names in dir.
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := make([]string, len(entries))
+	for i, e := range entries {
+		names[i] = e.Name()
+	}
+	return names
+}
+
 // fileHash returns the SHA-256 of the files at paths (a missing one hashes as empty).
 func fileHash(t *testing.T, paths ...string) [32]byte {
 	t.Helper()
@@ -249,7 +263,7 @@ func TestMigrateCommand(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "data.db")
 	p := populateSQLite(t, path, 3000, 1000)
-	before := fileHash(t, path, path+"-wal")
+	before, beforeFiles := fileHash(t, path, path+"-wal"), dirNames(t, dir)
 	pgURL := withPassword(t, pgtest.URL(t))
 
 	out, err := migrateCmd(t, "--from", path, "--to", pgURL)
@@ -275,6 +289,10 @@ func TestMigrateCommand(t *testing.T) {
 	}
 	if after := fileHash(t, path, path+"-wal"); after != before {
 		t.Error("migrate changed the SQLite file")
+	}
+	if after := dirNames(t, dir); !reflect.DeepEqual(after, beforeFiles) {
+		// A -wal or -shm file left by a run as root would keep the gateway from opening it.
+		t.Errorf("migrate left files beside the database: %v, before %v", after, beforeFiles)
 	}
 
 	src, err := sqlite.Open(path, nil)

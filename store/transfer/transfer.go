@@ -20,6 +20,8 @@
 //
 // The SQLite file is opened read-only and read in one transaction: a consistent snapshot,
 // even while a gateway runs on it (whatever it writes afterwards is not copied; stop it first).
+// The file of a stopped gateway (no -wal file) is opened immutable, so that no -wal or -shm
+// file is created beside it.
 package transfer
 
 import (
@@ -29,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"net/url"
 	"os"
@@ -335,6 +338,13 @@ func openSource(ctx context.Context, path string) (_ *source, err error) {
 	u := url.URL{Path: filepath.ToSlash(abs)}
 	// mode=ro: SQLite opens the file read-only; _query_only: no statement may write either.
 	dsn := "file:" + u.EscapedPath() + "?mode=ro&_query_only=1&_busy_timeout=5000"
+	if _, err := os.Stat(abs + "-wal"); errors.Is(err, fs.ErrNotExist) {
+		// No write-ahead log: no program has the database open (the gateway keeps one while
+		// it runs), and the file holds every committed row. immutable=1 reads it without the
+		// -wal and -shm files a WAL reader creates otherwise, which would be left behind
+		// owned by whoever ran this (root, say), where the gateway could not open them.
+		dsn += "&immutable=1"
+	}
 	db, err := sql.Open("sqlite3", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("transfer: open %s: %w", path, err)
