@@ -74,7 +74,11 @@ present.
 			from, _ := cmd.Flags().GetString("from")
 			to, _ := cmd.Flags().GetString("to")
 			cmd.SilenceUsage = true // from here on an error is not a usage mistake
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			ctx := cmd.Context()
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return runMigrate(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), from, to, caddy.Log())
 		},

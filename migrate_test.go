@@ -264,7 +264,8 @@ func TestMigrateCommand(t *testing.T) {
 	path := filepath.Join(dir, "data.db")
 	p := populateSQLite(t, path, 3000, 1000)
 	before, beforeFiles := fileHash(t, path, path+"-wal"), dirNames(t, dir)
-	pgURL := withPassword(t, pgtest.URL(t))
+	// With a pool setting, as the gateway's database URL may carry one.
+	pgURL := withPassword(t, pgtest.URL(t)) + "&pool_max_conns=4"
 
 	out, err := migrateCmd(t, "--from", path, "--to", pgURL)
 	if err != nil {

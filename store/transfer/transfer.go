@@ -44,6 +44,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
 	"go.uber.org/zap"
 
@@ -282,16 +283,18 @@ func Copy(ctx context.Context, sqlitePath, postgresURL string, o Options) (res *
 	return res, nil
 }
 
-// connect opens one connection to url, with a 10 s connect timeout unless url sets one.
+// connect opens one connection to url, with a 10 s connect timeout unless url sets one. The
+// URL is parsed as postgres.Open parses it, so that the pool's settings (pool_max_conns, ...)
+// it may carry for the gateway are accepted here too (and not sent to the server).
 func connect(ctx context.Context, url string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(url)
+	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, errors.New("cannot parse the URL") // pgx's message may quote it
 	}
-	if cfg.ConnectTimeout == 0 {
-		cfg.ConnectTimeout = 10 * time.Second
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = 10 * time.Second
 	}
-	return pgx.ConnectConfig(ctx, cfg)
+	return pgx.ConnectConfig(ctx, cfg.ConnConfig)
 }
 
 // safe returns err without the parts of a PostgreSQL error that may quote a row (its detail,
