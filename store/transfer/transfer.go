@@ -207,7 +207,7 @@ func (t TableResult) notes() string {
 // postgres.Open. It refuses a SQLite file older than MinSQLiteVersion, a PostgreSQL schema
 // other than postgres.SchemaVersion, a table or column PostgreSQL lacks, and a PostgreSQL
 // database that holds other rows under the same ids (another gateway's keys, say): then it
-// writes nothing. Errors name tables and columns, never a row's values, and the URL only
+// writes no row (the schema migration of postgres.Open stays). Errors name tables and columns, never a row's values, and the URL only
 // with its password masked.
 func Copy(ctx context.Context, sqlitePath, postgresURL string, o Options) (res *Result, err error) {
 	start := time.Now()
