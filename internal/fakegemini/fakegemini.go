@@ -111,6 +111,8 @@ type Server struct {
 	projectStates map[string]KeyState // project number -> state set by SetProjectState
 
 	openStreams atomic.Int64
+
+	live liveState // the Live API (live.go)
 }
 
 const (
@@ -441,6 +443,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	setGoogleHeaders(w.Header())
 
 	switch {
+	case strings.HasPrefix(path, "/ws/") || strings.HasPrefix(path, "//ws/"):
+		s.serveLive(x)
 	case path == "/upload/v1beta/files":
 		x.version = "v1beta"
 		s.serveUpload(x)
