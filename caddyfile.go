@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/gateway"
+	"github.com/geminisynapse/caddy-gemini-synapse/tenant"
 )
 
 func init() {
@@ -44,6 +45,16 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		database              <path>
 //		admin_key             <key>
 //		access_keys           <key...>
+//		access_key            <label> <key> {
+//			models       <glob...>
+//			rpm          <n>
+//			rpd          <n>
+//			tpm          <n>
+//			token_budget <n> [daily|weekly|monthly]
+//			concurrency  <n>
+//			expires      <RFC 3339 time>
+//			shared       [true|false]
+//		}
 //		google_api_keys       <key...>
 //		upstream              <url>
 //		proxy                 <url>
@@ -59,7 +70,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		request_log_retention <duration>
 //	}
 //
-// Key lists may repeat the subdirective and separate keys with spaces or commas.
+// Key lists may repeat the subdirective and separate keys with spaces or commas. Each
+// access_key declares one key with a policy (its block is optional; no block: no limit);
+// counts take SI suffixes (200k, 10M).
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the option name
 	if d.NextArg() {
@@ -108,6 +121,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				a.GoogleAPIKeys = append(a.GoogleAPIKeys, args...)
 			}
+		case "access_key":
+			p, err := parseAccessKey(d)
+			if err != nil {
+				return err
+			}
+			a.AccessKeyPolicies = append(a.AccessKeyPolicies, p)
 		case "max_failures", "max_retries", "max_ejection_percent":
 			var v string
 			if !d.AllArgs(&v) {
@@ -160,6 +179,95 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// parseAccessKey reads one `access_key <label> <key> { ... }` with the dispenser on its name.
+// The key may be missing (an unset {$VAR} leaves nothing): Provision skips it with a warning.
+func parseAccessKey(d *caddyfile.Dispenser) (AccessKeyPolicy, error) {
+	var p AccessKeyPolicy
+	args := d.RemainingArgs()
+	switch len(args) {
+	case 1:
+		p.Label = args[0]
+	case 2:
+		p.Label, p.Key = args[0], args[1]
+	default:
+		return p, d.Errf("access_key takes a label and a key (access_key <label> <key> { ... }), got %d arguments", len(args))
+	}
+	bad := func(sub string, err error) error {
+		if msg := err.Error(); strings.HasPrefix(msg, sub+": ") { // a tenant.FieldError names it already
+			return d.Errf("access_key %q: %s", p.Label, msg)
+		}
+		return d.Errf("access_key %q: %s: %v", p.Label, sub, err)
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if seen[sub] && sub != "models" {
+			return p, d.Errf("access_key %q: %s is given twice", p.Label, sub)
+		}
+		seen[sub] = true
+		args := d.RemainingArgs()
+		switch sub {
+		case "models":
+			if len(args) == 0 {
+				return p, d.Errf("access_key %q: models needs at least one glob such as gemini-2.5-flash*", p.Label)
+			}
+			p.Models = append(p.Models, args...)
+		case "rpm", "rpd", "tpm", "concurrency":
+			if len(args) != 1 {
+				return p, d.Errf("access_key %q: %s takes one count", p.Label, sub)
+			}
+			n, err := tenant.ParseCount(args[0])
+			if err != nil {
+				return p, bad(sub, err)
+			}
+			switch sub {
+			case "rpm":
+				p.RPM = n
+			case "rpd":
+				p.RPD = n
+			case "tpm":
+				p.TPM = n
+			default:
+				p.Concurrency = n
+			}
+		case "token_budget":
+			if len(args) < 1 || len(args) > 2 {
+				return p, d.Errf("access_key %q: token_budget takes a count and an optional period (token_budget 10M daily)", p.Label)
+			}
+			period := ""
+			if len(args) == 2 {
+				period = args[1]
+			}
+			b, err := tenant.ParseBudget(args[0], period)
+			if err != nil {
+				return p, bad(sub, err)
+			}
+			p.TokenBudget = b
+		case "expires":
+			if len(args) != 1 {
+				return p, d.Errf("access_key %q: expires takes one RFC 3339 time such as 2027-01-31T00:00:00Z", p.Label)
+			}
+			p.Expires = args[0]
+		case "shared":
+			switch {
+			case len(args) == 0 || len(args) == 1 && args[0] == "true":
+				p.Shared = true
+			case len(args) == 1 && args[0] == "false":
+				p.Shared = false
+			default:
+				return p, d.Errf("access_key %q: shared takes no argument, true or false", p.Label)
+			}
+		default:
+			return p, d.Errf("access_key %q: unrecognized option %q", p.Label, sub)
+		}
+	}
+	// The whole policy is checked here too, so an error names its file and line.
+	if _, err := p.policy(); err != nil {
+		return p, d.Errf("access_key %q: %v", p.Label, err)
+	}
+	return p, nil
 }
 
 func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {

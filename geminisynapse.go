@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/gateway"
+	"github.com/geminisynapse/caddy-gemini-synapse/tenant"
 )
 
 func init() {
@@ -51,6 +52,13 @@ type App struct {
 	// SHA-256 hashes) and never deleted from here; one deleted in the admin panel stays
 	// deleted (it is skipped, with a log line). Accepts placeholders.
 	AccessKeys []string `json:"access_keys,omitempty"`
+
+	// AccessKeyPolicies are access keys declared with a label and a policy: the models they may
+	// use, their limits, their expiry. Each is added to the database if missing; a label or
+	// policy changed here since the last start replaces the stored one (an edit in the admin
+	// panel stays until then). Keys accept placeholders; one that resolves to nothing (an unset
+	// `{env.VAR}`) is skipped with a warning. Keys listed in `access_keys` have no policy.
+	AccessKeyPolicies []AccessKeyPolicy `json:"access_key_policies,omitempty"`
 
 	// GoogleAPIKeys are upstream Gemini keys added to the pool at start and on reload if
 	// missing; removing one here does not delete it, and one deleted in the admin panel stays
@@ -111,9 +119,10 @@ type App struct {
 	// Default: 30d.
 	RequestLogRetention caddy.Duration `json:"request_log_retention,omitempty"`
 
-	dbPath string
-	core   *gateway.Core
-	logger *zap.Logger
+	dbPath     string
+	policyKeys []gateway.AccessKeyConfig // AccessKeyPolicies, resolved and checked by Provision
+	core       *gateway.Core
+	logger     *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -135,6 +144,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.AdminKey = repl.ReplaceAll(a.AdminKey, "")
 	a.AccessKeys = splitKeys(repl, a.AccessKeys)
 	a.GoogleAPIKeys = splitKeys(repl, a.GoogleAPIKeys)
+	keys, err := a.resolvePolicyKeys(repl)
+	if err != nil {
+		return err
+	}
+	a.policyKeys = keys
 	if err := a.config().Check(); err != nil {
 		return err
 	}
@@ -185,6 +199,7 @@ func (a *App) config() *gateway.Config {
 	return &gateway.Config{
 		AdminKey:            a.AdminKey,
 		AccessKeys:          a.AccessKeys,
+		PolicyKeys:          a.policyKeys,
 		GoogleAPIKeys:       a.GoogleAPIKeys,
 		Upstream:            a.Upstream,
 		Proxy:               a.Proxy,
@@ -199,6 +214,110 @@ func (a *App) config() *gateway.Config {
 		ErrorLogRetention:   time.Duration(a.ErrorLogRetention),
 		RequestLogRetention: time.Duration(a.RequestLogRetention),
 	}
+}
+
+// AccessKeyPolicy is one access key with its label and policy. A zero limit means "no limit".
+type AccessKeyPolicy struct {
+	// Label names the key in the admin panel, the logs and the metrics.
+	Label string `json:"label"`
+
+	// Key is the secret clients send (stored as its SHA-256 hash). Accepts placeholders such as
+	// `{env.TEAM_A_KEY}`; a key that resolves to nothing is skipped with a warning.
+	Key string `json:"key"`
+
+	// Models are globs of the models the key may use, such as `gemini-2.5-flash*` (`*` matches
+	// any run of characters, `?` one). Other models get 403 PERMISSION_DENIED and are left out
+	// of models.list. Default: every model.
+	Models []string `json:"models,omitempty"`
+
+	// RPM is the most requests in any 60 seconds; more get 429 RESOURCE_EXHAUSTED with
+	// Retry-After. Default: no limit.
+	RPM int64 `json:"rpm,omitempty"`
+
+	// RPD is the most requests per day, the day starting at midnight in the gateway's
+	// `timezone`. Default: no limit.
+	RPD int64 `json:"rpd,omitempty"`
+
+	// TPM is the most tokens (prompt + candidates + thoughts, from the answers'
+	// usageMetadata) in any 60 seconds: requests are refused while the last minute's tokens
+	// reach it. Default: no limit.
+	TPM int64 `json:"tpm,omitempty"`
+
+	// TokenBudget is a hard stop once the tokens of the period (daily, weekly or monthly, in
+	// the gateway's `timezone`) reach its limit. Default: none.
+	TokenBudget *tenant.Budget `json:"token_budget,omitempty"`
+
+	// Concurrency is the most requests in flight at once; a stream counts until it ends.
+	// Default: no limit.
+	Concurrency int64 `json:"concurrency,omitempty"`
+
+	// Expires is when the key stops working, in RFC 3339 (`2027-01-31T00:00:00Z`); after it
+	// clients get 401 UNAUTHENTICATED "access key expired". Default: never.
+	Expires string `json:"expires,omitempty"`
+
+	// Shared lets the key see and use the files, caches and batches the gateway did not create
+	// (made outside it, or recorded before resources remembered their access key). Resources
+	// of other access keys stay out of its reach either way. Default: false.
+	Shared bool `json:"shared,omitempty"`
+}
+
+// policy is the tenant policy the entry declares.
+func (p *AccessKeyPolicy) policy() (tenant.Policy, error) {
+	pol := tenant.Policy{
+		RPM:         p.RPM,
+		RPD:         p.RPD,
+		TPM:         p.TPM,
+		TokenBudget: p.TokenBudget,
+		Concurrency: p.Concurrency,
+		Shared:      p.Shared,
+	}
+	for _, m := range p.Models {
+		// As the admin API stores them: a glob matches names without "models/".
+		pol.Models = append(pol.Models, strings.TrimPrefix(m, "models/"))
+	}
+	if p.Expires != "" {
+		t, err := time.Parse(time.RFC3339, p.Expires)
+		if err != nil {
+			return pol, tenant.FieldError{Field: "expires", Description: fmt.Sprintf("%q is not an RFC 3339 time such as 2027-01-31T00:00:00Z", p.Expires)}
+		}
+		pol.ExpiresAt = t
+	}
+	return pol, pol.Check()
+}
+
+// resolvePolicyKeys resolves the placeholders of AccessKeyPolicies' keys and checks each
+// policy. A key that resolves to nothing is skipped with a warning, as an unset variable in
+// access_keys adds nothing; a key declared twice is refused.
+func (a *App) resolvePolicyKeys(repl *caddy.Replacer) ([]gateway.AccessKeyConfig, error) {
+	var out []gateway.AccessKeyConfig
+	seen := make(map[string]string, len(a.AccessKeys)+len(a.AccessKeyPolicies))
+	for _, k := range a.AccessKeys {
+		seen[k] = "access_keys"
+	}
+	for i := range a.AccessKeyPolicies {
+		p := &a.AccessKeyPolicies[i]
+		name := fmt.Sprintf("access_key %q", p.Label)
+		key := strings.TrimSpace(repl.ReplaceAll(p.Key, ""))
+		if key == "" {
+			if a.logger != nil {
+				a.logger.Warn("access key skipped: its key is empty (an unset environment variable?)", zap.String("label", p.Label))
+			}
+			continue
+		}
+		if strings.ContainsAny(key, " \t\r\n,") {
+			return nil, fmt.Errorf("%s: the key holds a space or a comma (one key per access_key)", name)
+		}
+		if where, dup := seen[key]; dup {
+			return nil, fmt.Errorf("%s: the same key is also declared in %s", name, where)
+		}
+		seen[key] = name
+		pol, err := p.policy()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		out = append(out, gateway.AccessKeyConfig{Label: p.Label, Key: key, Policy: pol})
+	}
+	return out, nil
 }
 
 // splitKeys resolves placeholders and splits entries on commas and white space.

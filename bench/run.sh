@@ -199,7 +199,7 @@ stop "$mock_pid" TERM 10
 mock_pid=""
 
 log "go test -bench: request-log writer and key pick"
-go test -run '^$' -bench . -benchmem -count 1 ./store/ ./keypool/ >"$work/gobench.txt" 2>&1 || {
+go test -run '^$' -bench . -benchmem -count 1 ./store/sqlite/ ./keypool/ >"$work/gobench.txt" 2>&1 || {
 	cat "$work/gobench.txt" >&2
 	echo "go test -bench failed" >&2
 	exit 1

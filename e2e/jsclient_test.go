@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -18,26 +19,9 @@ import (
 // generateContent three times; every use must land on the key that owns the file. Node and npm
 // are needed: the test is skipped without them, except in CI (CI set), where it fails.
 func TestFilesJSSDKUploadThenGenerate(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("node is not installed, and CI needs this test: install nodejs and npm (Node 20+)")
-		}
-		t.Skip("node is not installed: the JS SDK test needs Node 20+ and npm")
-	}
-	dir, err := filepath.Abs("jsclient")
-	if err != nil {
-		t.Fatal(err)
-	}
+	node, dir := jsClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@google", "genai")); err != nil {
-		cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
-		}
-	}
 
 	fake, up := newFake(t)
 	pool := poolKeys(3)
@@ -96,4 +80,36 @@ func TestFilesJSSDKUploadThenGenerate(t *testing.T) {
 		t.Errorf("%d upload calls and %d generate calls upstream, want >= 2 and 3", uploads, generates)
 	}
 	assertCleanUpstream(t, calls, pool, accessKey)
+}
+
+// jsInstall serialises `npm ci` between tests that run in parallel.
+var jsInstall sync.Mutex
+
+// jsClient returns node and the e2e/jsclient directory with the pinned JS SDK installed; without
+// node the test is skipped, except in CI (CI set), where it fails.
+func jsClient(t *testing.T) (node, dir string) {
+	t.Helper()
+	jsInstall.Lock()
+	defer jsInstall.Unlock()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("node is not installed, and CI needs this test: install nodejs and npm (Node 20+)")
+		}
+		t.Skip("node is not installed: the JS SDK test needs Node 20+ and npm")
+	}
+	dir, err = filepath.Abs("jsclient")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@google", "genai")); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund")
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
+		}
+	}
+	return node, dir
 }

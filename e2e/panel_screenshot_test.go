@@ -16,6 +16,7 @@ import (
 
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/sqlite"
 )
 
 // TestPanelScreenshot takes the dashboard screenshot of the README: a gateway with 30 days of
@@ -166,7 +167,7 @@ func TestPanelScreenshot(t *testing.T) {
 func seedTraffic(t *testing.T, path string, pool []string, now time.Time) {
 	t.Helper()
 	ctx := context.Background()
-	s, err := store.Open(path, nil)
+	s, err := sqlite.Open(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

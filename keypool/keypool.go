@@ -585,3 +585,14 @@ var (
 	minNanoTime = time.Unix(0, math.MinInt64)
 	maxNanoTime = time.Unix(0, math.MaxInt64)
 )
+
+// Cool sets the cooldown of key id for model (EjectAll for every model) to until unless a later
+// one exists, as a report made by another instance sharing the pool did. Unknown ids are
+// ignored. It reports whether it changed anything.
+func (p *Pool) Cool(id int64, model string, until, now time.Time) bool {
+	e := find(p.list(), id)
+	if e == nil || !until.After(now) {
+		return false
+	}
+	return e.setCooldown(model, toNano(until), toNano(now))
+}

@@ -1,11 +1,73 @@
 package store
 
 import (
-	"context"
-	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
+
+// RequestLog is one client request, written asynchronously by LogRequest.
+type RequestLog struct {
+	Time        time.Time
+	AccessKeyID int64 // 0 = none
+	KeyID       int64 // upstream key of the last attempt, 0 = none
+	Method      string
+	Path        string // truncated to 1000 bytes
+	Model       string
+	Stream      bool
+	Status      int
+	Attempts    int
+	Latency     time.Duration
+	TTFB        time.Duration
+
+	PromptTokens     int64
+	CandidatesTokens int64
+	ThoughtsTokens   int64
+	TotalTokens      int64
+
+	Error string // already masked by the caller; truncated to 1000 bytes
+
+	// LimitHit is the access-key limit that refused the request (rpm, rpd, tpm, token_budget,
+	// concurrency, models or expired), empty when none did; truncated to 32 bytes.
+	LimitHit string
+}
+
+// ErrorLog is one failed upstream attempt, written asynchronously by LogError.
+type ErrorLog struct {
+	Time        time.Time
+	KeyID       int64
+	AccessKeyID int64
+	Model       string
+	Path        string // truncated to 1000 bytes
+	Status      int
+	Message     string // already masked by the caller; truncated to 1000 bytes
+}
+
+// Limits of the text stored in log rows, in bytes (see Truncate).
+const (
+	MaxTextLen   = 1000 // RequestLog.Error, ErrorLog.Message, KeyState.LastError
+	MaxPathLen   = 1000
+	MaxModelLen  = 200
+	MaxMethodLen = 32
+	MaxLimitLen  = 32 // RequestLog.LimitHit
+)
+
+// StatusClientClosed is the status the gateway logs for a request whose client went away
+// before its answer (nginx's 499). A request row counts in its key's requests when its status
+// is below 400 or this one; a failed final attempt has its own error row, which counts it.
+const StatusClientClosed = 499
+
+// Truncate cuts s to at most n bytes on a UTF-8 boundary. A cut string is copied, so a huge
+// original is not kept alive by a queue.
+func Truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return strings.Clone(s[:n])
+}
 
 // LogQuery selects log rows, newest first. Zero fields do not filter.
 type LogQuery struct {
@@ -17,124 +79,12 @@ type LogQuery struct {
 	Status      int
 }
 
-// where returns the WHERE clause of q's filters (empty when none) and its arguments.
-func (q LogQuery) where() (string, []any) {
-	var conds []string
-	var args []any
-	if q.Model != "" {
-		conds = append(conds, "model = ?")
-		args = append(args, q.Model)
-	}
-	if q.KeyID != 0 {
-		conds = append(conds, "key_id = ?")
-		args = append(args, q.KeyID)
-	}
-	if q.AccessKeyID != 0 {
-		conds = append(conds, "access_key_id = ?")
-		args = append(args, q.AccessKeyID)
-	}
-	if q.Status != 0 {
-		conds = append(conds, "status = ?")
-		args = append(args, q.Status)
-	}
-	if len(conds) == 0 {
-		return "", args
-	}
-	return "WHERE " + strings.Join(conds, " AND "), args
-}
-
-// page returns the LIMIT and OFFSET arguments of q.
-func (q LogQuery) page() []any {
-	limit := q.Limit
+// Page returns the rows to return and to skip that q asks for: Limit 0 (or less) means 100,
+// at most 10000; a negative Offset is 0.
+func (q LogQuery) Page() (limit, offset int) {
+	limit = q.Limit
 	if limit <= 0 {
 		limit = 100
 	}
-	return []any{min(limit, 10000), max(q.Offset, 0)}
-}
-
-// CountRequests returns how many request log rows match q's filters (Limit and Offset aside).
-func (s *Store) CountRequests(ctx context.Context, q LogQuery) (int64, error) {
-	return s.countLogs(ctx, "request_logs", q)
-}
-
-// CountErrors returns how many error log rows match q's filters (Limit and Offset aside).
-func (s *Store) CountErrors(ctx context.Context, q LogQuery) (int64, error) {
-	return s.countLogs(ctx, "error_logs", q)
-}
-
-func (s *Store) countLogs(ctx context.Context, table string, q LogQuery) (int64, error) {
-	where, args := q.where()
-	var n int64
-	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+table+` `+where, args...).Scan(&n); err != nil {
-		return 0, fmt.Errorf("store: count %s: %w", table, err)
-	}
-	return n, nil
-}
-
-// CountRequestLogs returns the number of stored request log rows.
-func (s *Store) CountRequestLogs(ctx context.Context) (int64, error) {
-	var n int64
-	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM request_logs`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("store: count request logs: %w", err)
-	}
-	return n, nil
-}
-
-// RecentRequests returns request log rows matching q, newest first.
-func (s *Store) RecentRequests(ctx context.Context, q LogQuery) ([]RequestLog, error) {
-	where, args := q.where()
-	args = append(args, q.page()...)
-	rows, err := s.db.QueryContext(ctx, `
-		SELECT time, access_key_id, key_id, method, path, model, stream, status, attempts, latency_us,
-		       ttfb_us, prompt_tokens, candidates_tokens, thoughts_tokens, total_tokens, error, limit_hit
-		FROM request_logs `+where+` ORDER BY time DESC, id DESC LIMIT ? OFFSET ?`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("store: recent requests: %w", err)
-	}
-	defer rows.Close()
-	var out []RequestLog
-	for rows.Next() {
-		var r RequestLog
-		var t, latency, ttfb int64
-		if err := rows.Scan(&t, &r.AccessKeyID, &r.KeyID, &r.Method, &r.Path, &r.Model, &r.Stream,
-			&r.Status, &r.Attempts, &latency, &ttfb, &r.PromptTokens, &r.CandidatesTokens,
-			&r.ThoughtsTokens, &r.TotalTokens, &r.Error, &r.LimitHit); err != nil {
-			return nil, fmt.Errorf("store: recent requests: %w", err)
-		}
-		r.Time = fromMS(t)
-		r.Latency = time.Duration(latency) * time.Microsecond
-		r.TTFB = time.Duration(ttfb) * time.Microsecond
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: recent requests: %w", err)
-	}
-	return out, nil
-}
-
-// RecentErrors returns failed upstream attempts matching q, newest first.
-func (s *Store) RecentErrors(ctx context.Context, q LogQuery) ([]ErrorLog, error) {
-	where, args := q.where()
-	args = append(args, q.page()...)
-	rows, err := s.db.QueryContext(ctx, `
-		SELECT time, key_id, access_key_id, model, path, status, message
-		FROM error_logs `+where+` ORDER BY time DESC, id DESC LIMIT ? OFFSET ?`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("store: recent errors: %w", err)
-	}
-	defer rows.Close()
-	var out []ErrorLog
-	for rows.Next() {
-		var e ErrorLog
-		var t int64
-		if err := rows.Scan(&t, &e.KeyID, &e.AccessKeyID, &e.Model, &e.Path, &e.Status, &e.Message); err != nil {
-			return nil, fmt.Errorf("store: recent errors: %w", err)
-		}
-		e.Time = fromMS(t)
-		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: recent errors: %w", err)
-	}
-	return out, nil
+	return min(limit, 10000), max(q.Offset, 0)
 }

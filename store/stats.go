@@ -1,10 +1,8 @@
 package store
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -23,187 +21,96 @@ type ModelUsage struct {
 	Usage
 }
 
-// UsageSlot is the step of the per-model sums of the request log (table request_usage) that
-// UsageBuckets and UsageByModel read when every bound they are given is a whole multiple of it
-// since the Unix epoch. Local hours and midnights are, in every time zone in use (offsets are
-// whole quarter hours: +05:30, +05:45 and +12:45 included). Other bounds are answered from the
-// request rows; both give the same figures while the rows are kept.
+// AccessKeyUsage is the usage of one access key in a range.
+type AccessKeyUsage struct {
+	AccessKeyID      int64
+	Requests         int64 // all of its requests, those refused by one of its limits included
+	Failures         int64 // requests whose status was not 2xx or 3xx (refused ones included)
+	PromptTokens     int64
+	CandidatesTokens int64
+	TotalTokens      int64
+	Limited          int64            // requests refused by one of its limits
+	LimitsHit        map[string]int64 // Limited by the limit that refused them (rpm, tpm, ...); never nil
+}
+
+// Counts is what an access key's limits have used since a time.
+type Counts struct {
+	Requests int64 // requests not refused by one of its limits
+	Tokens   int64 // total tokens of its requests
+}
+
+// Failed reports whether a request with status failed: its status is not 2xx or 3xx.
+func Failed(status int) bool { return status < 200 || status > 399 }
+
+// UsageSlot is the step of the per-model sums of the request log that UsageBuckets and
+// UsageByModel read when every bound they are given is a whole multiple of it since the Unix
+// epoch. Local hours and midnights are, in every time zone in use (offsets are whole quarter
+// hours: +05:30, +05:45 and +12:45 included). Other bounds are answered from the request rows;
+// both give the same figures while the rows are kept.
 const UsageSlot = 15 * time.Minute
 
-const slotMS = int64(UsageSlot / time.Millisecond)
+// SlotMS is UsageSlot in milliseconds.
+const SlotMS = int64(UsageSlot / time.Millisecond)
 
-// slotOf returns the start of the slot holding ms (rounding down, also before 1970, as the
-// backfill of schema step 4 does).
-func slotOf(ms int64) int64 {
-	r := ms % slotMS
+// SlotOf returns the start of the slot holding ms, unix milliseconds (rounding down, also
+// before 1970).
+func SlotOf(ms int64) int64 {
+	r := ms % SlotMS
 	if r < 0 {
-		r += slotMS
+		r += SlotMS
 	}
 	return ms - r
 }
 
-// onSlot reports whether t, taken to the millisecond as every query does, starts a slot.
-func onSlot(t time.Time) bool {
-	ms := toMS(t)
-	return slotOf(ms) == ms
+// OnSlot reports whether t, taken to the millisecond as every query does, starts a slot. The
+// zero time counts as unix millisecond 0.
+func OnSlot(t time.Time) bool {
+	ms := unixMS(t)
+	return SlotOf(ms) == ms
 }
 
-// failed is the Go side of "status NOT BETWEEN 200 AND 399".
-func failed(status int32) bool { return status < 200 || status > 399 }
-
-// maxBuckets bounds the number of buckets one UsageBuckets call may ask for.
-const maxBuckets = 1000
-
-// UsageBuckets adds up the request log in each interval [bounds[i], bounds[i+1]), so it
-// returns len(bounds)-1 results. The caller chooses the bounds, which is how buckets follow a
-// time zone's calendar (an hour or a day is not always 3600 or 86400 s there). Bounds must
-// increase; at most 1000 buckets. Bounds on UsageSlot are answered from the per-slot sums,
-// which outlive the request rows (see the package doc).
-func (s *Store) UsageBuckets(ctx context.Context, bounds []time.Time) ([]Usage, error) {
-	return s.bucketsFrom(ctx, bounds, allUsage)
+// unixMS converts t to unix milliseconds; the zero time becomes 0.
+func unixMS(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
 }
 
-// bucketsFrom checks bounds and answers UsageBuckets with q's queries, binding filter after
-// the buckets.
-func (s *Store) bucketsFrom(ctx context.Context, bounds []time.Time, q usageQueries, filter ...any) ([]Usage, error) {
+// MaxBuckets bounds the number of buckets one UsageBuckets call may ask for.
+const MaxBuckets = 1000
+
+// CheckBuckets checks the bounds of a UsageBuckets call: at least two, increasing, at most
+// MaxBuckets buckets. onSlots reports whether every bound is on UsageSlot, so that the call
+// may be answered from the per-slot sums.
+func CheckBuckets(bounds []time.Time) (onSlots bool, err error) {
 	n := len(bounds) - 1
 	if n < 1 {
-		return nil, errors.New("store: usage buckets: need at least two bounds")
+		return false, errors.New("store: usage buckets: need at least two bounds")
 	}
-	if n > maxBuckets {
-		return nil, fmt.Errorf("store: usage buckets: %d buckets, at most %d", n, maxBuckets)
+	if n > MaxBuckets {
+		return false, fmt.Errorf("store: usage buckets: %d buckets, at most %d", n, MaxBuckets)
 	}
 	slots := true
 	for i := range n {
 		if !bounds[i].Before(bounds[i+1]) {
-			return nil, fmt.Errorf("store: usage buckets: bound %d is not after bound %d", i+1, i)
+			return false, fmt.Errorf("store: usage buckets: bound %d is not after bound %d", i+1, i)
 		}
-		slots = slots && onSlot(bounds[i])
+		slots = slots && OnSlot(bounds[i])
 	}
-	if slots && onSlot(bounds[n]) {
-		return s.usageBuckets(ctx, bounds, q.slotBuckets, filter...)
-	}
-	return s.usageBuckets(ctx, bounds, q.rawBuckets, filter...)
+	return slots && OnSlot(bounds[n]), nil
 }
 
-// usageQueries are the statistics queries over one set of request rows, from the per-slot
-// sums and from the rows themselves. The bucket queries read the buckets from a table
-// b (i, lo, hi) and answer one row (i, requests, failures, prompt, candidates, total) per
-// bucket that is not empty, binding the filter (if the set has one) after the buckets' values;
-// the by-model queries bind the filter, then from, to and the limit.
-type usageQueries struct {
-	slotBuckets, rawBuckets, slotByModel, rawByModel string
-}
+// UsageRetention is how long the per-slot sums of the request log (see UsageSlot) are kept at
+// least: a year and a month, so the dashboard's figures outlive the request rows. They are
+// small, a row per quarter hour and model used in it (and per access key, for the sums of
+// each access key's usage).
+const UsageRetention = 400 * 24 * time.Hour
 
-var (
-	// allUsage covers every request row.
-	allUsage = newUsageQueries("request_usage", "")
-	// accessKeyUsageOf covers the rows of the access key bound as the filter.
-	accessKeyUsageOf = newUsageQueries("access_key_usage", "access_key_id")
-)
+// BudgetHistory is how far back AccessKeyCounts must see for a start to restore the longest
+// token budget period, a month. The sums per access key are kept for UsageRetention (or
+// longer, with a longer request_log_retention), which this checks at compile time: if
+// UsageRetention were shorter, PurgeUsage would have to keep them for BudgetHistory.
+const BudgetHistory = 32 * 24 * time.Hour
 
-// newUsageQueries returns the queries reading the per-slot sums from table and the request
-// rows, narrowed to the value of column col when it is not empty (the rows' and the sums'
-// column have the same name).
-func newUsageQueries(table, col string) usageQueries {
-	on, where := "", ""
-	if col != "" {
-		on, where = " AND "+col+" = ?", col+" = ? AND "
-	}
-	return usageQueries{
-		slotBuckets: `
-			SELECT b.i, SUM(u.requests), SUM(u.failures), SUM(u.prompt_tokens),
-			       SUM(u.candidates_tokens), SUM(u.total_tokens)
-			FROM b JOIN ` + table + ` u ON u.slot >= b.lo AND u.slot < b.hi` + on + `
-			GROUP BY b.i`,
-		// One range scan of the time index per bucket.
-		rawBuckets: `
-			SELECT b.i, COUNT(*),
-			       COALESCE(SUM(r.status NOT BETWEEN 200 AND 399), 0),
-			       COALESCE(SUM(r.prompt_tokens), 0), COALESCE(SUM(r.candidates_tokens), 0),
-			       COALESCE(SUM(r.total_tokens), 0)
-			FROM b JOIN request_logs r ON r.time >= b.lo AND r.time < b.hi` + on + `
-			GROUP BY b.i`,
-		slotByModel: `
-			SELECT model, SUM(requests) AS n, SUM(failures), SUM(prompt_tokens),
-			       SUM(candidates_tokens), SUM(total_tokens)
-			FROM ` + table + ` WHERE ` + where + `slot >= ? AND slot < ?
-			GROUP BY model ORDER BY n DESC, model LIMIT ?`,
-		rawByModel: `
-			SELECT model, COUNT(*) AS n, SUM(status NOT BETWEEN 200 AND 399),
-			       SUM(prompt_tokens), SUM(candidates_tokens), SUM(total_tokens)
-			FROM request_logs WHERE ` + where + `time >= ? AND time < ?
-			GROUP BY model ORDER BY n DESC, model LIMIT ?`,
-	}
-}
-
-// usageBuckets runs query (see usageQueries) with the buckets of bounds, then filter. The
-// bounds are checked by the caller.
-func (s *Store) usageBuckets(ctx context.Context, bounds []time.Time, query string, filter ...any) ([]Usage, error) {
-	n := len(bounds) - 1
-	values := make([]string, n)
-	args := make([]any, 0, 3*n+len(filter))
-	for i := range n {
-		values[i] = "(?, ?, ?)"
-		args = append(args, i, toMS(bounds[i]), toMS(bounds[i+1]))
-	}
-	args = append(args, filter...)
-	rows, err := s.db.QueryContext(ctx, `WITH b (i, lo, hi) AS (VALUES `+strings.Join(values, ", ")+`)`+query, args...)
-	if err != nil {
-		return nil, fmt.Errorf("store: usage buckets: %w", err)
-	}
-	defer rows.Close()
-	out := make([]Usage, n)
-	for rows.Next() {
-		var i int
-		var u Usage
-		if err := rows.Scan(&i, &u.Requests, &u.Failures, &u.PromptTokens, &u.CandidatesTokens, &u.TotalTokens); err != nil {
-			return nil, fmt.Errorf("store: usage buckets: %w", err)
-		}
-		out[i] = u
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: usage buckets: %w", err)
-	}
-	return out, nil
-}
-
-// UsageByModel adds up the request log in [from, to) per model, the most requested first
-// (ties by name), at most limit models (0 means 50). Bounds on UsageSlot are answered from the
-// per-slot sums, as in UsageBuckets.
-func (s *Store) UsageByModel(ctx context.Context, from, to time.Time, limit int) ([]ModelUsage, error) {
-	return s.byModelFrom(ctx, from, to, limit, allUsage)
-}
-
-// byModelFrom answers UsageByModel with q's queries, binding filter first.
-func (s *Store) byModelFrom(ctx context.Context, from, to time.Time, limit int, q usageQueries, filter ...any) ([]ModelUsage, error) {
-	if onSlot(from) && onSlot(to) {
-		return s.usageByModel(ctx, from, to, limit, q.slotByModel, filter...)
-	}
-	return s.usageByModel(ctx, from, to, limit, q.rawByModel, filter...)
-}
-
-// usageByModel runs query (see usageQueries) with filter, the bounds and the limit.
-func (s *Store) usageByModel(ctx context.Context, from, to time.Time, limit int, query string, filter ...any) ([]ModelUsage, error) {
-	if limit <= 0 {
-		limit = 50
-	}
-	args := append(append(make([]any, 0, len(filter)+3), filter...), toMS(from), toMS(to), limit)
-	rows, err := s.db.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, fmt.Errorf("store: usage by model: %w", err)
-	}
-	defer rows.Close()
-	var out []ModelUsage
-	for rows.Next() {
-		var m ModelUsage
-		if err := rows.Scan(&m.Model, &m.Requests, &m.Failures, &m.PromptTokens, &m.CandidatesTokens, &m.TotalTokens); err != nil {
-			return nil, fmt.Errorf("store: usage by model: %w", err)
-		}
-		out = append(out, m)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: usage by model: %w", err)
-	}
-	return out, nil
-}
+const _ = uint64(UsageRetention - BudgetHistory) // does not compile if UsageRetention < BudgetHistory

@@ -1,452 +1,83 @@
 package store
 
 import (
-	"context"
-	"fmt"
-	"math/rand/v2"
-	"path/filepath"
-	"slices"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
-// usageZones are the zones whose calendars the stats tests follow: DST in both hemispheres and
-// both directions, a half-hour DST shift (Lord Howe), and offsets of +05:30, +05:45 and -09:30.
-var usageZones = []string{"UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu",
-	"Australia/Lord_Howe", "Pacific/Marquesas", "Pacific/Chatham"}
-
-func loadZone(t testing.TB, name string) *time.Location {
-	t.Helper()
-	loc, err := time.LoadLocation(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return loc
-}
-
-// usageWindows are the stretches the random rows fall in: spring and autumn 2026, with the DST
-// changes of Europe, North America and Lord Howe.
-var usageWindows = [][2]time.Time{
-	{time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 4, 12, 0, 0, 0, 0, time.UTC)},
-	{time.Date(2026, 9, 25, 0, 0, 0, 0, time.UTC), time.Date(2026, 11, 8, 0, 0, 0, 0, time.UTC)},
-}
-
-// randomTime is a random millisecond in one of usageWindows; some land on a slot's first or
-// last millisecond or the one before it.
-func randomTime(rng *rand.Rand) time.Time {
-	w := usageWindows[rng.IntN(len(usageWindows))]
-	ms := toMS(w[0]) + rng.Int64N(w[1].Sub(w[0]).Milliseconds())
-	switch rng.IntN(8) {
-	case 0:
-		ms = slotOf(ms)
-	case 1:
-		ms = slotOf(ms) - 1
-	case 2:
-		ms = slotOf(ms) + slotMS - 1
-	}
-	return time.UnixMilli(ms)
-}
-
-// calendarBounds returns the bounds the dashboard asks for with now in loc: 30 local days, 28
-// six-hour blocks and 24 hours, each ending with the bucket holding now (as admin's statsBounds
-// builds them, which store cannot import).
-func calendarBounds(now time.Time, loc *time.Location) [][]time.Time {
-	now = now.In(loc)
-	y, m, d := now.Date()
-	var days, blocks, hours []time.Time
-	h0 := now.Hour() - now.Hour()%6
-	cur := now.Add(-(time.Duration(now.Minute())*time.Minute + time.Duration(now.Second())*time.Second +
-		time.Duration(now.Nanosecond())))
-	for i := 29; i >= -1; i-- {
-		days = append(days, time.Date(y, m, d-i, 0, 0, 0, 0, loc))
-	}
-	for i := 27; i >= -1; i-- {
-		blocks = append(blocks, time.Date(y, m, d, h0-6*i, 0, 0, 0, loc))
-	}
-	for i := 23; i >= -1; i-- {
-		hours = append(hours, cur.Add(-time.Duration(i)*time.Hour))
-	}
-	out := [][]time.Time{}
-	for _, b := range [][]time.Time{days, blocks, hours} {
-		kept := b[:1]
-		for _, t := range b[1:] {
-			if t.After(kept[len(kept)-1]) {
-				kept = append(kept, t)
-			}
-		}
-		out = append(out, kept)
-	}
-	return out
-}
-
-// usageBoundSets returns many bound sets on slot starts: the dashboard's three ranges in every
-// zone of usageZones at random nows, and random sorted quarter hours.
-func usageBoundSets(t *testing.T, rng *rand.Rand) [][]time.Time {
-	t.Helper()
-	var sets [][]time.Time
-	for _, name := range usageZones {
-		loc := loadZone(t, name)
-		for range 12 {
-			sets = append(sets, calendarBounds(randomTime(rng), loc)...)
+func TestSlots(t *testing.T) {
+	for _, c := range []struct{ ms, slot int64 }{
+		{0, 0}, {1, 0}, {SlotMS - 1, 0}, {SlotMS, SlotMS},
+		{-1, -SlotMS}, {-SlotMS, -SlotMS}, {-SlotMS - 1, -2 * SlotMS}, // rounding down before 1970 too
+	} {
+		if got := SlotOf(c.ms); got != c.slot {
+			t.Errorf("SlotOf(%d) = %d, want %d", c.ms, got, c.slot)
 		}
 	}
-	for range 40 {
-		n := 2 + rng.IntN(40)
-		var b []time.Time
-		for range n {
-			b = append(b, time.UnixMilli(slotOf(toMS(randomTime(rng)))))
-		}
-		slices.SortFunc(b, func(x, y time.Time) int { return x.Compare(y) })
-		b = slices.CompactFunc(b, func(x, y time.Time) bool { return x.Equal(y) })
-		if len(b) >= 2 {
-			sets = append(sets, b)
-		}
-	}
-	for _, b := range sets {
-		for _, x := range b {
-			if !onSlot(x) {
-				t.Fatalf("bound %v (%s) is not on a slot start", x, x.Location())
-			}
-		}
-	}
-	return sets
-}
-
-// usageAnswers is what the stats queries answer for a list of bound sets.
-type usageAnswers struct {
-	buckets [][]Usage
-	models  [][]ModelUsage // per set: limit 0, then limit 2
-}
-
-// answerUsage asks UsageBuckets and UsageByModel, or, with raw, the queries over request_logs.
-func answerUsage(t *testing.T, s *Store, sets [][]time.Time, raw bool) usageAnswers {
-	t.Helper()
-	ctx := context.Background()
-	var a usageAnswers
-	for _, b := range sets {
-		from, to := b[0], b[len(b)-1]
-		var buckets []Usage
-		var err error
-		if raw {
-			buckets, err = s.usageBuckets(ctx, b, allUsage.rawBuckets)
-		} else {
-			buckets, err = s.UsageBuckets(ctx, b)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		a.buckets = append(a.buckets, buckets)
-		for _, limit := range []int{0, 2} {
-			var models []ModelUsage
-			if raw {
-				models, err = s.usageByModel(ctx, from, to, limit, allUsage.rawByModel)
-			} else {
-				models, err = s.UsageByModel(ctx, from, to, limit)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			a.models = append(a.models, models)
-		}
-	}
-	return a
-}
-
-// sameUsage fails the test where got and want differ, naming the bound set.
-func sameUsage(t *testing.T, sets [][]time.Time, got, want usageAnswers) {
-	t.Helper()
-	bad := 0
-	for i, b := range sets {
-		if !slices.Equal(got.buckets[i], want.buckets[i]) {
-			t.Errorf("buckets %v..%v (%d): got %+v, want %+v", b[0], b[len(b)-1], len(b)-1, got.buckets[i], want.buckets[i])
-			bad++
-		}
-		for j := 2 * i; j < 2*i+2; j++ {
-			if !slices.Equal(got.models[j], want.models[j]) {
-				t.Errorf("models %v..%v: got %+v, want %+v", b[0], b[len(b)-1], got.models[j], want.models[j])
-				bad++
-			}
-		}
-		if bad > 5 {
-			t.FailNow()
+	kathmandu := time.FixedZone("+05:45", 5*3600+45*60)
+	for _, c := range []struct {
+		t    time.Time
+		want bool
+	}{
+		{time.Time{}, true},
+		{time.Date(2026, 3, 10, 0, 0, 0, 0, kathmandu), true}, // a local midnight
+		{time.Date(2026, 3, 10, 13, 15, 0, 0, time.UTC), true},
+		{time.Date(2026, 3, 10, 13, 15, 0, int(time.Millisecond), time.UTC), false},
+		{time.Date(2026, 3, 10, 13, 15, 0, int(time.Microsecond), time.UTC), true}, // to the millisecond
+		{time.Date(2026, 3, 10, 13, 10, 0, 0, time.UTC), false},
+	} {
+		if got := OnSlot(c.t); got != c.want {
+			t.Errorf("OnSlot(%v) = %v, want %v", c.t, got, c.want)
 		}
 	}
 }
 
-var (
-	usageModels   = []string{"gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash", "", "Gemini-2.5-flash", "embedding-001"}
-	usageStatuses = []int{0, 100, 199, 200, 200, 200, 204, 301, 399, 400, 429, 429, 499, 500, 503}
-)
-
-// randomRequest is a request row with a random model, status and token counts.
-func randomRequest(rng *rand.Rand, at time.Time) RequestLog {
-	p, c := rng.Int64N(5000), rng.Int64N(2000)
-	if rng.IntN(5) == 0 {
-		p, c = 0, 0
+func TestCheckBuckets(t *testing.T) {
+	t0 := time.UnixMilli(SlotOf(1_750_000_000_000))
+	if on, err := CheckBuckets([]time.Time{t0, t0.Add(UsageSlot), t0.Add(time.Hour)}); err != nil || !on {
+		t.Errorf("bounds on slots = %v, %v", on, err)
 	}
-	return RequestLog{
-		Time: at, Model: usageModels[rng.IntN(len(usageModels))], Status: usageStatuses[rng.IntN(len(usageStatuses))],
-		Path: "/v1beta/models/x:generateContent", PromptTokens: p, CandidatesTokens: c, ThoughtsTokens: rng.Int64N(100),
-		TotalTokens: p + c + rng.Int64N(50),
+	if on, err := CheckBuckets([]time.Time{t0, t0.Add(time.Minute)}); err != nil || on {
+		t.Errorf("a bound off a slot = %v, %v", on, err)
+	}
+	many := make([]time.Time, MaxBuckets+2)
+	for i := range many {
+		many[i] = t0.Add(time.Duration(i) * time.Hour)
+	}
+	for _, bad := range [][]time.Time{nil, {t0}, {t0, t0}, {t0.Add(time.Hour), t0}, many} {
+		if _, err := CheckBuckets(bad); err == nil {
+			t.Errorf("%d bounds accepted", len(bad))
+		}
+	}
+	if _, err := CheckBuckets(many[:MaxBuckets+1]); err != nil {
+		t.Errorf("%d buckets refused: %v", MaxBuckets, err)
 	}
 }
 
-// TestUsageFromSlotsMatchesRows logs random requests through the writer, in small batches so
-// many slots are added to more than once, and checks that the answers from the per-slot sums
-// equal the queries over the request rows for the dashboard's ranges in many zones and for
-// random quarter-hour bounds. Then it deletes the request rows: the answers stay.
-func TestUsageFromSlotsMatchesRows(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(seed, 7))
-	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, func(o *options) { o.batchSize = 97 })
-
-	// Half the rows in a few hot slots (each added to by many batches), half anywhere.
-	hot := make([]int64, 40)
-	for i := range hot {
-		hot[i] = slotOf(toMS(randomTime(rng)))
+func TestTruncate(t *testing.T) {
+	if got := Truncate("short", 10); got != "short" {
+		t.Errorf("Truncate(short) = %q", got)
 	}
-	const rows = 6000
-	var want Usage
-	keys := map[slotKey]bool{}
-	for i := range rows {
-		at := randomTime(rng)
-		if i%2 == 0 {
-			at = time.UnixMilli(hot[rng.IntN(len(hot))] + rng.Int64N(slotMS))
-		}
-		r := randomRequest(rng, at)
-		s.LogRequest(r)
-		keys[slotKey{slotOf(toMS(at)), r.Model}] = true
-		want.Requests++
-		if r.Status < 200 || r.Status > 399 {
-			want.Failures++
-		}
-		want.PromptTokens += r.PromptTokens
-		want.CandidatesTokens += r.CandidatesTokens
-		want.TotalTokens += r.TotalTokens
-	}
-	s.Flush()
-	if n := countRows(t, s, "request_usage"); n != int64(len(keys)) {
-		t.Errorf("%d slot rows, want one per slot and model: %d", n, len(keys))
-	}
-
-	// Everything, in one bucket on slot starts and in one off them.
-	ctx := context.Background()
-	day := 24 * time.Hour
-	all := [][]time.Time{
-		{usageWindows[0][0].Add(-day), usageWindows[1][1].Add(day)},
-		{usageWindows[0][0].Add(-day - time.Millisecond), usageWindows[1][1].Add(day + time.Millisecond)},
-	}
-	for _, b := range all {
-		got, err := s.UsageBuckets(ctx, b)
-		if err != nil || len(got) != 1 || got[0] != want {
-			t.Errorf("UsageBuckets(%v) = %+v, %v; want %+v", b, got, err, want)
-		}
-	}
-
-	sets := usageBoundSets(t, rng)
-	fromSlots := answerUsage(t, s, sets, false)
-	sameUsage(t, sets, fromSlots, answerUsage(t, s, sets, true))
-
-	// Off slot starts the answers come from the request rows.
-	var odd [][]time.Time
-	for _, b := range sets[:20] {
-		odd = append(odd, []time.Time{b[0].Add(time.Minute), b[len(b)-1].Add(-time.Millisecond)})
-	}
-	sameUsage(t, odd, answerUsage(t, s, odd, false), answerUsage(t, s, odd, true))
-
-	// The sums outlive the request rows.
-	if _, err := s.PurgeRequestLogs(ctx, usageWindows[1][1].Add(day)); err != nil {
-		t.Fatal(err)
-	}
-	if n := countRows(t, s, "request_logs"); n != 0 {
-		t.Fatalf("%d request rows left", n)
-	}
-	sameUsage(t, sets, answerUsage(t, s, sets, false), fromSlots)
-}
-
-// TestMigrationSumsLoggedRows builds a version-3 database holding request rows (some before
-// 1970, so slots round down there too), opens it, and checks that step 4's sums answer as the
-// rows do, before and after the writer adds to the same slots.
-func TestMigrationSumsLoggedRows(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "v3.db")
-	ctx := context.Background()
-	db := rawDB(t, path)
-	if err := migrate(ctx, db, migrations[:3]); err != nil {
-		t.Fatal(err)
-	}
-	rng := rand.New(rand.NewPCG(1, 2))
-	insert := func(r RequestLog) {
-		t.Helper()
-		if _, err := db.Exec(`INSERT INTO request_logs (time, model, status, prompt_tokens, candidates_tokens,
-			thoughts_tokens, total_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)`, toMS(r.Time), r.Model, r.Status,
-			r.PromptTokens, r.CandidatesTokens, r.ThoughtsTokens, r.TotalTokens); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for range 3000 {
-		insert(randomRequest(rng, randomTime(rng)))
-	}
-	for _, ms := range []int64{-1, -slotMS, -slotMS - 1, 1} {
-		insert(randomRequest(rng, time.UnixMilli(ms)))
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	s := openTest(t, path, nil, nil)
-	sets := usageBoundSets(t, rng)
-	early := []time.Time{time.UnixMilli(-2 * slotMS), time.UnixMilli(-slotMS), time.UnixMilli(0), time.UnixMilli(slotMS)}
-	sets = append(sets, early)
-	sameUsage(t, sets, answerUsage(t, s, sets, false), answerUsage(t, s, sets, true))
-	if got, _ := s.UsageBuckets(ctx, early); got[0].Requests != 1 || got[1].Requests != 2 || got[2].Requests != 1 {
-		t.Errorf("slots around 1970: %+v; want 1, 2 and 1 requests", got)
-	}
-
-	for range 2000 {
-		s.LogRequest(randomRequest(rng, randomTime(rng)))
-	}
-	s.Flush()
-	sameUsage(t, sets, answerUsage(t, s, sets, false), answerUsage(t, s, sets, true))
-}
-
-func TestPurgeUsageKeepsSlotsEndingAfterTheCutoff(t *testing.T) {
-	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
-	ctx := context.Background()
-	slot := time.UnixMilli(slotOf(1_750_000_000_000))
-	q := UsageSlot
-	for _, at := range []time.Time{slot.Add(-2 * q), slot.Add(-q), slot.Add(-time.Millisecond), slot, slot.Add(q / 2), slot.Add(q)} {
-		s.LogRequest(RequestLog{Time: at, Model: "m", Status: 200})
-	}
-	s.Flush()
-	// The slot before cutoff ends at the cutoff and goes; the one holding it stays.
-	for _, tc := range []struct {
-		cutoff time.Time
-		purged int64
-	}{{slot, 2}, {slot.Add(q / 2), 0}, {slot.Add(q), 1}, {slot.Add(q), 0}} {
-		if n, err := s.PurgeUsage(ctx, tc.cutoff); err != nil || n != tc.purged {
-			t.Errorf("PurgeUsage(%v) = %d, %v; want %d", tc.cutoff, n, err, tc.purged)
-		}
-	}
-	got, err := s.UsageBuckets(ctx, []time.Time{slot.Add(-2 * q), slot.Add(q), slot.Add(2 * q)})
-	if err != nil || got[0].Requests != 0 || got[1].Requests != 1 {
-		t.Errorf("after purge: %+v, %v; want only the slot from %v", got, err, slot.Add(q))
+	long := strings.Repeat("é", 10) // 2 bytes each
+	if got := Truncate(long, 5); got != "éé" || !utf8.ValidString(got) {
+		t.Errorf("Truncate cut inside a rune: %q", got)
 	}
 }
 
-// BenchmarkUsageBuckets answers the dashboard's 30d view (30 daily buckets and the models)
-// over 300000 request rows spread across 30 days, from the request rows and from the per-slot
-// sums.
-func BenchmarkUsageBuckets(b *testing.B) {
-	s := openTest(b, filepath.Join(b.TempDir(), "d.db"), nil, nil)
-	end := time.UnixMilli(slotOf(1_750_000_000_000))
-	start := end.Add(-30 * 24 * time.Hour)
-	const rows = 300000
-	step := end.Sub(start).Milliseconds() / rows
-	if _, err := s.db.Exec(`WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < ? - 1)
-		INSERT INTO request_logs (time, model, status, total_tokens) SELECT ? + i * ?, 'm' || (i % 7), 200 + (i % 10 = 0) * 300, 42 FROM seq`,
-		rows, toMS(start), step); err != nil {
-		b.Fatal(err)
-	}
-	// The sums as schema step 4 makes them from logged rows.
-	if _, err := s.db.Exec(`INSERT INTO request_usage SELECT time - time % 900000 AS slot, model, COUNT(*),
-		SUM(status NOT BETWEEN 200 AND 399), SUM(prompt_tokens), SUM(candidates_tokens), SUM(total_tokens)
-		FROM request_logs GROUP BY slot, model`); err != nil {
-		b.Fatal(err)
-	}
-	bounds := make([]time.Time, 31)
-	for i := range bounds {
-		bounds[i] = start.Add(time.Duration(i) * 24 * time.Hour)
-	}
-	ctx := context.Background()
-	for _, raw := range []bool{true, false} {
-		b.Run(map[bool]string{true: "rows", false: "slots"}[raw], func(b *testing.B) {
-			for b.Loop() {
-				var got []Usage
-				var err error
-				if raw {
-					got, err = s.usageBuckets(ctx, bounds, allUsage.rawBuckets)
-				} else {
-					got, err = s.UsageBuckets(ctx, bounds)
-				}
-				if err != nil {
-					b.Fatal(err)
-				}
-				var n int64
-				for _, u := range got {
-					n += u.Requests
-				}
-				if n != rows {
-					b.Fatalf("%d rows counted, want %d", n, rows)
-				}
-				var models []ModelUsage
-				if raw {
-					models, err = s.usageByModel(ctx, start, end, 50, allUsage.rawByModel)
-				} else {
-					models, err = s.UsageByModel(ctx, start, end, 50)
-				}
-				if err != nil || len(models) != 7 {
-					b.Fatal(fmt.Sprint(len(models), err))
-				}
-			}
-		})
-	}
-}
-
-// insertRequest writes one request row directly, so that its time is exact.
-func insertRequest(t *testing.T, s *Store, at time.Time, model string, status int, keyID, accessID int64, tokens int64) {
-	t.Helper()
-	_, err := s.db.Exec(`INSERT INTO request_logs (time, model, status, key_id, access_key_id, prompt_tokens,
-		candidates_tokens, total_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		toMS(at), model, status, keyID, accessID, tokens, 2*tokens, 3*tokens)
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-func TestUsageBuckets(t *testing.T) {
-	s := openTest(t, filepath.Join(t.TempDir(), "d.db"), nil, nil)
-	ctx := context.Background()
-	t0 := time.UnixMilli(1_750_000_000_000)
-	h := time.Hour
-	insertRequest(t, s, t0.Add(-time.Millisecond), "m", 200, 1, 1, 1)   // before the first bucket
-	insertRequest(t, s, t0, "m", 200, 1, 1, 1)                          // bucket 0, at its start
-	insertRequest(t, s, t0.Add(h-time.Millisecond), "m", 500, 1, 1, 10) // bucket 0, at its end
-	insertRequest(t, s, t0.Add(h), "n", 429, 1, 1, 100)                 // bucket 1
-	insertRequest(t, s, t0.Add(h+1), "n", 301, 1, 1, 0)                 // bucket 1: 3xx succeeds
-	insertRequest(t, s, t0.Add(3*h), "n", 200, 1, 1, 5)                 // after the last bucket
-	// Bucket 1 is 2 h long: bounds need not be evenly spaced (DST days are not).
-	got, err := s.UsageBuckets(ctx, []time.Time{t0, t0.Add(h), t0.Add(3 * h)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []Usage{
-		{Requests: 2, Failures: 1, PromptTokens: 11, CandidatesTokens: 22, TotalTokens: 33},
-		{Requests: 2, Failures: 1, PromptTokens: 100, CandidatesTokens: 200, TotalTokens: 300},
-	}
-	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
-		t.Fatalf("buckets = %+v, want %+v", got, want)
-	}
-	// An empty bucket is all zeros.
-	got, err = s.UsageBuckets(ctx, []time.Time{t0.Add(10 * h), t0.Add(11 * h)})
-	if err != nil || len(got) != 1 || got[0] != (Usage{}) {
-		t.Errorf("empty bucket = %+v, %v", got, err)
-	}
-	for _, bad := range [][]time.Time{{t0}, {t0, t0}, {t0.Add(h), t0}} {
-		if _, err := s.UsageBuckets(ctx, bad); err == nil {
-			t.Errorf("bounds %v accepted", bad)
+func TestLogQueryPage(t *testing.T) {
+	for _, c := range []struct {
+		q             LogQuery
+		limit, offset int
+	}{
+		{LogQuery{}, 100, 0},
+		{LogQuery{Limit: -3, Offset: -1}, 100, 0},
+		{LogQuery{Limit: 20, Offset: 40}, 20, 40},
+		{LogQuery{Limit: 50000}, 10000, 0},
+	} {
+		if l, o := c.q.Page(); l != c.limit || o != c.offset {
+			t.Errorf("%+v.Page() = %d, %d; want %d, %d", c.q, l, o, c.limit, c.offset)
 		}
-	}
-
-	models, err := s.UsageByModel(ctx, t0, t0.Add(3*h), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(models) != 2 || models[0].Model != "m" || models[0].Requests != 2 || models[0].Failures != 1 ||
-		models[0].TotalTokens != 33 || models[1].Model != "n" || models[1].Requests != 2 {
-		t.Errorf("by model = %+v", models)
-	}
-	if models, _ := s.UsageByModel(ctx, t0, t0.Add(3*h), 1); len(models) != 1 {
-		t.Errorf("limit 1 gave %d models", len(models))
 	}
 }

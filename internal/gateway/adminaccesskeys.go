@@ -86,6 +86,7 @@ func (b adminBackend) changeAccessKeys(ctx context.Context, change func() error)
 	if err := change(); err != nil {
 		return err
 	}
+	c.announce(store.Event{Kind: store.EventAccessKeys})
 	return c.reloadAccessKeysLocked(ctx)
 }
 

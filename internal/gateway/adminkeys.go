@@ -131,6 +131,9 @@ func (b adminBackend) AddLabeledKeys(ctx context.Context, keys []store.NewKey) (
 		}
 		c.logger.Info("admin: upstream keys added", zap.Int("added", res.Added))
 	}
+	if res.Added > 0 || len(res.Relabeled) > 0 {
+		c.announce(store.Event{Kind: store.EventKeys})
+	}
 	return res.Added, len(res.Relabeled), nil
 }
 
@@ -183,6 +186,7 @@ func (b adminBackend) SetKeysProject(ctx context.Context, ids []int64, project s
 	}
 	c.logger.Info("admin: upstream keys' project label set", zap.Int("keys", len(ids)),
 		zap.Int64("changed", changed), zap.String("project", project))
+	c.announce(store.Event{Kind: store.EventKeys})
 	return int(changed), nil
 }
 
@@ -194,6 +198,7 @@ func (b adminBackend) DeleteKey(ctx context.Context, id int64) error {
 		return err
 	}
 	b.c.pool.Remove(id)
+	b.c.announce(store.Event{Kind: store.EventKeys})
 	b.c.logger.Info("admin: upstream key deleted", zap.Int64("key_id", id))
 	return nil
 }
@@ -223,6 +228,7 @@ func (c *Core) disableKey(ctx context.Context, id int64) error {
 		return err
 	}
 	c.pool.SetDisabled(id, true)
+	c.announce(store.Event{Kind: store.EventKeys})
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/admin"
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 	"go.uber.org/zap"
 )
 
@@ -106,6 +107,7 @@ func (b adminBackend) UpdateSettings(ctx context.Context, values map[string]stri
 	if err := c.reloadSettings(ctx); err != nil {
 		return nil, err
 	}
+	c.announce(store.Event{Kind: store.EventSettings})
 	if now := c.settings.Load(); now.upstream.String() != cur.upstream.String() {
 		c.logger.Warn("admin: the upstream was changed; every upstream key now goes there",
 			zap.String("old_host", cur.upstream.Host), zap.String("new_host", now.upstream.Host))

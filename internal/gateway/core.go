@@ -46,15 +46,16 @@ type Core struct {
 	// reload does not lift a lockout.
 	adminThrottle admin.Throttle
 
-	store      *store.Store
+	store      store.Store
 	pool       *keypool.Pool
 	poolLoaded bool // guarded by mu
 	jobs       jobs // the scheduler and its jobs (jobs.go)
 
-	clock        clockwork.Clock // drives the scheduler; nil means the real clock (tests set a fake)
-	probeTimeout time.Duration   // per-check timeout of key validation; 0 means defaultProbeTimeout
-	pendingRetry time.Duration   // how often owner records the store refused are retried; 0 means defaultPendingRetry
-	pending      pendingOwners   // those records (pending.go)
+	clock        clockwork.Clock               // drives the scheduler; nil means the real clock (tests set a fake)
+	probeTimeout time.Duration                 // per-check timeout of key validation; 0 means defaultProbeTimeout
+	pendingRetry time.Duration                 // how often owner records the store refused are retried; 0 means defaultPendingRetry
+	wrapStore    func(store.Store) store.Store // tests: wraps the store once opened (a cluster of cores in one process)
+	pending      pendingOwners                 // those records (pending.go)
 
 	settings   atomic.Pointer[settings]
 	accessKeys atomic.Pointer[map[[32]byte]*accessKey]
@@ -107,7 +108,10 @@ func (c *Core) Open() error {
 }
 
 func (c *Core) doOpen() error {
-	st, err := store.Open(c.path, c.logger.Named("store"))
+	st, err := openStore(c.path, c.logger.Named("store"))
+	if err == nil && c.wrapStore != nil {
+		st = c.wrapStore(st)
+	}
 	if err != nil {
 		return fmt.Errorf("opening database %s: %v", c.path, err)
 	}
@@ -119,6 +123,7 @@ func (c *Core) doOpen() error {
 		st.Close()
 		return err
 	}
+	c.followCluster()
 	return nil
 }
 
@@ -184,6 +189,12 @@ func (c *Core) Apply(ctx context.Context, a *Config) error {
 		}
 	}
 	c.startJobs()
+	// The other instances sharing the store reload what this config may have changed.
+	c.announce(store.Event{Kind: store.EventSettings})
+	c.announce(store.Event{Kind: store.EventAccessKeys})
+	if added > 0 {
+		c.announce(store.Event{Kind: store.EventKeys})
+	}
 	// Only now may requests pass: the access keys and the pool are in place. (The http app
 	// may already be serving, since caddy starts apps in no fixed order.)
 	c.readyOne.Do(func() { close(c.ready) })
@@ -382,8 +393,10 @@ func (c *Core) Destruct() error {
 	return errors.Join(errs...)
 }
 
-// persist writes what a pool report changed. It never blocks on the database.
+// persist writes what a pool report changed, and tells the other instances sharing the store.
+// It never blocks on the database.
 func (c *Core) persist(ch keypool.Change, lastError string) {
+	c.announceChange(ch)
 	if ch.Project != "" {
 		c.store.SaveKeyProject(ch.KeyID, ch.Project)
 		c.logger.Info("upstream key's project learned from an error answer", zap.Int64("key_id", ch.KeyID), zap.String("project", ch.Project))

@@ -12,6 +12,7 @@ import (
 
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
 	"github.com/jonboulle/clockwork"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -63,6 +64,7 @@ type coreSetup struct {
 	clock        *clockwork.FakeClock            // drives the scheduler; nil: the real clock
 	probeTimeout time.Duration
 	path         string // the database file; "" for a new one
+	wrapStore    func(store.Store) store.Store
 }
 
 // testCore is a started core with its fake upstream and its log lines.
@@ -99,6 +101,7 @@ func startCore(t testing.TB, s coreSetup, cfg *Config) testCore {
 		c.clock = s.clock
 	}
 	c.probeTimeout = s.probeTimeout
+	c.wrapStore = s.wrapStore
 	if err := c.Open(); err != nil {
 		t.Fatal(err)
 	}

@@ -157,6 +157,10 @@ func (c *Core) exclusive(name string, busy *atomic.Bool, run func(context.Contex
 			return
 		}
 		defer busy.Store(false)
+		if !c.leads(ctx) {
+			c.logger.Debug("scheduled job left to the instance that leads the cluster", zap.String("job", name))
+			return
+		}
 		run(ctx)
 	}
 }

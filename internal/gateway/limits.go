@@ -5,6 +5,7 @@ package gateway
 // they do to Google's.
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -27,11 +28,21 @@ func (k *accessKey) expired(now time.Time) bool {
 // allowModel refuses a request for a model outside the access key's models, as Google refuses
 // a model a project may not use: 403 PERMISSION_DENIED naming it.
 func (x *exchange) allowModel() bool {
-	if x.key.policy.AllowsModel(x.model) {
+	p := x.key.policy
+	if len(p.Models) == 0 {
+		return true
+	}
+	model := x.model
+	if model == "" {
+		// A request whose path names no model may name one in its body (cachedContents.create):
+		// a cache for a model the key may not use costs tokens too.
+		model = bodyModel(x.body)
+	}
+	if p.AllowsModel(model) {
 		return true
 	}
 	x.limitHit = hitModels
-	x.fail(http.StatusForbidden, "PERMISSION_DENIED", modelRefusal(x.model))
+	x.fail(http.StatusForbidden, "PERMISSION_DENIED", modelRefusal(model))
 	return false
 }
 
@@ -39,6 +50,20 @@ func (x *exchange) allowModel() bool {
 func modelRefusal(model string) string {
 	return "This access key may not use the model " + strconv.Quote(strings.TrimPrefix(model, "models/")) +
 		": it is outside the models its policy allows."
+}
+
+// bodyModel is the top-level "model" member of a JSON request body (exactly that name), or "".
+func bodyModel(body []byte) string {
+	if len(body) == 0 || !bytes.Contains(body, []byte(`"model"`)) {
+		return ""
+	}
+	var b map[string]bodyMember
+	if json.Unmarshal(body, &b) != nil {
+		return ""
+	}
+	var model string
+	_ = json.Unmarshal([]byte(b["model"]), &model)
+	return model
 }
 
 // listsModels tells whether the request lists models (native or OpenAI-compatible) for an

@@ -162,6 +162,11 @@ func TestPolicyModels(t *testing.T) {
 	if resp, b := e.doAs(tenantKey, "GET", "/v1beta/models/gemini-2.5-pro", ""); resp.StatusCode != 403 {
 		t.Errorf("models.get of a denied model: %d %s", resp.StatusCode, b)
 	}
+	// A cached content names its model in the body.
+	if resp, b := e.doAs(tenantKey, "POST", "/v1beta/cachedContents",
+		`{"model":"models/gemini-2.5-pro","contents":[{"role":"user","parts":[{"text":"ctx"}]}]}`); resp.StatusCode != 403 {
+		t.Errorf("a cache for a denied model: %d %s", resp.StatusCode, b)
+	}
 	if got := len(e.fake.Calls()); got != n {
 		t.Errorf("denied requests reached the upstream (%d calls)", got-n)
 	}

@@ -305,7 +305,7 @@ func TestLiveModelPolicyAndLimits(t *testing.T) {
 		t.Fatalf("%d upstream sessions, want only the admitted one", n)
 	}
 	// Once closed, the place is free again.
-	eventually(t, func() bool { return e.core.limiter.Usage(rows[1].AccessKeyID, time.Now()).InFlight == 0 })
+	liveWait(t, func() bool { return e.core.limiter.Usage(rows[1].AccessKeyID, time.Now()).InFlight == 0 })
 	s, err = e.connect(tenantKey, liveTestModel, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -313,8 +313,8 @@ func TestLiveModelPolicyAndLimits(t *testing.T) {
 	s.Close()
 }
 
-// eventually waits up to 10 s for cond.
-func eventually(t *testing.T, cond func() bool) {
+// liveWait waits up to 10 s for cond.
+func liveWait(t testing.TB, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); !cond(); {
 		if time.Now().After(deadline) {
@@ -603,7 +603,7 @@ func TestLiveClosesPassThrough(t *testing.T) {
 		t.Fatalf("close answered with %d %q", ce.Code, ce.Text)
 	}
 	conn.Close()
-	eventually(t, func() bool { ls := e.fake.LiveSessions(); return len(ls) == 2 && ls[1].Closed })
+	liveWait(t, func() bool { ls := e.fake.LiveSessions(); return len(ls) == 2 && ls[1].Closed })
 	if got := e.fake.LiveSessions()[1].ClientClose; got != 4321 {
 		t.Fatalf("upstream saw close %d", got)
 	}
@@ -629,7 +629,7 @@ func TestLiveClientDisconnectClosesTheUpstream(t *testing.T) {
 	}
 	start := time.Now()
 	conn.UnderlyingConn().Close()
-	eventually(t, func() bool { return e.fake.OpenLiveSessions() == 0 })
+	liveWait(t, func() bool { return e.fake.OpenLiveSessions() == 0 })
 	t.Logf("upstream closed %v after the client's connection dropped", time.Since(start))
 	if got := e.fake.LiveSessions()[0].ClientClose; got != websocket.CloseGoingAway {
 		t.Fatalf("upstream saw close %d, want 1001", got)
@@ -869,11 +869,11 @@ func TestLiveMemoryPerSession(t *testing.T) {
 	for _, c := range direct {
 		c.Close()
 	}
-	eventually(t, func() bool { return e.fake.OpenLiveSessions() == 0 })
+	liveWait(t, func() bool { return e.fake.OpenLiveSessions() == 0 })
 	mid := inUse()
 	through := openLiveSessions(t, e.url, testAccessKey, n)
 	e.made.Add(n)
-	eventually(t, func() bool { return e.fake.OpenLiveSessions() == n })
+	liveWait(t, func() bool { return e.fake.OpenLiveSessions() == n })
 	withGateway := inUse()
 	directPer := float64(withDirect-base) / n / 1024
 	gatewayPer := float64(withGateway-mid)/n/1024 - directPer

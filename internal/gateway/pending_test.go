@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/sqlite"
 )
 
 // Triggers that make every write of an owner record fail, as a broken database would.
@@ -82,7 +83,7 @@ func TestDestructFlushesPendingOwners(t *testing.T) {
 	if err := c.Destruct(); err != nil {
 		t.Fatal(err)
 	}
-	st, err := store.Open(path, nil)
+	st, err := sqlite.Open(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

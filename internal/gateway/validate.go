@@ -314,6 +314,7 @@ func (c *Core) enableKey(ctx context.Context, id int64) error {
 		return fmt.Errorf("enabling key %d: %w", id, err)
 	}
 	c.pool.SetDisabled(id, false)
+	c.announce(store.Event{Kind: store.EventKeys})
 	return nil
 }
 
@@ -329,6 +330,7 @@ func (c *Core) reviveKey(ctx context.Context, id int64) (bool, error) {
 	}
 	if ok {
 		c.pool.SetDisabled(id, false)
+		c.announce(store.Event{Kind: store.EventKeys})
 	}
 	return ok, nil
 }
