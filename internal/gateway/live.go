@@ -96,15 +96,23 @@ func (h hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return http.NewResponseController(h.ResponseWriter).Hijack()
 }
 
-// serveLive runs one Live API session: one request-log row for it all, whatever its end.
+// serveLive runs one Live API session: one request-log row for it all, whatever its end. Once
+// the connection is upgraded the session runs on goroutines of its own and the handler
+// returns: the server's goroutine of the connection, its deep stack and its buffers, are not
+// kept for the session's life.
 func (x *exchange) serveLive() {
 	c := x.core
 	// Destruct waits for open sessions (it closes them with 1001 first) before it closes the
 	// store, so that their rows are written. The request is still an ordinary one here, which
 	// a server's shutdown waits for, so this never races with Destruct's wait.
 	c.bg.Add(1)
-	defer c.bg.Done()
-	defer x.finish()
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			x.finish()
+			c.bg.Done()
+		}
+	}()
 	x.set = c.settings.Load()
 	x.stream = true
 	_, method, known := liveMethod(x.path)
@@ -134,10 +142,17 @@ func (x *exchange) serveLive() {
 		x.errText = "websocket upgrade failed: " + err.Error()
 		return
 	}
+	// From here on the session needs neither the response writer nor the request's body, and
+	// reads only fields of the request that nothing changes.
+	handedOver = true
 	s := &liveSession{x: x, client: conn}
-	s.run()
+	go func() {
+		defer c.bg.Done()
+		defer x.finish()
+		defer s.recover()
+		s.run()
+	}()
 }
-
 // authenticateToken checks the ephemeral token of a Constrained session: one the gateway made
 // (POST /v1alpha/auth_tokens), still live, whose access key is in good standing. The session
 // then belongs to that access key, on the token's key.

@@ -30,6 +30,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/keypool"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
@@ -150,6 +151,22 @@ func (s *liveSession) run() {
 		return
 	}
 	s.relay(first)
+}
+
+// recover keeps a panic on one of the session's goroutines from ending the process (the
+// server recovers its handlers' panics, not those of goroutines they start): the session's
+// connections are dropped and the panic logged with its stack.
+func (s *liveSession) recover() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	s.client.UnderlyingConn().Close()
+	if s.up != nil {
+		s.up.UnderlyingConn().Close()
+	}
+	s.x.status, s.x.errText = http.StatusInternalServerError, "the Live session failed in the gateway (see its log)"
+	s.x.core.logger.Error("a Live session panicked", zap.Any("panic", v), zap.Stack("stack"))
 }
 
 // refuse ends the session before the relay with a close frame; status is what the request log
@@ -369,6 +386,7 @@ func (s *liveSession) relay(first liveFrame) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer s.recover()
 		s.pump(sideClient)
 	}()
 	s.pump(sideUpstream)
