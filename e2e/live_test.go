@@ -302,12 +302,12 @@ func TestLiveJSSDK(t *testing.T) {
 		t.Fatalf("node live.mjs: %v\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
 	}
 	var res struct {
-		Text       string `json:"text"`
+		Text       string                          `json:"text"`
 		Usage      []struct{ TotalTokenCount int } `json:"usage"`
-		AudioBytes int    `json:"audioBytes"`
-		AudioSame  bool   `json:"audioSame"`
-		TokenName  string `json:"tokenName"`
-		TokenText  string `json:"tokenText"`
+		AudioBytes int                             `json:"audioBytes"`
+		AudioSame  bool                            `json:"audioSame"`
+		TokenName  string                          `json:"tokenName"`
+		TokenText  string                          `json:"tokenText"`
 	}
 	if err := json.Unmarshal(bytes.TrimSpace(stdout.Bytes()), &res); err != nil {
 		t.Fatalf("script output: %v: %s", err, stdout.String())

@@ -153,6 +153,7 @@ func (x *exchange) serveLive() {
 		s.run()
 	}()
 }
+
 // authenticateToken checks the ephemeral token of a Constrained session: one the gateway made
 // (POST /v1alpha/auth_tokens), still live, whose access key is in good standing. The session
 // then belongs to that access key, on the token's key.
