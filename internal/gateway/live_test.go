@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -637,6 +638,53 @@ func TestLiveClientDisconnectClosesTheUpstream(t *testing.T) {
 	if row := e.liveRows()[0]; row.Status != http.StatusOK || row.Error != "" {
 		t.Fatalf("row %+v", row)
 	}
+}
+
+// TestLivePingsBothSides: an idle session is pinged both ways, and the pongs keep it open.
+func TestLivePingsBothSides(t *testing.T) {
+	defer func(d time.Duration) { livePingEvery = d }(livePingEvery)
+	livePingEvery = 20 * time.Millisecond
+	var upPings atomic.Int32
+	up := websocket.Upgrader{}
+	upstream := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		conn.SetPingHandler(func(data string) error {
+			upPings.Add(1)
+			return conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+		})
+		conn.ReadMessage()
+		conn.WriteMessage(websocket.BinaryMessage, []byte(`{"setupComplete":{}}`))
+		for {
+			if _, _, err := conn.ReadMessage(); err != nil {
+				return
+			}
+		}
+	})
+	tc := startCore(t, coreSetup{upstream: upstream}, &Config{AccessKeys: []string{testAccessKey}, GoogleAPIKeys: proxyKeys(1)})
+	conn, _, err := websocket.DefaultDialer.Dial(wsURL(serveCore(t, tc.c, nil, ""))+livePath("v1beta", "BidiGenerateContent")+"?key="+testAccessKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var clientPings atomic.Int32
+	conn.SetPingHandler(func(data string) error {
+		clientPings.Add(1)
+		return conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+	})
+	conn.WriteMessage(websocket.TextMessage, []byte(`{"setup":{"model":"models/x"}}`))
+	conn.ReadMessage()
+	go func() {
+		for { // control frames are handled while reading
+			if _, _, err := conn.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}()
+	liveWait(t, func() bool { return clientPings.Load() >= 3 && upPings.Load() >= 3 })
 }
 
 // keyQuotingUpstream is a Live upstream that quotes the key it got in a frame and in its close

@@ -11,8 +11,10 @@ package gateway
 // fits the buffer. Payloads are written as they came, with their frame type; only the
 // upstream's are looked at (usage, resumption handles) and have the pool key masked out. A
 // close frame from one side is passed to the other, code and reason; the other side's answer
-// comes back the same way, so both close handshakes complete end to end. Each side is pinged,
-// and one that stays silent for liveDeadAfter pings is dropped.
+// comes back the same way, so both close handshakes complete end to end. Each side is pinged
+// now and then, to keep the connections' NATs and load balancers from dropping an idle session;
+// a peer that vanished without a word is found by TCP keepalive, one that stops reading by
+// liveWriteTimeout.
 
 import (
 	"bytes"
@@ -20,7 +22,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -43,15 +44,13 @@ const (
 	// liveWriteTimeout is the longest a side may take to accept one message (or a piece of a
 	// large one): past it, the side is taken as gone.
 	liveWriteTimeout = 60 * time.Second
-	// livePingEvery is how often each side is pinged.
-	livePingEvery = 30 * time.Second
-	// liveDeadAfter is how many ping intervals a side may stay silent (no message, no pong)
-	// before it is dropped.
-	liveDeadAfter = 3
 	// liveBufSize is the relay's buffer: a message that fits is handled whole, a larger one in
 	// pieces of this size.
 	liveBufSize = 32 << 10
 )
+
+// livePingEvery is how often each side of a session is pinged (a variable for the tests).
+var livePingEvery = 30 * time.Second
 
 // The sides of a session, indexes of its per-side arrays.
 const (
@@ -80,17 +79,14 @@ type liveSession struct {
 	setupType int
 	ls        liveSetup
 
-	closedTo  [2]atomic.Bool   // a close frame was sent to the side
-	closeCode [2]atomic.Int32  // the code of the close frame the side sent, 0 before one
-	reads     [2]atomic.Uint64 // what was read from the side (messages, pings, pongs): the keepalive's
-	ending    atomic.Bool      // the relay is over: the keepalive stops
+	closedTo  [2]atomic.Bool  // a close frame was sent to the side
+	closeCode [2]atomic.Int32 // the code of the close frame the side sent, 0 before one
+	ending    atomic.Bool     // the relay is over: the keepalive stops
 
 	endMu sync.Mutex
 	end   liveEnd // the first end seen, for the request log
 
-	ping *time.Timer
-	seen [2]uint64 // the keepalive's last look at reads (its own goroutine only)
-	idle [2]int
+	ping atomic.Pointer[time.Timer] // the keepalive's
 }
 
 // liveEnd is how a session ended: the first close frame or failure seen.
@@ -350,22 +346,10 @@ func keypoolReason(f *liveFailure) string {
 func (s *liveSession) relay(first liveFrame) {
 	x, c := s.x, s.x.core
 	defer s.up.Close()
-	for side, conn := range [2]*websocket.Conn{s.client, s.up} {
-		// Close frames are passed on by the pumps, not answered here.
+	for _, conn := range [2]*websocket.Conn{s.client, s.up} {
+		// Close frames are passed on by the pumps, not answered here. (Pings are answered by
+		// gorilla's default handler.)
 		conn.SetCloseHandler(func(int, string) error { return nil })
-		conn.SetPingHandler(func(data string) error {
-			s.reads[side].Add(1)
-			err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(liveCloseWait))
-			var ne net.Error
-			if err == nil || errors.Is(err, websocket.ErrCloseSent) || errors.As(err, &ne) && ne.Timeout() {
-				return nil
-			}
-			return err
-		})
-		conn.SetPongHandler(func(string) error {
-			s.reads[side].Add(1)
-			return nil
-		})
 	}
 	s.client.SetReadLimit(x.set.maxBody)
 	c.metrics.live.frames[sideUpstream].Inc()
@@ -382,7 +366,8 @@ func (s *liveSession) relay(first liveFrame) {
 
 	stop := context.AfterFunc(c.ctx, s.shutdown)
 	defer stop()
-	s.ping = time.AfterFunc(livePingEvery, s.keepalive)
+	every := livePingEvery
+	s.ping.Store(time.AfterFunc(every, func() { s.keepalive(every) }))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -392,7 +377,7 @@ func (s *liveSession) relay(first liveFrame) {
 	s.pump(sideUpstream)
 	<-done
 	s.ending.Store(true)
-	s.ping.Stop()
+	s.ping.Load().Stop()
 	s.logEnd()
 }
 
@@ -406,7 +391,6 @@ func (s *liveSession) pump(from int) {
 			s.ended(from, err)
 			return
 		}
-		s.reads[from].Add(1)
 		n, rerr, werr := s.copyMessage(from, dst, mt, r)
 		m.frames[from].Inc()
 		m.bytes[from].Add(float64(n))
@@ -619,22 +603,16 @@ func (s *liveSession) shutdown() {
 	}
 }
 
-// keepalive pings both sides, and drops a side that stayed silent for liveDeadAfter rounds.
-func (s *liveSession) keepalive() {
+// keepalive pings both sides.
+func (s *liveSession) keepalive(every time.Duration) {
 	if s.ending.Load() {
 		return
 	}
-	for side, conn := range [2]*websocket.Conn{s.client, s.up} {
-		if n := s.reads[side].Load(); n != s.seen[side] {
-			s.seen[side], s.idle[side] = n, 0
-		} else if s.idle[side]++; s.idle[side] >= liveDeadAfter {
-			conn.UnderlyingConn().Close() // its pump ends, and the other side is told
-			continue
-		}
+	for _, conn := range [2]*websocket.Conn{s.client, s.up} {
 		conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(liveCloseWait))
 	}
-	if !s.ending.Load() {
-		s.ping.Reset(livePingEvery)
+	if t := s.ping.Load(); t != nil && !s.ending.Load() {
+		t.Reset(every)
 	}
 }
 
