@@ -326,11 +326,22 @@ func liveWait(t testing.TB, cond func() bool) {
 }
 
 func TestLiveRetriesARefusedKey(t *testing.T) {
-	for _, handshake := range []bool{false, true} {
-		t.Run(fmt.Sprintf("handshake=%v", handshake), func(t *testing.T) {
+	for _, tc := range []struct {
+		handshake bool
+		state     fakegemini.KeyState
+		reason    string
+	}{
+		{false, fakegemini.Invalid, "API key not valid"},
+		{true, fakegemini.Invalid, "API_KEY_INVALID"},
+		// Google's answer is 1.2 KB here, its ErrorInfo past the first KiB that gorilla keeps:
+		// the gateway reads it whole.
+		{true, fakegemini.ServiceDisabled, "SERVICE_DISABLED"},
+	} {
+		handshake := tc.handshake
+		t.Run(fmt.Sprintf("handshake=%v/%s", handshake, tc.state), func(t *testing.T) {
 			e := newProxyEnv(t, 2, nil)
 			e.fake.SetLiveRefuseAtHandshake(handshake)
-			e.fake.SetKey(e.keys[0], fakegemini.Invalid)
+			e.fake.SetKey(e.keys[0], tc.state)
 			for range 2 {
 				s, err := e.connect(testAccessKey, liveTestModel, nil)
 				if err != nil {
@@ -357,8 +368,8 @@ func TestLiveRetriesARefusedKey(t *testing.T) {
 			if rows[0].Attempts+rows[1].Attempts != 3 || rows[0].Status != 200 || rows[1].Status != 200 {
 				t.Fatalf("rows %+v", rows)
 			}
-			if stored := e.storedKey(e.keys[0]); stored.Status != store.StatusDisabled || !strings.Contains(stored.DisabledReason, "API_KEY_INVALID") && !strings.Contains(stored.DisabledReason, "API key not valid") {
-				t.Fatalf("stored key 0: %+v", stored.DisabledReason)
+			if stored := e.storedKey(e.keys[0]); stored.Status != store.StatusDisabled || !strings.Contains(stored.DisabledReason, tc.reason) {
+				t.Fatalf("stored key 0: %q", stored.DisabledReason)
 			}
 		})
 	}
@@ -389,6 +400,11 @@ func TestLiveQuotaCoolsTheKeyDown(t *testing.T) {
 				t.Fatalf("key 1 had %d sessions, want 3", n)
 			}
 			if handshake {
+				// Google's 429 (1.4 KB) was read whole: its RetryInfo (30 s) set the
+				// cooldown, not the 60 s a reason-less 429 gets.
+				if until := st.Cooldowns[0].Until; until.After(time.Now().Add(40 * time.Second)) {
+					t.Errorf("cooldown until %v: the answer's retryDelay was not read", until)
+				}
 				n := 0
 				for _, c := range e.fake.Calls() {
 					if strings.HasPrefix(c.Path, "/ws/") && c.Key == e.keys[0] {
