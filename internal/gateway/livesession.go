@@ -547,7 +547,7 @@ func (s *liveSession) addUsage(u liveUsage) {
 
 // ended handles the end of what side from sends: a close frame is passed on to the other side,
 // a connection gone is told to the other side with going away (to the upstream) or an error
-// (to the client). The other side then has liveCloseWait to answer.
+// (to the client).
 func (s *liveSession) ended(from int, err error) {
 	to := 1 - from
 	var ce *websocket.CloseError
@@ -573,7 +573,11 @@ func (s *liveSession) ended(from int, err error) {
 			s.sendClose(to, closeInternalError, "The upstream connection was lost.")
 		}
 	}
-	s.conn(to).UnderlyingConn().SetReadDeadline(time.Now().Add(liveCloseWait))
+	// The other side has liveCloseWait to answer, and a write to it that waits (the pump of
+	// a side that failed may be stuck writing to a side that no longer reads) as long.
+	nc := s.conn(to).UnderlyingConn()
+	nc.SetReadDeadline(time.Now().Add(liveCloseWait))
+	nc.SetWriteDeadline(time.Now().Add(liveCloseWait))
 }
 
 // sendClose sends a close frame to a side, once.
@@ -600,6 +604,7 @@ func (s *liveSession) shutdown() {
 	s.sendClose(sideUpstream, closeGoingAway, "")
 	for _, conn := range [2]*websocket.Conn{s.client, s.up} {
 		conn.UnderlyingConn().SetReadDeadline(time.Now().Add(liveCloseWait))
+		conn.UnderlyingConn().SetWriteDeadline(time.Now().Add(liveCloseWait))
 	}
 }
 
