@@ -33,7 +33,7 @@ vet:
 # caddy built once with xcaddy (bin/caddy), plus a one-iteration smoke run of the benchmarks.
 test: vet bin/caddy
 	SYNAPSE_CADDY_BIN=$(CURDIR)/bin/caddy go test -race -count=1 -timeout 30m ./...
-	go test -run '^$$' -bench . -benchtime 1x ./keypool/ ./store/sqlite/ ./tenant/ ./internal/gateway/
+	go test -run '^$$' -bench . -benchtime 1x ./keypool/ ./store/sqlite/ ./store/postgres/ ./tenant/ ./internal/gateway/
 	$(MAKE) fuzz
 
 # The standing fuzz suite: every Fuzz* target of the module (found in *_test.go, so a new one

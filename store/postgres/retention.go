@@ -1,0 +1,93 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+const (
+	// purgeBatch is how many rows one retention transaction deletes: few enough that a
+	// transaction stays short (PostgreSQL lets the log writer in meanwhile, but a long delete
+	// holds back vacuum and replication).
+	purgeBatch = 5000
+	// purgePause is the break between two batches.
+	purgePause = 20 * time.Millisecond
+)
+
+// PurgeRequestLogs deletes the request log rows older than before (a row at exactly before is
+// kept) and returns how many it deleted. It deletes in small transactions with a pause between
+// them; when ctx ends it stops between two batches and returns what it deleted so far with
+// ctx's error. The per-slot sums (see PurgeUsage) are kept.
+func (s *Store) PurgeRequestLogs(ctx context.Context, before time.Time) (int64, error) {
+	return s.purge(ctx, "request logs",
+		`DELETE FROM request_logs WHERE id IN (SELECT id FROM request_logs WHERE time < $1 LIMIT $2)`,
+		toMS(before), purgeBatch, purgePause)
+}
+
+// PurgeErrorLogs deletes the error log rows older than before, as PurgeRequestLogs does.
+func (s *Store) PurgeErrorLogs(ctx context.Context, before time.Time) (int64, error) {
+	return s.purge(ctx, "error logs",
+		`DELETE FROM error_logs WHERE id IN (SELECT id FROM error_logs WHERE time < $1 LIMIT $2)`,
+		toMS(before), purgeBatch, purgePause)
+}
+
+// PurgeSessions deletes the admin sessions expired at now (expiry at or before now), in
+// batches as PurgeRequestLogs does, and returns how many it deleted.
+func (s *Store) PurgeSessions(ctx context.Context, now time.Time) (int64, error) {
+	return s.purge(ctx, "sessions",
+		`DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE expires_at <= $1 LIMIT $2)`,
+		toMS(now), purgeBatch, purgePause)
+}
+
+// PurgeCooldowns deletes the cooldowns over at now (until at or before now), in batches as
+// PurgeRequestLogs does, and returns how many it deleted. They no longer hold a key back, and
+// a key that cools down again gets a new row.
+func (s *Store) PurgeCooldowns(ctx context.Context, now time.Time) (int64, error) {
+	return s.purge(ctx, "cooldowns",
+		`DELETE FROM cooldowns WHERE (key_id, model) IN (SELECT key_id, model FROM cooldowns WHERE until <= $1 LIMIT $2)`,
+		toMS(now), purgeBatch, purgePause)
+}
+
+// PurgeUsage deletes the per-slot sums of the request log (the totals per model and those per
+// access key) whose quarter hour ended at or before before (one straddling it is kept), in
+// batches as PurgeRequestLogs does, and returns how many rows it deleted. Callers pass at least
+// store.UsageRetention back from now.
+func (s *Store) PurgeUsage(ctx context.Context, before time.Time) (int64, error) {
+	cutoff := toMS(before) - slotMS
+	n, err := s.purge(ctx, "usage",
+		`DELETE FROM request_usage WHERE (slot, model) IN (SELECT slot, model FROM request_usage WHERE slot <= $1 LIMIT $2)`,
+		cutoff, purgeBatch, purgePause)
+	if err != nil {
+		return n, err
+	}
+	m, err := s.purge(ctx, "access key usage",
+		`DELETE FROM access_key_usage WHERE (slot, access_key_id, model, limit_hit) IN
+			(SELECT slot, access_key_id, model, limit_hit FROM access_key_usage WHERE slot <= $1 LIMIT $2)`,
+		cutoff, purgeBatch, purgePause)
+	return n + m, err
+}
+
+// purge runs query (a DELETE of at most batch rows with a cutoff, bound in that order) until
+// it deletes fewer than batch rows, pausing between runs. Each run is its own transaction.
+func (s *Store) purge(ctx context.Context, what, query string, cutoff int64, batch int, pause time.Duration) (int64, error) {
+	var total int64
+	for {
+		tag, err := s.pool.Exec(ctx, query, cutoff, batch)
+		if err != nil {
+			return total, fmt.Errorf("postgres: purge %s: %w", what, err)
+		}
+		n := tag.RowsAffected()
+		total += n
+		if n < int64(batch) {
+			return total, nil
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return total, fmt.Errorf("postgres: purge %s: %w", what, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
