@@ -606,6 +606,10 @@ func TestLiveReloadKeepsSessionsStopClosesThem(t *testing.T) {
 			t.Fatalf("client got %v at caddy stop, want a 1001 close", err)
 		}
 	}
+	// The fake notes a close once its read returns, which may be after its answer arrived.
+	if !eventually(10*time.Second, func() bool { return fake.OpenLiveSessions() == 0 }) {
+		t.Fatal("upstream sessions still open after caddy stopped")
+	}
 	for _, s := range fake.LiveSessions() {
 		if s.ClientClose != websocket.CloseGoingAway {
 			t.Fatalf("upstream session got close %d at caddy stop, want 1001", s.ClientClose)

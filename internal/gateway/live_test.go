@@ -823,6 +823,8 @@ func TestLiveShutdownClosesSessions(t *testing.T) {
 		t.Fatalf("client got %d %q", ce.Code, ce.Text)
 	}
 	e.core.bg.Wait() // what Destruct does next: the session is over
+	// The fake notes the close once its read returns, which may be after its answer arrived.
+	liveWait(t, func() bool { return e.fake.LiveSessions()[0].Closed })
 	if ls := e.fake.LiveSessions()[0]; ls.ClientClose != websocket.CloseGoingAway {
 		t.Fatalf("upstream got %d", ls.ClientClose)
 	}
