@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -989,4 +991,32 @@ func BenchmarkLiveRelay(b *testing.B) {
 			})
 		}
 	}
+}
+
+// FuzzLiveParsing feeds client setups, token requests and upstream close reasons to what reads
+// them: nothing panics, a setup's model is its exact "model" member, a close reason fits a
+// close frame as valid UTF-8, and a reason alone never condemns a key without a probe.
+func FuzzLiveParsing(f *testing.F) {
+	f.Add([]byte(`{"setup":{"model":"models/gemini-live-2.5-flash-preview","sessionResumption":{"handle":"h"}}}`), "API key not valid. Please pass a valid API key.", 1007)
+	f.Add([]byte(`{"bidiGenerateContentSetup":{"setup":{"model":"models/x"}}}`), "You exceeded your current quota, please check your plan", 1011)
+	f.Add([]byte(`{"setup":{"Model":"a","model":"b"}}`), strings.Repeat("é", 80), 1008)
+	f.Fuzz(func(t *testing.T, body []byte, reason string, code int) {
+		if ls, ok := parseLiveSetup(body); ok {
+			// Maps keep member names as they are (no case folding), the last of duplicates.
+			var top, setup map[string]json.RawMessage
+			var model string
+			if json.Unmarshal(body, &top) != nil || json.Unmarshal(top["setup"], &setup) != nil ||
+				json.Unmarshal(setup["model"], &model) != nil || model != ls.model {
+				t.Fatalf("model %q, the setup's exact member is %q", ls.model, model)
+			}
+		}
+		authTokenModel(body)
+		r := closeReason(reason)
+		if len(r) > maxCloseReason || !utf8.ValidString(r) {
+			t.Fatalf("close reason of %d bytes, valid %v", len(r), utf8.ValidString(r))
+		}
+		if o, _ := liveCloseOutcome(code, reason, time.Now()); o.Kind == keypool.KeyInvalid && !o.Confirm {
+			t.Fatalf("%d %q condemns a key without a probe", code, reason)
+		}
+	})
 }
