@@ -20,6 +20,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/genai"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/fakegemini"
@@ -833,6 +834,35 @@ func TestLiveShutdownClosesSessions(t *testing.T) {
 	if row := e.liveRows()[0]; !strings.Contains(row.Error, "shutting down") {
 		t.Fatalf("row %+v", row)
 	}
+}
+
+// TestLiveShutdownBeforeTheSetup: a session still waiting for its setup when the core goes is
+// closed with 1001 at once, not after the setup's timeout.
+func TestLiveShutdownBeforeTheSetup(t *testing.T) {
+	e := newProxyEnv(t, 1, nil)
+	e.made.Add(1)
+	conn, _, err := websocket.DefaultDialer.Dial(wsURL(e.url)+livePath("v1beta", "BidiGenerateContent")+"?key="+testAccessKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	liveWait(t, func() bool { return gaugeValue(e.core.metrics.live.open) == 1 })
+	e.core.cancel()
+	_, _, err = conn.ReadMessage()
+	if ce := closeErr(t, err); ce.Code != websocket.CloseGoingAway {
+		t.Fatalf("client got %d %q", ce.Code, ce.Text)
+	}
+	e.core.bg.Wait()
+	if n := len(e.fake.LiveSessions()); n != 0 {
+		t.Fatalf("%d upstream sessions", n)
+	}
+}
+
+// gaugeValue reads a gauge.
+func gaugeValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	g.Write(&m)
+	return m.GetGauge().GetValue()
 }
 
 func TestLiveCloseOutcome(t *testing.T) {

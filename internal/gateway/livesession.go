@@ -81,6 +81,7 @@ type liveSession struct {
 
 	closedTo  [2]atomic.Bool  // a close frame was sent to the side
 	closeCode [2]atomic.Int32 // the code of the close frame the side sent, 0 before one
+	relaying  atomic.Bool     // up is set and the relay runs: shutdown may close it
 	ending    atomic.Bool     // the relay is over: the keepalive stops
 
 	endMu sync.Mutex
@@ -111,6 +112,8 @@ func (s *liveSession) run() {
 	c.metrics.live.open.Inc()
 	defer c.metrics.live.open.Dec()
 	defer s.client.Close()
+	stop := context.AfterFunc(c.ctx, s.shutdown)
+	defer stop()
 	s.client.SetReadLimit(x.set.maxBody)
 	s.client.SetReadDeadline(time.Now().Add(liveSetupTimeout))
 	mt, setup, err := s.client.ReadMessage()
@@ -346,6 +349,7 @@ func keypoolReason(f *liveFailure) string {
 func (s *liveSession) relay(first liveFrame) {
 	x, c := s.x, s.x.core
 	defer s.up.Close()
+	s.relaying.Store(true)
 	for _, conn := range [2]*websocket.Conn{s.client, s.up} {
 		// Close frames are passed on by the pumps, not answered here. (Pings are answered by
 		// gorilla's default handler.)
@@ -364,8 +368,9 @@ func (s *liveSession) relay(first liveFrame) {
 	x.status = http.StatusOK
 	x.ttfb = time.Since(x.start)
 
-	stop := context.AfterFunc(c.ctx, s.shutdown)
-	defer stop()
+	if c.ctx.Err() != nil {
+		s.shutdown() // the core went while the session was being opened
+	}
 	every := livePingEvery
 	s.ping.Store(time.AfterFunc(every, func() { s.keepalive(every) }))
 	done := make(chan struct{})
@@ -597,14 +602,23 @@ func (s *liveSession) noteEnd(e liveEnd) {
 	}
 }
 
-// shutdown closes the session when the core is destroyed (caddy stop): going away, both ways.
+// shutdown closes the session when the core is destroyed (caddy stop): going away, both ways
+// once the relay runs; before, to the client, whose session then fails to open.
 func (s *liveSession) shutdown() {
 	s.noteEnd(liveEnd{by: "gateway", code: closeGoingAway, text: "the gateway is shutting down"})
-	s.sendClose(sideClient, closeGoingAway, "The gateway is shutting down.")
-	s.sendClose(sideUpstream, closeGoingAway, "")
-	for _, conn := range [2]*websocket.Conn{s.client, s.up} {
-		conn.UnderlyingConn().SetReadDeadline(time.Now().Add(liveCloseWait))
-		conn.UnderlyingConn().SetWriteDeadline(time.Now().Add(liveCloseWait))
+	sides := []int{sideClient}
+	if s.relaying.Load() {
+		sides = append(sides, sideUpstream)
+	}
+	for _, side := range sides {
+		reason := "" // the upstream needs no explanation
+		if side == sideClient {
+			reason = "The gateway is shutting down."
+		}
+		s.sendClose(side, closeGoingAway, reason)
+		nc := s.conn(side).UnderlyingConn()
+		nc.SetReadDeadline(time.Now().Add(liveCloseWait))
+		nc.SetWriteDeadline(time.Now().Add(liveCloseWait))
 	}
 }
 
