@@ -10,7 +10,9 @@
 // into Cloud projects that share a state (a project's daily quota), and every
 // request is recorded so tests can assert what a proxy forwarded. Request
 // bodies with a top-level member Google does not know get Google's 400
-// `Unknown name "…": Cannot find field.`, the name quoted back verbatim.
+// `Unknown name "…": Cannot find field.`, the name quoted back verbatim. The
+// Live API (BidiGenerateContent over WebSocket under /ws/, with ephemeral
+// tokens) is served too: see live.go.
 package fakegemini
 
 import (
