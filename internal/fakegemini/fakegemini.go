@@ -324,12 +324,21 @@ func (c Call) IsGeneration() bool {
 	return false
 }
 
-// Reset forgets the recorded calls. Key, model and stream settings, upload
-// sessions and files are kept.
+// Reset forgets the recorded calls and the records of Live sessions that have
+// ended. Key, model and stream settings, upload sessions, files, open Live
+// sessions, resumption handles and ephemeral tokens are kept.
 func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls = nil
+	open := s.live.sessions[:0]
+	for _, r := range s.live.sessions {
+		if !r.Closed {
+			open = append(open, r)
+		}
+	}
+	clear(s.live.sessions[len(open):])
+	s.live.sessions = open
 }
 
 // OpenStreams reports how many streamed answers are being written right now.
