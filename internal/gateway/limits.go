@@ -112,10 +112,9 @@ func (x *exchange) admit() bool {
 		return true
 	}
 	if refusal.Unavailable {
-		x.limitHit = hitShared
+		msg := x.limitRefusal(refusal)
 		x.retryAfter(refusal.RetryAt, time.Now())
-		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE",
-			"The limits of this access key are shared with the other instances of the gateway, and they cannot be checked right now. Retry shortly.")
+		x.fail(http.StatusServiceUnavailable, "UNAVAILABLE", msg)
 		return false
 	}
 	x.refuseLimits(refusal)
@@ -228,8 +227,14 @@ func (x *exchange) refuseLimits(r *tenant.Refusal) {
 }
 
 // limitRefusal notes the first limit a refusal names as the request's limit_hit and returns
-// the message that tells the client which limits it reached and when to retry.
+// the message that tells the client which limits it reached and when to retry; a refusal for
+// want of the shared limits' ledger (Unavailable) is noted as hitShared and says so.
 func (x *exchange) limitRefusal(r *tenant.Refusal) string {
+	if r.Unavailable {
+		x.limitHit = hitShared
+		return "The limits of this access key are shared with the other instances of the gateway, and they cannot be checked right now. Retry in " +
+			strconv.FormatInt(retrySeconds(r.RetryAt, x.start), 10) + "s."
+	}
 	var words []string
 	for _, v := range r.Violations {
 		words = append(words, strconv.FormatInt(v.Value, 10)+" "+quotaNames[v.Limit].words+" ("+v.Limit+")")
