@@ -232,9 +232,24 @@ func TestPGClusterPropagationLatency(t *testing.T) {
 	id := keyIDsBySecret(t, a.c)[keys[0]]
 	const n = 200
 
+	// B listens once its first LISTEN is done, which may come after its start: announce
+	// until one arrives (what came before was only in A's announcements, which B missed).
+	base := time.Now().Add(time.Hour).UnixMilli()
+	eventually(t, "B listens", func() bool {
+		base += 1000
+		a.c.announce(store.Event{Kind: store.EventCooldown, KeyID: id, Model: "gemini-2.5-flash", Until: base})
+		time.Sleep(20 * time.Millisecond)
+		for _, k := range b.c.pool.Keys(time.Now()) {
+			if k.ID == id && len(k.Cooldowns) > 0 && k.Cooldowns[0].Until.UnixMilli() >= base {
+				return true
+			}
+		}
+		return false
+	})
+	base += 1000
+
 	// Cooldowns: each one longer than the last, so B's state tells which it has.
 	var cool []time.Duration
-	base := time.Now().Add(time.Hour).UnixMilli()
 	for i := range n {
 		until := base + int64(i)*1000
 		start := time.Now()
