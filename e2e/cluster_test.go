@@ -10,6 +10,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -365,5 +367,89 @@ func TestClusterRidesOutADatabaseOutage(t *testing.T) {
 	t.Logf("after the outage: %d request rows written, %v dropped, for %d requests", rows-rowsBefore, dropped, want)
 	if rows-rowsBefore+int64(dropped) > want {
 		t.Errorf("%d rows written and %v dropped for %d requests: more than sent", rows-rowsBefore, dropped, want)
+	}
+}
+
+// runExample starts caddy on the example Caddyfile file of examples/cluster, made to run here
+// by the replacements (old, new, ...), with its admin endpoint on g's admin port.
+func (g *gateway) runExample(file string, replace ...string) {
+	g.t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "examples", "cluster", file))
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	text := strings.Replace(string(b), "{\n", fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n", g.adminPort), 1)
+	for i := 0; i+1 < len(replace); i += 2 {
+		if !strings.Contains(text, replace[i]) {
+			g.t.Fatalf("%s has no %q", file, replace[i])
+		}
+		text = strings.ReplaceAll(text, replace[i], replace[i+1])
+	}
+	if err := os.WriteFile(g.configPath, []byte(text), 0o600); err != nil {
+		g.t.Fatal(err)
+	}
+	g.startProcess()
+	g.waitReady(false)
+}
+
+// TestClusterExampleBehindItsLoadBalancer runs examples/cluster as shipped, on loopback ports:
+// two instances of Caddyfile.gateway on one database behind Caddyfile.lb. Requests, an access
+// key made through the load balancer and an upload work through it; with one instance
+// stopped, every request still succeeds.
+func TestClusterExampleBehindItsLoadBalancer(t *testing.T) {
+	_, up := newFake(t)
+	pool := poolKeys(2)
+	t.Setenv("DATABASE_URL", withPassword(t, pgtest.URL(t)))
+	t.Setenv("ADMIN_KEY", adminKey)
+	t.Setenv("ACCESS_KEYS", accessKey)
+	t.Setenv("GOOGLE_API_KEYS", strings.Join(pool, ","))
+	t.Setenv("GEMINI_UPSTREAM", up.URL)
+	var gs []*gateway
+	noPasswordInOutput(t, &gs)
+	for range 2 {
+		g := newGateway(t, gatewayConfig{PoolKeys: pool})
+		g.runExample("Caddyfile.gateway", "\n:80 {", fmt.Sprintf("\nhttp://127.0.0.1:%d {", g.sitePort))
+		gs = append(gs, g)
+	}
+	lb := newGateway(t, gatewayConfig{PoolKeys: pool})
+	lb.runExample("Caddyfile.lb",
+		"\n:80 {", fmt.Sprintf("\nhttp://127.0.0.1:%d {", lb.sitePort),
+		"gateway1:80 gateway2:80", fmt.Sprintf("127.0.0.1:%d 127.0.0.1:%d", gs[0].sitePort, gs[1].sitePort))
+	gs = append(gs, lb)
+
+	for range 10 {
+		wantOK(t, lb.generate(modelFlash, accessKey))
+	}
+	var made struct {
+		Key string `json:"key"`
+	}
+	lb.adminAPI(http.MethodPost, "access-keys", `{"label":"through the load balancer"}`, http.StatusCreated, &made)
+	for range 4 { // on both instances, round robin
+		wantOK(t, lb.generate(modelFlash, made.Key))
+	}
+	// The upload URL names the load balancer (the instances trust what it forwards); its
+	// chunk may reach either instance.
+	data := strings.Repeat("through the balancer ", 100)
+	u := startUpload(t, lb, int64(len(data)), "text/plain")
+	req, _ := http.NewRequest(http.MethodPost, u, strings.NewReader(data))
+	req.Header.Set("X-Goog-Upload-Offset", "0")
+	req.Header.Set("X-Goog-Upload-Command", "upload, finalize")
+	resp, err := lb.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"uri"`) {
+		t.Fatalf("the upload's chunk through the load balancer: %d %s", resp.StatusCode, body)
+	}
+
+	// One instance goes away: the load balancer sends everything to the other.
+	gs[0].Stop()
+	for i := range 20 {
+		r, err := lb.tryDo(http.MethodPost, "/v1beta/models/"+modelFlash+":generateContent", apiKeyHeader(accessKey), genBody)
+		if err != nil || r.Status != http.StatusOK {
+			t.Fatalf("request %d with instance 1 stopped: %v %d %s", i, err, r.Status, r.Body)
+		}
 	}
 }
