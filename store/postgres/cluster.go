@@ -42,6 +42,16 @@ const Channel = "gemini_synapse"
 // differs from schemaLockKey, which migrations hold for a moment).
 const leaderLockKey int64 = 0x67656d2d73796e02 // "gem-syn" and 2
 
+// dedicatedKeepalives are the server's TCP keepalive settings for the dedicated connections
+// (sent at connect): the server ends the session of an instance that vanished without closing
+// its connection (its machine or its network gone) within about 25 s, which releases the
+// leadership, instead of after the system's default of two hours.
+var dedicatedKeepalives = map[string]string{
+	"tcp_keepalives_idle":     "10",
+	"tcp_keepalives_interval": "5",
+	"tcp_keepalives_count":    "3",
+}
+
 // maxNotifyPayload is the largest payload pg_notify accepts (8000 bytes by default), less a
 // margin.
 const maxNotifyPayload = 7900
@@ -81,7 +91,7 @@ type notice struct {
 // only to migrate or to copy data neither listens nor announces.
 type cluster struct {
 	id     string          // this instance's random id: Events skips its own announcements
-	cfg    *pgx.ConnConfig // for the dedicated connections
+	cfg    *pgx.ConnConfig // for the dedicated connections (with dedicatedKeepalives)
 	pool   *pgxpool.Pool
 	logger *zap.Logger
 	o      clusterOptions
@@ -116,9 +126,15 @@ func newCluster(pool *pgxpool.Pool, logger *zap.Logger, o clusterOptions) *clust
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	ctx, cancel := context.WithCancel(context.Background())
+	cfg := pool.Config().ConnConfig
+	for k, v := range dedicatedKeepalives {
+		if _, set := cfg.RuntimeParams[k]; !set {
+			cfg.RuntimeParams[k] = v
+		}
+	}
 	return &cluster{
 		id:     hex.EncodeToString(b[:]),
-		cfg:    pool.Config().ConnConfig,
+		cfg:    cfg,
 		pool:   pool,
 		logger: logger.Named("cluster"),
 		o:      o,

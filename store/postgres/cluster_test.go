@@ -183,6 +183,11 @@ func TestClusterLeaderIsExclusiveAndMovesWhenItsSessionEnds(t *testing.T) {
 			t.Fatal("the leadership is not exclusive")
 		}
 	}
+	// The server notices a leader that vanished (no FIN) within seconds, not hours.
+	var idle string
+	if err := a.cl.leader.conn.QueryRow(ctx, `SHOW tcp_keepalives_idle`).Scan(&idle); err != nil || idle != "10" {
+		t.Errorf("the leader's session: tcp_keepalives_idle %q, %v", idle, err)
+	}
 
 	// The leader's session ends (the server killed it, or the network lost it): the next call
 	// of another instance takes the leadership, and the old leader knows it lost it.
