@@ -119,7 +119,7 @@ func (s *Store) AccessKeys(ctx context.Context) ([]store.AccessKey, error) {
 	rows, err := s.pool.Query(ctx,
 		`SELECT id, hash, label, enabled, created_at, last_used_at, policy FROM access_keys ORDER BY id`)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: access keys: %w", err)
+		return nil, wrap("access keys", err)
 	}
 	defer rows.Close()
 	var out []store.AccessKey
@@ -128,7 +128,7 @@ func (s *Store) AccessKeys(ctx context.Context) ([]store.AccessKey, error) {
 		var hash []byte
 		var created, lastUsed int64
 		if err := rows.Scan(&k.ID, &hash, &k.Label, &k.Enabled, &created, &lastUsed, &k.Policy); err != nil {
-			return nil, fmt.Errorf("postgres: access keys: %w", err)
+			return nil, wrap("access keys", err)
 		}
 		if len(hash) != len(k.Hash) {
 			return nil, fmt.Errorf("postgres: access key %d: hash has %d bytes", k.ID, len(hash))
@@ -138,7 +138,7 @@ func (s *Store) AccessKeys(ctx context.Context) ([]store.AccessKey, error) {
 		out = append(out, k)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: access keys: %w", err)
+		return nil, wrap("access keys", err)
 	}
 	return out, nil
 }

@@ -3,7 +3,6 @@ package postgres
 import (
 	"cmp"
 	"context"
-	"fmt"
 	"slices"
 	"time"
 
@@ -34,7 +33,7 @@ func (s *Store) AccessKeyUsage(ctx context.Context, from, to time.Time) ([]store
 	}
 	rows, err := s.pool.Query(ctx, query, toMS(from), toMS(to))
 	if err != nil {
-		return nil, fmt.Errorf("postgres: access key usage: %w", err)
+		return nil, wrap("access key usage", err)
 	}
 	defer rows.Close()
 	byID := make(map[int64]*store.AccessKeyUsage)
@@ -44,7 +43,7 @@ func (s *Store) AccessKeyUsage(ctx context.Context, from, to time.Time) ([]store
 		var u store.Usage
 		if err := rows.Scan(&id, &limit, &u.Requests, &u.Failures, &u.PromptTokens, &u.CandidatesTokens,
 			&u.TotalTokens); err != nil {
-			return nil, fmt.Errorf("postgres: access key usage: %w", err)
+			return nil, wrap("access key usage", err)
 		}
 		a := byID[id]
 		if a == nil {
@@ -62,7 +61,7 @@ func (s *Store) AccessKeyUsage(ctx context.Context, from, to time.Time) ([]store
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: access key usage: %w", err)
+		return nil, wrap("access key usage", err)
 	}
 	out := make([]store.AccessKeyUsage, 0, len(byID))
 	for _, a := range byID {
@@ -107,7 +106,7 @@ func (s *Store) AccessKeyCounts(ctx context.Context, since time.Time) (map[int64
 		SELECT access_key_id, SUM(CASE WHEN limit_hit = '' THEN requests ELSE 0 END)::bigint, SUM(total_tokens)::bigint
 		FROM access_key_usage WHERE slot >= $1 GROUP BY access_key_id`, slotOf(toMS(since)))
 	if err != nil {
-		return nil, fmt.Errorf("postgres: access key counts: %w", err)
+		return nil, wrap("access key counts", err)
 	}
 	defer rows.Close()
 	out := make(map[int64]store.Counts)
@@ -115,12 +114,12 @@ func (s *Store) AccessKeyCounts(ctx context.Context, since time.Time) (map[int64
 		var id int64
 		var c store.Counts
 		if err := rows.Scan(&id, &c.Requests, &c.Tokens); err != nil {
-			return nil, fmt.Errorf("postgres: access key counts: %w", err)
+			return nil, wrap("access key counts", err)
 		}
 		out[id] = c
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: access key counts: %w", err)
+		return nil, wrap("access key counts", err)
 	}
 	return out, nil
 }

@@ -83,7 +83,7 @@ func (s *Store) addKeys(ctx context.Context, keys []store.NewKey, fromConfig boo
 		return err
 	})
 	if err != nil {
-		return store.AddResult{}, 0, fmt.Errorf("postgres: add keys: %w", err)
+		return store.AddResult{}, 0, wrap("add keys", err)
 	}
 	return res, skipped, nil
 }
@@ -95,7 +95,7 @@ func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
 		       last_used_at, requests, failed_requests, created_at
 		FROM keys ORDER BY id`)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: keys: %w", err)
+		return nil, wrap("keys", err)
 	}
 	defer rows.Close()
 	var keys []store.Key
@@ -104,13 +104,13 @@ func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
 		var lastUsed, created int64
 		if err := rows.Scan(&k.ID, &k.Secret, &k.Project, &k.Status, &k.DisabledReason, &k.ManualDisabled,
 			&k.Failures, &k.LastError, &lastUsed, &k.Requests, &k.FailedRequests, &created); err != nil {
-			return nil, fmt.Errorf("postgres: keys: %w", err)
+			return nil, wrap("keys", err)
 		}
 		k.LastUsedAt, k.CreatedAt = fromMS(lastUsed), fromMS(created)
 		keys = append(keys, k)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: keys: %w", err)
+		return nil, wrap("keys", err)
 	}
 	return keys, nil
 }
@@ -191,7 +191,7 @@ func (s *Store) Cooldowns(ctx context.Context, now time.Time) ([]store.Cooldown,
 	rows, err := s.pool.Query(ctx,
 		`SELECT key_id, model, until FROM cooldowns WHERE until > $1 ORDER BY key_id, model COLLATE "C"`, toMS(now))
 	if err != nil {
-		return nil, fmt.Errorf("postgres: cooldowns: %w", err)
+		return nil, wrap("cooldowns", err)
 	}
 	defer rows.Close()
 	var out []store.Cooldown
@@ -199,13 +199,13 @@ func (s *Store) Cooldowns(ctx context.Context, now time.Time) ([]store.Cooldown,
 		var c store.Cooldown
 		var until int64
 		if err := rows.Scan(&c.KeyID, &c.Model, &until); err != nil {
-			return nil, fmt.Errorf("postgres: cooldowns: %w", err)
+			return nil, wrap("cooldowns", err)
 		}
 		c.Until = fromMS(until)
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: cooldowns: %w", err)
+		return nil, wrap("cooldowns", err)
 	}
 	return out, nil
 }

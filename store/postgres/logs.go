@@ -60,7 +60,7 @@ func (s *Store) countLogs(ctx context.Context, table string, q store.LogQuery) (
 	w, args := where(q)
 	var n int64
 	if err := s.pool.QueryRow(ctx, `SELECT COUNT(*) FROM `+table+` `+w, args...).Scan(&n); err != nil {
-		return 0, fmt.Errorf("postgres: count %s: %w", table, err)
+		return 0, wrap("count "+table, err)
 	}
 	return n, nil
 }
@@ -69,7 +69,7 @@ func (s *Store) countLogs(ctx context.Context, table string, q store.LogQuery) (
 func (s *Store) CountRequestLogs(ctx context.Context) (int64, error) {
 	var n int64
 	if err := s.pool.QueryRow(ctx, `SELECT COUNT(*) FROM request_logs`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("postgres: count request logs: %w", err)
+		return 0, wrap("count request logs", err)
 	}
 	return n, nil
 }
@@ -83,7 +83,7 @@ func (s *Store) RecentRequests(ctx context.Context, q store.LogQuery) ([]store.R
 		       ttfb_us, prompt_tokens, candidates_tokens, thoughts_tokens, total_tokens, error, limit_hit
 		FROM request_logs `+w+` ORDER BY time DESC, id DESC`+p, args...)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: recent requests: %w", err)
+		return nil, wrap("recent requests", err)
 	}
 	defer rows.Close()
 	var out []store.RequestLog
@@ -93,7 +93,7 @@ func (s *Store) RecentRequests(ctx context.Context, q store.LogQuery) ([]store.R
 		if err := rows.Scan(&t, &r.AccessKeyID, &r.KeyID, &r.Method, &r.Path, &r.Model, &r.Stream,
 			&r.Status, &r.Attempts, &latency, &ttfb, &r.PromptTokens, &r.CandidatesTokens,
 			&r.ThoughtsTokens, &r.TotalTokens, &r.Error, &r.LimitHit); err != nil {
-			return nil, fmt.Errorf("postgres: recent requests: %w", err)
+			return nil, wrap("recent requests", err)
 		}
 		r.Time = fromMS(t)
 		r.Latency = time.Duration(latency) * time.Microsecond
@@ -101,7 +101,7 @@ func (s *Store) RecentRequests(ctx context.Context, q store.LogQuery) ([]store.R
 		out = append(out, r)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: recent requests: %w", err)
+		return nil, wrap("recent requests", err)
 	}
 	return out, nil
 }
@@ -114,7 +114,7 @@ func (s *Store) RecentErrors(ctx context.Context, q store.LogQuery) ([]store.Err
 		SELECT time, key_id, access_key_id, model, path, status, message
 		FROM error_logs `+w+` ORDER BY time DESC, id DESC`+p, args...)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: recent errors: %w", err)
+		return nil, wrap("recent errors", err)
 	}
 	defer rows.Close()
 	var out []store.ErrorLog
@@ -122,13 +122,13 @@ func (s *Store) RecentErrors(ctx context.Context, q store.LogQuery) ([]store.Err
 		var e store.ErrorLog
 		var t int64
 		if err := rows.Scan(&t, &e.KeyID, &e.AccessKeyID, &e.Model, &e.Path, &e.Status, &e.Message); err != nil {
-			return nil, fmt.Errorf("postgres: recent errors: %w", err)
+			return nil, wrap("recent errors", err)
 		}
 		e.Time = fromMS(t)
 		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: recent errors: %w", err)
+		return nil, wrap("recent errors", err)
 	}
 	return out, nil
 }

@@ -22,6 +22,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"regexp"
 	"strings"
@@ -43,6 +45,7 @@ type Store struct {
 	pool   *pgxpool.Pool
 	logger *zap.Logger
 	w      *writer
+	cl     *cluster // the Store as a store.Cluster (cluster.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -59,6 +62,7 @@ type options struct {
 	commitTimeout time.Duration // longest one batch transaction may take before it counts as failed
 	maxBackoff    time.Duration // longest pause between two attempts of a failing batch
 	paused        bool          // the writer waits for writer.resume before it starts
+	cluster       clusterOptions
 }
 
 func defaultOptions() options {
@@ -69,6 +73,7 @@ func defaultOptions() options {
 		closeTimeout:  30 * time.Second,
 		commitTimeout: 30 * time.Second,
 		maxBackoff:    2 * time.Second,
+		cluster:       defaultClusterOptions(),
 	}
 }
 
@@ -107,7 +112,7 @@ func open(ctx context.Context, url string, logger *zap.Logger, o options) (*Stor
 		pool.Close()
 		return nil, fmt.Errorf("postgres: open %s: %w", masked, err)
 	}
-	s := &Store{path: masked, pool: pool, logger: logger}
+	s := &Store{path: masked, pool: pool, logger: logger, cl: newCluster(pool, logger, o.cluster)}
 	s.w = newWriter(pool, logger, o)
 	go s.w.run()
 	return s, nil
@@ -116,11 +121,13 @@ func open(ctx context.Context, url string, logger *zap.Logger, o options) (*Stor
 // Path returns the URL the store was opened with, its password masked.
 func (s *Store) Path() string { return s.path }
 
-// Close writes everything still queued (giving up on a failing batch after 30 s: what could
-// not be written is counted as dropped), stops the writer and closes the pool. Calls after
-// the first return the first call's result.
+// Close sends the announcements still queued and stops listening (Events' channel is
+// closed), gives up the leadership, writes everything still queued (giving up on a failing
+// batch after 30 s: what could not be written is counted as dropped), stops the writer and
+// closes the pool. Calls after the first return the first call's result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		s.cl.close()
 		s.w.close()
 		s.pool.Close()
 	})
@@ -177,12 +184,45 @@ func mustAffect(tag pgconn.CommandTag, err error) error {
 
 // wrap names the operation what in err, except for nil and the store's own errors
 // (store.ErrNotFound, store.ErrDuplicate), which callers compare against and are returned as
-// they are.
+// they are. An error that means the server could not be reached also matches
+// store.ErrUnavailable.
 func wrap(what string, err error) error {
 	if err == nil || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrDuplicate) {
 		return err
 	}
-	return fmt.Errorf("postgres: %s: %w", what, err)
+	werr := fmt.Errorf("postgres: %s: %w", what, err)
+	if !errors.Is(err, store.ErrUnavailable) && unreachable(err) {
+		return unavailableError{werr}
+	}
+	return werr
+}
+
+// unavailableError is an error of a call that could not reach the server: it matches
+// store.ErrUnavailable and unwraps to the driver's error.
+type unavailableError struct{ error }
+
+func (e unavailableError) Is(target error) bool { return target == store.ErrUnavailable }
+func (e unavailableError) Unwrap() error        { return e.error }
+
+// unreachable reports whether err means that the server could not be reached or is not
+// serving: a connection that could not be made or broke, a network timeout, or the server's
+// own word that it is shutting down, starting up or out of connections. An error of the
+// statement itself is not, nor the caller's cancellation.
+func unreachable(err error) bool {
+	if errors.Is(err, context.Canceled) {
+		return false
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return strings.HasPrefix(pe.Code, "08") || // connection exception
+			strings.HasPrefix(pe.Code, "57P") || // admin or crash shutdown, cannot connect now
+			strings.HasPrefix(pe.Code, "53") // insufficient resources (too many connections)
+	}
+	var ce *pgconn.ConnectError
+	var ne net.Error
+	return errors.As(err, &ce) || errors.As(err, &ne) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.DeadlineExceeded) ||
+		pgconn.Timeout(err) || pgconn.SafeToRetry(err)
 }
 
 // isUniqueViolation reports whether err is a UNIQUE or PRIMARY KEY constraint failure.

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 
@@ -23,7 +22,7 @@ func (s *Store) AddUploadSession(ctx context.Context, u store.UploadSession) err
 			access_key_id = excluded.access_key_id, created_at = excluded.created_at, expires_at = excluded.expires_at`,
 		u.ID, u.KeyID, u.UpstreamURI, u.AccessKeyID, toMS(u.CreatedAt), toMS(u.ExpiresAt))
 	if err != nil {
-		return fmt.Errorf("postgres: add upload session: %w", err)
+		return wrap("add upload session", err)
 	}
 	return nil
 }
@@ -40,7 +39,7 @@ func (s *Store) UploadSessionByID(ctx context.Context, id string, now time.Time)
 		return store.UploadSession{}, store.ErrNotFound
 	}
 	if err != nil {
-		return store.UploadSession{}, fmt.Errorf("postgres: upload session: %w", err)
+		return store.UploadSession{}, wrap("upload session", err)
 	}
 	u.CreatedAt, u.ExpiresAt = fromMS(created), fromMS(expires)
 	return u, nil
@@ -49,7 +48,7 @@ func (s *Store) UploadSessionByID(ctx context.Context, id string, now time.Time)
 // DeleteUploadSession forgets a session (it was cancelled). Unknown ids are ignored.
 func (s *Store) DeleteUploadSession(ctx context.Context, id string) error {
 	if _, err := s.pool.Exec(ctx, `DELETE FROM upload_sessions WHERE upload_id = $1`, id); err != nil {
-		return fmt.Errorf("postgres: delete upload session: %w", err)
+		return wrap("delete upload session", err)
 	}
 	return nil
 }
@@ -107,7 +106,7 @@ func (s *Store) addResources(ctx context.Context, what, q string, extra []any, r
 		return tx.SendBatch(ctx, &b).Close()
 	})
 	if err != nil {
-		return fmt.Errorf("postgres: %s: %w", what, err)
+		return wrap(what, err)
 	}
 	return nil
 }
@@ -123,19 +122,19 @@ func (s *Store) ResourceOwners(ctx context.Context, names []string, now time.Tim
 		SELECT name, key_id, access_key_id FROM resources
 		WHERE (expires_at = 0 OR expires_at > $1) AND name = ANY($2)`, toMS(now), names)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: resource owners: %w", err)
+		return nil, wrap("resource owners", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var name string
 		var o store.Owner
 		if err := rows.Scan(&name, &o.KeyID, &o.AccessKeyID); err != nil {
-			return nil, fmt.Errorf("postgres: resource owners: %w", err)
+			return nil, wrap("resource owners", err)
 		}
 		out[name] = o
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: resource owners: %w", err)
+		return nil, wrap("resource owners", err)
 	}
 	return out, nil
 }
@@ -143,7 +142,7 @@ func (s *Store) ResourceOwners(ctx context.Context, names []string, now time.Tim
 // DeleteResource forgets a resource (it was deleted upstream). Unknown names are ignored.
 func (s *Store) DeleteResource(ctx context.Context, name string) error {
 	if _, err := s.pool.Exec(ctx, `DELETE FROM resources WHERE name = $1`, name); err != nil {
-		return fmt.Errorf("postgres: delete resource: %w", err)
+		return wrap("delete resource", err)
 	}
 	return nil
 }
@@ -154,7 +153,7 @@ func (s *Store) OwnedResourceCounts(ctx context.Context, now time.Time) (map[int
 	rows, err := s.pool.Query(ctx, `
 		SELECT key_id, COUNT(*) FROM resources WHERE expires_at = 0 OR expires_at > $1 GROUP BY key_id`, toMS(now))
 	if err != nil {
-		return nil, fmt.Errorf("postgres: owned resource counts: %w", err)
+		return nil, wrap("owned resource counts", err)
 	}
 	defer rows.Close()
 	out := make(map[int64]int)
@@ -162,12 +161,12 @@ func (s *Store) OwnedResourceCounts(ctx context.Context, now time.Time) (map[int
 		var id int64
 		var n int
 		if err := rows.Scan(&id, &n); err != nil {
-			return nil, fmt.Errorf("postgres: owned resource counts: %w", err)
+			return nil, wrap("owned resource counts", err)
 		}
 		out[id] = n
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: owned resource counts: %w", err)
+		return nil, wrap("owned resource counts", err)
 	}
 	return out, nil
 }

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"time"
 )
 
@@ -75,7 +74,7 @@ func (s *Store) purge(ctx context.Context, what, query string, cutoff int64, bat
 	for {
 		tag, err := s.pool.Exec(ctx, query, cutoff, batch)
 		if err != nil {
-			return total, fmt.Errorf("postgres: purge %s: %w", what, err)
+			return total, wrap("purge "+what, err)
 		}
 		n := tag.RowsAffected()
 		total += n
@@ -86,7 +85,7 @@ func (s *Store) purge(ctx context.Context, what, query string, cutoff int64, bat
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return total, fmt.Errorf("postgres: purge %s: %w", what, ctx.Err())
+			return total, wrap("purge "+what, ctx.Err())
 		case <-t.C:
 		}
 	}

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
@@ -106,7 +105,7 @@ func (s *Store) usageBuckets(ctx context.Context, bounds []time.Time, query stri
 	args := append([]any{is, los, his}, filter...)
 	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: usage buckets: %w", err)
+		return nil, wrap("usage buckets", err)
 	}
 	defer rows.Close()
 	out := make([]store.Usage, n)
@@ -114,12 +113,12 @@ func (s *Store) usageBuckets(ctx context.Context, bounds []time.Time, query stri
 		var i int
 		var u store.Usage
 		if err := rows.Scan(&i, &u.Requests, &u.Failures, &u.PromptTokens, &u.CandidatesTokens, &u.TotalTokens); err != nil {
-			return nil, fmt.Errorf("postgres: usage buckets: %w", err)
+			return nil, wrap("usage buckets", err)
 		}
 		out[i] = u
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: usage buckets: %w", err)
+		return nil, wrap("usage buckets", err)
 	}
 	return out, nil
 }
@@ -147,19 +146,19 @@ func (s *Store) usageByModel(ctx context.Context, from, to time.Time, limit int,
 	args := append([]any{toMS(from), toMS(to), limit}, filter...)
 	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: usage by model: %w", err)
+		return nil, wrap("usage by model", err)
 	}
 	defer rows.Close()
 	var out []store.ModelUsage
 	for rows.Next() {
 		var m store.ModelUsage
 		if err := rows.Scan(&m.Model, &m.Requests, &m.Failures, &m.PromptTokens, &m.CandidatesTokens, &m.TotalTokens); err != nil {
-			return nil, fmt.Errorf("postgres: usage by model: %w", err)
+			return nil, wrap("usage by model", err)
 		}
 		out = append(out, m)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: usage by model: %w", err)
+		return nil, wrap("usage by model", err)
 	}
 	return out, nil
 }
