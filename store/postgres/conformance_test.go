@@ -15,7 +15,7 @@ import (
 func TestConformance(t *testing.T) {
 	var mu sync.Mutex
 	urls := map[*testing.T]string{}
-	storetest.Run(t, func(t *testing.T) store.Store {
+	storetest.Run(t, func(t *testing.T, k storetest.Options) store.Store {
 		t.Helper()
 		mu.Lock()
 		url, ok := urls[t]
@@ -24,6 +24,23 @@ func TestConformance(t *testing.T) {
 			urls[t] = url
 		}
 		mu.Unlock()
-		return openTest(t, url, nil, nil)
+		return openTest(t, url, k.Logger, func(o *options) {
+			if k.QueueSize > 0 {
+				o.queueSize = k.QueueSize
+			}
+			if k.BatchSize > 0 {
+				o.batchSize = k.BatchSize
+			}
+			if k.Interval > 0 {
+				o.interval = k.Interval
+			}
+			if k.PurgeBatch > 0 {
+				o.purgeBatch = k.PurgeBatch
+			}
+			if k.PurgePause > 0 {
+				o.purgePause = k.PurgePause
+			}
+			o.hold = k.Hold
+		})
 	})
 }

@@ -42,6 +42,7 @@ type Store struct {
 	path   string // the URL, password masked
 	pool   *pgxpool.Pool
 	logger *zap.Logger
+	o      options
 	w      *writer
 
 	closeOnce sync.Once
@@ -52,13 +53,19 @@ var _ store.Store = (*Store)(nil)
 
 // options are knobs for tests; Open uses defaultOptions.
 type options struct {
-	queueSize     int           // capacity of the log queue
-	batchSize     int           // rows per transaction
-	interval      time.Duration // longest wait for a batch to fill
-	closeTimeout  time.Duration // how long Close keeps retrying a failing batch
-	commitTimeout time.Duration // longest one batch transaction may take before it counts as failed
-	maxBackoff    time.Duration // longest pause between two attempts of a failing batch
-	paused        bool          // the writer waits for writer.resume before it starts
+	queueSize     int             // capacity of the log queue
+	batchSize     int             // rows per transaction
+	interval      time.Duration   // longest wait for a batch to fill
+	closeTimeout  time.Duration   // how long Close keeps retrying a failing batch
+	commitTimeout time.Duration   // longest one batch transaction may take before it counts as failed
+	maxBackoff    time.Duration   // longest pause between two attempts of a failing batch
+	hold          <-chan struct{} // if not nil, the writer starts once it is closed (or at Close)
+	// purgeBatch is how many rows one retention transaction deletes: few enough that a
+	// transaction stays short (PostgreSQL lets the log writer in meanwhile, but a long delete
+	// holds back vacuum and replication).
+	purgeBatch int
+	// purgePause is the break between two batches.
+	purgePause time.Duration
 }
 
 func defaultOptions() options {
@@ -69,6 +76,8 @@ func defaultOptions() options {
 		closeTimeout:  30 * time.Second,
 		commitTimeout: 30 * time.Second,
 		maxBackoff:    2 * time.Second,
+		purgeBatch:    5000,
+		purgePause:    20 * time.Millisecond,
 	}
 }
 
@@ -107,7 +116,7 @@ func open(ctx context.Context, url string, logger *zap.Logger, o options) (*Stor
 		pool.Close()
 		return nil, fmt.Errorf("postgres: open %s: %w", masked, err)
 	}
-	s := &Store{path: masked, pool: pool, logger: logger}
+	s := &Store{path: masked, pool: pool, logger: logger, o: o}
 	s.w = newWriter(pool, logger, o)
 	go s.w.run()
 	return s, nil

@@ -6,15 +6,6 @@ import (
 	"time"
 )
 
-const (
-	// purgeBatch is how many rows one retention transaction deletes: few enough that a
-	// transaction stays short (PostgreSQL lets the log writer in meanwhile, but a long delete
-	// holds back vacuum and replication).
-	purgeBatch = 5000
-	// purgePause is the break between two batches.
-	purgePause = 20 * time.Millisecond
-)
-
 // PurgeRequestLogs deletes the request log rows older than before (a row at exactly before is
 // kept) and returns how many it deleted. It deletes in small transactions with a pause between
 // them; when ctx ends it stops between two batches and returns what it deleted so far with
@@ -22,14 +13,14 @@ const (
 func (s *Store) PurgeRequestLogs(ctx context.Context, before time.Time) (int64, error) {
 	return s.purge(ctx, "request logs",
 		`DELETE FROM request_logs WHERE id IN (SELECT id FROM request_logs WHERE time < $1 LIMIT $2)`,
-		toMS(before), purgeBatch, purgePause)
+		toMS(before), s.o.purgeBatch, s.o.purgePause)
 }
 
 // PurgeErrorLogs deletes the error log rows older than before, as PurgeRequestLogs does.
 func (s *Store) PurgeErrorLogs(ctx context.Context, before time.Time) (int64, error) {
 	return s.purge(ctx, "error logs",
 		`DELETE FROM error_logs WHERE id IN (SELECT id FROM error_logs WHERE time < $1 LIMIT $2)`,
-		toMS(before), purgeBatch, purgePause)
+		toMS(before), s.o.purgeBatch, s.o.purgePause)
 }
 
 // PurgeSessions deletes the admin sessions expired at now (expiry at or before now), in
@@ -37,7 +28,7 @@ func (s *Store) PurgeErrorLogs(ctx context.Context, before time.Time) (int64, er
 func (s *Store) PurgeSessions(ctx context.Context, now time.Time) (int64, error) {
 	return s.purge(ctx, "sessions",
 		`DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE expires_at <= $1 LIMIT $2)`,
-		toMS(now), purgeBatch, purgePause)
+		toMS(now), s.o.purgeBatch, s.o.purgePause)
 }
 
 // PurgeCooldowns deletes the cooldowns over at now (until at or before now), in batches as
@@ -46,7 +37,7 @@ func (s *Store) PurgeSessions(ctx context.Context, now time.Time) (int64, error)
 func (s *Store) PurgeCooldowns(ctx context.Context, now time.Time) (int64, error) {
 	return s.purge(ctx, "cooldowns",
 		`DELETE FROM cooldowns WHERE (key_id, model) IN (SELECT key_id, model FROM cooldowns WHERE until <= $1 LIMIT $2)`,
-		toMS(now), purgeBatch, purgePause)
+		toMS(now), s.o.purgeBatch, s.o.purgePause)
 }
 
 // PurgeUsage deletes the per-slot sums of the request log (the totals per model and those per
@@ -57,14 +48,14 @@ func (s *Store) PurgeUsage(ctx context.Context, before time.Time) (int64, error)
 	cutoff := toMS(before) - slotMS
 	n, err := s.purge(ctx, "usage",
 		`DELETE FROM request_usage WHERE (slot, model) IN (SELECT slot, model FROM request_usage WHERE slot <= $1 LIMIT $2)`,
-		cutoff, purgeBatch, purgePause)
+		cutoff, s.o.purgeBatch, s.o.purgePause)
 	if err != nil {
 		return n, err
 	}
 	m, err := s.purge(ctx, "access key usage",
 		`DELETE FROM access_key_usage WHERE (slot, access_key_id, model, limit_hit) IN
 			(SELECT slot, access_key_id, model, limit_hit FROM access_key_usage WHERE slot <= $1 LIMIT $2)`,
-		cutoff, purgeBatch, purgePause)
+		cutoff, s.o.purgeBatch, s.o.purgePause)
 	return n + m, err
 }
 

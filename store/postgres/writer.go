@@ -168,12 +168,10 @@ type writer struct {
 	nudge chan struct{} // capacity 1: key state or cooldown saved
 	stop  chan struct{} // closed by close
 	done  chan struct{} // closed when run returns
-	gate  chan struct{} // non-nil when started paused; closed by resume
 
 	closed   atomic.Bool
 	closeMu  sync.RWMutex // read-held while a row is queued, held by close to set closed
 	stopOnce sync.Once
-	gateOnce sync.Once
 
 	dropped        atomic.Uint64
 	written        atomic.Uint64 // log rows committed
@@ -227,9 +225,6 @@ func newWriter(pool *pgxpool.Pool, logger *zap.Logger, o options) *writer {
 		accessUse:   make(map[int64]int64),
 		accessSlots: make(map[accessSlotKey]store.Usage),
 	}
-	if o.paused {
-		w.gate = make(chan struct{})
-	}
 	return w
 }
 
@@ -265,13 +260,6 @@ func (w *writer) wake() {
 	select {
 	case w.nudge <- struct{}{}:
 	default:
-	}
-}
-
-// resume starts a writer created paused.
-func (w *writer) resume() {
-	if w.gate != nil {
-		w.gateOnce.Do(func() { close(w.gate) })
 	}
 }
 
@@ -336,9 +324,9 @@ func (w *writer) excludeProjects(ids []int64) (unlock func()) {
 // cooldowns.
 func (w *writer) run() {
 	defer close(w.done)
-	if w.gate != nil {
+	if w.o.hold != nil {
 		select {
-		case <-w.gate:
+		case <-w.o.hold:
 		case <-w.stop:
 		}
 	}

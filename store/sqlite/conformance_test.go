@@ -14,7 +14,7 @@ import (
 func TestConformance(t *testing.T) {
 	var mu sync.Mutex
 	paths := map[*testing.T]string{}
-	storetest.Run(t, func(t *testing.T) store.Store {
+	storetest.Run(t, func(t *testing.T, k storetest.Options) store.Store {
 		t.Helper()
 		mu.Lock()
 		path, ok := paths[t]
@@ -23,10 +23,23 @@ func TestConformance(t *testing.T) {
 			paths[t] = path
 		}
 		mu.Unlock()
-		s, err := Open(path, nil)
-		if err != nil {
-			t.Fatalf("open %s: %v", path, err)
-		}
-		return s
+		return openTest(t, path, k.Logger, func(o *options) {
+			if k.QueueSize > 0 {
+				o.queueSize = k.QueueSize
+			}
+			if k.BatchSize > 0 {
+				o.batchSize = k.BatchSize
+			}
+			if k.Interval > 0 {
+				o.interval = k.Interval
+			}
+			if k.PurgeBatch > 0 {
+				o.purgeBatch = k.PurgeBatch
+			}
+			if k.PurgePause > 0 {
+				o.purgePause = k.PurgePause
+			}
+			o.hold = k.Hold
+		})
 	})
 }

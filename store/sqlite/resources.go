@@ -55,7 +55,7 @@ func (s *Store) DeleteUploadSession(ctx context.Context, id string) error {
 func (s *Store) PurgeUploadSessions(ctx context.Context, now time.Time) (int64, error) {
 	return s.purge(ctx, "upload sessions",
 		`DELETE FROM upload_sessions WHERE upload_id IN (SELECT upload_id FROM upload_sessions WHERE expires_at <= ? LIMIT ?)`,
-		toMS(now), purgeBatch, purgePause)
+		toMS(now), s.o.purgeBatch, s.o.purgePause)
 }
 
 // ---- key-bound resources
@@ -198,5 +198,5 @@ func (s *Store) OwnedResourceCounts(ctx context.Context, now time.Time) (map[int
 func (s *Store) PurgeResources(ctx context.Context, now time.Time) (int64, error) {
 	return s.purge(ctx, "resources",
 		`DELETE FROM resources WHERE name IN (SELECT name FROM resources WHERE expires_at > 0 AND expires_at <= ? LIMIT ?)`,
-		toMS(now), purgeBatch, purgePause)
+		toMS(now), s.o.purgeBatch, s.o.purgePause)
 }

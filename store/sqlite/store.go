@@ -39,6 +39,7 @@ type Store struct {
 	path   string
 	db     *sql.DB
 	logger *zap.Logger
+	o      options
 	w      *writer
 
 	closeOnce sync.Once
@@ -49,12 +50,17 @@ var _ store.Store = (*Store)(nil)
 
 // options are knobs for tests; Open uses defaultOptions.
 type options struct {
-	queueSize    int           // capacity of the log queue
-	batchSize    int           // rows per transaction
-	interval     time.Duration // longest wait for a batch to fill
-	busyTimeout  time.Duration // SQLite busy_timeout
-	closeTimeout time.Duration // how long Close keeps retrying a failing batch
-	paused       bool          // the writer waits for writer.resume before it starts
+	queueSize    int             // capacity of the log queue
+	batchSize    int             // rows per transaction
+	interval     time.Duration   // longest wait for a batch to fill
+	busyTimeout  time.Duration   // SQLite busy_timeout
+	closeTimeout time.Duration   // how long Close keeps retrying a failing batch
+	hold         <-chan struct{} // if not nil, the writer starts once it is closed (or at Close)
+	// purgeBatch is how many rows one retention transaction deletes: few enough that the log
+	// writer, waiting for the write lock meanwhile, is held up for milliseconds only.
+	purgeBatch int
+	// purgePause is the break between two batches, in which the log writer takes its turn.
+	purgePause time.Duration
 }
 
 func defaultOptions() options {
@@ -64,6 +70,8 @@ func defaultOptions() options {
 		interval:     50 * time.Millisecond,
 		busyTimeout:  5 * time.Second,
 		closeTimeout: 30 * time.Second,
+		purgeBatch:   5000,
+		purgePause:   20 * time.Millisecond,
 	}
 }
 
@@ -116,7 +124,7 @@ func open(path string, logger *zap.Logger, o options) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
-	s := &Store{path: path, db: db, logger: logger}
+	s := &Store{path: path, db: db, logger: logger, o: o}
 	s.w = newWriter(db, logger, o)
 	go s.w.run()
 	return s, nil
