@@ -34,6 +34,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/batch"
 )
 
 // Store is an open PostgreSQL database (a pgxpool pool) plus its background writer. It is safe
@@ -43,13 +44,19 @@ type Store struct {
 	pool   *pgxpool.Pool
 	logger *zap.Logger
 	o      options
-	w      *writer
+	w      *batch.Writer
+	// batchLog answers the log methods of store.Store (LogRequest, LogError, SaveKeyState,
+	// SaveCooldown, SaveKeyProject, Flush, Dropped, Written) from w.
+	batchLog
 
 	closeOnce sync.Once
 	closeErr  error
 }
 
 var _ store.Store = (*Store)(nil)
+
+// batchLog is batch.Log under a name that keeps the embedded field unexported.
+type batchLog = batch.Log
 
 // options are knobs for tests; Open uses defaultOptions.
 type options struct {
@@ -117,8 +124,8 @@ func open(ctx context.Context, url string, logger *zap.Logger, o options) (*Stor
 		return nil, fmt.Errorf("postgres: open %s: %w", masked, err)
 	}
 	s := &Store{path: masked, pool: pool, logger: logger, o: o}
-	s.w = newWriter(pool, logger, o)
-	go s.w.run()
+	s.w = batch.New(&committer{pool: pool, timeout: o.commitTimeout}, logger, writerOptions(o))
+	s.batchLog = s.w.Log()
 	return s, nil
 }
 
@@ -130,7 +137,7 @@ func (s *Store) Path() string { return s.path }
 // the first return the first call's result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
-		s.w.close()
+		s.w.Close()
 		s.pool.Close()
 	})
 	return s.closeErr

@@ -96,7 +96,7 @@ func TestWriterRidesOutAStoppedServer(t *testing.T) {
 	}
 
 	time.Sleep(3 * time.Second) // down for a few seconds; the writer keeps retrying
-	if s.w.failedTxs.Load() == 0 {
+	if s.w.FailedAttempts() == 0 {
 		t.Error("no failed attempt while the server was down")
 	}
 	if w := s.Written(); w != before {

@@ -58,22 +58,35 @@ func checkRollup(t testing.TB, db *sql.DB) {
 		t.Fatal(err)
 	}
 	defer rows.Close()
-	sums := map[accessSlotKey]store.Usage{}
+	type key struct {
+		slot, accessKeyID int64
+		model, limitHit   string
+	}
+	sums := map[key]store.Usage{}
 	for rows.Next() {
 		var at int64
-		var k accessSlotKey
-		var e entry
-		if err := rows.Scan(&at, &k.accessKeyID, &k.model, &k.limitHit, &e.status, &e.prompt, &e.candidates, &e.total); err != nil {
+		var k key
+		var status int
+		var prompt, candidates, total int64
+		if err := rows.Scan(&at, &k.accessKeyID, &k.model, &k.limitHit, &status, &prompt, &candidates, &total); err != nil {
 			t.Fatal(err)
 		}
 		k.slot = store.SlotOf(at)
-		sums[k] = e.addTo(sums[k])
+		u := sums[k]
+		u.Requests++
+		if store.Failed(status) {
+			u.Failures++
+		}
+		u.PromptTokens += prompt
+		u.CandidatesTokens += candidates
+		u.TotalTokens += total
+		sums[k] = u
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
 	var want []rollupRow
-	for _, k := range slices.SortedFunc(maps.Keys(sums), func(a, b accessSlotKey) int {
+	for _, k := range slices.SortedFunc(maps.Keys(sums), func(a, b key) int {
 		return cmp.Or(cmp.Compare(a.slot, b.slot), cmp.Compare(a.accessKeyID, b.accessKeyID),
 			strings.Compare(a.model, b.model), strings.Compare(a.limitHit, b.limitHit))
 	}) {

@@ -175,7 +175,7 @@ func (s *Store) ReviveKey(ctx context.Context, id int64) (bool, error) {
 // active also deletes the key's cooldowns. ErrNotFound when no row changed.
 func (s *Store) setKeyStatus(ctx context.Context, id int64, query string, args []any, active bool) error {
 	// Hold off the writer so a batch in flight cannot land after this write.
-	unlock := s.w.exclude(id, active)
+	unlock := s.w.Exclude(id, active)
 	defer unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {

@@ -60,4 +60,3 @@ func TestMigrationFiveKeepsKeysUnlabelled(t *testing.T) {
 		t.Errorf("labels after SetKeysProject: %+v, %v; want proj-a on old-a only", keys, err)
 	}
 }
-

@@ -32,6 +32,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/batch"
 )
 
 // Store is an open SQLite database plus its background writer. It is safe for concurrent use.
@@ -40,13 +41,19 @@ type Store struct {
 	db     *sql.DB
 	logger *zap.Logger
 	o      options
-	w      *writer
+	w      *batch.Writer
+	// batchLog answers the log methods of store.Store (LogRequest, LogError, SaveKeyState,
+	// SaveCooldown, SaveKeyProject, Flush, Dropped, Written) from w.
+	batchLog
 
 	closeOnce sync.Once
 	closeErr  error
 }
 
 var _ store.Store = (*Store)(nil)
+
+// batchLog is batch.Log under a name that keeps the embedded field unexported.
+type batchLog = batch.Log
 
 // options are knobs for tests; Open uses defaultOptions.
 type options struct {
@@ -125,8 +132,8 @@ func open(path string, logger *zap.Logger, o options) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{path: path, db: db, logger: logger, o: o}
-	s.w = newWriter(db, logger, o)
-	go s.w.run()
+	s.w = batch.New(&committer{db: db}, logger, writerOptions(o))
+	s.batchLog = s.w.Log()
 	return s, nil
 }
 
@@ -155,7 +162,7 @@ func (s *Store) Path() string { return s.path }
 // the first return the first call's result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
-		s.w.close()
+		s.w.Close()
 		s.closeErr = s.db.Close()
 	})
 	return s.closeErr

@@ -61,7 +61,7 @@ func TestBusyDatabaseIsRetried(t *testing.T) {
 	if s.Dropped() != 0 {
 		t.Errorf("dropped %d", s.Dropped())
 	}
-	if s.w.failedTxs.Load() == 0 {
+	if s.w.FailedAttempts() == 0 {
 		t.Error("no failed attempt recorded: the lock did not bite")
 	}
 	if logs.FilterMessage("writing a batch of logs failed, will retry").Len() == 0 {
@@ -135,4 +135,3 @@ func BenchmarkLogRequest(b *testing.B) {
 	}
 	b.ReportMetric(float64(rowsPerOp*b.N)/elapsed.Seconds(), "rows/s")
 }
-
