@@ -15,7 +15,8 @@ func init() {
 }
 
 // Handler proxies Gemini API requests (`/v1/…`, `/v1beta/…`, `/v1alpha/…`, `/upload/…`,
-// including the OpenAI-compatible `/v1beta/openai/…`) to the upstream with a key from the pool
+// including the OpenAI-compatible `/v1beta/openai/…`, and the Live API's WebSocket
+// `/ws/google.ai.generativelanguage.…`) to the upstream with a key from the pool
 // of the `gemini_synapse` app. Clients authenticate with an access key sent as
 // `x-goog-api-key`, `?key=` or `Authorization: Bearer`. Other paths go to the next handler.
 // Its settings live in the `gemini_synapse` app (the global option of the same name).

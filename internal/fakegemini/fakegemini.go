@@ -10,7 +10,9 @@
 // into Cloud projects that share a state (a project's daily quota), and every
 // request is recorded so tests can assert what a proxy forwarded. Request
 // bodies with a top-level member Google does not know get Google's 400
-// `Unknown name "…": Cannot find field.`, the name quoted back verbatim.
+// `Unknown name "…": Cannot find field.`, the name quoted back verbatim. The
+// Live API (BidiGenerateContent over WebSocket under /ws/, with ephemeral
+// tokens) is served too: see live.go.
 package fakegemini
 
 import (
@@ -111,6 +113,8 @@ type Server struct {
 	projectStates map[string]KeyState // project number -> state set by SetProjectState
 
 	openStreams atomic.Int64
+
+	live liveState // the Live API (live.go)
 }
 
 const (
@@ -320,12 +324,21 @@ func (c Call) IsGeneration() bool {
 	return false
 }
 
-// Reset forgets the recorded calls. Key, model and stream settings, upload
-// sessions and files are kept.
+// Reset forgets the recorded calls and the records of Live sessions that have
+// ended. Key, model and stream settings, upload sessions, files, open Live
+// sessions, resumption handles and ephemeral tokens are kept.
 func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls = nil
+	open := s.live.sessions[:0]
+	for _, r := range s.live.sessions {
+		if !r.Closed {
+			open = append(open, r)
+		}
+	}
+	clear(s.live.sessions[len(open):])
+	s.live.sessions = open
 }
 
 // OpenStreams reports how many streamed answers are being written right now.
@@ -441,6 +454,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	setGoogleHeaders(w.Header())
 
 	switch {
+	case strings.HasPrefix(path, "/ws/") || strings.HasPrefix(path, "//ws/"):
+		s.serveLive(x)
 	case path == "/upload/v1beta/files":
 		x.version = "v1beta"
 		s.serveUpload(x)

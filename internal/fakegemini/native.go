@@ -110,6 +110,8 @@ func (s *Server) serveNative(x *exchange, rest string) {
 		s.serveFiles(x, id, hasMethod, get, del)
 	case kind == "batches" && x.version != "v1":
 		s.serveBatches(x, id, method, hasMethod, get, post, del)
+	case kind == "auth_tokens" && id == "" && !hasMethod && post && x.version == "v1alpha":
+		s.createAuthToken(x)
 	case kind == "cachedContents" && x.version != "v1":
 		s.serveCaches(x, id, hasMethod, get, post, del)
 	default:

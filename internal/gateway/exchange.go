@@ -20,7 +20,7 @@ import (
 )
 
 // upstream paths the proxy serves; everything else goes to the next handler.
-var apiPrefixes = [...]string{"/v1/", "/v1beta/", "/v1alpha/", "/upload/"}
+var apiPrefixes = [...]string{"/v1/", "/v1beta/", "/v1alpha/", "/upload/", livePrefix}
 
 // apiPath returns the cleaned path and whether the proxy serves it. Cleaning resolves dot
 // segments (also percent-encoded ones, which net/http has already decoded) and repeated
@@ -38,9 +38,10 @@ func apiPath(p string) (string, bool) {
 	return "", false
 }
 
-// Serve answers a Gemini API request (`/v1/…`, `/v1beta/…`, `/v1alpha/…`, `/upload/…`) and
-// reports true; any other path it leaves alone and reports false, for the next handler. It waits
-// until the first configuration is applied.
+// Serve answers a Gemini API request (`/v1/…`, `/v1beta/…`, `/v1alpha/…`, `/upload/…`, and the
+// Live API's WebSocket at `/ws/google.ai.generativelanguage.…`) and reports true; any other
+// path it leaves alone and reports false, for the next handler. It waits until the first
+// configuration is applied.
 func (c *Core) Serve(w http.ResponseWriter, r *http.Request) bool {
 	p, ok := apiPath(r.URL.Path)
 	if !ok {
@@ -64,6 +65,10 @@ func (c *Core) Serve(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	x := exchange{core: c, w: w, r: r, path: p, start: time.Now()}
+	if strings.HasPrefix(p, livePrefix) {
+		x.serveLive() // live.go
+		return true
+	}
 	x.serve()
 	return true
 }
@@ -322,6 +327,9 @@ func requestModel(p, rawQuery string, body []byte, openAI bool) (model string, s
 			}
 		}
 		return "", false
+	}
+	if strings.HasSuffix(p, "/"+kindAuthTokens) {
+		return authTokenModel(body), false // live.go: the model an ephemeral token locks
 	}
 	var rest string
 	if i := strings.Index(p, "/models/"); i >= 0 {

@@ -42,10 +42,14 @@ func (x *exchange) allowModel() bool {
 		return true
 	}
 	x.limitHit = hitModels
-	x.fail(http.StatusForbidden, "PERMISSION_DENIED",
-		"This access key may not use the model "+strconv.Quote(strings.TrimPrefix(model, "models/"))+
-			": it is outside the models its policy allows.")
+	x.fail(http.StatusForbidden, "PERMISSION_DENIED", modelRefusal(model))
 	return false
+}
+
+// modelRefusal is the message refusing a model outside the access key's models.
+func modelRefusal(model string) string {
+	return "This access key may not use the model " + strconv.Quote(strings.TrimPrefix(model, "models/")) +
+		": it is outside the models its policy allows."
 }
 
 // bodyModel is the top-level "model" member of a JSON request body (exactly that name), or "".
@@ -117,11 +121,8 @@ var quotaNames = map[string]struct{ id, words string }{
 // quota: 429 RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure naming each limit reached and a
 // google.rpc.RetryInfo (and Retry-After) saying when a request will pass.
 func (x *exchange) refuseLimits(r *tenant.Refusal) {
-	now := x.start
-	secs := int64((r.RetryAt.Sub(now) + time.Second - 1) / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
+	msg := x.limitRefusal(r)
+	secs := retrySeconds(r.RetryAt, x.start)
 	type violation struct {
 		Subject     string `json:"subject"`
 		Description string `json:"description"`
@@ -130,7 +131,6 @@ func (x *exchange) refuseLimits(r *tenant.Refusal) {
 		QuotaValue  string `json:"quotaValue"`
 	}
 	vs := make([]violation, 0, len(r.Violations))
-	var words []string
 	for _, v := range r.Violations {
 		n := quotaNames[v.Limit]
 		vs = append(vs, violation{
@@ -140,13 +140,7 @@ func (x *exchange) refuseLimits(r *tenant.Refusal) {
 			QuotaID:     n.id,
 			QuotaValue:  strconv.FormatInt(v.Value, 10),
 		})
-		words = append(words, strconv.FormatInt(v.Value, 10)+" "+n.words+" ("+v.Limit+")")
 	}
-	if len(r.Violations) > 0 {
-		x.limitHit = r.Violations[0].Limit
-	}
-	msg := "This access key has reached its limit of " + strings.Join(words, " and ") +
-		". Retry in " + strconv.FormatInt(secs, 10) + "s."
 	body := map[string]any{"error": map[string]any{
 		"code": http.StatusTooManyRequests, "message": msg, "status": "RESOURCE_EXHAUSTED",
 		"details": []any{
@@ -164,6 +158,25 @@ func (x *exchange) refuseLimits(r *tenant.Refusal) {
 	x.errText = msg
 	x.w.WriteHeader(http.StatusTooManyRequests)
 	x.w.Write(b)
+}
+
+// limitRefusal notes the first limit a refusal names as the request's limit_hit and returns
+// the message that tells the client which limits it reached and when to retry.
+func (x *exchange) limitRefusal(r *tenant.Refusal) string {
+	var words []string
+	for _, v := range r.Violations {
+		words = append(words, strconv.FormatInt(v.Value, 10)+" "+quotaNames[v.Limit].words+" ("+v.Limit+")")
+	}
+	if len(r.Violations) > 0 {
+		x.limitHit = r.Violations[0].Limit
+	}
+	return "This access key has reached its limit of " + strings.Join(words, " and ") +
+		". Retry in " + strconv.FormatInt(retrySeconds(r.RetryAt, x.start), 10) + "s."
+}
+
+// retrySeconds is the whole seconds from now to at, at least 1.
+func retrySeconds(at, now time.Time) int64 {
+	return max(int64((at.Sub(now)+time.Second-1)/time.Second), 1)
 }
 
 // chargedTokens are the tokens the answer costs its access key: prompt + candidates + thoughts

@@ -81,6 +81,7 @@ type metrics struct {
 	ttfb     *prometheus.HistogramVec
 	state    stateCollector
 	tenants  *tenantMetrics // per access key (tenantmetrics.go)
+	live     liveMetrics    // Live API sessions (livesession.go)
 
 	attemptsBy [len(attemptOutcomes)]prometheus.Counter // by keypool.Kind
 	rejectedBy [numRejectReasons]prometheus.Counter     // by rejectReason
@@ -149,6 +150,7 @@ func newMetrics(c *Core) *metrics {
 			[]string{"model"}),
 		state:   stateCollector{c},
 		tenants: newTenantMetrics(),
+		live:    newLiveMetrics(),
 	}
 	for i, k := range attemptOutcomes {
 		m.attemptsBy[i] = m.attempts.WithLabelValues(k.String())
@@ -247,7 +249,7 @@ func (m *metrics) register(reg *prometheus.Registry) error {
 	for _, c := range append([]prometheus.Collector{
 		m.requests, m.attempts, m.retries, m.upstream429, m.cooldowns, m.tokens, m.latency, m.ttfb, m.state,
 		m.ejections, m.outages, m.refused, m.confirmations, m.rejected,
-	}, m.tenants.collectors()...) {
+	}, append(m.tenants.collectors(), m.live.collectors()...)...) {
 		if err := reg.Register(c); err != nil {
 			if are := (prometheus.AlreadyRegisteredError{}); errors.As(err, &are) {
 				continue

@@ -139,7 +139,7 @@ func (e *proxyEnv) assertNoSecretsStoredOrLogged() {
 		}
 	}
 	for _, c := range e.fake.Calls() {
-		if !slices.Contains(e.keys, c.Key) {
+		if !slices.Contains(e.keys, c.Key) && !strings.HasPrefix(c.Header.Get("Authorization"), "Token auth_tokens/") {
 			t.Errorf("upstream call %s %s authenticated with %q, not a pool key", c.Method, c.Path, c.Key)
 		}
 		if strings.Contains(c.RawQuery, testAccessKey) || strings.Contains(fmt.Sprint(c.Header), testAccessKey) {

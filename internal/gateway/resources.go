@@ -41,7 +41,7 @@ type bound struct {
 // boundKinds are the first segments of the names of key-bound resources.
 var boundKinds = map[string]bool{
 	"files": true, "cachedContents": true, "batches": true, "tunedModels": true,
-	"fileSearchStores": true, "operations": true,
+	"fileSearchStores": true, "operations": true, kindAuthTokens: true,
 }
 
 // refMarkers are what a request body must contain to possibly name a key-bound resource.
@@ -57,6 +57,9 @@ var refMarkers = [...][]byte{
 var defaultLifetimes = map[string]time.Duration{
 	"files": 48 * time.Hour, "cachedContents": time.Hour, "batches": 30 * 24 * time.Hour,
 	"operations": 7 * 24 * time.Hour,
+	// An ephemeral token lives 30 min unless made to live longer, at most 20 h; its answer
+	// does not say which.
+	kindAuthTokens: 20 * time.Hour,
 }
 
 // apiVersions are the version segments a resource name may follow in a path or a URI.
@@ -352,7 +355,7 @@ func createsResource(method, p string) bool {
 	}
 	last := p[strings.LastIndexByte(p, '/')+1:]
 	switch last {
-	case "cachedContents", "tunedModels", "fileSearchStores", "batches":
+	case "cachedContents", "tunedModels", "fileSearchStores", "batches", kindAuthTokens:
 		return true
 	case "files":
 		// The OpenAI-compatible upload (purpose=batch) answers with the file's id.
