@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/pgtest"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/enginetest"
 )
 
 // TestAccessKeysAreStoredOnlyAsHashes: no row of any table holds an access key's secret, while
@@ -20,16 +21,7 @@ func TestAccessKeysAreStoredOnlyAsHashes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const secret1, secret2 = "sk-client-one-0123456789abcdef", "sk-client-two-fedcba9876543210"
-	if _, err := s.AddAccessKey(ctx, secret1, "alice", ""); err != nil {
-		t.Fatal(err)
-	}
-	if added, _, err := s.EnsureAccessKeys(ctx, []string{secret1, secret2}, "caddyfile"); err != nil || added != 1 {
-		t.Fatalf("EnsureAccessKeys = %d, %v; want 1", added, err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	secrets := enginetest.StoreAccessKeys(t, s)
 
 	db := rawPool(t, path)
 	tables, err := db.Query(ctx, `SELECT tablename FROM pg_tables WHERE schemaname = 'public'`)
@@ -48,12 +40,12 @@ func TestAccessKeysAreStoredOnlyAsHashes(t *testing.T) {
 		}
 		all.WriteString(text)
 	}
-	for _, secret := range []string{secret1, secret2} {
+	for _, secret := range secrets {
 		if strings.Contains(all.String(), secret) {
 			t.Errorf("secret %q found in the database", secret)
 		}
 	}
-	h := HashSecret(secret2)
+	h := HashSecret(secrets[1])
 	if !strings.Contains(all.String(), hex.EncodeToString(h[:])) {
 		t.Error("hash not found in the database; the scan proves nothing")
 	}

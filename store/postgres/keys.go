@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // AddKeys adds upstream keys in one transaction, as an operator's explicit add: a key deleted
@@ -98,21 +99,11 @@ func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
 		return nil, fmt.Errorf("postgres: keys: %w", err)
 	}
 	defer rows.Close()
-	var keys []store.Key
-	for rows.Next() {
-		var k store.Key
-		var lastUsed, created int64
-		if err := rows.Scan(&k.ID, &k.Secret, &k.Project, &k.Status, &k.DisabledReason, &k.ManualDisabled,
-			&k.Failures, &k.LastError, &lastUsed, &k.Requests, &k.FailedRequests, &created); err != nil {
-			return nil, fmt.Errorf("postgres: keys: %w", err)
-		}
-		k.LastUsedAt, k.CreatedAt = fromMS(lastUsed), fromMS(created)
-		keys = append(keys, k)
+	out, err := sqlkit.Keys(rows)
+	if err != nil {
+		return nil, wrap("keys", err)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: keys: %w", err)
-	}
-	return keys, nil
+	return out, nil
 }
 
 // DeleteKey deletes an upstream key and its cooldowns, resources and upload sessions; its log
@@ -194,18 +185,9 @@ func (s *Store) Cooldowns(ctx context.Context, now time.Time) ([]store.Cooldown,
 		return nil, fmt.Errorf("postgres: cooldowns: %w", err)
 	}
 	defer rows.Close()
-	var out []store.Cooldown
-	for rows.Next() {
-		var c store.Cooldown
-		var until int64
-		if err := rows.Scan(&c.KeyID, &c.Model, &until); err != nil {
-			return nil, fmt.Errorf("postgres: cooldowns: %w", err)
-		}
-		c.Until = fromMS(until)
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: cooldowns: %w", err)
+	out, err := sqlkit.Cooldowns(rows)
+	if err != nil {
+		return nil, wrap("cooldowns", err)
 	}
 	return out, nil
 }

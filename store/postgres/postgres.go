@@ -35,6 +35,7 @@ import (
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/batch"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // Store is an open PostgreSQL database (a pgxpool pool) plus its background writer. It is safe
@@ -60,31 +61,32 @@ type batchLog = batch.Log
 
 // options are knobs for tests; Open uses defaultOptions.
 type options struct {
-	queueSize     int             // capacity of the log queue
-	batchSize     int             // rows per transaction
-	interval      time.Duration   // longest wait for a batch to fill
-	closeTimeout  time.Duration   // how long Close keeps retrying a failing batch
-	commitTimeout time.Duration   // longest one batch transaction may take before it counts as failed
-	maxBackoff    time.Duration   // longest pause between two attempts of a failing batch
-	hold          <-chan struct{} // if not nil, the writer starts once it is closed (or at Close)
-	// purgeBatch is how many rows one retention transaction deletes: few enough that a
-	// transaction stays short (PostgreSQL lets the log writer in meanwhile, but a long delete
-	// holds back vacuum and replication).
-	purgeBatch int
-	// purgePause is the break between two batches.
-	purgePause time.Duration
+	writer        batch.Options // the log writer (see writer.go)
+	purge         sqlkit.Purge  // retention's transactions
+	commitTimeout time.Duration // longest one batch transaction may take before it counts as failed
 }
 
 func defaultOptions() options {
 	return options{
-		queueSize:     65536,
-		batchSize:     4096,
-		interval:      50 * time.Millisecond,
-		closeTimeout:  30 * time.Second,
+		writer: batch.Options{
+			QueueSize:    65536,
+			BatchSize:    4096,
+			Interval:     50 * time.Millisecond,
+			CloseTimeout: 30 * time.Second,
+			MaxBackoff:   2 * time.Second,
+			MaxAttempts:  maxAttempts,
+			// Text PostgreSQL cannot store (NUL bytes, invalid UTF-8) becomes U+FFFD; a failing
+			// batch is logged every retryLogEvery; once Close has given up on a batch for an
+			// unreachable server the rest is dropped without an attempt (each could wait a
+			// connect timeout).
+			Clean:                 clean,
+			RetryLogEvery:         retryLogEvery,
+			SkipAfterCloseTimeout: true,
+		},
+		// Few enough rows that a transaction stays short (PostgreSQL lets the log writer in
+		// meanwhile, but a long delete holds back vacuum and replication).
+		purge:         sqlkit.Purge{Batch: 5000, Pause: 20 * time.Millisecond},
 		commitTimeout: 30 * time.Second,
-		maxBackoff:    2 * time.Second,
-		purgeBatch:    5000,
-		purgePause:    20 * time.Millisecond,
 	}
 }
 
@@ -124,7 +126,7 @@ func open(ctx context.Context, url string, logger *zap.Logger, o options) (*Stor
 		return nil, fmt.Errorf("postgres: open %s: %w", masked, err)
 	}
 	s := &Store{path: masked, pool: pool, logger: logger, o: o}
-	s.w = batch.New(&committer{pool: pool, timeout: o.commitTimeout}, logger, writerOptions(o))
+	s.w = batch.New(&committer{pool: pool, timeout: o.commitTimeout}, logger, o.writer)
 	s.batchLog = s.w.Log()
 	return s, nil
 }
@@ -164,21 +166,8 @@ func MaskURL(raw string) string {
 
 // ---- helpers
 
-// toMS converts t to unix milliseconds; the zero time becomes 0.
-func toMS(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixMilli()
-}
-
-// fromMS converts unix milliseconds to a UTC time; 0 becomes the zero time.
-func fromMS(ms int64) time.Time {
-	if ms == 0 {
-		return time.Time{}
-	}
-	return time.UnixMilli(ms).UTC()
-}
+// toMS and fromMS convert times to and from unix milliseconds, as the tables hold them.
+var toMS, fromMS = sqlkit.ToMS, sqlkit.FromMS
 
 // mustAffect turns an UPDATE or DELETE that changed no row into store.ErrNotFound.
 func mustAffect(tag pgconn.CommandTag, err error) error {

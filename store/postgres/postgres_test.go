@@ -29,8 +29,6 @@ type (
 	RequestLog = store.RequestLog
 	ErrorLog   = store.ErrorLog
 	LogQuery   = store.LogQuery
-	Usage      = store.Usage
-	ModelUsage = store.ModelUsage
 )
 
 const StatusDisabled = store.StatusDisabled

@@ -13,14 +13,14 @@ import (
 func (s *Store) PurgeRequestLogs(ctx context.Context, before time.Time) (int64, error) {
 	return s.purge(ctx, "request logs",
 		`DELETE FROM request_logs WHERE id IN (SELECT id FROM request_logs WHERE time < $1 LIMIT $2)`,
-		toMS(before), s.o.purgeBatch, s.o.purgePause)
+		toMS(before))
 }
 
 // PurgeErrorLogs deletes the error log rows older than before, as PurgeRequestLogs does.
 func (s *Store) PurgeErrorLogs(ctx context.Context, before time.Time) (int64, error) {
 	return s.purge(ctx, "error logs",
 		`DELETE FROM error_logs WHERE id IN (SELECT id FROM error_logs WHERE time < $1 LIMIT $2)`,
-		toMS(before), s.o.purgeBatch, s.o.purgePause)
+		toMS(before))
 }
 
 // PurgeSessions deletes the admin sessions expired at now (expiry at or before now), in
@@ -28,7 +28,7 @@ func (s *Store) PurgeErrorLogs(ctx context.Context, before time.Time) (int64, er
 func (s *Store) PurgeSessions(ctx context.Context, now time.Time) (int64, error) {
 	return s.purge(ctx, "sessions",
 		`DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE expires_at <= $1 LIMIT $2)`,
-		toMS(now), s.o.purgeBatch, s.o.purgePause)
+		toMS(now))
 }
 
 // PurgeCooldowns deletes the cooldowns over at now (until at or before now), in batches as
@@ -37,7 +37,7 @@ func (s *Store) PurgeSessions(ctx context.Context, now time.Time) (int64, error)
 func (s *Store) PurgeCooldowns(ctx context.Context, now time.Time) (int64, error) {
 	return s.purge(ctx, "cooldowns",
 		`DELETE FROM cooldowns WHERE (key_id, model) IN (SELECT key_id, model FROM cooldowns WHERE until <= $1 LIMIT $2)`,
-		toMS(now), s.o.purgeBatch, s.o.purgePause)
+		toMS(now))
 }
 
 // PurgeUsage deletes the per-slot sums of the request log (the totals per model and those per
@@ -48,37 +48,27 @@ func (s *Store) PurgeUsage(ctx context.Context, before time.Time) (int64, error)
 	cutoff := toMS(before) - slotMS
 	n, err := s.purge(ctx, "usage",
 		`DELETE FROM request_usage WHERE (slot, model) IN (SELECT slot, model FROM request_usage WHERE slot <= $1 LIMIT $2)`,
-		cutoff, s.o.purgeBatch, s.o.purgePause)
+		cutoff)
 	if err != nil {
 		return n, err
 	}
 	m, err := s.purge(ctx, "access key usage",
 		`DELETE FROM access_key_usage WHERE (slot, access_key_id, model, limit_hit) IN
 			(SELECT slot, access_key_id, model, limit_hit FROM access_key_usage WHERE slot <= $1 LIMIT $2)`,
-		cutoff, s.o.purgeBatch, s.o.purgePause)
+		cutoff)
 	return n + m, err
 }
 
-// purge runs query (a DELETE of at most batch rows with a cutoff, bound in that order) until
-// it deletes fewer than batch rows, pausing between runs. Each run is its own transaction.
-func (s *Store) purge(ctx context.Context, what, query string, cutoff int64, batch int, pause time.Duration) (int64, error) {
-	var total int64
-	for {
+// purge runs query (a DELETE of at most a batch of rows with a cutoff, bound in that order)
+// in transactions of s.o.purge's size until one deletes fewer, pausing between them (see
+// sqlkit.Purge).
+func (s *Store) purge(ctx context.Context, what, query string, cutoff int64) (int64, error) {
+	n, err := s.o.purge.Run(ctx, func(ctx context.Context, batch int) (int64, error) {
 		tag, err := s.pool.Exec(ctx, query, cutoff, batch)
-		if err != nil {
-			return total, fmt.Errorf("postgres: purge %s: %w", what, err)
-		}
-		n := tag.RowsAffected()
-		total += n
-		if n < int64(batch) {
-			return total, nil
-		}
-		t := time.NewTimer(pause)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return total, fmt.Errorf("postgres: purge %s: %w", what, ctx.Err())
-		case <-t.C:
-		}
+		return tag.RowsAffected(), err
+	})
+	if err != nil {
+		return n, fmt.Errorf("postgres: purge %s: %w", what, err)
 	}
+	return n, nil
 }

@@ -2,11 +2,12 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/pgtest"
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/enginetest"
 )
 
 // BenchmarkUsageBuckets answers the dashboard's 30d view (30 daily buckets and the models)
@@ -26,41 +27,11 @@ func BenchmarkUsageBuckets(b *testing.B) {
 		COUNT(*) FILTER (WHERE status NOT BETWEEN 200 AND 399), SUM(prompt_tokens), SUM(candidates_tokens), SUM(total_tokens)
 		FROM request_logs GROUP BY slot, model`)
 	exec(b, s, `ANALYZE`)
-	bounds := make([]time.Time, 31)
-	for i := range bounds {
-		bounds[i] = start.Add(time.Duration(i) * 24 * time.Hour)
-	}
-	ctx := context.Background()
-	for _, raw := range []bool{true, false} {
-		b.Run(map[bool]string{true: "rows", false: "slots"}[raw], func(b *testing.B) {
-			for b.Loop() {
-				var got []Usage
-				var err error
-				if raw {
-					got, err = s.usageBuckets(ctx, bounds, allUsage.rawBuckets)
-				} else {
-					got, err = s.UsageBuckets(ctx, bounds)
-				}
-				if err != nil {
-					b.Fatal(err)
-				}
-				var n int64
-				for _, u := range got {
-					n += u.Requests
-				}
-				if n != rows {
-					b.Fatalf("%d rows counted, want %d", n, rows)
-				}
-				var models []ModelUsage
-				if raw {
-					models, err = s.usageByModel(ctx, start, end, 50, allUsage.rawByModel)
-				} else {
-					models, err = s.UsageByModel(ctx, start, end, 50)
-				}
-				if err != nil || len(models) != 7 {
-					b.Fatal(fmt.Sprint(len(models), err))
-				}
-			}
+	enginetest.BenchmarkUsageBuckets(b, s, start, end, rows,
+		func(ctx context.Context, bounds []time.Time) ([]store.Usage, error) {
+			return s.usageBuckets(ctx, bounds, allUsage.RawBuckets)
+		},
+		func(ctx context.Context, from, to time.Time, limit int) ([]store.ModelUsage, error) {
+			return s.usageByModel(ctx, from, to, limit, allUsage.RawByModel)
 		})
-	}
 }

@@ -28,26 +28,6 @@ const maxAttempts = 10
 // retryLogEvery is how often a batch that keeps failing is logged again after its first failure.
 const retryLogEvery = 30 * time.Second
 
-// writerOptions are the batch writer's settings for o: text PostgreSQL cannot store (NUL
-// bytes, invalid UTF-8) becomes U+FFFD (see clean), a failing batch is logged every
-// retryLogEvery, and once Close has given up on a batch for an
-// unreachable server the rest is dropped without an attempt (each could wait a connect
-// timeout).
-func writerOptions(o options) batch.Options {
-	return batch.Options{
-		QueueSize:             o.queueSize,
-		BatchSize:             o.batchSize,
-		Interval:              o.interval,
-		CloseTimeout:          o.closeTimeout,
-		MaxBackoff:            o.maxBackoff,
-		MaxAttempts:           maxAttempts,
-		RetryLogEvery:         retryLogEvery,
-		SkipAfterCloseTimeout: true,
-		Clean:                 clean,
-		Hold:                  o.hold,
-	}
-}
-
 // committer writes the writer's batches to pool.
 type committer struct {
 	pool    *pgxpool.Pool
@@ -57,7 +37,7 @@ type committer struct {
 // Transient is transient.
 func (c *committer) Transient(err error) bool { return transient(err) }
 
-// The columns COPY fills, in the order of appendRequest and appendError.
+// The columns COPY fills, in the order of batch.RequestValues and batch.ErrorValues.
 var (
 	requestColumns = []string{"time", "access_key_id", "key_id", "method", "path", "model", "stream",
 		"status", "attempts", "latency_us", "ttfb_us", "prompt_tokens", "candidates_tokens", "thoughts_tokens",
@@ -134,13 +114,13 @@ func (c *committer) Commit(b *batch.Batch) (err error) {
 	}()
 	if len(b.Requests) > 0 {
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"request_logs"}, requestColumns,
-			&copySource{rows: b.Requests, row: appendRequest}); err != nil {
+			&copySource{rows: b.Requests, row: batch.RequestValues}); err != nil {
 			return fmt.Errorf("copy request rows: %w", err)
 		}
 	}
 	if len(b.Errors) > 0 {
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"error_logs"}, errorColumns,
-			&copySource{rows: b.Errors, row: appendError}); err != nil {
+			&copySource{rows: b.Errors, row: batch.ErrorValues}); err != nil {
 			return fmt.Errorf("copy error rows: %w", err)
 		}
 	}
@@ -267,13 +247,3 @@ func (c *copySource) Values() ([]any, error) {
 }
 
 func (c *copySource) Err() error { return nil }
-
-func appendRequest(v []any, e *batch.Entry) []any {
-	return append(v, e.Time, e.AccessKeyID, e.KeyID, e.Method, e.Path, e.Model, e.Stream,
-		e.Status, e.Attempts, e.LatencyUS, e.TTFBUS, e.Prompt, e.Candidates, e.Thoughts, e.Total, e.Text,
-		e.LimitHit)
-}
-
-func appendError(v []any, e *batch.Entry) []any {
-	return append(v, e.Time, e.KeyID, e.AccessKeyID, e.Model, e.Path, e.Status, e.Text)
-}

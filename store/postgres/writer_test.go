@@ -12,6 +12,7 @@ import (
 
 	"github.com/geminisynapse/caddy-gemini-synapse/internal/pgtest"
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/enginetest"
 	"github.com/geminisynapse/caddy-gemini-synapse/store/storetest"
 )
 
@@ -38,8 +39,8 @@ func TestWriterRidesOutAStoppedServer(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	const queue, batch = 1000, 100
 	s := openTest(t, url, zap.New(core), func(o *options) {
-		o.queueSize, o.batchSize = queue, batch
-		o.maxBackoff = 200 * time.Millisecond
+		o.writer.QueueSize, o.writer.BatchSize = queue, batch
+		o.writer.MaxBackoff = 200 * time.Millisecond
 	})
 	ctx := context.Background()
 	keys := addKeys(t, s, "AIzaSyOUTAGE-key-a-aaaaaaaaaaaaaaaaaaaaa", "AIzaSyOUTAGE-key-b-bbbbbbbbbbbbbbbbbbbbb")
@@ -167,9 +168,9 @@ func TestCloseGivesUpOnAStoppedServer(t *testing.T) {
 	core, logs := observer.New(zapcore.ErrorLevel)
 	hold := make(chan struct{})
 	s := openTest(t, srv.URL(t), zap.New(core), func(o *options) {
-		o.closeTimeout = 300 * time.Millisecond
-		o.batchSize = 4 // three batches: the later ones are dropped without an attempt
-		o.hold = hold
+		o.writer.CloseTimeout = 300 * time.Millisecond
+		o.writer.BatchSize = 4 // three batches: the later ones are dropped without an attempt
+		o.writer.Hold = hold
 	})
 	srv.Stop(t)
 	close(hold)
@@ -229,27 +230,6 @@ func TestTextPostgreSQLRefusesIsCleaned(t *testing.T) {
 // large enough to hold them all, so that nothing is dropped while the writer catches up.
 func BenchmarkLogRequest(b *testing.B) {
 	const rowsPerOp = 100000
-	s := openTest(b, pgtest.URL(b), nil, func(o *options) { o.queueSize = rowsPerOp })
-	r := RequestLog{
-		Method: "POST", Path: "/v1beta/models/gemini-2.5-flash:generateContent", Model: "gemini-2.5-flash",
-		Status: 200, Attempts: 1, Latency: 850 * time.Millisecond, TTFB: 300 * time.Millisecond,
-		PromptTokens: 120, CandidatesTokens: 480, TotalTokens: 600, KeyID: 1, AccessKeyID: 1,
-	}
-	b.ResetTimer()
-	start := time.Now()
-	for range b.N {
-		for i := range rowsPerOp {
-			r.Time = time.Now()
-			r.KeyID = int64(1 + i%20)
-			r.AccessKeyID = int64(1 + i%50)
-			s.LogRequest(r)
-		}
-		s.Flush()
-	}
-	elapsed := time.Since(start)
-	b.StopTimer()
-	if d := s.Dropped(); d != 0 {
-		b.Fatalf("dropped %d rows", d)
-	}
-	b.ReportMetric(float64(rowsPerOp*b.N)/elapsed.Seconds(), "rows/s")
+	s := openTest(b, pgtest.URL(b), nil, func(o *options) { o.writer.QueueSize = rowsPerOp })
+	enginetest.BenchmarkLogRequest(b, s, rowsPerOp, 50)
 }

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/batch"
 )
@@ -16,20 +15,6 @@ import (
 // maxAttempts bounds retries of a batch failing for a reason other than a busy database; such a
 // failure is unlikely to heal and must not stall logging forever.
 const maxAttempts = 10
-
-// writerOptions are the batch writer's settings for o: every failed attempt is logged, and a
-// busy database is waited out (for closeTimeout at Close, then each batch left gets one try).
-func writerOptions(o options) batch.Options {
-	return batch.Options{
-		QueueSize:    o.queueSize,
-		BatchSize:    o.batchSize,
-		Interval:     o.interval,
-		CloseTimeout: o.closeTimeout,
-		MaxBackoff:   2 * time.Second,
-		MaxAttempts:  maxAttempts,
-		Hold:         o.hold,
-	}
-}
 
 // committer writes the writer's batches to db.
 type committer struct {
@@ -92,10 +77,10 @@ func (c *committer) Commit(b *batch.Batch) (err error) {
 
 	// Rows go in multi-row INSERTs of up to rowsPerInsert rows: SQLite's per-statement overhead
 	// (and database/sql's) dominates single-row inserts.
-	if err := c.insertRows(ctx, tx, sqlInsertRequest, requestColumns, b.Requests, appendRequest); err != nil {
+	if err := c.insertRows(ctx, tx, sqlInsertRequest, requestColumns, b.Requests, batch.RequestValues); err != nil {
 		return err
 	}
-	if err := c.insertRows(ctx, tx, sqlInsertError, errorColumns, b.Errors, appendError); err != nil {
+	if err := c.insertRows(ctx, tx, sqlInsertError, errorColumns, b.Errors, batch.ErrorValues); err != nil {
 		return err
 	}
 	// The request rows' sums per slot and model go in with them (schema step 4), and per slot,
@@ -188,16 +173,6 @@ func (c *committer) Commit(b *batch.Batch) (err error) {
 // rowsPerInsert is the number of rows of one INSERT statement (times 17 columns, well under
 // SQLite's limit of 32766 bound parameters).
 const rowsPerInsert = 64
-
-func appendRequest(args []any, e *batch.Entry) []any {
-	return append(args, e.Time, e.AccessKeyID, e.KeyID, e.Method, e.Path, e.Model, e.Stream,
-		e.Status, e.Attempts, e.LatencyUS, e.TTFBUS, e.Prompt, e.Candidates, e.Thoughts, e.Total, e.Text,
-		e.LimitHit)
-}
-
-func appendError(args []any, e *batch.Entry) []any {
-	return append(args, e.Time, e.KeyID, e.AccessKeyID, e.Model, e.Path, e.Status, e.Text)
-}
 
 // insertRows inserts rows with the INSERT prefix, rowsPerInsert rows per statement.
 func (c *committer) insertRows(ctx context.Context, tx *sql.Tx, prefix string, columns int,

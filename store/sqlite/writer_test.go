@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/enginetest"
 )
 
 func countRequests(t testing.TB, s *Store) int64 {
@@ -76,7 +77,7 @@ func TestCloseGivesUpOnALockedDatabase(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "d.db")
 	s := openTest(t, path, zap.New(core), func(o *options) {
 		o.busyTimeout = 20 * time.Millisecond
-		o.closeTimeout = 200 * time.Millisecond
+		o.writer.CloseTimeout = 200 * time.Millisecond
 	})
 	other := rawDB(t, path)
 	tx, err := other.Begin()
@@ -112,26 +113,5 @@ func TestCloseGivesUpOnALockedDatabase(t *testing.T) {
 // file per second.
 func BenchmarkLogRequest(b *testing.B) {
 	s := openTest(b, filepath.Join(b.TempDir(), "bench.db"), nil, nil)
-	const rowsPerOp = 50000
-	r := store.RequestLog{
-		Method: "POST", Path: "/v1beta/models/gemini-2.5-flash:generateContent", Model: "gemini-2.5-flash",
-		Status: 200, Attempts: 1, Latency: 850 * time.Millisecond, TTFB: 300 * time.Millisecond,
-		PromptTokens: 120, CandidatesTokens: 480, TotalTokens: 600, KeyID: 1, AccessKeyID: 1,
-	}
-	b.ResetTimer()
-	start := time.Now()
-	for range b.N {
-		for i := range rowsPerOp {
-			r.Time = time.Now()
-			r.KeyID = int64(1 + i%20)
-			s.LogRequest(r)
-		}
-		s.Flush()
-	}
-	elapsed := time.Since(start)
-	b.StopTimer()
-	if d := s.Dropped(); d != 0 {
-		b.Fatalf("dropped %d rows", d)
-	}
-	b.ReportMetric(float64(rowsPerOp*b.N)/elapsed.Seconds(), "rows/s")
+	enginetest.BenchmarkLogRequest(b, s, 50000, 1)
 }

@@ -7,9 +7,8 @@
 package batch
 
 import (
-	"time"
-
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // Kind is what a queued Entry is.
@@ -160,19 +159,26 @@ func (e *Entry) addTo(u store.Usage) store.Usage {
 	return u
 }
 
-// unixMS converts t to unix milliseconds; the zero time becomes 0.
-func unixMS(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixMilli()
+// RequestValues appends to v the values of the request row e, in the order of the columns
+// (time, access_key_id, key_id, method, path, model, stream, status, attempts, latency_us,
+// ttfb_us, prompt_tokens, candidates_tokens, thoughts_tokens, total_tokens, error, limit_hit).
+func RequestValues(v []any, e *Entry) []any {
+	return append(v, e.Time, e.AccessKeyID, e.KeyID, e.Method, e.Path, e.Model, e.Stream,
+		e.Status, e.Attempts, e.LatencyUS, e.TTFBUS, e.Prompt, e.Candidates, e.Thoughts, e.Total, e.Text,
+		e.LimitHit)
+}
+
+// ErrorValues appends to v the values of the error row e, in the order of the columns (time,
+// key_id, access_key_id, model, path, status, message).
+func ErrorValues(v []any, e *Entry) []any {
+	return append(v, e.Time, e.KeyID, e.AccessKeyID, e.Model, e.Path, e.Status, e.Text)
 }
 
 // requestEntry is the queued row of r, its text passed through clean and cut to the limits.
 func requestEntry(r store.RequestLog, clean func(string) string) Entry {
 	return Entry{
 		Kind:        Request,
-		Time:        unixMS(r.Time),
+		Time:        sqlkit.ToMS(r.Time),
 		AccessKeyID: r.AccessKeyID,
 		KeyID:       r.KeyID,
 		Method:      store.Truncate(clean(r.Method), store.MaxMethodLen),
@@ -196,7 +202,7 @@ func requestEntry(r store.RequestLog, clean func(string) string) Entry {
 func errorEntry(e store.ErrorLog, clean func(string) string) Entry {
 	return Entry{
 		Kind:        Error,
-		Time:        unixMS(e.Time),
+		Time:        sqlkit.ToMS(e.Time),
 		KeyID:       e.KeyID,
 		AccessKeyID: e.AccessKeyID,
 		Model:       store.Truncate(clean(e.Model), store.MaxModelLen),

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // Engine writes a Writer's batches.
@@ -154,7 +155,7 @@ func (l Log) SaveKeyState(k store.KeyState) {
 func (l Log) SaveCooldown(c store.Cooldown) {
 	w := l.w
 	w.stateMu.Lock()
-	w.cooldowns[cooldownKey{c.KeyID, w.o.Clean(c.Model)}] = unixMS(c.Until)
+	w.cooldowns[cooldownKey{c.KeyID, w.o.Clean(c.Model)}] = sqlkit.ToMS(c.Until)
 	w.stateMu.Unlock()
 	w.wake()
 }
