@@ -8,8 +8,11 @@
 #   1. 1000 concurrent open SSE streams through gateway, then proxy: RSS of caddy, bytes/stream
 #      (first, while the process is fresh, so the gateway's figure is not flattered by reused heap)
 #   2. non-streaming generateContent at 50 keep-alive clients: direct, proxy, gateway, alternating
+#      (and gateway_pg: a second caddy whose gemini_synapse keeps its state in PostgreSQL, when
+#      Debian's postgresql is installed: a throwaway server on 127.0.0.1, started and stopped here)
 #   3. SSE time to first event at 1 client: direct, proxy, gateway, alternating
-#   4. go test -bench for the request-log writer (rows/s) and the key pick (ns/op, allocs/op)
+#   4. go test -bench for the request-log writers (SQLite and PostgreSQL, rows/s), the key pick
+#      (ns/op, allocs/op) and the propagation of a change between instances on PostgreSQL
 # and checks that no request failed and that the gateway's database holds one request_logs row
 # per request sent to it. Everything listens on 127.0.0.1; every process started is stopped.
 #
@@ -56,6 +59,9 @@ report=$work/report.md
 
 mock_pid=""
 caddy_pid=""
+pg_caddy_pid=""
+pg_dir=""
+pg_bin=""
 bg_pids=()
 
 # stop PID SIGNAL SECONDS: signal a process we started, wait for it, SIGKILL after SECONDS.
@@ -79,7 +85,12 @@ cleanup() {
 	local pid
 	for pid in "${bg_pids[@]}"; do stop "$pid" TERM 5; done
 	stop "$caddy_pid" INT 30
+	stop "$pg_caddy_pid" INT 30
 	stop "$mock_pid" TERM 10
+	if [ -n "$pg_dir" ]; then
+		as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null 2>&1 || true
+		rm -rf "$pg_dir"
+	fi
 	if [ "${BENCH_KEEP:-0}" = 1 ]; then
 		echo "kept $work" >&2
 	else
@@ -89,7 +100,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-read -r MOCK_PORT PROXY_PORT GATEWAY_PORT ADMIN_PORT <<<"$(bin/loadgen -free-ports 4)"
+read -r MOCK_PORT PROXY_PORT GATEWAY_PORT ADMIN_PORT PG_PORT PG_GATEWAY_PORT PG_ADMIN_PORT <<<"$(bin/loadgen -free-ports 7)"
 MOCK=http://127.0.0.1:$MOCK_PORT
 PROXY=http://127.0.0.1:$PROXY_PORT
 GATEWAY=http://127.0.0.1:$GATEWAY_PORT
@@ -132,6 +143,29 @@ http://127.0.0.1:$GATEWAY_PORT {
 }
 EOF
 
+# A throwaway PostgreSQL for the gateway_pg site, when Debian's package is installed (initdb
+# refuses root: as root it runs as the postgres user, in a directory that user owns).
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+PG_URL=""
+if [ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ]; then
+	log "starting a throwaway PostgreSQL on 127.0.0.1:$PG_PORT"
+	pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/synapse-bench-pg.XXXXXX")
+	chmod 755 "$pg_dir"
+	if [ "$(id -u)" = 0 ]; then chown postgres "$pg_dir"; fi
+	as_pg "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -A trust --no-sync >"$work/pg.log" 2>&1
+	as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -o "-h 127.0.0.1 -p $PG_PORT -k '' -c fsync=off -c synchronous_commit=off" start >>"$work/pg.log" 2>&1
+	as_pg "$pg_bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres bench >>"$work/pg.log" 2>&1
+	PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/bench?sslmode=disable"
+	count_pg_rows() { as_pg "$pg_bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d bench -At -c 'SELECT count(*) FROM request_logs'; }
+	sed -e "s|admin 127.0.0.1:$ADMIN_PORT|admin 127.0.0.1:$PG_ADMIN_PORT|" -e "s|database $work/synapse.db|database $PG_URL|" \
+		-e "s|http://127.0.0.1:$GATEWAY_PORT {|http://127.0.0.1:$PG_GATEWAY_PORT {|" "$work/Caddyfile" |
+		awk -v proxy="http://127.0.0.1:$PROXY_PORT {" '$0 == proxy { skip = 1 } skip && $0 == "}" { skip = 0; next } !skip' >"$work/Caddyfile.pg"
+else
+	log "PostgreSQL is not installed: the gateway_pg run is left out (apt-get install postgresql)"
+fi
+PG_GATEWAY=http://127.0.0.1:$PG_GATEWAY_PORT
+
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # 1. Open streams: a slow mock (600 events, 500 ms apart: 5 minutes per stream).
@@ -160,9 +194,20 @@ log "restarting the mock upstream (fast streams)"
 start_mock 3 0s
 sleep 1 # let caddy's transports drop their idle connections to the old mock
 
-log "non-streaming generateContent: $ROUNDS rounds x 3 targets x $DURATION at $CLIENTS clients"
+pg_targets=()
+if [ -n "$PG_URL" ]; then
+	log "starting the second caddy (state in PostgreSQL)"
+	HOME=$work/home XDG_DATA_HOME=$work/home XDG_CONFIG_HOME=$work/home \
+		bin/caddy run --config "$work/Caddyfile.pg" --adapter caddyfile >"$work/caddy-pg.log" 2>&1 &
+	pg_caddy_pid=$!
+	bin/loadgen -mode wait -target "gateway_pg=$PG_GATEWAY/" -d 60s
+	loadgen -mode req -c 2 -d 1s -warmup 0 -target "gateway_pg=$PG_GATEWAY$GEN" >/dev/null
+	pg_targets=(-target "gateway_pg=$PG_GATEWAY$GEN" -ratio gateway_pg/gateway -ratio gateway_pg/proxy)
+fi
+
+log "non-streaming generateContent: $ROUNDS rounds x every target x $DURATION at $CLIENTS clients"
 loadgen -mode req -c "$CLIENTS" -d "$DURATION" -warmup "$WARMUP" -rounds "$ROUNDS" -pid "$caddy_pid" -pid-targets proxy,gateway \
-	-target "direct=$MOCK$GEN" -target "proxy=$PROXY$GEN" -target "gateway=$GATEWAY$GEN" \
+	-target "direct=$MOCK$GEN" -target "proxy=$PROXY$GEN" -target "gateway=$GATEWAY$GEN" "${pg_targets[@]}" \
 	-ratio gateway/proxy -ratio gateway/direct -ratio proxy/direct >"$work/req.md"
 
 log "SSE time to first event: $SSE_ROUNDS rounds x 3 targets x $SSE_DURATION at $SSE_CLIENTS client(s)"
@@ -195,11 +240,15 @@ peak_rss=$(awk '/^VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$caddy_pid/statu
 log "stopping caddy (flushes the request log)"
 stop "$caddy_pid" INT 30
 caddy_pid=""
+stop "$pg_caddy_pid" INT 30
+pg_caddy_pid=""
 stop "$mock_pid" TERM 10
 mock_pid=""
 
 log "go test -bench: request-log writer and key pick"
-go test -run '^$' -bench . -benchmem -count 1 ./store/sqlite/ ./keypool/ >"$work/gobench.txt" 2>&1 || {
+pg_bench=()
+if [ -n "$PG_URL" ]; then pg_bench=(./store/postgres/); fi
+go test -run '^$' -bench 'LogRequest|Next|ClusterPropagation' -benchmem -count 1 ./store/sqlite/ ./keypool/ "${pg_bench[@]}" >"$work/gobench.txt" 2>&1 || {
 	cat "$work/gobench.txt" >&2
 	echo "go test -bench failed" >&2
 	exit 1
@@ -211,15 +260,29 @@ sum() { awk -v k="$1" '$1 == k { s += $2 } END { printf "%d", s }' "$metrics"; }
 errors=$(awk '$1 ~ /^errors\./ { s += $2 } END { printf "%d", s }' "$metrics")
 sent_gateway=$(sum sent.gateway)
 rows=$(count_rows "$work/synapse.db")
+sent_pg=$(sum sent.gateway_pg)
+pg_rows=""
+ok_pg=1
+if [ -n "$PG_URL" ]; then
+	pg_rows=$(count_pg_rows)
+	[ "$pg_rows" = "$sent_pg" ] || ok_pg=0
+fi
 panics=$(grep -c -i 'panic' "$work/caddy.log" || true)
 caddy_errors=$(grep -c '"level":"error"' "$work/caddy.log" || true)
 ok=1
+[ "$ok_pg" = 1 ] || ok=0
 [ "$errors" = 0 ] || ok=0
 [ "$rows" = "$sent_gateway" ] || ok=0
 [ "$panics" = 0 ] || ok=0
 
 # --- Targets ----------------------------------------------------------------------------------
-rows_per_s=$(awk '/^BenchmarkLogRequest/ { for (i = 2; i <= NF; i++) if ($i == "rows/s") v = $(i-1) } END { print v }' "$work/gobench.txt")
+# bench_metric PKG BENCH UNIT: the value of UNIT in BENCH's line of package PKG.
+bench_metric() { awk -v pkg="$1" -v b="$2" -v u="$3" '/^pkg: / { p = index($0, pkg) > 0 } p && index($1, b) == 1 { for (i = 2; i <= NF; i++) if ($i == u) v = $(i-1) } END { print v }' "$work/gobench.txt"; }
+rows_per_s=$(bench_metric store/sqlite BenchmarkLogRequest rows/s)
+pg_rows_per_s=$(bench_metric store/postgres BenchmarkLogRequest rows/s)
+prop99=$(bench_metric store/postgres BenchmarkClusterPropagation p99-µs)
+prop99=$(awk -v v="$prop99" 'BEGIN { if (v != "") printf "%.2f", v / 1000 }')
+pg_ratio=$(metric req.ratio.gateway_pg_gateway.rps)
 # pick KEYS FIELD: ns/op or allocs/op of BenchmarkNext/keys=KEYS.
 pick() { awk -v k="BenchmarkNext/keys=$1-" -v f="$2" 'index($1, k) == 1 { for (i = 2; i <= NF; i++) if ($i == f) v = $(i-1) } END { print v }' "$work/gobench.txt"; }
 # verdict VALUE OP LIMIT: "met" or "missed"
@@ -270,6 +333,9 @@ flat=$(awk -v a="$ns10" -v b="$ns100k" 'BEGIN { if (a > 0) printf "%.2f", b / a 
 	echo "|---|---|"
 	echo "| failed requests (all phases, all targets) | $errors $([ "$errors" = 0 ] && echo ok || echo '**FAILED**') |"
 	echo "| request_logs rows == requests sent to the gateway | $rows rows, $sent_gateway sent $([ "$rows" = "$sent_gateway" ] && echo ok || echo '**FAILED**') |"
+	if [ -n "$PG_URL" ]; then
+		echo "| PostgreSQL request_logs rows == requests sent to gateway_pg | $pg_rows rows, $sent_pg sent $([ "$ok_pg" = 1 ] && echo ok || echo '**FAILED**') |"
+	fi
 	echo "| panics in caddy's log | $panics $([ "$panics" = 0 ] && echo ok || echo '**FAILED**') |"
 	echo "| error-level lines in caddy's log | $caddy_errors |"
 	echo
@@ -281,7 +347,12 @@ flat=$(awk -v a="$ns10" -v b="$ns100k" 'BEGIN { if (a > 0) printf "%.2f", b / a 
 	echo "| gateway p99 <= 1.1 x proxy p99 | $(fmt "$p99_ratio" %.2f) x | $(verdict "$p99_ratio" '<=' 1.1) |"
 	echo "| added time to first SSE event < 1 ms (gateway - direct, judged on p50) | p50 $(fmt "$added50" %.3f) ms, p99 $(fmt "$added99" %.3f) ms | $(verdict "$added50" '<' 1) |"
 	echo "| <= 64 KiB per open stream | $(fmt "$per_stream" %.0f) B ($(awk -v v="$per_stream" 'BEGIN { printf "%.1f", v / 1024 }') KiB) | $(verdict "$per_stream" '<=' 65536) |"
-	echo "| >= 50k log rows/s | $(fmt "$rows_per_s" %.0f) rows/s | $(verdict "$rows_per_s" '>=' 50000) |"
+	echo "| >= 50k log rows/s (SQLite) | $(fmt "$rows_per_s" %.0f) rows/s | $(verdict "$rows_per_s" '>=' 50000) |"
+	if [ -n "$PG_URL" ]; then
+		echo "| >= 50k log rows/s (PostgreSQL, COPY) | $(fmt "$pg_rows_per_s" %.0f) rows/s | $(verdict "$pg_rows_per_s" '>=' 50000) |"
+		echo "| gateway on PostgreSQL >= 0.9 x gateway on SQLite (throughput) | $(fmt "$pg_ratio" %.2f) | $(verdict "$pg_ratio" '>=' 0.9) |"
+		echo "| propagation between instances p99 < 200 ms | $(fmt "$prop99" %.2f) ms | $(verdict "$prop99" '<' 200) |"
+	fi
 	echo "| key pick <= 100 ns (10 / 1k / 100k keys) | $ns10 / $ns1k / $ns100k ns | $(verdict "$ns_max" '<=' 100) |"
 	echo "| key pick 0 allocs | $allocs allocs/op in total | $(verdict "$allocs" '<=' 0) |"
 	echo "| key pick flat in pool size (100k / 10 keys <= 1.5) | $flat x | $(verdict "$flat" '<=' 1.5) |"
