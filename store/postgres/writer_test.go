@@ -69,7 +69,17 @@ func TestWriterRidesOutAStoppedServer(t *testing.T) {
 	logged := make(chan struct{})
 	go func() {
 		defer close(logged)
-		for i := range during {
+		// A batch first, which the writer takes and then keeps retrying: from then on it
+		// takes nothing from the queue, so the rows the full queue refuses are the newest.
+		// (Were the writer still taking its batch when the queue filled, a later row could
+		// take a place freed after an earlier one was refused.)
+		for i := range batch {
+			s.LogRequest(row(before + i))
+		}
+		for deadline := time.Now().Add(30 * time.Second); s.w.FailedAttempts() == 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		for i := batch; i < during; i++ {
 			s.LogRequest(row(before + i))
 		}
 		s.LogError(ErrorLog{Time: t0, KeyID: b, AccessKeyID: ak, Status: 503, Message: "during the outage"})
