@@ -208,31 +208,30 @@ func (rs logged) byModel(from, to time.Time, limit int, id int64) []store.ModelU
 
 // accessKeyUsage is AccessKeyUsage.
 func (rs logged) accessKeyUsage(from, to time.Time) []store.AccessKeyUsage {
-	byID := map[int64]*store.AccessKeyUsage{}
+	sums := map[int64]store.Usage{}
+	limits := map[int64]map[string]int64{}
 	rs.in(from, to, 0, func(r *store.RequestLog) {
-		if r.AccessKeyID == 0 {
+		id := r.AccessKeyID
+		if id == 0 {
 			return
 		}
-		a := byID[r.AccessKeyID]
-		if a == nil {
-			a = &store.AccessKeyUsage{AccessKeyID: r.AccessKeyID, LimitsHit: map[string]int64{}}
-			byID[r.AccessKeyID] = a
+		sums[id] = add(sums[id], r)
+		if limits[id] == nil {
+			limits[id] = map[string]int64{}
 		}
-		a.Requests++
-		if store.Failed(r.Status) {
-			a.Failures++
-		}
-		a.PromptTokens += r.PromptTokens
-		a.CandidatesTokens += r.CandidatesTokens
-		a.TotalTokens += r.TotalTokens
 		if r.LimitHit != "" {
-			a.Limited++
-			a.LimitsHit[r.LimitHit]++
+			limits[id][r.LimitHit]++
 		}
 	})
 	out := []store.AccessKeyUsage{}
-	for _, a := range byID {
-		out = append(out, *a)
+	for id, u := range sums {
+		a := store.AccessKeyUsage{AccessKeyID: id, Requests: u.Requests, Failures: u.Failures,
+			PromptTokens: u.PromptTokens, CandidatesTokens: u.CandidatesTokens, TotalTokens: u.TotalTokens,
+			LimitsHit: limits[id]}
+		for _, n := range a.LimitsHit {
+			a.Limited += n
+		}
+		out = append(out, a)
 	}
 	slices.SortFunc(out, func(a, b store.AccessKeyUsage) int {
 		return cmp.Or(cmp.Compare(b.Requests, a.Requests), cmp.Compare(a.AccessKeyID, b.AccessKeyID))
