@@ -42,7 +42,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 // UnmarshalCaddyfile sets up the app from the global option. Syntax:
 //
 //	gemini_synapse {
-//		database              <path>
+//		database              <path or postgres:// URL>
 //		admin_key             <key>
 //		access_keys           <key...>
 //		access_key            <label> <key> {

@@ -28,17 +28,23 @@ func init() {
 	caddy.RegisterModule(App{})
 }
 
-// cores holds one core per absolute database path. A core outlives config reloads: the new
-// config takes its reference before the old one releases its own.
+// cores holds one core per database: its absolute path, or its URL as written. A core outlives
+// config reloads: the new config takes its reference before the old one releases its own.
 var cores = caddy.NewUsagePool()
 
-// App is the shared state of the Gemini gateway: one SQLite database, the key pool built from
-// it, the request-log writer and the scheduler. Both handlers of a config use it. Settings marked
+// App is the shared state of the Gemini gateway: one database (a SQLite file, or PostgreSQL
+// shared with other instances), the key pool built from it, the request-log writer and the
+// scheduler. Both handlers of a config use it. Settings marked
 // "live" are stored in the database and may also be changed in the admin panel; the newer edit
 // wins (a value here is applied when it differs from the one seen at the previous start).
 type App struct {
-	// Database is the path of the SQLite file. Its directory is created if missing, the file
-	// with mode 0600. Default: `{caddy data dir}/gemini_synapse/data.db`.
+	// Database is the path of the SQLite file (its directory is created if missing, the file
+	// with mode 0600), or the URL of a PostgreSQL database,
+	// `postgres://user:password@host:5432/db?sslmode=verify-full` (`postgresql://` too, with
+	// any parameter pgx accepts, such as pool_max_conns or connect_timeout), which several
+	// caddy instances share: they then act as one gateway. Accepts placeholders such as
+	// `{env.DATABASE_URL}`, which keeps the password out of the config; the password is
+	// never logged. Default: `{caddy data dir}/gemini_synapse/data.db`.
 	Database string `json:"database,omitempty"`
 
 	// AdminKey is the secret of the admin panel and API. It is stored hashed. If none is
@@ -137,10 +143,16 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // database. It opens nothing: `caddy validate` provisions modules too.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
-	if !cgoEnabled {
-		return errors.New("gemini_synapse needs SQLite through cgo, but this caddy was built without it: rebuild with CGO_ENABLED=1")
-	}
 	repl := caddy.NewReplacer()
+	db := strings.TrimSpace(repl.ReplaceAll(a.Database, ""))
+	if db == "" && a.Database != "" {
+		// An unset {env.DATABASE_URL} must not fall back to a local file: an instance of a
+		// cluster would then run alone, unnoticed.
+		return fmt.Errorf("database %q is empty once its placeholders are replaced (an unset environment variable?)", a.Database)
+	}
+	if !cgoEnabled && !gateway.IsDatabaseURL(db) {
+		return errors.New("gemini_synapse needs SQLite through cgo, but this caddy was built without it: rebuild with CGO_ENABLED=1, or use a PostgreSQL database")
+	}
 	a.AdminKey = repl.ReplaceAll(a.AdminKey, "")
 	a.AccessKeys = splitKeys(repl, a.AccessKeys)
 	a.GoogleAPIKeys = splitKeys(repl, a.GoogleAPIKeys)
@@ -153,17 +165,20 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 
-	db := a.Database
-	if db == "" {
-		db = filepath.Join(caddy.AppDataDir(), "gemini_synapse", "data.db")
+	key := db // the core's key in cores, and the database it opens: a URL as written
+	if !gateway.IsDatabaseURL(db) {
+		if db == "" {
+			db = filepath.Join(caddy.AppDataDir(), "gemini_synapse", "data.db")
+		}
+		abs, err := filepath.Abs(db)
+		if err != nil {
+			return fmt.Errorf("database path %q: %v", db, err)
+		}
+		key = abs
 	}
-	abs, err := filepath.Abs(db)
-	if err != nil {
-		return fmt.Errorf("database path %q: %v", db, err)
-	}
-	a.dbPath = abs
-	val, _, err := cores.LoadOrNew(abs, func() (caddy.Destructor, error) {
-		return gateway.New(abs, a.logger, caddyHooks), nil
+	a.dbPath = key
+	val, _, err := cores.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return gateway.New(key, a.logger, caddyHooks), nil
 	})
 	if err != nil {
 		return err

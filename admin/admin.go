@@ -609,13 +609,18 @@ func badField(w http.ResponseWriter, field, why string) {
 	writeFieldErrors(w, []FieldError{{Field: field, Description: why}})
 }
 
-// writeBackendError answers a failed backend call: 404 for an unknown id, 500 otherwise.
+// writeBackendError answers a failed backend call: 404 for an unknown id, 503 when the
+// database cannot be reached (store.ErrUnavailable), 500 otherwise.
 func writeBackendError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, "NOT_FOUND", "No such item; it may have been deleted.")
 	case errors.Is(err, context.Canceled):
 		writeError(w, statusClientClosed, "CANCELLED", "The request was canceled.")
+	case errors.Is(err, store.ErrUnavailable):
+		// The database is down or out of reach (a PostgreSQL outage): nothing was changed,
+		// and the same request may work in a moment. The proxy keeps serving meanwhile.
+		writeError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "The database cannot be reached right now; try again shortly.")
 	default:
 		writeError(w, http.StatusInternalServerError, "INTERNAL", "The gateway failed: "+err.Error())
 	}

@@ -675,7 +675,7 @@ func TestContractRoutingAndHeaders(t *testing.T) {
 }
 
 // TestContractBackendErrors: a backend failure is a 500 INTERNAL saying why; an unknown id
-// (store.ErrNotFound) a 404.
+// (store.ErrNotFound) a 404; a database out of reach (store.ErrUnavailable) a 503 UNAVAILABLE.
 func TestContractBackendErrors(t *testing.T) {
 	c := newContract(t, 1)
 	b := c.bearer()
@@ -686,6 +686,12 @@ func TestContractBackendErrors(t *testing.T) {
 		if e := b.fails(500, "INTERNAL", "GET", p, ""); !strings.Contains(e.Error.Message, errStoreGone.Error()) {
 			t.Errorf("GET %s: message %q does not say why", p, e.Error.Message)
 		}
+	}
+	c.b.mu.Lock()
+	c.b.fail = fmt.Errorf("postgres: keys: dial tcp: connection refused: %w", store.ErrUnavailable)
+	c.b.mu.Unlock()
+	for _, p := range []string{"/admin/api/keys", "/admin/api/stats"} {
+		b.fails(503, "UNAVAILABLE", "GET", p, "")
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/internal/pgtest"
 )
 
 // caddyBin is the path of the caddy binary under test, set by TestMain.
@@ -39,7 +41,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		caddyBin = abs
-		os.Exit(m.Run())
+		os.Exit(pgtest.Run(m))
 	}
 
 	dir, err := os.MkdirTemp("", "synapse-e2e-caddy-")
@@ -53,7 +55,7 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := pgtest.Run(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -13,7 +13,9 @@ type Cluster interface {
 	Announce(ctx context.Context, ev Event) error
 	// Events delivers the other instances' announcements (never this instance's own), and an
 	// EventResync whenever the listening connection was re-established: what was announced
-	// meanwhile is lost, and the state must be reloaded whole. It is closed by Close.
+	// meanwhile is lost, and the state must be reloaded whole. An engine may also deliver one
+	// when it first listens (what was announced before it listened is lost too). It is closed
+	// by Close.
 	Events() <-chan Event
 	// Leader reports whether this instance runs the cluster's scheduled jobs, taking the
 	// leadership when nobody holds it. A leader that dies loses it at once (the database

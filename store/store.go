@@ -32,6 +32,10 @@ var (
 	ErrDuplicate = errors.New("store: already exists")
 	// ErrNotFound is returned when updating or deleting an id that does not exist.
 	ErrNotFound = errors.New("store: not found")
+	// ErrUnavailable is matched (errors.Is) by the errors of an engine that could not reach
+	// its database (a PostgreSQL server down, restarting or out of reach): the call may work
+	// when tried again later. The admin API answers 503 for it.
+	ErrUnavailable = errors.New("store: the database cannot be reached")
 	// ErrNoAccessKey is returned by UsageBucketsOf and UsageByModelOf for access key 0:
 	// requests without an access key are not summed per access key.
 	ErrNoAccessKey = errors.New("store: usage of access key 0 (none)")

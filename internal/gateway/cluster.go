@@ -69,6 +69,7 @@ func (c *Core) followCluster() {
 	c.bg.Add(1)
 	go func() {
 		defer c.bg.Done()
+		listened := false // a resync came before: the next one follows a lost connection
 		for {
 			select {
 			case <-c.ctx.Done():
@@ -78,6 +79,14 @@ func (c *Core) followCluster() {
 					return
 				}
 				<-c.ready // a config is applied: the pool and the access keys are in place
+				if ev.Kind == store.EventResync {
+					// The store may resync once it first listens too (the state loaded at
+					// start may predate it): only a later one means a lost connection.
+					if listened {
+						c.logger.Info("the connection to the other instances was restored: reloading the shared state")
+					}
+					listened = true
+				}
 				c.apply(ev)
 			}
 		}
@@ -108,7 +117,6 @@ func (c *Core) apply(ev store.Event) {
 		err = c.reloadSettings(ctx)
 		c.mu.Unlock()
 	case store.EventResync:
-		c.logger.Info("the connection to the other instances was restored: reloading the shared state")
 		c.mu.Lock()
 		err = c.reloadSettings(ctx)
 		if err == nil {

@@ -113,7 +113,7 @@ func (c *Core) doOpen() error {
 		st = c.wrapStore(st)
 	}
 	if err != nil {
-		return fmt.Errorf("opening database %s: %v", c.path, err)
+		return fmt.Errorf("opening database %s: %w", storeName(c.path), err)
 	}
 	c.store = st
 	c.pool = keypool.New(defaultMaxFailures)
@@ -228,7 +228,7 @@ func (c *Core) ensureAdminKey(ctx context.Context) error {
 func (c *Core) reloadSettings(ctx context.Context) error {
 	raw, err := c.store.Settings(ctx)
 	if err != nil {
-		return fmt.Errorf("reading settings: %v", err)
+		return fmt.Errorf("reading settings: %w", err)
 	}
 	s, err := parseSettings(raw)
 	if err != nil {
@@ -258,7 +258,7 @@ func (c *Core) reloadSettings(ctx context.Context) error {
 func (c *Core) reloadAccessKeysLocked(ctx context.Context) error {
 	list, err := c.store.AccessKeys(ctx)
 	if err != nil {
-		return fmt.Errorf("reading access keys: %v", err)
+		return fmt.Errorf("reading access keys: %w", err)
 	}
 	m := make(map[[32]byte]*accessKey, len(list))
 	ids := make(map[int64]*accessKey, len(list))
@@ -307,7 +307,7 @@ func (c *Core) seedLimiter(ctx context.Context, policies map[int64]*tenant.Polic
 		}
 		m, err := c.store.AccessKeyCounts(ctx, tenant.PeriodStart(period, now, loc))
 		if err != nil {
-			return nil, fmt.Errorf("restoring access keys' usage: %v", err)
+			return nil, fmt.Errorf("restoring access keys' usage: %w", err)
 		}
 		counts[period] = m
 		return m, nil
@@ -338,12 +338,12 @@ func (c *Core) loadPool(ctx context.Context) error {
 	defer c.keysMu.Unlock()
 	keys, err := c.store.Keys(ctx)
 	if err != nil {
-		return fmt.Errorf("reading keys: %v", err)
+		return fmt.Errorf("reading keys: %w", err)
 	}
 	now := time.Now()
 	cds, err := c.store.Cooldowns(ctx, now)
 	if err != nil {
-		return fmt.Errorf("reading cooldowns: %v", err)
+		return fmt.Errorf("reading cooldowns: %w", err)
 	}
 	pk := make([]keypool.Key, len(keys))
 	for i, k := range keys {

@@ -9,8 +9,8 @@
 // (for benchmarks: then it flushes as a production server does). NewServer starts a server of
 // a test's own, for tests that stop and start it.
 //
-// The test binary's TestMain must call Main, which stops every server when the tests end or a
-// signal (SIGINT, SIGTERM, SIGHUP) arrives. Each server also has a watchdog process that stops
+// The test binary's TestMain must call Main (or Run), which stops every server when the tests
+// end or a signal (SIGINT, SIGTERM, SIGHUP) arrives. Each server also has a watchdog process that stops
 // it and removes its directory when the test binary dies without doing so (a timeout's panic,
 // SIGKILL).
 //
@@ -75,11 +75,18 @@ var (
 //
 //	func TestMain(m *testing.M) { pgtest.Main(m) }
 func Main(m *testing.M) {
+	os.Exit(Run(m))
+}
+
+// Run is Main without the exit, for a TestMain with work of its own to do after the tests
+// (removing what it built): it runs the tests of m, stops every server started meanwhile and
+// returns the tests' status for the caller to exit with.
+func Run(m *testing.M) int {
 	mainCalled = true
 	signalOnce.Do(watchSignals)
 	code := m.Run()
 	stopAll()
-	os.Exit(code)
+	return code
 }
 
 // watchSignals stops every server when the test binary is interrupted, then lets the signal

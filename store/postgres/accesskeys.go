@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 
@@ -120,7 +119,7 @@ func (s *Store) AccessKeys(ctx context.Context) ([]store.AccessKey, error) {
 	rows, err := s.pool.Query(ctx,
 		`SELECT id, hash, label, enabled, created_at, last_used_at, policy FROM access_keys ORDER BY id`)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: access keys: %w", err)
+		return nil, wrap("access keys", err)
 	}
 	defer rows.Close()
 	out, err := sqlkit.AccessKeys(rows)

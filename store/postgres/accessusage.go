@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
@@ -33,7 +32,7 @@ func (s *Store) AccessKeyUsage(ctx context.Context, from, to time.Time) ([]store
 	}
 	rows, err := s.pool.Query(ctx, query, toMS(from), toMS(to))
 	if err != nil {
-		return nil, fmt.Errorf("postgres: access key usage: %w", err)
+		return nil, wrap("access key usage", err)
 	}
 	defer rows.Close()
 	out, err := sqlkit.AccessKeyUsage(rows)
@@ -76,7 +75,7 @@ func (s *Store) AccessKeyCounts(ctx context.Context, since time.Time) (map[int64
 		SELECT access_key_id, SUM(CASE WHEN limit_hit = '' THEN requests ELSE 0 END)::bigint, SUM(total_tokens)::bigint
 		FROM access_key_usage WHERE slot >= $1 GROUP BY access_key_id`, slotOf(toMS(since)))
 	if err != nil {
-		return nil, fmt.Errorf("postgres: access key counts: %w", err)
+		return nil, wrap("access key counts", err)
 	}
 	defer rows.Close()
 	out, err := sqlkit.Counts(rows)

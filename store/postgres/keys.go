@@ -84,7 +84,7 @@ func (s *Store) addKeys(ctx context.Context, keys []store.NewKey, fromConfig boo
 		return err
 	})
 	if err != nil {
-		return store.AddResult{}, 0, fmt.Errorf("postgres: add keys: %w", err)
+		return store.AddResult{}, 0, wrap("add keys", err)
 	}
 	return res, skipped, nil
 }
@@ -96,7 +96,7 @@ func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
 		       last_used_at, requests, failed_requests, created_at
 		FROM keys ORDER BY id`)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: keys: %w", err)
+		return nil, wrap("keys", err)
 	}
 	defer rows.Close()
 	out, err := sqlkit.Keys(rows)
@@ -182,7 +182,7 @@ func (s *Store) Cooldowns(ctx context.Context, now time.Time) ([]store.Cooldown,
 	rows, err := s.pool.Query(ctx,
 		`SELECT key_id, model, until FROM cooldowns WHERE until > $1 ORDER BY key_id, model COLLATE "C"`, toMS(now))
 	if err != nil {
-		return nil, fmt.Errorf("postgres: cooldowns: %w", err)
+		return nil, wrap("cooldowns", err)
 	}
 	defer rows.Close()
 	out, err := sqlkit.Cooldowns(rows)

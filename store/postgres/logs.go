@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
@@ -22,7 +21,7 @@ func (s *Store) countLogs(ctx context.Context, table string, q store.LogQuery) (
 	w, args := sqlkit.LogWhere(q, sqlkit.Dollar)
 	var n int64
 	if err := s.pool.QueryRow(ctx, `SELECT COUNT(*) FROM `+table+` `+w, args...).Scan(&n); err != nil {
-		return 0, fmt.Errorf("postgres: count %s: %w", table, err)
+		return 0, wrap("count "+table, err)
 	}
 	return n, nil
 }
@@ -31,7 +30,7 @@ func (s *Store) countLogs(ctx context.Context, table string, q store.LogQuery) (
 func (s *Store) CountRequestLogs(ctx context.Context) (int64, error) {
 	var n int64
 	if err := s.pool.QueryRow(ctx, `SELECT COUNT(*) FROM request_logs`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("postgres: count request logs: %w", err)
+		return 0, wrap("count request logs", err)
 	}
 	return n, nil
 }
@@ -45,7 +44,7 @@ func (s *Store) RecentRequests(ctx context.Context, q store.LogQuery) ([]store.R
 		       ttfb_us, prompt_tokens, candidates_tokens, thoughts_tokens, total_tokens, error, limit_hit
 		FROM request_logs `+w+` ORDER BY time DESC, id DESC`+p, args...)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: recent requests: %w", err)
+		return nil, wrap("recent requests", err)
 	}
 	defer rows.Close()
 	out, err := sqlkit.RequestLogs(rows)
@@ -63,7 +62,7 @@ func (s *Store) RecentErrors(ctx context.Context, q store.LogQuery) ([]store.Err
 		SELECT time, key_id, access_key_id, model, path, status, message
 		FROM error_logs `+w+` ORDER BY time DESC, id DESC`+p, args...)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: recent errors: %w", err)
+		return nil, wrap("recent errors", err)
 	}
 	defer rows.Close()
 	out, err := sqlkit.ErrorLogs(rows)

@@ -22,6 +22,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"regexp"
 	"strings"
@@ -49,6 +51,7 @@ type Store struct {
 	// batchLog answers the log methods of store.Store (LogRequest, LogError, SaveKeyState,
 	// SaveCooldown, SaveKeyProject, Flush, Dropped, Written) from w.
 	batchLog
+	cl *cluster // the Store as a store.Cluster (cluster.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -64,6 +67,7 @@ type options struct {
 	writer        batch.Options // the log writer (see writer.go)
 	purge         sqlkit.Purge  // retention's transactions
 	commitTimeout time.Duration // longest one batch transaction may take before it counts as failed
+	cluster       clusterOptions
 }
 
 func defaultOptions() options {
@@ -87,6 +91,7 @@ func defaultOptions() options {
 		// meanwhile, but a long delete holds back vacuum and replication).
 		purge:         sqlkit.Purge{Batch: 5000, Pause: 20 * time.Millisecond},
 		commitTimeout: 30 * time.Second,
+		cluster:       defaultClusterOptions(),
 	}
 }
 
@@ -125,7 +130,7 @@ func open(ctx context.Context, url string, logger *zap.Logger, o options) (*Stor
 		pool.Close()
 		return nil, fmt.Errorf("postgres: open %s: %w", masked, err)
 	}
-	s := &Store{path: masked, pool: pool, logger: logger, o: o}
+	s := &Store{path: masked, pool: pool, logger: logger, o: o, cl: newCluster(pool, logger, o.cluster)}
 	s.w = batch.New(&committer{pool: pool, timeout: o.commitTimeout}, logger, o.writer)
 	s.batchLog = s.w.Log()
 	return s, nil
@@ -134,11 +139,13 @@ func open(ctx context.Context, url string, logger *zap.Logger, o options) (*Stor
 // Path returns the URL the store was opened with, its password masked.
 func (s *Store) Path() string { return s.path }
 
-// Close writes everything still queued (giving up on a failing batch after 30 s: what could
-// not be written is counted as dropped), stops the writer and closes the pool. Calls after
-// the first return the first call's result.
+// Close sends the announcements still queued and stops listening (Events' channel is
+// closed), gives up the leadership, writes everything still queued (giving up on a failing
+// batch after 30 s: what could not be written is counted as dropped), stops the writer and
+// closes the pool. Calls after the first return the first call's result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		s.cl.close()
 		s.w.Close()
 		s.pool.Close()
 	})
@@ -182,12 +189,45 @@ func mustAffect(tag pgconn.CommandTag, err error) error {
 
 // wrap names the operation what in err, except for nil and the store's own errors
 // (store.ErrNotFound, store.ErrDuplicate), which callers compare against and are returned as
-// they are.
+// they are. An error that means the server could not be reached also matches
+// store.ErrUnavailable.
 func wrap(what string, err error) error {
 	if err == nil || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrDuplicate) {
 		return err
 	}
-	return fmt.Errorf("postgres: %s: %w", what, err)
+	werr := fmt.Errorf("postgres: %s: %w", what, err)
+	if !errors.Is(err, store.ErrUnavailable) && unreachable(err) {
+		return unavailableError{werr}
+	}
+	return werr
+}
+
+// unavailableError is an error of a call that could not reach the server: it matches
+// store.ErrUnavailable and unwraps to the driver's error.
+type unavailableError struct{ error }
+
+func (e unavailableError) Is(target error) bool { return target == store.ErrUnavailable }
+func (e unavailableError) Unwrap() error        { return e.error }
+
+// unreachable reports whether err means that the server could not be reached or is not
+// serving: a connection that could not be made or broke, a network timeout, or the server's
+// own word that it is shutting down, starting up or out of connections. An error of the
+// statement itself is not, nor the caller's cancellation.
+func unreachable(err error) bool {
+	if errors.Is(err, context.Canceled) {
+		return false
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return strings.HasPrefix(pe.Code, "08") || // connection exception
+			strings.HasPrefix(pe.Code, "57P") || // admin or crash shutdown, cannot connect now
+			strings.HasPrefix(pe.Code, "53") // insufficient resources (too many connections)
+	}
+	var ce *pgconn.ConnectError
+	var ne net.Error
+	return errors.As(err, &ce) || errors.As(err, &ne) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.DeadlineExceeded) ||
+		pgconn.Timeout(err) || pgconn.SafeToRetry(err)
 }
 
 // isUniqueViolation reports whether err is a UNIQUE or PRIMARY KEY constraint failure.

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"strings"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
@@ -16,7 +15,7 @@ import (
 func (s *Store) SetKeysProject(ctx context.Context, ids []int64, project string) (changed int64, err error) {
 	project = strings.TrimSpace(project)
 	if err := store.CheckProject(project); err != nil {
-		return 0, fmt.Errorf("postgres: set keys project: %w", err)
+		return 0, wrap("set keys project", err)
 	}
 	unlock := s.w.ExcludeProjects(ids)
 	defer unlock()
@@ -27,7 +26,7 @@ func (s *Store) SetKeysProject(ctx context.Context, ids []int64, project string)
 	// loop finds the label already set.
 	tag, err := s.pool.Exec(ctx, `UPDATE keys SET project = $1 WHERE id = ANY($2) AND project <> $1`, project, ids)
 	if err != nil {
-		return 0, fmt.Errorf("postgres: set keys project: %w", err)
+		return 0, wrap("set keys project", err)
 	}
 	return tag.RowsAffected(), nil
 }

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 
@@ -24,7 +23,7 @@ func (s *Store) AddUploadSession(ctx context.Context, u store.UploadSession) err
 			access_key_id = excluded.access_key_id, created_at = excluded.created_at, expires_at = excluded.expires_at`,
 		u.ID, u.KeyID, u.UpstreamURI, u.AccessKeyID, toMS(u.CreatedAt), toMS(u.ExpiresAt))
 	if err != nil {
-		return fmt.Errorf("postgres: add upload session: %w", err)
+		return wrap("add upload session", err)
 	}
 	return nil
 }
@@ -41,7 +40,7 @@ func (s *Store) UploadSessionByID(ctx context.Context, id string, now time.Time)
 		return store.UploadSession{}, store.ErrNotFound
 	}
 	if err != nil {
-		return store.UploadSession{}, fmt.Errorf("postgres: upload session: %w", err)
+		return store.UploadSession{}, wrap("upload session", err)
 	}
 	u.CreatedAt, u.ExpiresAt = fromMS(created), fromMS(expires)
 	return u, nil
@@ -50,7 +49,7 @@ func (s *Store) UploadSessionByID(ctx context.Context, id string, now time.Time)
 // DeleteUploadSession forgets a session (it was cancelled). Unknown ids are ignored.
 func (s *Store) DeleteUploadSession(ctx context.Context, id string) error {
 	if _, err := s.pool.Exec(ctx, `DELETE FROM upload_sessions WHERE upload_id = $1`, id); err != nil {
-		return fmt.Errorf("postgres: delete upload session: %w", err)
+		return wrap("delete upload session", err)
 	}
 	return nil
 }
@@ -108,7 +107,7 @@ func (s *Store) addResources(ctx context.Context, what, q string, extra []any, r
 		return tx.SendBatch(ctx, &b).Close()
 	})
 	if err != nil {
-		return fmt.Errorf("postgres: %s: %w", what, err)
+		return wrap(what, err)
 	}
 	return nil
 }
@@ -124,7 +123,7 @@ func (s *Store) ResourceOwners(ctx context.Context, names []string, now time.Tim
 		SELECT name, key_id, access_key_id FROM resources
 		WHERE (expires_at = 0 OR expires_at > $1) AND name = ANY($2)`, toMS(now), names)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: resource owners: %w", err)
+		return nil, wrap("resource owners", err)
 	}
 	defer rows.Close()
 	if err := sqlkit.Owners(rows, out); err != nil {
@@ -136,7 +135,7 @@ func (s *Store) ResourceOwners(ctx context.Context, names []string, now time.Tim
 // DeleteResource forgets a resource (it was deleted upstream). Unknown names are ignored.
 func (s *Store) DeleteResource(ctx context.Context, name string) error {
 	if _, err := s.pool.Exec(ctx, `DELETE FROM resources WHERE name = $1`, name); err != nil {
-		return fmt.Errorf("postgres: delete resource: %w", err)
+		return wrap("delete resource", err)
 	}
 	return nil
 }
@@ -147,7 +146,7 @@ func (s *Store) OwnedResourceCounts(ctx context.Context, now time.Time) (map[int
 	rows, err := s.pool.Query(ctx, `
 		SELECT key_id, COUNT(*) FROM resources WHERE expires_at = 0 OR expires_at > $1 GROUP BY key_id`, toMS(now))
 	if err != nil {
-		return nil, fmt.Errorf("postgres: owned resource counts: %w", err)
+		return nil, wrap("owned resource counts", err)
 	}
 	defer rows.Close()
 	out, err := sqlkit.KeyCounts(rows)

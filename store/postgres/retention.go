@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"time"
 )
 
@@ -68,7 +67,7 @@ func (s *Store) purge(ctx context.Context, what, query string, cutoff int64) (in
 		return tag.RowsAffected(), err
 	})
 	if err != nil {
-		return n, fmt.Errorf("postgres: purge %s: %w", what, err)
+		return n, wrap("purge "+what, err)
 	}
 	return n, nil
 }

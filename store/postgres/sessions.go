@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -17,7 +16,7 @@ func (s *Store) CreateSession(ctx context.Context, tokenHash [32]byte, expires t
 	_, err := s.pool.Exec(ctx, `INSERT INTO sessions (token_hash, created_at, expires_at) VALUES ($1, $2, $3)`,
 		tokenHash[:], toMS(time.Now()), toMS(expires))
 	if err != nil {
-		return fmt.Errorf("postgres: create session: %w", err)
+		return wrap("create session", err)
 	}
 	return nil
 }
@@ -32,7 +31,7 @@ func (s *Store) SessionExpiry(ctx context.Context, tokenHash [32]byte, now time.
 		return time.Time{}, false, nil
 	}
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("postgres: session: %w", err)
+		return time.Time{}, false, wrap("session", err)
 	}
 	return fromMS(ms), true, nil
 }
@@ -40,7 +39,7 @@ func (s *Store) SessionExpiry(ctx context.Context, tokenHash [32]byte, now time.
 // DeleteSession ends the session with tokenHash; an unknown one is no error.
 func (s *Store) DeleteSession(ctx context.Context, tokenHash [32]byte) error {
 	if _, err := s.pool.Exec(ctx, `DELETE FROM sessions WHERE token_hash = $1`, tokenHash[:]); err != nil {
-		return fmt.Errorf("postgres: delete session: %w", err)
+		return wrap("delete session", err)
 	}
 	return nil
 }
@@ -50,7 +49,7 @@ func (s *Store) DeleteSession(ctx context.Context, tokenHash [32]byte) error {
 func (s *Store) DeleteSessionsExcept(ctx context.Context, keep [32]byte) (int64, error) {
 	tag, err := s.pool.Exec(ctx, `DELETE FROM sessions WHERE token_hash <> $1`, keep[:])
 	if err != nil {
-		return 0, fmt.Errorf("postgres: delete sessions: %w", err)
+		return 0, wrap("delete sessions", err)
 	}
 	return tag.RowsAffected(), nil
 }

@@ -14,7 +14,7 @@ import (
 func (s *Store) Settings(ctx context.Context) (map[string]string, error) {
 	rows, err := s.pool.Query(ctx, `SELECT name, value FROM settings`)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: settings: %w", err)
+		return nil, wrap("settings", err)
 	}
 	defer rows.Close()
 	out, err := sqlkit.Settings(rows)
@@ -33,7 +33,7 @@ const sqlSetSetting = `
 // Caddyfile's value for name changes.
 func (s *Store) SetSetting(ctx context.Context, name, value string) error {
 	if _, err := s.pool.Exec(ctx, sqlSetSetting, name, value, toMS(time.Now())); err != nil {
-		return fmt.Errorf("postgres: set setting %s: %w", name, err)
+		return wrap("set setting "+name, err)
 	}
 	return nil
 }
@@ -52,7 +52,7 @@ func (s *Store) ApplyConfigSetting(ctx context.Context, name, value string) (app
 		WHERE settings.config_value IS DISTINCT FROM excluded.config_value`,
 		name, value, toMS(time.Now()))
 	if err != nil {
-		return false, fmt.Errorf("postgres: apply setting %s: %w", name, err)
+		return false, wrap("apply setting "+name, err)
 	}
 	return tag.RowsAffected() > 0, nil
 }
@@ -70,7 +70,7 @@ func (s *Store) SetSettings(ctx context.Context, values map[string]string) error
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("postgres: set settings: %w", err)
+		return wrap("set settings", err)
 	}
 	return nil
 }

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
@@ -100,7 +99,7 @@ func (s *Store) usageBuckets(ctx context.Context, bounds []time.Time, query stri
 	args := append([]any{is, los, his}, filter...)
 	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: usage buckets: %w", err)
+		return nil, wrap("usage buckets", err)
 	}
 	defer rows.Close()
 	out, err := sqlkit.Buckets(rows, n)
@@ -130,7 +129,7 @@ func (s *Store) usageByModel(ctx context.Context, from, to time.Time, limit int,
 	args := append([]any{toMS(from), toMS(to), limit}, filter...)
 	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: usage by model: %w", err)
+		return nil, wrap("usage by model", err)
 	}
 	defer rows.Close()
 	out, err := sqlkit.ModelUsage(rows)
