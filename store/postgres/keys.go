@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // AddKeys adds upstream keys in one transaction, as an operator's explicit add: a key deleted
@@ -98,21 +99,11 @@ func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
 		return nil, wrap("keys", err)
 	}
 	defer rows.Close()
-	var keys []store.Key
-	for rows.Next() {
-		var k store.Key
-		var lastUsed, created int64
-		if err := rows.Scan(&k.ID, &k.Secret, &k.Project, &k.Status, &k.DisabledReason, &k.ManualDisabled,
-			&k.Failures, &k.LastError, &lastUsed, &k.Requests, &k.FailedRequests, &created); err != nil {
-			return nil, wrap("keys", err)
-		}
-		k.LastUsedAt, k.CreatedAt = fromMS(lastUsed), fromMS(created)
-		keys = append(keys, k)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.Keys(rows)
+	if err != nil {
 		return nil, wrap("keys", err)
 	}
-	return keys, nil
+	return out, nil
 }
 
 // DeleteKey deletes an upstream key and its cooldowns, resources and upload sessions; its log
@@ -170,7 +161,7 @@ func (s *Store) ReviveKey(ctx context.Context, id int64) (bool, error) {
 // active also deletes the key's cooldowns. store.ErrNotFound when no row changed.
 func (s *Store) setKeyStatus(ctx context.Context, id int64, query string, args []any, active bool) error {
 	// Hold off the writer so a batch in flight cannot land after this write.
-	unlock := s.w.exclude(id, active)
+	unlock := s.w.Exclude(id, active)
 	defer unlock()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if err := mustAffect(tx.Exec(ctx, query, args...)); err != nil {
@@ -194,17 +185,8 @@ func (s *Store) Cooldowns(ctx context.Context, now time.Time) ([]store.Cooldown,
 		return nil, wrap("cooldowns", err)
 	}
 	defer rows.Close()
-	var out []store.Cooldown
-	for rows.Next() {
-		var c store.Cooldown
-		var until int64
-		if err := rows.Scan(&c.KeyID, &c.Model, &until); err != nil {
-			return nil, wrap("cooldowns", err)
-		}
-		c.Until = fromMS(until)
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.Cooldowns(rows)
+	if err != nil {
 		return nil, wrap("cooldowns", err)
 	}
 	return out, nil

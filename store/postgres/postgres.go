@@ -36,6 +36,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/batch"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // Store is an open PostgreSQL database (a pgxpool pool) plus its background writer. It is safe
@@ -44,8 +46,12 @@ type Store struct {
 	path   string // the URL, password masked
 	pool   *pgxpool.Pool
 	logger *zap.Logger
-	w      *writer
-	cl     *cluster // the Store as a store.Cluster (cluster.go)
+	o      options
+	w      *batch.Writer
+	// batchLog answers the log methods of store.Store (LogRequest, LogError, SaveKeyState,
+	// SaveCooldown, SaveKeyProject, Flush, Dropped, Written) from w.
+	batchLog
+	cl *cluster // the Store as a store.Cluster (cluster.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -53,26 +59,38 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
+// batchLog is batch.Log under a name that keeps the embedded field unexported.
+type batchLog = batch.Log
+
 // options are knobs for tests; Open uses defaultOptions.
 type options struct {
-	queueSize     int           // capacity of the log queue
-	batchSize     int           // rows per transaction
-	interval      time.Duration // longest wait for a batch to fill
-	closeTimeout  time.Duration // how long Close keeps retrying a failing batch
+	writer        batch.Options // the log writer (see writer.go)
+	purge         sqlkit.Purge  // retention's transactions
 	commitTimeout time.Duration // longest one batch transaction may take before it counts as failed
-	maxBackoff    time.Duration // longest pause between two attempts of a failing batch
-	paused        bool          // the writer waits for writer.resume before it starts
 	cluster       clusterOptions
 }
 
 func defaultOptions() options {
 	return options{
-		queueSize:     65536,
-		batchSize:     4096,
-		interval:      50 * time.Millisecond,
-		closeTimeout:  30 * time.Second,
+		writer: batch.Options{
+			QueueSize:    65536,
+			BatchSize:    4096,
+			Interval:     50 * time.Millisecond,
+			CloseTimeout: 30 * time.Second,
+			MaxBackoff:   2 * time.Second,
+			MaxAttempts:  maxAttempts,
+			// Text PostgreSQL cannot store (NUL bytes, invalid UTF-8) becomes U+FFFD; a failing
+			// batch is logged every retryLogEvery; once Close has given up on a batch for an
+			// unreachable server the rest is dropped without an attempt (each could wait a
+			// connect timeout).
+			Clean:                 clean,
+			RetryLogEvery:         retryLogEvery,
+			SkipAfterCloseTimeout: true,
+		},
+		// Few enough rows that a transaction stays short (PostgreSQL lets the log writer in
+		// meanwhile, but a long delete holds back vacuum and replication).
+		purge:         sqlkit.Purge{Batch: 5000, Pause: 20 * time.Millisecond},
 		commitTimeout: 30 * time.Second,
-		maxBackoff:    2 * time.Second,
 		cluster:       defaultClusterOptions(),
 	}
 }
@@ -112,9 +130,9 @@ func open(ctx context.Context, url string, logger *zap.Logger, o options) (*Stor
 		pool.Close()
 		return nil, fmt.Errorf("postgres: open %s: %w", masked, err)
 	}
-	s := &Store{path: masked, pool: pool, logger: logger, cl: newCluster(pool, logger, o.cluster)}
-	s.w = newWriter(pool, logger, o)
-	go s.w.run()
+	s := &Store{path: masked, pool: pool, logger: logger, o: o, cl: newCluster(pool, logger, o.cluster)}
+	s.w = batch.New(&committer{pool: pool, timeout: o.commitTimeout}, logger, o.writer)
+	s.batchLog = s.w.Log()
 	return s, nil
 }
 
@@ -128,7 +146,7 @@ func (s *Store) Path() string { return s.path }
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.cl.close()
-		s.w.close()
+		s.w.Close()
 		s.pool.Close()
 	})
 	return s.closeErr
@@ -155,21 +173,8 @@ func MaskURL(raw string) string {
 
 // ---- helpers
 
-// toMS converts t to unix milliseconds; the zero time becomes 0.
-func toMS(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixMilli()
-}
-
-// fromMS converts unix milliseconds to a UTC time; 0 becomes the zero time.
-func fromMS(ms int64) time.Time {
-	if ms == 0 {
-		return time.Time{}
-	}
-	return time.UnixMilli(ms).UTC()
-}
+// toMS and fromMS convert times to and from unix milliseconds, as the tables hold them.
+var toMS, fromMS = sqlkit.ToMS, sqlkit.FromMS
 
 // mustAffect turns an UPDATE or DELETE that changed no row into store.ErrNotFound.
 func mustAffect(tag pgconn.CommandTag, err error) error {

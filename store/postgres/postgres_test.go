@@ -21,30 +21,19 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-// The store's types and names, so that these tests read as the SQLite engine's, which they
-// mirror.
+// The store's types and names these tests use, as short names.
 type (
-	Key            = store.Key
-	KeyState       = store.KeyState
-	Cooldown       = store.Cooldown
-	RequestLog     = store.RequestLog
-	ErrorLog       = store.ErrorLog
-	LogQuery       = store.LogQuery
-	Usage          = store.Usage
-	ModelUsage     = store.ModelUsage
-	AccessKeyUsage = store.AccessKeyUsage
+	Key        = store.Key
+	KeyState   = store.KeyState
+	Cooldown   = store.Cooldown
+	RequestLog = store.RequestLog
+	ErrorLog   = store.ErrorLog
+	LogQuery   = store.LogQuery
 )
 
-const (
-	StatusActive   = store.StatusActive
-	StatusDisabled = store.StatusDisabled
-)
+const StatusDisabled = store.StatusDisabled
 
-var (
-	ErrNotFound  = store.ErrNotFound
-	ErrDuplicate = store.ErrDuplicate
-	HashSecret   = store.HashSecret
-)
+var HashSecret = store.HashSecret
 
 // openTest opens a store on the database at url with default options adjusted by opt, closed
 // at test end.
@@ -139,35 +128,6 @@ func TestOpenMigratesAndPathIsMasked(t *testing.T) {
 	if _, err := Open(context.Background(), "postgres://u:topsecret@127.0.0.1:1/x?connect_timeout=2", nil); err == nil ||
 		strings.Contains(err.Error(), "topsecret") {
 		t.Errorf("open of an unreachable server = %v; want an error without the password", err)
-	}
-}
-
-func TestOpenAgainKeepsDataAndSchema(t *testing.T) {
-	url := pgtest.URL(t)
-	ctx := context.Background()
-	s, err := Open(ctx, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.AddKeys(ctx, []string{"key-1"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatalf("second Close: %v", err)
-	}
-	s = openTest(t, url, nil, nil)
-	keys, err := s.Keys(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(keys) != 1 || keys[0].Secret != "key-1" {
-		t.Fatalf("keys after reopen = %+v", keys)
-	}
-	if v := dbVersion(t, s.pool); v != len(migrations) {
-		t.Errorf("schema version = %d, want %d", v, len(migrations))
 	}
 }
 

@@ -17,7 +17,7 @@ func (s *Store) SetKeysProject(ctx context.Context, ids []int64, project string)
 	if err := store.CheckProject(project); err != nil {
 		return 0, wrap("set keys project", err)
 	}
-	unlock := s.w.excludeProjects(ids)
+	unlock := s.w.ExcludeProjects(ids)
 	defer unlock()
 	if len(ids) == 0 {
 		return 0, nil
@@ -29,20 +29,4 @@ func (s *Store) SetKeysProject(ctx context.Context, ids []int64, project string)
 		return 0, wrap("set keys project", err)
 	}
 	return tag.RowsAffected(), nil
-}
-
-// SaveKeyProject records a project label the gateway learned for key id and returns at once;
-// the background writer stores it only if the key has no label then (an operator's label always
-// wins). Labels are kept per key, newest wins, and are never dropped. An empty label or one
-// store.CheckProject refuses (after trimming) is ignored.
-func (s *Store) SaveKeyProject(id int64, project string) {
-	project = strings.TrimSpace(project)
-	if project == "" || store.CheckProject(project) != nil {
-		return
-	}
-	w := s.w
-	w.stateMu.Lock()
-	w.projects[id] = project
-	w.stateMu.Unlock()
-	w.wake()
 }

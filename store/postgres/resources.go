@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // ---- upload sessions
@@ -57,7 +58,7 @@ func (s *Store) DeleteUploadSession(ctx context.Context, id string) error {
 func (s *Store) PurgeUploadSessions(ctx context.Context, now time.Time) (int64, error) {
 	return s.purge(ctx, "upload sessions",
 		`DELETE FROM upload_sessions WHERE upload_id IN (SELECT upload_id FROM upload_sessions WHERE expires_at <= $1 LIMIT $2)`,
-		toMS(now), purgeBatch, purgePause)
+		toMS(now))
 }
 
 // ---- key-bound resources
@@ -125,15 +126,7 @@ func (s *Store) ResourceOwners(ctx context.Context, names []string, now time.Tim
 		return nil, wrap("resource owners", err)
 	}
 	defer rows.Close()
-	for rows.Next() {
-		var name string
-		var o store.Owner
-		if err := rows.Scan(&name, &o.KeyID, &o.AccessKeyID); err != nil {
-			return nil, wrap("resource owners", err)
-		}
-		out[name] = o
-	}
-	if err := rows.Err(); err != nil {
+	if err := sqlkit.Owners(rows, out); err != nil {
 		return nil, wrap("resource owners", err)
 	}
 	return out, nil
@@ -156,16 +149,8 @@ func (s *Store) OwnedResourceCounts(ctx context.Context, now time.Time) (map[int
 		return nil, wrap("owned resource counts", err)
 	}
 	defer rows.Close()
-	out := make(map[int64]int)
-	for rows.Next() {
-		var id int64
-		var n int
-		if err := rows.Scan(&id, &n); err != nil {
-			return nil, wrap("owned resource counts", err)
-		}
-		out[id] = n
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.KeyCounts(rows)
+	if err != nil {
 		return nil, wrap("owned resource counts", err)
 	}
 	return out, nil
@@ -176,5 +161,5 @@ func (s *Store) OwnedResourceCounts(ctx context.Context, now time.Time) (map[int
 func (s *Store) PurgeResources(ctx context.Context, now time.Time) (int64, error) {
 	return s.purge(ctx, "resources",
 		`DELETE FROM resources WHERE name IN (SELECT name FROM resources WHERE expires_at > 0 AND expires_at <= $1 LIMIT $2)`,
-		toMS(now), purgeBatch, purgePause)
+		toMS(now))
 }

@@ -5,15 +5,6 @@ import (
 	"time"
 )
 
-const (
-	// purgeBatch is how many rows one retention transaction deletes: few enough that a
-	// transaction stays short (PostgreSQL lets the log writer in meanwhile, but a long delete
-	// holds back vacuum and replication).
-	purgeBatch = 5000
-	// purgePause is the break between two batches.
-	purgePause = 20 * time.Millisecond
-)
-
 // PurgeRequestLogs deletes the request log rows older than before (a row at exactly before is
 // kept) and returns how many it deleted. It deletes in small transactions with a pause between
 // them; when ctx ends it stops between two batches and returns what it deleted so far with
@@ -21,14 +12,14 @@ const (
 func (s *Store) PurgeRequestLogs(ctx context.Context, before time.Time) (int64, error) {
 	return s.purge(ctx, "request logs",
 		`DELETE FROM request_logs WHERE id IN (SELECT id FROM request_logs WHERE time < $1 LIMIT $2)`,
-		toMS(before), purgeBatch, purgePause)
+		toMS(before))
 }
 
 // PurgeErrorLogs deletes the error log rows older than before, as PurgeRequestLogs does.
 func (s *Store) PurgeErrorLogs(ctx context.Context, before time.Time) (int64, error) {
 	return s.purge(ctx, "error logs",
 		`DELETE FROM error_logs WHERE id IN (SELECT id FROM error_logs WHERE time < $1 LIMIT $2)`,
-		toMS(before), purgeBatch, purgePause)
+		toMS(before))
 }
 
 // PurgeSessions deletes the admin sessions expired at now (expiry at or before now), in
@@ -36,7 +27,7 @@ func (s *Store) PurgeErrorLogs(ctx context.Context, before time.Time) (int64, er
 func (s *Store) PurgeSessions(ctx context.Context, now time.Time) (int64, error) {
 	return s.purge(ctx, "sessions",
 		`DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE expires_at <= $1 LIMIT $2)`,
-		toMS(now), purgeBatch, purgePause)
+		toMS(now))
 }
 
 // PurgeCooldowns deletes the cooldowns over at now (until at or before now), in batches as
@@ -45,7 +36,7 @@ func (s *Store) PurgeSessions(ctx context.Context, now time.Time) (int64, error)
 func (s *Store) PurgeCooldowns(ctx context.Context, now time.Time) (int64, error) {
 	return s.purge(ctx, "cooldowns",
 		`DELETE FROM cooldowns WHERE (key_id, model) IN (SELECT key_id, model FROM cooldowns WHERE until <= $1 LIMIT $2)`,
-		toMS(now), purgeBatch, purgePause)
+		toMS(now))
 }
 
 // PurgeUsage deletes the per-slot sums of the request log (the totals per model and those per
@@ -56,37 +47,27 @@ func (s *Store) PurgeUsage(ctx context.Context, before time.Time) (int64, error)
 	cutoff := toMS(before) - slotMS
 	n, err := s.purge(ctx, "usage",
 		`DELETE FROM request_usage WHERE (slot, model) IN (SELECT slot, model FROM request_usage WHERE slot <= $1 LIMIT $2)`,
-		cutoff, purgeBatch, purgePause)
+		cutoff)
 	if err != nil {
 		return n, err
 	}
 	m, err := s.purge(ctx, "access key usage",
 		`DELETE FROM access_key_usage WHERE (slot, access_key_id, model, limit_hit) IN
 			(SELECT slot, access_key_id, model, limit_hit FROM access_key_usage WHERE slot <= $1 LIMIT $2)`,
-		cutoff, purgeBatch, purgePause)
+		cutoff)
 	return n + m, err
 }
 
-// purge runs query (a DELETE of at most batch rows with a cutoff, bound in that order) until
-// it deletes fewer than batch rows, pausing between runs. Each run is its own transaction.
-func (s *Store) purge(ctx context.Context, what, query string, cutoff int64, batch int, pause time.Duration) (int64, error) {
-	var total int64
-	for {
+// purge runs query (a DELETE of at most a batch of rows with a cutoff, bound in that order)
+// in transactions of s.o.purge's size until one deletes fewer, pausing between them (see
+// sqlkit.Purge).
+func (s *Store) purge(ctx context.Context, what, query string, cutoff int64) (int64, error) {
+	n, err := s.o.purge.Run(ctx, func(ctx context.Context, batch int) (int64, error) {
 		tag, err := s.pool.Exec(ctx, query, cutoff, batch)
-		if err != nil {
-			return total, wrap("purge "+what, err)
-		}
-		n := tag.RowsAffected()
-		total += n
-		if n < int64(batch) {
-			return total, nil
-		}
-		t := time.NewTimer(pause)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return total, wrap("purge "+what, ctx.Err())
-		case <-t.C:
-		}
+		return tag.RowsAffected(), err
+	})
+	if err != nil {
+		return n, wrap("purge "+what, err)
 	}
+	return n, nil
 }

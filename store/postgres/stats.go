@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // The statistics are answered as in the SQLite store: from the per-slot sums (request_usage,
@@ -31,27 +32,20 @@ func (s *Store) UsageBuckets(ctx context.Context, bounds []time.Time) ([]store.U
 
 // bucketsFrom checks bounds and answers UsageBuckets with q's queries, binding filter after
 // the buckets.
-func (s *Store) bucketsFrom(ctx context.Context, bounds []time.Time, q usageQueries, filter ...any) ([]store.Usage, error) {
-	slots, err := store.CheckBuckets(bounds)
+func (s *Store) bucketsFrom(ctx context.Context, bounds []time.Time, q sqlkit.UsageQueries, filter ...any) ([]store.Usage, error) {
+	query, err := q.Buckets(bounds)
 	if err != nil {
 		return nil, err
 	}
-	if slots {
-		return s.usageBuckets(ctx, bounds, q.slotBuckets, filter...)
-	}
-	return s.usageBuckets(ctx, bounds, q.rawBuckets, filter...)
+	return s.usageBuckets(ctx, bounds, query, filter...)
 }
 
-// usageQueries are the statistics queries over one set of request rows, from the per-slot
-// sums and from the rows themselves. The bucket queries read the buckets from arrays bound
+// The statistics queries (sqlkit.UsageQueries) over one set of request rows, from the
+// per-slot sums and from the rows themselves. The bucket queries read the buckets from arrays bound
 // as $1 (index), $2 (lower bound) and $3 (upper bound) and answer one row (i, requests,
 // failures, prompt, candidates, total) per bucket that is not empty, binding the filter (if
 // the set has one) as $4; the by-model queries bind from, to and the limit as $1 to $3, then
 // the filter as $4.
-type usageQueries struct {
-	slotBuckets, rawBuckets, slotByModel, rawByModel string
-}
-
 var (
 	// allUsage covers every request row.
 	allUsage = newUsageQueries("request_usage", "")
@@ -62,31 +56,31 @@ var (
 // newUsageQueries returns the queries reading the per-slot sums from table and the request
 // rows, narrowed to the value of column col when it is not empty (the rows' and the sums'
 // column have the same name).
-func newUsageQueries(table, col string) usageQueries {
+func newUsageQueries(table, col string) sqlkit.UsageQueries {
 	on, where := "", ""
 	if col != "" {
 		on, where = " AND "+col+" = $4", " AND "+col+" = $4"
 	}
 	const buckets = `WITH b (i, lo, hi) AS (SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[]))`
-	return usageQueries{
-		slotBuckets: buckets + `
+	return sqlkit.UsageQueries{
+		SlotBuckets: buckets + `
 			SELECT b.i, SUM(u.requests)::bigint, SUM(u.failures)::bigint, SUM(u.prompt_tokens)::bigint,
 			       SUM(u.candidates_tokens)::bigint, SUM(u.total_tokens)::bigint
 			FROM b JOIN ` + table + ` u ON u.slot >= b.lo AND u.slot < b.hi` + on + `
 			GROUP BY b.i`,
 		// One range scan of the time index per bucket.
-		rawBuckets: buckets + `
+		RawBuckets: buckets + `
 			SELECT b.i, COUNT(*), COUNT(*) FILTER (WHERE r.status NOT BETWEEN 200 AND 399),
 			       COALESCE(SUM(r.prompt_tokens), 0)::bigint, COALESCE(SUM(r.candidates_tokens), 0)::bigint,
 			       COALESCE(SUM(r.total_tokens), 0)::bigint
 			FROM b JOIN request_logs r ON r.time >= b.lo AND r.time < b.hi` + on + `
 			GROUP BY b.i`,
-		slotByModel: `
+		SlotByModel: `
 			SELECT model, SUM(requests)::bigint AS n, SUM(failures)::bigint, SUM(prompt_tokens)::bigint,
 			       SUM(candidates_tokens)::bigint, SUM(total_tokens)::bigint
 			FROM ` + table + ` WHERE slot >= $1 AND slot < $2` + where + `
 			GROUP BY model ORDER BY n DESC, model COLLATE "C" LIMIT $3`,
-		rawByModel: `
+		RawByModel: `
 			SELECT model, COUNT(*) AS n, COUNT(*) FILTER (WHERE status NOT BETWEEN 200 AND 399),
 			       SUM(prompt_tokens)::bigint, SUM(candidates_tokens)::bigint, SUM(total_tokens)::bigint
 			FROM request_logs WHERE time >= $1 AND time < $2` + where + `
@@ -108,16 +102,8 @@ func (s *Store) usageBuckets(ctx context.Context, bounds []time.Time, query stri
 		return nil, wrap("usage buckets", err)
 	}
 	defer rows.Close()
-	out := make([]store.Usage, n)
-	for rows.Next() {
-		var i int
-		var u store.Usage
-		if err := rows.Scan(&i, &u.Requests, &u.Failures, &u.PromptTokens, &u.CandidatesTokens, &u.TotalTokens); err != nil {
-			return nil, wrap("usage buckets", err)
-		}
-		out[i] = u
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.Buckets(rows, n)
+	if err != nil {
 		return nil, wrap("usage buckets", err)
 	}
 	return out, nil
@@ -131,11 +117,8 @@ func (s *Store) UsageByModel(ctx context.Context, from, to time.Time, limit int)
 }
 
 // byModelFrom answers UsageByModel with q's queries, binding filter last.
-func (s *Store) byModelFrom(ctx context.Context, from, to time.Time, limit int, q usageQueries, filter ...any) ([]store.ModelUsage, error) {
-	if onSlot(from) && onSlot(to) {
-		return s.usageByModel(ctx, from, to, limit, q.slotByModel, filter...)
-	}
-	return s.usageByModel(ctx, from, to, limit, q.rawByModel, filter...)
+func (s *Store) byModelFrom(ctx context.Context, from, to time.Time, limit int, q sqlkit.UsageQueries, filter ...any) ([]store.ModelUsage, error) {
+	return s.usageByModel(ctx, from, to, limit, q.ByModel(from, to), filter...)
 }
 
 // usageByModel runs query (see usageQueries) with the bounds, the limit and filter.
@@ -149,15 +132,8 @@ func (s *Store) usageByModel(ctx context.Context, from, to time.Time, limit int,
 		return nil, wrap("usage by model", err)
 	}
 	defer rows.Close()
-	var out []store.ModelUsage
-	for rows.Next() {
-		var m store.ModelUsage
-		if err := rows.Scan(&m.Model, &m.Requests, &m.Failures, &m.PromptTokens, &m.CandidatesTokens, &m.TotalTokens); err != nil {
-			return nil, wrap("usage by model", err)
-		}
-		out = append(out, m)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.ModelUsage(rows)
+	if err != nil {
 		return nil, wrap("usage by model", err)
 	}
 	return out, nil

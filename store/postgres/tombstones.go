@@ -3,12 +3,11 @@ package postgres
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // Kinds of tombstones: a secret deleted in the admin panel, kept as its SHA-256 so the
@@ -43,35 +42,12 @@ func tombstoned(ctx context.Context, tx pgx.Tx, kind string, hash [32]byte) (boo
 	return err == nil, err
 }
 
-// insertSecrets is the one loop behind adding upstream keys and access keys, in the caller's
-// transaction tx. Each secret is trimmed of white space; an empty one is skipped. A secret
-// from the config (fromConfig) that was deleted in the admin panel (a tombstone of kind is
-// stored) is skipped and counted in skipped; an operator's explicit add instead clears its
-// tombstone, so it is wanted again. Then insert stores it, given its index in secrets, the
-// trimmed secret and its SHA-256; an error from it ends the loop and is returned as it is.
+// insertSecrets adds secrets of kind in the caller's transaction tx, under the tombstone rules
+// of sqlkit.InsertSecrets.
 func insertSecrets(ctx context.Context, tx pgx.Tx, kind string, secrets []string, fromConfig bool,
 	insert func(i int, secret string, hash [32]byte) error) (skipped int, err error) {
-	for i, secret := range secrets {
-		secret = strings.TrimSpace(secret)
-		if secret == "" {
-			continue
-		}
-		h := store.HashSecret(secret)
-		if fromConfig {
-			dead, err := tombstoned(ctx, tx, kind, h)
-			if err != nil {
-				return skipped, err
-			}
-			if dead {
-				skipped++
-				continue
-			}
-		} else if err := clearTombstone(ctx, tx, kind, h); err != nil {
-			return skipped, err
-		}
-		if err := insert(i, secret, h); err != nil {
-			return skipped, err
-		}
-	}
-	return skipped, nil
+	return sqlkit.InsertSecrets(secrets, fromConfig, sqlkit.Tombstones{
+		Has:   func(h [32]byte) (bool, error) { return tombstoned(ctx, tx, kind, h) },
+		Clear: func(h [32]byte) error { return clearTombstone(ctx, tx, kind, h) },
+	}, insert)
 }

@@ -6,20 +6,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/geminisynapse/caddy-gemini-synapse/internal/pgtest"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
-)
 
-func countRequests(t testing.TB, s *Store) int64 {
-	t.Helper()
-	n, err := s.CountRequestLogs(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
+	"github.com/geminisynapse/caddy-gemini-synapse/internal/pgtest"
+	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/enginetest"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/storetest"
+)
 
 func addKeys(t testing.TB, s *Store, secrets ...string) []Key {
 	t.Helper()
@@ -34,160 +29,6 @@ func addKeys(t testing.TB, s *Store, secrets ...string) []Key {
 	return keys
 }
 
-func TestFlushCommitsWhatCameBefore(t *testing.T) {
-	// With an hour-long batch interval only Flush makes rows visible early.
-	s := openTest(t, pgtest.URL(t), nil, func(o *options) { o.interval = time.Hour })
-	for range 3 {
-		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
-	}
-	s.LogError(ErrorLog{Time: time.Now(), Status: 500})
-	time.Sleep(50 * time.Millisecond)
-	if n := countRequests(t, s); n != 0 {
-		t.Fatalf("%d rows visible before Flush with an hour-long interval", n)
-	}
-	s.Flush()
-	if n := countRequests(t, s); n != 3 {
-		t.Fatalf("%d rows after Flush, want 3", n)
-	}
-	errs, err := s.RecentErrors(context.Background(), LogQuery{})
-	if err != nil || len(errs) != 1 {
-		t.Fatalf("errors after Flush = %v, %v", errs, err)
-	}
-	s.Flush() // nothing pending: returns
-}
-
-func TestKeyStatesAreCoalesced(t *testing.T) {
-	s := openTest(t, pgtest.URL(t), nil, func(o *options) { o.paused = true })
-	keys := addKeys(t, s, "a", "b")
-	a, b := keys[0].ID, keys[1].ID
-	for i := range 100 {
-		s.SaveKeyState(KeyState{KeyID: a, Disabled: i%2 == 1, Reason: fmt.Sprint("reason ", i), Failures: i, LastError: fmt.Sprint("error ", i)})
-	}
-	s.SaveKeyState(KeyState{KeyID: b, Disabled: false, Reason: "ignored when enabled", Failures: 1, LastError: "503"})
-	s.w.stateMu.Lock()
-	pending := len(s.w.states)
-	s.w.stateMu.Unlock()
-	if pending != 2 {
-		t.Errorf("%d pending states, want 2 (one per key)", pending)
-	}
-	s.w.resume()
-	s.Flush()
-
-	keys, _ = s.Keys(context.Background())
-	if k := keys[0]; k.Status != StatusDisabled || k.DisabledReason != "reason 99" || k.Failures != 99 || k.LastError != "error 99" || k.ManualDisabled {
-		t.Errorf("key a = %+v, want the 100th state", k)
-	}
-	if k := keys[1]; k.Status != StatusActive || k.DisabledReason != "" || k.Failures != 1 || k.LastError != "503" {
-		t.Errorf("key b = %+v", k)
-	}
-
-	// The pool re-enables a key it had disabled itself; the reason goes.
-	s.SaveKeyState(KeyState{KeyID: a, Disabled: false, Reason: "stale", Failures: 0})
-	s.Flush()
-	keys, _ = s.Keys(context.Background())
-	if k := keys[0]; k.Status != StatusActive || k.DisabledReason != "" || k.Failures != 0 {
-		t.Errorf("key a after re-enable = %+v", k)
-	}
-}
-
-func TestManualDisableIsNotOverwrittenByThePool(t *testing.T) {
-	s := openTest(t, pgtest.URL(t), nil, func(o *options) { o.paused = true })
-	ctx := context.Background()
-	keys := addKeys(t, s, "a", "b")
-	a, b := keys[0].ID, keys[1].ID
-
-	// Pool state saved before an operator's decision and not yet written does not undo it.
-	s.SaveKeyState(KeyState{KeyID: b, Disabled: true, Reason: "invalid key", Failures: 3})
-	s.SaveCooldown(Cooldown{KeyID: b, Model: "m", Until: time.Now().Add(time.Hour)})
-	if err := s.SetKeyStatus(ctx, b, StatusActive, "", false); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.SetKeyStatus(ctx, a, StatusDisabled, "operator", true); err != nil {
-		t.Fatal(err)
-	}
-	s.w.resume()
-	// Pool state saved after it: counters move, status and reason stay.
-	s.SaveKeyState(KeyState{KeyID: a, Disabled: false, Failures: 2, LastError: "timeout"})
-	s.Flush()
-
-	keys, _ = s.Keys(ctx)
-	if k := keys[0]; k.Status != StatusDisabled || k.DisabledReason != "operator" || !k.ManualDisabled || k.Failures != 2 || k.LastError != "timeout" {
-		t.Errorf("manually disabled key = %+v", k)
-	}
-	if k := keys[1]; k.Status != StatusActive || k.Failures != 0 {
-		t.Errorf("key enabled by the operator = %+v", k)
-	}
-	if cds, _ := s.Cooldowns(ctx, time.Now()); len(cds) != 0 {
-		t.Errorf("cooldowns of the enabled key = %+v", cds)
-	}
-}
-
-func TestFullQueueDropsAndCounts(t *testing.T) {
-	core, logs := observer.New(zapcore.WarnLevel)
-	path := pgtest.URL(t)
-	s := openTest(t, path, zap.New(core), func(o *options) {
-		o.queueSize = 4
-		o.paused = true
-	})
-	for range 10 {
-		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
-	}
-	if got := s.Dropped(); got != 6 {
-		t.Fatalf("Dropped() = %d, want 6", got)
-	}
-	warns := logs.FilterMessage("log queue full, dropping rows").All()
-	if len(warns) != 1 {
-		t.Fatalf("%d drop warnings in a burst, want 1", len(warns))
-	}
-	if got := warns[0].ContextMap()["dropped_total"]; got != uint64(1) {
-		t.Errorf("dropped_total = %v, want 1", got)
-	}
-	s.w.resume()
-	s.Flush()
-	if n := countRequests(t, s); n != 4 {
-		t.Fatalf("%d rows written, want the 4 queued", n)
-	}
-	if got := s.Written(); got != 4 {
-		t.Errorf("Written() = %d, want 4 (dropped rows are not written)", got)
-	}
-	s.LogError(ErrorLog{Time: time.Now(), Status: 500})
-	s.Flush()
-	if got := s.Written(); got != 5 {
-		t.Errorf("Written() = %d after an error row, want 5", got)
-	}
-}
-
-// TestRowsAfterCloseAreCounted: a row logged after Close cannot be written; it is counted as
-// dropped (as a row the full queue refused is) and a warning says so, at most once a second.
-func TestRowsAfterCloseAreCounted(t *testing.T) {
-	core, logs := observer.New(zapcore.WarnLevel)
-	s := openTest(t, pgtest.URL(t), zap.New(core), nil)
-	s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if got := s.Dropped(); got != 0 {
-		t.Fatalf("Dropped() = %d before any row after Close", got)
-	}
-	for range 5 {
-		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
-	}
-	s.LogError(ErrorLog{Time: time.Now(), Status: 500})
-	if got := s.Dropped(); got != 6 {
-		t.Errorf("Dropped() = %d after 6 rows logged to a closed store, want 6", got)
-	}
-	if got := s.Written(); got != 1 {
-		t.Errorf("Written() = %d, want 1", got)
-	}
-	warns := logs.FilterMessage("log store closed, dropping rows").All()
-	if len(warns) != 1 {
-		t.Fatalf("%d warnings for a burst of rows after Close, want 1", len(warns))
-	}
-	if got := warns[0].ContextMap()["dropped_total"]; got != uint64(1) {
-		t.Errorf("dropped_total = %v, want 1", got)
-	}
-}
-
 // TestWriterRidesOutAStoppedServer stops the server (pg_ctl stop) for a few seconds while the
 // gateway keeps logging: logging never blocks, the writer keeps its batch and the queue (the
 // rows beyond them are dropped and counted), retries with backoff, and writes everything it
@@ -198,8 +39,8 @@ func TestWriterRidesOutAStoppedServer(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	const queue, batch = 1000, 100
 	s := openTest(t, url, zap.New(core), func(o *options) {
-		o.queueSize, o.batchSize = queue, batch
-		o.maxBackoff = 200 * time.Millisecond
+		o.writer.QueueSize, o.writer.BatchSize = queue, batch
+		o.writer.MaxBackoff = 200 * time.Millisecond
 	})
 	ctx := context.Background()
 	keys := addKeys(t, s, "AIzaSyOUTAGE-key-a-aaaaaaaaaaaaaaaaaaaaa", "AIzaSyOUTAGE-key-b-bbbbbbbbbbbbbbbbbbbbb")
@@ -228,7 +69,17 @@ func TestWriterRidesOutAStoppedServer(t *testing.T) {
 	logged := make(chan struct{})
 	go func() {
 		defer close(logged)
-		for i := range during {
+		// A batch first, which the writer takes and then keeps retrying: from then on it
+		// takes nothing from the queue, so the rows the full queue refuses are the newest.
+		// (Were the writer still taking its batch when the queue filled, a later row could
+		// take a place freed after an earlier one was refused.)
+		for i := range batch {
+			s.LogRequest(row(before + i))
+		}
+		for deadline := time.Now().Add(30 * time.Second); s.w.FailedAttempts() == 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		for i := batch; i < during; i++ {
 			s.LogRequest(row(before + i))
 		}
 		s.LogError(ErrorLog{Time: t0, KeyID: b, AccessKeyID: ak, Status: 503, Message: "during the outage"})
@@ -256,7 +107,7 @@ func TestWriterRidesOutAStoppedServer(t *testing.T) {
 	}
 
 	time.Sleep(3 * time.Second) // down for a few seconds; the writer keeps retrying
-	if s.w.failedTxs.Load() == 0 {
+	if s.w.FailedAttempts() == 0 {
 		t.Error("no failed attempt while the server was down")
 	}
 	if w := s.Written(); w != before {
@@ -288,7 +139,13 @@ func TestWriterRidesOutAStoppedServer(t *testing.T) {
 	if n := countRows(t, s, "request_logs"); last != toMS(row(int(n)-1).Time) {
 		t.Errorf("the newest row written is at %d, want the %dth at %d", last, n, toMS(row(int(n)-1).Time))
 	}
-	checkRollup(t, s)
+	// The sums went in with the rows: those of the access key are those of the rows written.
+	written := make([]RequestLog, countRows(t, s, "request_logs"))
+	for i := range written {
+		written[i] = row(i)
+	}
+	slot := time.UnixMilli(slotOf(toMS(t0)))
+	storetest.CheckUsageOf(t, s, written, [][]time.Time{{slot, slot.Add(store.UsageSlot), slot.Add(2 * store.UsageSlot)}}, ak)
 	keys, err = s.Keys(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -319,13 +176,14 @@ func TestWriterRidesOutAStoppedServer(t *testing.T) {
 func TestCloseGivesUpOnAStoppedServer(t *testing.T) {
 	srv := pgtest.NewServer(t)
 	core, logs := observer.New(zapcore.ErrorLevel)
+	hold := make(chan struct{})
 	s := openTest(t, srv.URL(t), zap.New(core), func(o *options) {
-		o.closeTimeout = 300 * time.Millisecond
-		o.batchSize = 4 // three batches: the later ones are dropped without an attempt
-		o.paused = true
+		o.writer.CloseTimeout = 300 * time.Millisecond
+		o.writer.BatchSize = 4 // three batches: the later ones are dropped without an attempt
+		o.writer.Hold = hold
 	})
 	srv.Stop(t)
-	s.w.resume()
+	close(hold)
 	for range 10 {
 		s.LogRequest(RequestLog{Time: time.Now(), Status: 200})
 	}
@@ -382,27 +240,6 @@ func TestTextPostgreSQLRefusesIsCleaned(t *testing.T) {
 // large enough to hold them all, so that nothing is dropped while the writer catches up.
 func BenchmarkLogRequest(b *testing.B) {
 	const rowsPerOp = 100000
-	s := openTest(b, pgtest.URL(b), nil, func(o *options) { o.queueSize = rowsPerOp })
-	r := RequestLog{
-		Method: "POST", Path: "/v1beta/models/gemini-2.5-flash:generateContent", Model: "gemini-2.5-flash",
-		Status: 200, Attempts: 1, Latency: 850 * time.Millisecond, TTFB: 300 * time.Millisecond,
-		PromptTokens: 120, CandidatesTokens: 480, TotalTokens: 600, KeyID: 1, AccessKeyID: 1,
-	}
-	b.ResetTimer()
-	start := time.Now()
-	for range b.N {
-		for i := range rowsPerOp {
-			r.Time = time.Now()
-			r.KeyID = int64(1 + i%20)
-			r.AccessKeyID = int64(1 + i%50)
-			s.LogRequest(r)
-		}
-		s.Flush()
-	}
-	elapsed := time.Since(start)
-	b.StopTimer()
-	if d := s.Dropped(); d != 0 {
-		b.Fatalf("dropped %d rows", d)
-	}
-	b.ReportMetric(float64(rowsPerOp*b.N)/elapsed.Seconds(), "rows/s")
+	s := openTest(b, pgtest.URL(b), nil, func(o *options) { o.writer.QueueSize = rowsPerOp })
+	enginetest.BenchmarkLogRequest(b, s, rowsPerOp, 50)
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // AddAccessKey stores the hash of secret (trimmed of white space) under label, with policy (JSON;
@@ -164,22 +165,8 @@ func (s *Store) AccessKeys(ctx context.Context) ([]store.AccessKey, error) {
 		return nil, fmt.Errorf("store: access keys: %w", err)
 	}
 	defer rows.Close()
-	var out []store.AccessKey
-	for rows.Next() {
-		var k store.AccessKey
-		var hash []byte
-		var created, lastUsed int64
-		if err := rows.Scan(&k.ID, &hash, &k.Label, &k.Enabled, &created, &lastUsed, &k.Policy); err != nil {
-			return nil, fmt.Errorf("store: access keys: %w", err)
-		}
-		if len(hash) != len(k.Hash) {
-			return nil, fmt.Errorf("store: access key %d: hash has %d bytes", k.ID, len(hash))
-		}
-		copy(k.Hash[:], hash)
-		k.CreatedAt, k.LastUsedAt = fromMS(created), fromMS(lastUsed)
-		out = append(out, k)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.AccessKeys(rows)
+	if err != nil {
 		return nil, fmt.Errorf("store: access keys: %w", err)
 	}
 	return out, nil

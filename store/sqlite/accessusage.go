@@ -1,13 +1,12 @@
 package sqlite
 
 import (
-	"cmp"
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // The usage of each access key is summed per 15-minute slot, model and limit hit (table
@@ -36,40 +35,10 @@ func (s *Store) AccessKeyUsage(ctx context.Context, from, to time.Time) ([]store
 		return nil, fmt.Errorf("store: access key usage: %w", err)
 	}
 	defer rows.Close()
-	byID := make(map[int64]*store.AccessKeyUsage)
-	for rows.Next() {
-		var id int64
-		var limit string
-		var u store.Usage
-		if err := rows.Scan(&id, &limit, &u.Requests, &u.Failures, &u.PromptTokens, &u.CandidatesTokens,
-			&u.TotalTokens); err != nil {
-			return nil, fmt.Errorf("store: access key usage: %w", err)
-		}
-		a := byID[id]
-		if a == nil {
-			a = &store.AccessKeyUsage{AccessKeyID: id, LimitsHit: make(map[string]int64)}
-			byID[id] = a
-		}
-		a.Requests += u.Requests
-		a.Failures += u.Failures
-		a.PromptTokens += u.PromptTokens
-		a.CandidatesTokens += u.CandidatesTokens
-		a.TotalTokens += u.TotalTokens
-		if limit != "" {
-			a.Limited += u.Requests
-			a.LimitsHit[limit] += u.Requests
-		}
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.AccessKeyUsage(rows)
+	if err != nil {
 		return nil, fmt.Errorf("store: access key usage: %w", err)
 	}
-	out := make([]store.AccessKeyUsage, 0, len(byID))
-	for _, a := range byID {
-		out = append(out, *a)
-	}
-	slices.SortFunc(out, func(a, b store.AccessKeyUsage) int {
-		return cmp.Or(cmp.Compare(b.Requests, a.Requests), cmp.Compare(a.AccessKeyID, b.AccessKeyID))
-	})
 	return out, nil
 }
 
@@ -107,16 +76,8 @@ func (s *Store) AccessKeyCounts(ctx context.Context, since time.Time) (map[int64
 		return nil, fmt.Errorf("store: access key counts: %w", err)
 	}
 	defer rows.Close()
-	out := make(map[int64]store.Counts)
-	for rows.Next() {
-		var id int64
-		var c store.Counts
-		if err := rows.Scan(&id, &c.Requests, &c.Tokens); err != nil {
-			return nil, fmt.Errorf("store: access key counts: %w", err)
-		}
-		out[id] = c
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.Counts(rows)
+	if err != nil {
 		return nil, fmt.Errorf("store: access key counts: %w", err)
 	}
 	return out, nil

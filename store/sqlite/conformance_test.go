@@ -2,31 +2,21 @@ package sqlite
 
 import (
 	"path/filepath"
-	"sync"
 	"testing"
 
+	"go.uber.org/zap"
+
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
-	"github.com/geminisynapse/caddy-gemini-synapse/store/storetest"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/batch"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/enginetest"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // TestConformance runs the store conformance suite on SQLite: each subtest gets a file of its
 // own, opened again at the same path when the subtest reopens its store.
 func TestConformance(t *testing.T) {
-	var mu sync.Mutex
-	paths := map[*testing.T]string{}
-	storetest.Run(t, func(t *testing.T) store.Store {
-		t.Helper()
-		mu.Lock()
-		path, ok := paths[t]
-		if !ok {
-			path = filepath.Join(t.TempDir(), "data.db")
-			paths[t] = path
-		}
-		mu.Unlock()
-		s, err := Open(path, nil)
-		if err != nil {
-			t.Fatalf("open %s: %v", path, err)
-		}
-		return s
-	})
+	enginetest.Conformance(t, func(t *testing.T) string { return filepath.Join(t.TempDir(), "data.db") },
+		func(t *testing.T, path string, logger *zap.Logger, tune func(*batch.Options, *sqlkit.Purge)) store.Store {
+			return openTest(t, path, logger, func(o *options) { tune(&o.writer, &o.purge) })
+		})
 }

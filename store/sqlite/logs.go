@@ -3,43 +3,10 @@ package sqlite
 import (
 	"context"
 	"fmt"
-	"strings"
-	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
-
-// logWhere returns the WHERE clause of q's filters (empty when none) and its arguments.
-func logWhere(q store.LogQuery) (string, []any) {
-	var conds []string
-	var args []any
-	if q.Model != "" {
-		conds = append(conds, "model = ?")
-		args = append(args, q.Model)
-	}
-	if q.KeyID != 0 {
-		conds = append(conds, "key_id = ?")
-		args = append(args, q.KeyID)
-	}
-	if q.AccessKeyID != 0 {
-		conds = append(conds, "access_key_id = ?")
-		args = append(args, q.AccessKeyID)
-	}
-	if q.Status != 0 {
-		conds = append(conds, "status = ?")
-		args = append(args, q.Status)
-	}
-	if len(conds) == 0 {
-		return "", args
-	}
-	return "WHERE " + strings.Join(conds, " AND "), args
-}
-
-// logPage returns the LIMIT and OFFSET arguments of q.
-func logPage(q store.LogQuery) []any {
-	limit, offset := q.Page()
-	return []any{limit, offset}
-}
 
 // CountRequests returns how many request log rows match q's filters (Limit and Offset aside).
 func (s *Store) CountRequests(ctx context.Context, q store.LogQuery) (int64, error) {
@@ -52,7 +19,7 @@ func (s *Store) CountErrors(ctx context.Context, q store.LogQuery) (int64, error
 }
 
 func (s *Store) countLogs(ctx context.Context, table string, q store.LogQuery) (int64, error) {
-	where, args := logWhere(q)
+	where, args := sqlkit.LogWhere(q, sqlkit.Question)
 	var n int64
 	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+table+` `+where, args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("store: count %s: %w", table, err)
@@ -71,31 +38,18 @@ func (s *Store) CountRequestLogs(ctx context.Context) (int64, error) {
 
 // RecentRequests returns request log rows matching q, newest first.
 func (s *Store) RecentRequests(ctx context.Context, q store.LogQuery) ([]store.RequestLog, error) {
-	where, args := logWhere(q)
-	args = append(args, logPage(q)...)
+	where, args := sqlkit.LogWhere(q, sqlkit.Question)
+	page, args := sqlkit.LogPage(q, args, sqlkit.Question)
 	rows, err := s.db.QueryContext(ctx, `
 		SELECT time, access_key_id, key_id, method, path, model, stream, status, attempts, latency_us,
 		       ttfb_us, prompt_tokens, candidates_tokens, thoughts_tokens, total_tokens, error, limit_hit
-		FROM request_logs `+where+` ORDER BY time DESC, id DESC LIMIT ? OFFSET ?`, args...)
+		FROM request_logs `+where+` ORDER BY time DESC, id DESC`+page, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: recent requests: %w", err)
 	}
 	defer rows.Close()
-	var out []store.RequestLog
-	for rows.Next() {
-		var r store.RequestLog
-		var t, latency, ttfb int64
-		if err := rows.Scan(&t, &r.AccessKeyID, &r.KeyID, &r.Method, &r.Path, &r.Model, &r.Stream,
-			&r.Status, &r.Attempts, &latency, &ttfb, &r.PromptTokens, &r.CandidatesTokens,
-			&r.ThoughtsTokens, &r.TotalTokens, &r.Error, &r.LimitHit); err != nil {
-			return nil, fmt.Errorf("store: recent requests: %w", err)
-		}
-		r.Time = fromMS(t)
-		r.Latency = time.Duration(latency) * time.Microsecond
-		r.TTFB = time.Duration(ttfb) * time.Microsecond
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.RequestLogs(rows)
+	if err != nil {
 		return nil, fmt.Errorf("store: recent requests: %w", err)
 	}
 	return out, nil
@@ -103,26 +57,17 @@ func (s *Store) RecentRequests(ctx context.Context, q store.LogQuery) ([]store.R
 
 // RecentErrors returns failed upstream attempts matching q, newest first.
 func (s *Store) RecentErrors(ctx context.Context, q store.LogQuery) ([]store.ErrorLog, error) {
-	where, args := logWhere(q)
-	args = append(args, logPage(q)...)
+	where, args := sqlkit.LogWhere(q, sqlkit.Question)
+	page, args := sqlkit.LogPage(q, args, sqlkit.Question)
 	rows, err := s.db.QueryContext(ctx, `
 		SELECT time, key_id, access_key_id, model, path, status, message
-		FROM error_logs `+where+` ORDER BY time DESC, id DESC LIMIT ? OFFSET ?`, args...)
+		FROM error_logs `+where+` ORDER BY time DESC, id DESC`+page, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: recent errors: %w", err)
 	}
 	defer rows.Close()
-	var out []store.ErrorLog
-	for rows.Next() {
-		var e store.ErrorLog
-		var t int64
-		if err := rows.Scan(&t, &e.KeyID, &e.AccessKeyID, &e.Model, &e.Path, &e.Status, &e.Message); err != nil {
-			return nil, fmt.Errorf("store: recent errors: %w", err)
-		}
-		e.Time = fromMS(t)
-		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.ErrorLogs(rows)
+	if err != nil {
 		return nil, fmt.Errorf("store: recent errors: %w", err)
 	}
 	return out, nil

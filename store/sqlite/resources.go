@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // ---- upload sessions
@@ -55,7 +56,7 @@ func (s *Store) DeleteUploadSession(ctx context.Context, id string) error {
 func (s *Store) PurgeUploadSessions(ctx context.Context, now time.Time) (int64, error) {
 	return s.purge(ctx, "upload sessions",
 		`DELETE FROM upload_sessions WHERE upload_id IN (SELECT upload_id FROM upload_sessions WHERE expires_at <= ? LIMIT ?)`,
-		toMS(now), purgeBatch, purgePause)
+		toMS(now))
 }
 
 // ---- key-bound resources
@@ -147,15 +148,7 @@ func (s *Store) resourceOwners(ctx context.Context, names []string, now time.Tim
 		return fmt.Errorf("store: resource owners: %w", err)
 	}
 	defer rows.Close()
-	for rows.Next() {
-		var name string
-		var o store.Owner
-		if err := rows.Scan(&name, &o.KeyID, &o.AccessKeyID); err != nil {
-			return fmt.Errorf("store: resource owners: %w", err)
-		}
-		out[name] = o
-	}
-	if err := rows.Err(); err != nil {
+	if err := sqlkit.Owners(rows, out); err != nil {
 		return fmt.Errorf("store: resource owners: %w", err)
 	}
 	return nil
@@ -178,16 +171,8 @@ func (s *Store) OwnedResourceCounts(ctx context.Context, now time.Time) (map[int
 		return nil, fmt.Errorf("store: owned resource counts: %w", err)
 	}
 	defer rows.Close()
-	out := make(map[int64]int)
-	for rows.Next() {
-		var id int64
-		var n int
-		if err := rows.Scan(&id, &n); err != nil {
-			return nil, fmt.Errorf("store: owned resource counts: %w", err)
-		}
-		out[id] = n
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.KeyCounts(rows)
+	if err != nil {
 		return nil, fmt.Errorf("store: owned resource counts: %w", err)
 	}
 	return out, nil
@@ -198,5 +183,5 @@ func (s *Store) OwnedResourceCounts(ctx context.Context, now time.Time) (map[int
 func (s *Store) PurgeResources(ctx context.Context, now time.Time) (int64, error) {
 	return s.purge(ctx, "resources",
 		`DELETE FROM resources WHERE name IN (SELECT name FROM resources WHERE expires_at > 0 AND expires_at <= ? LIMIT ?)`,
-		toMS(now), purgeBatch, purgePause)
+		toMS(now))
 }

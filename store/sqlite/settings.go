@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // Settings returns the effective value of every stored setting.
@@ -15,15 +17,8 @@ func (s *Store) Settings(ctx context.Context) (map[string]string, error) {
 		return nil, fmt.Errorf("store: settings: %w", err)
 	}
 	defer rows.Close()
-	out := make(map[string]string)
-	for rows.Next() {
-		var name, value string
-		if err := rows.Scan(&name, &value); err != nil {
-			return nil, fmt.Errorf("store: settings: %w", err)
-		}
-		out[name] = value
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.Settings(rows)
+	if err != nil {
 		return nil, fmt.Errorf("store: settings: %w", err)
 	}
 	return out, nil

@@ -2,12 +2,12 @@ package sqlite
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // UsageBuckets adds up the request log in each interval [bounds[i], bounds[i+1]), so it
@@ -21,36 +21,19 @@ func (s *Store) UsageBuckets(ctx context.Context, bounds []time.Time) ([]store.U
 
 // bucketsFrom checks bounds and answers UsageBuckets with q's queries, binding filter after
 // the buckets.
-func (s *Store) bucketsFrom(ctx context.Context, bounds []time.Time, q usageQueries, filter ...any) ([]store.Usage, error) {
-	n := len(bounds) - 1
-	if n < 1 {
-		return nil, errors.New("store: usage buckets: need at least two bounds")
+func (s *Store) bucketsFrom(ctx context.Context, bounds []time.Time, q sqlkit.UsageQueries, filter ...any) ([]store.Usage, error) {
+	query, err := q.Buckets(bounds)
+	if err != nil {
+		return nil, err
 	}
-	if n > store.MaxBuckets {
-		return nil, fmt.Errorf("store: usage buckets: %d buckets, at most %d", n, store.MaxBuckets)
-	}
-	slots := true
-	for i := range n {
-		if !bounds[i].Before(bounds[i+1]) {
-			return nil, fmt.Errorf("store: usage buckets: bound %d is not after bound %d", i+1, i)
-		}
-		slots = slots && store.OnSlot(bounds[i])
-	}
-	if slots && store.OnSlot(bounds[n]) {
-		return s.usageBuckets(ctx, bounds, q.slotBuckets, filter...)
-	}
-	return s.usageBuckets(ctx, bounds, q.rawBuckets, filter...)
+	return s.usageBuckets(ctx, bounds, query, filter...)
 }
 
-// usageQueries are the statistics queries over one set of request rows, from the per-slot
-// sums and from the rows themselves. The bucket queries read the buckets from a table
+// The statistics queries (sqlkit.UsageQueries) over one set of request rows, from the
+// per-slot sums and from the rows themselves. The bucket queries read the buckets from a table
 // b (i, lo, hi) and answer one row (i, requests, failures, prompt, candidates, total) per
 // bucket that is not empty, binding the filter (if the set has one) after the buckets' values;
 // the by-model queries bind the filter, then from, to and the limit.
-type usageQueries struct {
-	slotBuckets, rawBuckets, slotByModel, rawByModel string
-}
-
 var (
 	// allUsage covers every request row.
 	allUsage = newUsageQueries("request_usage", "")
@@ -61,31 +44,31 @@ var (
 // newUsageQueries returns the queries reading the per-slot sums from table and the request
 // rows, narrowed to the value of column col when it is not empty (the rows' and the sums'
 // column have the same name).
-func newUsageQueries(table, col string) usageQueries {
+func newUsageQueries(table, col string) sqlkit.UsageQueries {
 	on, where := "", ""
 	if col != "" {
 		on, where = " AND "+col+" = ?", col+" = ? AND "
 	}
-	return usageQueries{
-		slotBuckets: `
+	return sqlkit.UsageQueries{
+		SlotBuckets: `
 			SELECT b.i, SUM(u.requests), SUM(u.failures), SUM(u.prompt_tokens),
 			       SUM(u.candidates_tokens), SUM(u.total_tokens)
 			FROM b JOIN ` + table + ` u ON u.slot >= b.lo AND u.slot < b.hi` + on + `
 			GROUP BY b.i`,
 		// One range scan of the time index per bucket.
-		rawBuckets: `
+		RawBuckets: `
 			SELECT b.i, COUNT(*),
 			       COALESCE(SUM(r.status NOT BETWEEN 200 AND 399), 0),
 			       COALESCE(SUM(r.prompt_tokens), 0), COALESCE(SUM(r.candidates_tokens), 0),
 			       COALESCE(SUM(r.total_tokens), 0)
 			FROM b JOIN request_logs r ON r.time >= b.lo AND r.time < b.hi` + on + `
 			GROUP BY b.i`,
-		slotByModel: `
+		SlotByModel: `
 			SELECT model, SUM(requests) AS n, SUM(failures), SUM(prompt_tokens),
 			       SUM(candidates_tokens), SUM(total_tokens)
 			FROM ` + table + ` WHERE ` + where + `slot >= ? AND slot < ?
 			GROUP BY model ORDER BY n DESC, model LIMIT ?`,
-		rawByModel: `
+		RawByModel: `
 			SELECT model, COUNT(*) AS n, SUM(status NOT BETWEEN 200 AND 399),
 			       SUM(prompt_tokens), SUM(candidates_tokens), SUM(total_tokens)
 			FROM request_logs WHERE ` + where + `time >= ? AND time < ?
@@ -109,16 +92,8 @@ func (s *Store) usageBuckets(ctx context.Context, bounds []time.Time, query stri
 		return nil, fmt.Errorf("store: usage buckets: %w", err)
 	}
 	defer rows.Close()
-	out := make([]store.Usage, n)
-	for rows.Next() {
-		var i int
-		var u store.Usage
-		if err := rows.Scan(&i, &u.Requests, &u.Failures, &u.PromptTokens, &u.CandidatesTokens, &u.TotalTokens); err != nil {
-			return nil, fmt.Errorf("store: usage buckets: %w", err)
-		}
-		out[i] = u
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.Buckets(rows, n)
+	if err != nil {
 		return nil, fmt.Errorf("store: usage buckets: %w", err)
 	}
 	return out, nil
@@ -132,11 +107,8 @@ func (s *Store) UsageByModel(ctx context.Context, from, to time.Time, limit int)
 }
 
 // byModelFrom answers UsageByModel with q's queries, binding filter first.
-func (s *Store) byModelFrom(ctx context.Context, from, to time.Time, limit int, q usageQueries, filter ...any) ([]store.ModelUsage, error) {
-	if store.OnSlot(from) && store.OnSlot(to) {
-		return s.usageByModel(ctx, from, to, limit, q.slotByModel, filter...)
-	}
-	return s.usageByModel(ctx, from, to, limit, q.rawByModel, filter...)
+func (s *Store) byModelFrom(ctx context.Context, from, to time.Time, limit int, q sqlkit.UsageQueries, filter ...any) ([]store.ModelUsage, error) {
+	return s.usageByModel(ctx, from, to, limit, q.ByModel(from, to), filter...)
 }
 
 // usageByModel runs query (see usageQueries) with filter, the bounds and the limit.
@@ -150,15 +122,8 @@ func (s *Store) usageByModel(ctx context.Context, from, to time.Time, limit int,
 		return nil, fmt.Errorf("store: usage by model: %w", err)
 	}
 	defer rows.Close()
-	var out []store.ModelUsage
-	for rows.Next() {
-		var m store.ModelUsage
-		if err := rows.Scan(&m.Model, &m.Requests, &m.Failures, &m.PromptTokens, &m.CandidatesTokens, &m.TotalTokens); err != nil {
-			return nil, fmt.Errorf("store: usage by model: %w", err)
-		}
-		out = append(out, m)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlkit.ModelUsage(rows)
+	if err != nil {
 		return nil, fmt.Errorf("store: usage by model: %w", err)
 	}
 	return out, nil

@@ -32,6 +32,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/batch"
+	"github.com/geminisynapse/caddy-gemini-synapse/store/internal/sqlkit"
 )
 
 // Store is an open SQLite database plus its background writer. It is safe for concurrent use.
@@ -39,7 +41,11 @@ type Store struct {
 	path   string
 	db     *sql.DB
 	logger *zap.Logger
-	w      *writer
+	o      options
+	w      *batch.Writer
+	// batchLog answers the log methods of store.Store (LogRequest, LogError, SaveKeyState,
+	// SaveCooldown, SaveKeyProject, Flush, Dropped, Written) from w.
+	batchLog
 
 	closeOnce sync.Once
 	closeErr  error
@@ -47,23 +53,32 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
+// batchLog is batch.Log under a name that keeps the embedded field unexported.
+type batchLog = batch.Log
+
 // options are knobs for tests; Open uses defaultOptions.
 type options struct {
-	queueSize    int           // capacity of the log queue
-	batchSize    int           // rows per transaction
-	interval     time.Duration // longest wait for a batch to fill
-	busyTimeout  time.Duration // SQLite busy_timeout
-	closeTimeout time.Duration // how long Close keeps retrying a failing batch
-	paused       bool          // the writer waits for writer.resume before it starts
+	writer      batch.Options // the log writer (see writer.go)
+	purge       sqlkit.Purge  // retention's transactions
+	busyTimeout time.Duration // SQLite busy_timeout
 }
 
 func defaultOptions() options {
 	return options{
-		queueSize:    65536,
-		batchSize:    1000,
-		interval:     50 * time.Millisecond,
-		busyTimeout:  5 * time.Second,
-		closeTimeout: 30 * time.Second,
+		writer: batch.Options{
+			QueueSize:    65536,
+			BatchSize:    1000,
+			Interval:     50 * time.Millisecond,
+			CloseTimeout: 30 * time.Second,
+			// Every failed attempt is logged, and a busy database is waited out (at Close for
+			// CloseTimeout, then each batch left gets an attempt).
+			MaxBackoff:  2 * time.Second,
+			MaxAttempts: maxAttempts,
+		},
+		// Few enough rows that the log writer, waiting for the write lock meanwhile, is held up
+		// for milliseconds only; the break is its turn.
+		purge:       sqlkit.Purge{Batch: 5000, Pause: 20 * time.Millisecond},
+		busyTimeout: 5 * time.Second,
 	}
 }
 
@@ -116,9 +131,9 @@ func open(path string, logger *zap.Logger, o options) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
-	s := &Store{path: path, db: db, logger: logger}
-	s.w = newWriter(db, logger, o)
-	go s.w.run()
+	s := &Store{path: path, db: db, logger: logger, o: o}
+	s.w = batch.New(&committer{db: db}, logger, o.writer)
+	s.batchLog = s.w.Log()
 	return s, nil
 }
 
@@ -147,7 +162,7 @@ func (s *Store) Path() string { return s.path }
 // the first return the first call's result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
-		s.w.close()
+		s.w.Close()
 		s.closeErr = s.db.Close()
 	})
 	return s.closeErr
@@ -155,21 +170,8 @@ func (s *Store) Close() error {
 
 // ---- helpers
 
-// toMS converts t to unix milliseconds; the zero time becomes 0.
-func toMS(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixMilli()
-}
-
-// fromMS converts unix milliseconds to a UTC time; 0 becomes the zero time.
-func fromMS(ms int64) time.Time {
-	if ms == 0 {
-		return time.Time{}
-	}
-	return time.UnixMilli(ms).UTC()
-}
+// toMS and fromMS convert times to and from unix milliseconds, as the tables hold them.
+var toMS, fromMS = sqlkit.ToMS, sqlkit.FromMS
 
 func mustAffect(res sql.Result) error {
 	n, err := res.RowsAffected()

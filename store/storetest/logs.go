@@ -129,6 +129,9 @@ func testCloseWritesEverythingQueued(t *testing.T, o opener) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
 	if s.Dropped() != 0 {
 		t.Fatalf("dropped %d rows", s.Dropped())
 	}

@@ -3,30 +3,57 @@
 // SQL and without an engine's internals. An engine's tests run it with their own opener:
 //
 //	func TestConformance(t *testing.T) {
-//		storetest.Run(t, func(t *testing.T) store.Store { ... })
+//		storetest.Run(t, func(t *testing.T, o storetest.Options) store.Store { ... })
 //	}
 //
-// What only one engine can check (its schema and migrations, its writer's batching, busy and
-// locked databases, files on disk) stays in that engine's own tests.
+// What only one engine can check (its schema and migrations, its SQL, busy and locked
+// databases, a stopped server, files on disk) stays in that engine's own tests, which may use
+// the helpers exported here (random request rows, bound sets and the checks of the statistics
+// against the rows logged).
 package storetest
 
 import (
 	"context"
 	"testing"
+	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/geminisynapse/caddy-gemini-synapse/store"
 )
 
+// Options are what a subtest asks of the store it opens, for behaviour that shows only with
+// settings other than the defaults: a held or slow log writer, a small queue or small batches,
+// small purge transactions, a log to read. A zero field means the engine's default.
+type Options struct {
+	// Logger receives the store's log; nil discards it.
+	Logger *zap.Logger
+	// QueueSize is the capacity of the log writer's queue.
+	QueueSize int
+	// BatchSize is the most log rows one write transaction takes.
+	BatchSize int
+	// Interval is the longest the log writer waits for a batch to fill.
+	Interval time.Duration
+	// Hold, when not nil, keeps the log writer from writing anything until it is closed (or
+	// the store is): rows and key state queue meanwhile.
+	Hold <-chan struct{}
+	// PurgeBatch is how many rows one purge transaction deletes.
+	PurgeBatch int
+	// PurgePause is the pause between two purge transactions.
+	PurgePause time.Duration
+}
+
 // Run runs the conformance suite, one subtest per behaviour, against the stores open returns.
 //
-// open returns an open store on the database of the (sub)test t, failing t if it cannot. The
-// first call for a t gets an empty database of its own. A later call for the same t, made after
+// open returns an open store on the database of the (sub)test t, with the settings o asks
+// (zero fields: the engine's defaults), failing t if it cannot. The first call for a t gets an
+// empty database of its own. A later call for the same t, made after
 // the store it returned before was closed, opens that same database again, with everything the
 // closed store wrote: that is how the suite checks what survives a restart. Run closes every
 // store it gets (Close may be called more than once), so open need not. The subtests do not
 // call t.Parallel; times are passed to the store explicitly, so no test needs a clock of its
 // own.
-func Run(t *testing.T, open func(t *testing.T) store.Store) {
+func Run(t *testing.T, open func(t *testing.T, o Options) store.Store) {
 	o := opener(open)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.run(t, o) })
@@ -49,6 +76,7 @@ var cases = []struct {
 	{"PurgeCooldownsDropsOnlyThoseOver", testPurgeCooldownsDropsOnlyThoseOver},
 	{"Tombstones", testTombstones},
 	{"TombstoneOfATrimmedSecret", testTombstoneOfATrimmedSecret},
+	{"OperatorLabelDiscardsPendingGuess", testOperatorLabelDiscardsPendingGuess},
 
 	// access keys and their policies
 	{"AccessKeys", testAccessKeys},
@@ -75,6 +103,16 @@ var cases = []struct {
 	{"UsageCountersAreAggregated", testUsageCountersAreAggregated},
 	{"LongTextIsTruncatedOnRuneBoundary", testLongTextIsTruncatedOnRuneBoundary},
 	{"PurgeKeepsRowsAtAndAfterTheCutoff", testPurgeKeepsRowsAtAndAfterTheCutoff},
+	{"PurgeWorksInBatches", testPurgeWorksInBatches},
+	{"PurgeStopsWhenContextEnds", testPurgeStopsWhenContextEnds},
+	{"PurgeLetsTheLogWriterIn", testPurgeLetsTheLogWriterIn},
+
+	// the log writer: flushing, coalescing, the operator's precedence, drops
+	{"FlushCommitsWhatCameBefore", testFlushCommitsWhatCameBefore},
+	{"KeyStatesAreCoalesced", testKeyStatesAreCoalesced},
+	{"ManualDisableIsNotOverwrittenByThePool", testManualDisableIsNotOverwrittenByThePool},
+	{"FullQueueDropsAndCounts", testFullQueueDropsAndCounts},
+	{"RowsAfterCloseAreCounted", testRowsAfterCloseAreCounted},
 
 	// statistics
 	{"UsageBuckets", testUsageBuckets},
@@ -82,15 +120,25 @@ var cases = []struct {
 	{"AccessKeyUsageFigures", testAccessKeyUsageFigures},
 	{"AccessKeyCounts", testAccessKeyCounts},
 	{"PurgeUsagePurgesAccessKeySums", testPurgeUsagePurgesAccessKeySums},
+	{"UsageFromSlotsMatchesRows", testUsageFromSlotsMatchesRows},
+	{"AccessKeyUsageFromSlotsMatchesRows", testAccessKeyUsageFromSlotsMatchesRows},
+	{"UsageBefore1970", testUsageBefore1970},
 }
 
 // opener is the engine's open function given to Run.
-type opener func(t *testing.T) store.Store
+type opener func(t *testing.T, o Options) store.Store
 
-// open opens t's database (again, after a Close: see Run) and closes it at the end of t.
+// open opens t's database (again, after a Close: see Run) with the engine's defaults and
+// closes it at the end of t.
 func (o opener) open(t *testing.T) store.Store {
 	t.Helper()
-	s := o(t)
+	return o.openWith(t, Options{})
+}
+
+// openWith is open with the settings opts.
+func (o opener) openWith(t *testing.T, opts Options) store.Store {
+	t.Helper()
+	s := o(t, opts)
 	if s == nil {
 		t.Fatal("the engine's open returned no store")
 	}
