@@ -4,6 +4,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -68,6 +69,8 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		timezone              <tz>
 //		error_log_retention   <duration>
 //		request_log_retention <duration>
+//		shared_limits_lease   <duration>
+//		shared_limits_slice   <percent>
 //	}
 //
 // Key lists may repeat the subdirective and separate keys with spaces or commas. Each
@@ -174,6 +177,26 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				a.RequestLogRetention = caddy.Duration(dur)
 			}
+		case "shared_limits_lease":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 || dur > time.Minute {
+				return d.Errf("shared_limits_lease: %q is not a duration between 1ms and 1m", v)
+			}
+			a.SharedLimitsLease = caddy.Duration(dur)
+		case "shared_limits_slice":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			pct, err := strconv.ParseFloat(strings.TrimSuffix(v, "%"), 64)
+			if err != nil || pct <= 0 || pct > 100 {
+				return d.Errf("shared_limits_slice: %q is not a percentage between 0 and 100", v)
+			}
+			a.SharedLimitsSlice = pct
 		default:
 			return d.Errf("unrecognized gemini_synapse option %q", name)
 		}

@@ -361,3 +361,22 @@ func TestAccessKeyRejectsBadInput(t *testing.T) {
 		}
 	}
 }
+
+func TestCaddyfileSharedLimitsTuning(t *testing.T) {
+	var a App
+	d := caddyfile.NewTestDispenser("gemini_synapse {\n shared_limits_lease 500ms\n shared_limits_slice 5%\n}")
+	if err := a.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	cfg := a.config()
+	if cfg.SharedLimitsLease != 500*time.Millisecond || cfg.SharedLimitsSlice != 0.05 {
+		t.Errorf("lease %v, slice %v; want 500ms and 0.05", cfg.SharedLimitsLease, cfg.SharedLimitsSlice)
+	}
+	for _, bad := range []string{"shared_limits_lease 0s", "shared_limits_lease 2m", "shared_limits_lease x",
+		"shared_limits_slice 0", "shared_limits_slice 150", "shared_limits_slice ten"} {
+		var a App
+		if err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser("gemini_synapse {\n " + bad + "\n}")); err == nil {
+			t.Errorf("%q was accepted", bad)
+		}
+	}
+}

@@ -125,6 +125,18 @@ type App struct {
 	// Default: 30d.
 	RequestLogRetention caddy.Duration `json:"request_log_retention,omitempty"`
 
+	// SharedLimitsLease is how long a slice of an access key's limits, leased by one of several
+	// instances sharing a PostgreSQL database, may be used before its unused units go back
+	// (default 2s). Shorter gives idle units back sooner (less under-admission) at the cost of
+	// more calls to the database. Read when the database is first opened; a reload does not
+	// change it.
+	SharedLimitsLease caddy.Duration `json:"shared_limits_lease,omitempty"`
+
+	// SharedLimitsSlice is the largest slice one instance leases, in percent of the limit
+	// (default 10). Smaller slices leave fewer units held away from the other instances; larger
+	// ones mean fewer calls under load. Read when the database is first opened.
+	SharedLimitsSlice float64 `json:"shared_limits_slice,omitempty"`
+
 	dbPath     string
 	policyKeys []gateway.AccessKeyConfig // AccessKeyPolicies, resolved and checked by Provision
 	core       *gateway.Core
@@ -228,6 +240,8 @@ func (a *App) config() *gateway.Config {
 		Timezone:            a.Timezone,
 		ErrorLogRetention:   time.Duration(a.ErrorLogRetention),
 		RequestLogRetention: time.Duration(a.RequestLogRetention),
+		SharedLimitsLease:   time.Duration(a.SharedLimitsLease),
+		SharedLimitsSlice:   a.SharedLimitsSlice / 100,
 	}
 }
 

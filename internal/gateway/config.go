@@ -34,6 +34,12 @@ type Config struct {
 	Timezone            string
 	ErrorLogRetention   time.Duration
 	RequestLogRetention time.Duration
+
+	// SharedLimitsLease and SharedLimitsSlice tune the leases of access keys' limits between
+	// instances sharing a store (tenant.Cluster's Lifetime and Share; zero: the defaults).
+	// The first config applied sets them.
+	SharedLimitsLease time.Duration
+	SharedLimitsSlice float64
 }
 
 // AccessKeyConfig is an access key declared with its policy in the Caddyfile.
@@ -60,6 +66,12 @@ func (cfg *Config) Check() error {
 		if err := k.Policy.Check(); err != nil {
 			errs = append(errs, fmt.Errorf("access_key %q (#%d): %w", k.Label, i+1, err))
 		}
+	}
+	if cfg.SharedLimitsLease < 0 || cfg.SharedLimitsLease > time.Minute {
+		errs = append(errs, fmt.Errorf("shared_limits_lease: must be between 0 (the default, 2s) and 1m"))
+	}
+	if cfg.SharedLimitsSlice < 0 || cfg.SharedLimitsSlice > 1 {
+		errs = append(errs, fmt.Errorf("shared_limits_slice: must be a percentage between 0 (the default, 10) and 100"))
 	}
 	if _, err := parseSettings(cfg.settings()); err != nil {
 		errs = append(errs, err)

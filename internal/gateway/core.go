@@ -55,6 +55,7 @@ type Core struct {
 	probeTimeout time.Duration                 // per-check timeout of key validation; 0 means defaultProbeTimeout
 	pendingRetry time.Duration                 // how often owner records the store refused are retried; 0 means defaultPendingRetry
 	wrapStore    func(store.Store) store.Store // tests: wraps the store once opened (a cluster of cores in one process)
+	shareOnce    sync.Once                     // the limiter joins the cluster's shared limits once (limits.go)
 	pending      pendingOwners                 // those records (pending.go)
 
 	settings   atomic.Pointer[settings]
@@ -123,7 +124,6 @@ func (c *Core) doOpen() error {
 		st.Close()
 		return err
 	}
-	c.shareLimits() // limits.go: the limits hold for the cluster when the store is shared
 	c.followCluster()
 	return nil
 }
@@ -181,6 +181,9 @@ func (c *Core) Apply(ctx context.Context, a *Config) error {
 	if err := c.reloadSettings(ctx); err != nil {
 		return err
 	}
+	// limits.go: the limits hold for the cluster when the store is shared; the first config
+	// tunes the leases.
+	c.shareOnce.Do(func() { c.shareLimits(a.SharedLimitsLease, a.SharedLimitsSlice) })
 	if err := c.reloadAccessKeysLocked(ctx); err != nil {
 		return err
 	}

@@ -125,12 +125,12 @@ func (x *exchange) admit() bool {
 // (store.Leaser): every access key's limits then hold for all of them, each instance leasing
 // slices of them (tenant/cluster.go). A background loop settles with the store every
 // fraction of a second and gives everything back when the core is destroyed.
-func (c *Core) shareLimits() {
+func (c *Core) shareLimits(lease time.Duration, slice float64) {
 	lz, ok := c.store.(store.Leaser)
 	if !ok {
 		return
 	}
-	c.limiter.SetCluster(tenant.Cluster{Ledger: ledger{lz}, Warn: func(msg string, err error) {
+	c.limiter.SetCluster(tenant.Cluster{Ledger: ledger{lz}, Lifetime: lease, Share: slice, Warn: func(msg string, err error) {
 		c.logger.Warn(msg, zap.Error(err))
 	}})
 	every := c.limiter.SyncEvery()
