@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"time"
+
+	"github.com/geminisynapse/caddy-gemini-synapse/tenant"
 )
 
 // Leaser is what an engine shared by several gateway instances offers (PostgreSQL) so that the
@@ -17,8 +19,7 @@ import (
 // cluster's totals, so that the units granted never exceed a limit. Times are the database's
 // clock; an instance only measures durations from the moment it sent a call.
 //
-// The types mirror those of package tenant field for field (tenant.LeaseRequest and so on),
-// so that one converts to the other.
+// Its methods are those of tenant.Ledger.
 type Leaser interface {
 	// Lease grants slices of one access key's limits, and reads its token totals, in one
 	// atomic call. It first applies the returns the request carries.
@@ -30,91 +31,13 @@ type Leaser interface {
 	Settle(ctx context.Context, instance string, slotTTL time.Duration, items []Settlement) error
 }
 
-// LeaseRequest asks for slices of one access key's limits, after settling the slices it
-// replaces. A zero Want asks for none of that limit.
-type LeaseRequest struct {
-	// Instance names the instance asking: its slots are its own, kept while its heartbeat
-	// lives.
-	Instance string
-	// AccessKeyID is the access key whose limits these are.
-	AccessKeyID int64
-	// Seq grows with every call of the instance that writes its slots: a slot count of a
-	// lower Seq than the one stored is ignored (a late statement never undoes a newer one).
-	Seq int64
-	// Lifetime is how long rpm and tpm units may be used after the call was sent: they
-	// count against the limit from their grant until Lifetime + 60 s after it.
-	Lifetime time.Duration
-	// SlotTTL is how long the instance's slots outlive its last heartbeat.
-	SlotTTL time.Duration
-
-	// RPMDone finishes an earlier rpm grant (0: none): RPMDoneUsed of its units were used,
-	// the rest go back.
-	RPMDone, RPMDoneUsed int64
-	// RPDReturn gives back unused rpd units of the day RPDReturnDay.
-	RPDReturn, RPDReturnDay int64
-	// TPMDone finishes an earlier tpm grant (0: none): TPMDoneUsed tokens were charged to it
-	// (more than granted when answers in flight went past it).
-	TPMDone, TPMDoneUsed int64
-	// TPMCharge is tokens charged outside any tpm grant: they count from now.
-	TPMCharge int64
-	// BudgetReturn gives back unused tokens, and BudgetCharge charges tokens used beyond the
-	// grants, of the budget's period starting at BudgetDonePeriod.
-	BudgetReturn, BudgetCharge, BudgetDonePeriod int64
-
-	// RPM is the requests-per-minute limit; RPMWant the units wanted.
-	RPM, RPMWant int64
-	// RPD is the requests-per-day limit; RPDWant the units wanted for the day starting at Day
-	// (unix milliseconds).
-	RPD, RPDWant, Day int64
-	// TPM is the tokens-per-minute limit; TPMWant the tokens wanted.
-	TPM, TPMWant int64
-	// Budget is the token budget; BudgetWant the tokens wanted of its period starting at
-	// Period (unix milliseconds).
-	Budget, BudgetWant, Period int64
-	// Concurrency is the limit of requests in flight; SlotsHeld the slots the instance holds
-	// now and SlotsWant how many more it wants.
-	Concurrency, SlotsHeld, SlotsWant int64
-}
-
-// LeaseGrant is what a Lease granted.
-type LeaseGrant struct {
-	// RPM is the rpm units granted, RPMLease the grant's id (0 when none), RPMUsed the units
-	// counting against the limit now (this grant's included) and RPMRetry how long until the
-	// oldest of them stops counting.
-	RPM, RPMLease, RPMUsed int64
-	RPMRetry               time.Duration
-	// RPD is the rpd units granted and RPDUsed the day's units counted with them.
-	RPD, RPDUsed int64
-	// TPM is the tokens of the minute granted, TPMLease the grant's id, TPMUsed the tokens
-	// counting now (this grant's included) and TPMRetry how long until the oldest stop.
-	TPM, TPMLease, TPMUsed int64
-	TPMRetry               time.Duration
-	// Budget is the tokens of the budget's period granted and BudgetUsed the period's tokens
-	// counted with them (charged, or granted and not given back).
-	Budget, BudgetUsed int64
-	// Slots is the slots granted and SlotsUsed the slots the cluster holds (this instance's
-	// included).
-	Slots, SlotsUsed int64
-}
-
-// Settlement is what an instance settles for one access key.
-type Settlement struct {
-	// AccessKeyID is the access key.
-	AccessKeyID int64
-	// Seq orders the slot counts, as LeaseRequest.Seq.
-	Seq int64
-	// RPMLease finishes an rpm grant (0: none): RPMUsed of its units were used.
-	RPMLease, RPMUsed int64
-	// RPDReturn gives back unused rpd units of the day Day.
-	RPDReturn, Day int64
-	// TPMLease finishes a tpm grant (0: none): TPMUsed tokens were charged to it.
-	TPMLease, TPMUsed int64
-	// TPMCharge is tokens charged outside any tpm grant: they count from now.
-	TPMCharge int64
-	// BudgetReturn gives back unused tokens, and BudgetCharge charges tokens used beyond the
-	// grants, of the budget's period starting at Period.
-	BudgetReturn, BudgetCharge, Period int64
-	// SetSlots writes Slots as the number of slots the instance holds.
-	SetSlots bool
-	Slots    int64
-}
+// The records a Leaser exchanges are the limiter's own (package tenant, which defines and
+// documents them), so that an engine serves as the limiter's ledger as it is.
+type (
+	// LeaseRequest asks for slices of one access key's limits (tenant.LeaseRequest).
+	LeaseRequest = tenant.LeaseRequest
+	// LeaseGrant is what a Lease granted (tenant.LeaseGrant).
+	LeaseGrant = tenant.LeaseGrant
+	// Settlement is what an instance settles for one access key (tenant.Settlement).
+	Settlement = tenant.Settlement
+)

@@ -130,7 +130,7 @@ func (c *Core) shareLimits(lease time.Duration, slice float64) {
 	if !ok {
 		return
 	}
-	c.limiter.SetCluster(tenant.Cluster{Ledger: ledger{lz}, Lifetime: lease, Share: slice, Warn: func(msg string, err error) {
+	c.limiter.SetCluster(tenant.Cluster{Ledger: lz, Lifetime: lease, Share: slice, Warn: func(msg string, err error) {
 		c.logger.Warn(msg, zap.Error(err))
 	}})
 	every := c.limiter.SyncEvery()
@@ -155,22 +155,6 @@ func (c *Core) shareLimits(lease time.Duration, slice float64) {
 			}
 		}
 	}()
-}
-
-// ledger is a store.Leaser as the limiter's tenant.Ledger: the types match field for field.
-type ledger struct{ l store.Leaser }
-
-func (g ledger) Lease(ctx context.Context, r tenant.LeaseRequest) (tenant.LeaseGrant, error) {
-	out, err := g.l.Lease(ctx, store.LeaseRequest(r))
-	return tenant.LeaseGrant(out), err
-}
-
-func (g ledger) Settle(ctx context.Context, instance string, slotTTL time.Duration, items []tenant.Settlement) error {
-	in := make([]store.Settlement, len(items))
-	for i, it := range items {
-		in[i] = store.Settlement(it)
-	}
-	return g.l.Settle(ctx, instance, slotTTL, in)
 }
 
 // quotaNames are how each limit is named in a QuotaFailure violation: a quotaId in Google's
