@@ -16,7 +16,8 @@ import (
 	"github.com/geminisynapse/caddy-gemini-synapse/tenant"
 )
 
-// doAs is e.do with another access key.
+// doAs sends one request with the given access key and returns the response (body read and
+// closed), checking that no pool key leaked into it.
 func (e *proxyEnv) doAs(key, method, path, body string) (*http.Response, []byte) {
 	e.t.Helper()
 	var r io.Reader
@@ -39,7 +40,7 @@ func (e *proxyEnv) doAs(key, method, path, body string) (*http.Response, []byte)
 	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		e.t.Fatal(err)
+		e.t.Fatalf("%s %s: reading the body: %v", method, path, err)
 	}
 	e.assertNoLeak(resp.Header, b)
 	return resp, b

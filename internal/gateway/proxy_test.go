@@ -151,30 +151,7 @@ func (e *proxyEnv) assertNoSecretsStoredOrLogged() {
 // do sends one request with the access key and returns the response (body read and closed).
 func (e *proxyEnv) do(method, path, body string) (*http.Response, []byte) {
 	e.t.Helper()
-	var r io.Reader
-	if body != "" {
-		r = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, e.url+path, r)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	req.Header.Set("x-goog-api-key", testAccessKey)
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	e.made.Add(1)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	b, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		e.t.Fatalf("%s %s: reading the body: %v", method, path, err)
-	}
-	e.assertNoLeak(resp.Header, b)
-	return resp, b
+	return e.doAs(testAccessKey, method, path, body)
 }
 
 const helloBody = `{"contents":[{"parts":[{"text":"hello proxy"}]}]}`
