@@ -341,6 +341,22 @@ func (sl *slice) refused(wall time.Time, period int64) bool {
 	return wall.Before(sl.denied) && sl.deniedPeriod == period
 }
 
+// check is checkShared for the leased limit limit (of value) served by sl: nothing when the
+// slice covers a request at wall in period, a violation retrying at retryAt when the ledger's
+// last answer still refuses, else bit in need (a new slice must be asked).
+func (sl *slice) check(limit string, value int64, wall time.Time, period int64, retryAt time.Time, bit uint8,
+	vs *[5]Violation, n int, need uint8) (int, uint8) {
+	switch {
+	case sl.usable(wall, period):
+	case sl.refused(wall, period):
+		vs[n] = Violation{limit, value, max(sl.seen, value), retryAt}
+		n++
+	default:
+		need |= bit
+	}
+	return n, need
+}
+
 // finish ends the slice and sizes the next one: when units were left, what it would have used
 // over a whole lifetime at the rate it was used; doubled when it was used up within half its
 // lifetime; unchanged otherwise.
@@ -444,44 +460,16 @@ func (s *state) checkShared(wall time.Time, loc *time.Location, vs *[5]Violation
 	c := s.cl
 	var need uint8
 	if s.rpm > 0 && !violated(vs, n, LimitRPM) {
-		switch {
-		case c.rpm.usable(wall, 0):
-		case c.rpm.refused(wall, 0):
-			vs[n] = Violation{LimitRPM, s.rpm, max(c.rpm.seen, s.rpm), later(c.rpm.retry, wall.Add(time.Second)).In(loc)}
-			n++
-		default:
-			need |= needRPM
-		}
+		n, need = c.rpm.check(LimitRPM, s.rpm, wall, 0, later(c.rpm.retry, wall.Add(time.Second)).In(loc), needRPM, vs, n, need)
 	}
 	if s.rpd > 0 && !violated(vs, n, LimitRPD) {
-		switch {
-		case c.rpd.usable(wall, s.dayStart):
-		case c.rpd.refused(wall, s.dayStart):
-			vs[n] = Violation{LimitRPD, s.rpd, max(c.rpd.seen, s.rpd), s.dayEnd}
-			n++
-		default:
-			need |= needRPD
-		}
+		n, need = c.rpd.check(LimitRPD, s.rpd, wall, s.dayStart, s.dayEnd, needRPD, vs, n, need)
 	}
 	if s.tpm > 0 && !violated(vs, n, LimitTPM) {
-		switch {
-		case c.tpm.usable(wall, 0):
-		case c.tpm.refused(wall, 0):
-			vs[n] = Violation{LimitTPM, s.tpm, max(c.tpm.seen, s.tpm), later(c.tpm.retry, wall.Add(time.Second)).In(loc)}
-			n++
-		default:
-			need |= needTPM
-		}
+		n, need = c.tpm.check(LimitTPM, s.tpm, wall, 0, later(c.tpm.retry, wall.Add(time.Second)).In(loc), needTPM, vs, n, need)
 	}
 	if s.budget > 0 && !violated(vs, n, LimitBudget) {
-		switch {
-		case c.budget.usable(wall, s.periodStart):
-		case c.budget.refused(wall, s.periodStart):
-			vs[n] = Violation{LimitBudget, s.budget, max(c.budget.seen, s.budget), s.periodEnd}
-			n++
-		default:
-			need |= needBudget
-		}
+		n, need = c.budget.check(LimitBudget, s.budget, wall, s.periodStart, s.periodEnd, needBudget, vs, n, need)
 	}
 	if s.conc > 0 && !violated(vs, n, LimitConcurrency) {
 		switch {
